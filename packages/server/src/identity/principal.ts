@@ -1,0 +1,88 @@
+/**
+ * Who a request speaks for. Designed for federation from the start: a principal is a user of one
+ * of this KMS's domains, an anonymous authorization (a KMS-issued bearer), or a peer KMS.
+ */
+export interface UserPrincipal {
+  kind: 'user';
+  /** `local@domain`, lower-cased domain. */
+  id: string;
+  domain: string;
+  roles: readonly string[];
+  /** The organisation for admin (CMK) operations; the user's domain unless the IdP says otherwise. */
+  orgId: string;
+  /** When the credential that proved it stops being valid (epoch ms). */
+  expiresAt: number;
+}
+
+export interface AnonymousPrincipal {
+  kind: 'anonymous';
+  /** Absolute URI of the anonymous authorization the bearer stands for. */
+  authorizationUri: string;
+  authorizationId: string;
+  resourceId: string;
+  expiresAt: number;
+}
+
+export interface PeerPrincipal {
+  kind: 'peer';
+  /** The peer KMS's authority, e.g. `kms.b.example`. */
+  authority: string;
+  domains: readonly string[];
+  expiresAt: number;
+}
+
+export type Principal = UserPrincipal | AnonymousPrincipal | PeerPrincipal;
+
+/** The stable identifier recorded as a channel's owner and in the audit log. */
+export function principalId(p: Principal): string {
+  switch (p.kind) {
+    case 'user':
+      return p.id;
+    case 'anonymous':
+      return p.authorizationUri;
+    case 'peer':
+      return `kms://${p.authority}`;
+  }
+}
+
+/** What an access-token check yields, before the KMS maps it to a principal. */
+export interface VerifiedToken {
+  /** The configured user-id claim's value (e.g. `sub` or `email`). */
+  userId: string;
+  roles: string[];
+  orgId?: string;
+  /** Epoch ms after which the token must not be accepted. */
+  expiresAt: number;
+}
+
+export interface TokenVerifier {
+  /** Checks a bearer access token. Throws KmsError 401 when it is missing, invalid or expired. */
+  verify(bearer: string): Promise<VerifiedToken>;
+  close?(): void;
+}
+
+/** The `identity` section of kms.json (OPERATING.md, "Identity in production"). */
+export interface IdentityConfig {
+  /** Expected `iss` of access tokens from the organisation's IdP. */
+  issuer?: string;
+  /** A KMS-only audience: tokens minted for other services are refused (draft 4.2). */
+  audience?: string;
+  /** JWKS by URL. */
+  jwksUri?: string;
+  /** JWKS from a file (path relative to kms.json). */
+  jwksFile?: string;
+  /** Find `jwks_uri` through `<issuer>/.well-known/openid-configuration`. */
+  discovery?: boolean;
+  /** RFC 7662 introspection, for opaque tokens. */
+  introspection?: { endpoint: string; clientId: string; clientSecret: string };
+  /** Claim holding the user id; default `sub`. */
+  userClaim?: string;
+  /** Claim holding the roles (array or space-separated string); default `roles`. */
+  rolesClaim?: string;
+  /** Claim holding the organisation id for admin operations; default: the user's domain. */
+  orgClaim?: string;
+  /** Allowed clock skew in seconds; default 30. */
+  clockToleranceSeconds?: number;
+  /** The built-in development issuer behind `kms token`. */
+  dev?: { enabled: boolean; keyFile: string };
+}
