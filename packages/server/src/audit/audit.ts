@@ -1,0 +1,99 @@
+/**
+ * The audit log (PROTOCOL.md §7): every request, append-only and hash-chained, so that
+ * `kms audit verify` detects any altered, removed or reordered record. Records hold who asked for
+ * what and how it ended, never key material, bearer tokens or channel keys (nothing of the
+ * request body but its method and uri reaches this module).
+ *
+ * Appends are group-committed: records that arrive while a write is under way go in the next
+ * transaction, so a busy KMS pays one fsync per batch rather than one per request, and a request
+ * is answered only once its record is durable.
+ */
+import { createHash } from 'node:crypto';
+import type { AuditRow, Store } from '../store/store.js';
+
+export interface AuditEntry {
+  time: number;
+  principal: string | null;
+  clientId: string | null;
+  method: string | null;
+  uri: string | null;
+  status: number;
+  peer: string | null;
+  requestId: string | null;
+}
+
+export const GENESIS = '0'.repeat(64);
+
+export function auditHash(prevHash: string, seq: number, e: AuditEntry): string {
+  const canonical = JSON.stringify([seq, e.time, e.principal, e.clientId, e.method, e.uri, e.status, e.peer, e.requestId]);
+  return createHash('sha256').update(prevHash).update('\n').update(canonical).digest('hex');
+}
+
+export class AuditLog {
+  private queue: { entry: AuditEntry; done: (err?: unknown) => void }[] = [];
+  private writing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly store: Store,
+    private head: { seq: number; hash: string },
+  ) {}
+
+  static async open(store: Store): Promise<AuditLog> {
+    return new AuditLog(store, (await store.auditHead()) ?? { seq: 0, hash: GENESIS });
+  }
+
+  record(entry: AuditEntry): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ entry, done: (err) => (err ? reject(err) : resolve()) });
+      if (!this.writing) this.writing = this.drain();
+    });
+  }
+
+  /** Resolves once everything recorded so far is written. */
+  async flush(): Promise<void> {
+    while (this.writing) await this.writing;
+  }
+
+  private async drain(): Promise<void> {
+    // Let the current tick's requests join this batch.
+    await new Promise((r) => setImmediate(r));
+    while (this.queue.length > 0) {
+      const batch = this.queue;
+      this.queue = [];
+      let { seq, hash } = this.head;
+      const rows: AuditRow[] = batch.map(({ entry }) => {
+        seq += 1;
+        const prevHash = hash;
+        hash = auditHash(prevHash, seq, entry);
+        return { seq, ...entry, prevHash, hash };
+      });
+      try {
+        await this.store.appendAudit(rows);
+        this.head = { seq, hash };
+        for (const b of batch) b.done();
+      } catch (err) {
+        for (const b of batch) b.done(err);
+      }
+    }
+    this.writing = undefined;
+  }
+}
+
+export type VerifyResult = { ok: true; records: number } | { ok: false; records: number; seq: number; problem: string };
+
+/** Walks the whole chain; names the first record that is missing, reordered or altered. */
+export async function verifyAudit(store: Store): Promise<VerifyResult> {
+  let expectedSeq = 1;
+  let prev = GENESIS;
+  for (;;) {
+    const rows = await store.readAudit(expectedSeq - 1, 1000);
+    if (rows.length === 0) return { ok: true, records: expectedSeq - 1 };
+    for (const row of rows) {
+      if (row.seq !== expectedSeq) return { ok: false, records: expectedSeq - 1, seq: expectedSeq, problem: `record ${expectedSeq} is missing` };
+      if (row.prevHash !== prev) return { ok: false, records: expectedSeq - 1, seq: row.seq, problem: `record ${row.seq} does not follow record ${row.seq - 1}` };
+      if (auditHash(prev, row.seq, row) !== row.hash) return { ok: false, records: expectedSeq - 1, seq: row.seq, problem: `record ${row.seq} was altered` };
+      prev = row.hash;
+      expectedSeq += 1;
+    }
+  }
+}

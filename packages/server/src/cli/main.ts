@@ -1,0 +1,44 @@
+/**
+ * The `kms` command. Bad input of any kind gets one clear line on stderr and a non-zero exit,
+ * never a stack trace (OPERATING.md).
+ */
+import { ConfigError } from '../config.js';
+import { UsageError } from './args.js';
+import { auditCommand } from './audit.js';
+import { initCommand } from './init.js';
+import { serveCommand } from './serve.js';
+import { tokenCommand } from './token.js';
+
+const commands: Record<string, (argv: string[]) => Promise<void>> = {
+  init: initCommand,
+  serve: serveCommand,
+  token: tokenCommand,
+  audit: auditCommand,
+};
+
+const USAGE = `usage: kms <command> [options]
+  init          write a KMS folder (config, keys, certificates)
+  serve         run the KMS
+  token         print a development access token
+  audit verify  check the audit log's hash chain
+Run 'kms <command> --help' for a command's options.
+`;
+
+export async function main(argv: string[]): Promise<void> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stderr.write(USAGE);
+    if (!name) process.exitCode = 2;
+    return;
+  }
+  const command = commands[name];
+  try {
+    if (!command) throw new UsageError(`unknown command '${name}'; run 'kms --help'`);
+    await command(rest);
+  } catch (err) {
+    const known = err instanceof UsageError || err instanceof ConfigError;
+    const message = known ? (err as Error).message : `unexpected error: ${(err as Error)?.message ?? String(err)}`;
+    process.stderr.write(`kms: ${message}\n`);
+    process.exitCode = err instanceof UsageError ? 2 : 1;
+  }
+}

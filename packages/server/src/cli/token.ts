@@ -1,0 +1,28 @@
+/** `kms token`: a development access token, alone on stdout, so TOKEN=$(npx kms token …) works. */
+import { loadConfig } from '../config.js';
+import { devIssuerOf } from '../server.js';
+import { DEFAULT_CONFIG, UsageError, flagOrEnv, intFlag, parse } from './args.js';
+
+export async function tokenCommand(argv: string[]): Promise<void> {
+  const { values } = parse(argv, {
+    config: { type: 'string' },
+    user: { type: 'string' },
+    roles: { type: 'string' },
+    ttl: { type: 'string' },
+  });
+  if (values.bool('help')) {
+    process.stderr.write('usage: kms token --config D/kms.json --user U [--roles r1,r2] [--ttl S]\n');
+    return;
+  }
+  const user = flagOrEnv(values.str('user'), 'KMS_USER');
+  if (!user) throw new UsageError('kms token needs --user');
+  const config = loadConfig(flagOrEnv(values.str('config'), 'KMS_CONFIG') ?? DEFAULT_CONFIG);
+  const issuer = devIssuerOf(config);
+  if (!issuer) throw new UsageError('the development issuer is not enabled in this config (identity.dev.enabled)');
+  const roles = values.str('roles') ? values.str('roles')!.split(',').map((r) => r.trim()).filter(Boolean) : undefined;
+  try {
+    process.stdout.write((await issuer.issue(user, { roles, ttlSeconds: intFlag(values.str('ttl'), '--ttl', 1) })) + '\n');
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * Credential -> Principal, on every request (PROTOCOL.md §4 "Credentials"). The principal comes
+ * from the bearer alone; `credential.userId` is ignored. Bearers issued by this KMS for anonymous
+ * authorizations are recognised by their issuer and checked locally; everything else goes to the
+ * organisation's IdP through the TokenVerifier (which caches per token).
+ */
+import { KmsError, type Credential } from '@openkms/protocol';
+import type { Store } from '../store/store.js';
+import type { AnonymousBearers } from './anonymous.js';
+import type { Principal, TokenVerifier } from './principal.js';
+import { domainOf, isUserId, normalizeUserId } from './users.js';
+
+export class Authenticator {
+  constructor(
+    private readonly domains: readonly string[],
+    private readonly verifier: TokenVerifier,
+    private readonly anonymous: AnonymousBearers,
+    private readonly store: Store,
+    private readonly now: () => number,
+  ) {}
+
+  async authenticate(credential: Credential | undefined): Promise<Principal> {
+    const bearer = credential?.bearer;
+    if (!bearer) throw KmsError.unauthorized('credential.bearer missing');
+    if (this.anonymous.isOurs(bearer)) return this.anonymousPrincipal(bearer);
+
+    const token = await this.verifier.verify(bearer);
+    const id = normalizeUserId(token.userId, this.domains[0]!);
+    if (!isUserId(id)) throw KmsError.unauthorized('credential names no valid user');
+    const domain = domainOf(id);
+    if (!this.domains.includes(domain)) throw KmsError.forbidden(`this KMS does not serve domain ${domain}`);
+    return { kind: 'user', id, domain, roles: token.roles, orgId: token.orgId ?? domain, expiresAt: token.expiresAt };
+  }
+
+  private async anonymousPrincipal(bearer: string): Promise<Principal> {
+    const claims = await this.anonymous.verify(bearer);
+    const auth = await this.store.getAuthorization(claims.authorizationId);
+    if (!auth || auth.resourceId !== claims.resourceId || auth.authId !== null) {
+      throw KmsError.unauthorized('anonymous authorization revoked');
+    }
+    const resource = await this.store.getResource(claims.resourceId);
+    if (!resource || (resource.expiresAt !== null && resource.expiresAt <= this.now())) {
+      throw KmsError.unauthorized('anonymous authorization expired');
+    }
+    return {
+      kind: 'anonymous',
+      authorizationUri: `${this.anonymous.issuer}/authorizations/${auth.id}`,
+      authorizationId: auth.id,
+      resourceId: auth.resourceId,
+      expiresAt: claims.expiresAt,
+    };
+  }
+}

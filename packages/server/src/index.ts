@@ -1,0 +1,5 @@
+export * from './kms.js';
+export * from './server.js';
+export * from './config.js';
+export type { Principal } from './identity/principal.js';
+export type { Store } from './store/store.js';

@@ -1,0 +1,123 @@
+/** Draft 4.7.5–4.7.7: create keys, bind a key, retrieve one key or a resource's keys. */
+import { randomBytes, randomUUID } from 'node:crypto';
+import {
+  KmsError,
+  Limits,
+  Status,
+  bindKeySchema,
+  createKeysSchema,
+  parseDate,
+  retrieveKeysSchema,
+  validate,
+} from '@openkms/protocol';
+import { ownsUnboundKey } from '../policy.js';
+import { Secret } from '../secret.js';
+import type { KeyRow } from '../store/store.js';
+import type { Deps, Operation } from './context.js';
+import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
+import { keyRep } from './representations.js';
+
+const aad = (id: string) => `key:${id}`;
+
+async function reveal(deps: Deps, row: KeyRow) {
+  return keyRep(deps.authority, row, await deps.keyring.unseal(row.cmkId, row.sealed, aad(row.id)));
+}
+
+export const createKeys: Operation = async (ctx, deps) => {
+  const { count } = validate(createKeysSchema, ctx.request);
+  if (count > Limits.maxKeyCount) throw KmsError.tooLarge(`count: at most ${Limits.maxKeyCount} keys per request`);
+  const user = userPrincipal(ctx.principal);
+  const now = deps.now();
+  const cmk = deps.keyring.activeCmk(user.orgId);
+  const materials: Secret[] = [];
+  const rows: KeyRow[] = [];
+  for (let i = 0; i < count; i++) {
+    const id = randomUUID();
+    const material = new Secret(randomBytes(32));
+    materials.push(material);
+    rows.push({
+      id,
+      userId: user.id,
+      clientId: ctx.request.client.clientId,
+      createdAt: now,
+      expiresAt: now + deps.config.lifetimes.unboundKey * 1000,
+      resourceId: null,
+      bindDate: null,
+      bindSeq: null,
+      cmkId: cmk.id,
+      sealed: deps.keyring.seal(cmk.id, material.reveal(), aad(id)),
+    });
+  }
+  await deps.store.insertKeys(rows);
+  return { status: Status.CREATED, keys: rows.map((row, i) => keyRep(deps.authority, row, materials[i]!)) };
+};
+
+export const bindKey: Operation = async (ctx, deps) => {
+  const { resourceUri } = validate(bindKeySchema, ctx.request);
+  const user = userPrincipal(ctx.principal);
+  const resourceId = localId(deps, resourceUri, 'resources', 'resourceUri');
+  const key = await deps.store.getKey(ctx.id);
+  if (!key) throw KmsError.notFound('no such key');
+  if (key.userId !== user.id) throw KmsError.forbidden('only the key creator may bind it');
+  await liveResource(deps, resourceId, 'resourceUri');
+  await requireAuthorized(deps, user, resourceId);
+  const now = deps.now();
+  const outcome = await deps.store.bindKey({
+    id: key.id,
+    resourceId,
+    userId: user.id,
+    clientId: ctx.request.client.clientId,
+    bindDate: now,
+    expiresAt: now + deps.config.lifetimes.boundKey * 1000,
+    now,
+  });
+  bindFailure(outcome, 'key');
+  return { status: Status.OK, key: await reveal(deps, (await deps.store.getKey(key.id))!) };
+};
+
+/** Maps a failed bind to the profile's status; `field` names the key in the reason. */
+export function bindFailure(outcome: string, field: string): void {
+  switch (outcome) {
+    case 'bound':
+      return;
+    case 'missing':
+      throw KmsError.notFound(`${field}: no such key`);
+    case 'not-owner':
+      throw KmsError.forbidden(`${field}: only the key creator may bind it, from the client that created it`);
+    case 'already-bound':
+      throw KmsError.conflict(`${field}: key already bound`);
+    case 'expired':
+      throw KmsError.badRequest(`${field}: unbound key expired`);
+    default:
+      throw new Error(`unexpected bind outcome ${outcome}`);
+  }
+}
+
+export const retrieveKey: Operation = async (ctx, deps) => {
+  const key = await deps.store.getKey(ctx.id);
+  const now = deps.now();
+  if (!key) throw KmsError.notFound('no such key');
+  if (key.resourceId === null) {
+    // An expired unbound key stays readable by its creator until the sweeper destroys it.
+    if (key.expiresAt + deps.config.lifetimes.unboundGrace * 1000 <= now) throw KmsError.notFound('no such key');
+    if (!ownsUnboundKey(ctx.principal, key, ctx.request.client.clientId)) {
+      throw KmsError.forbidden('an unbound key is readable only by its creator, from the client that created it');
+    }
+  } else {
+    await liveResource(deps, key.resourceId);
+    await requireAuthorized(deps, ctx.principal, key.resourceId);
+  }
+  return { status: Status.OK, key: await reveal(deps, key) };
+};
+
+export const retrieveResourceKeys: Operation = async (ctx, deps) => {
+  const filter = validate(retrieveKeysSchema, ctx.request);
+  await liveResource(deps, ctx.id);
+  await requireAuthorized(deps, ctx.principal, ctx.id);
+  const rows = await deps.store.listResourceKeys(ctx.id, {
+    boundAfter: filter.boundAfter === undefined ? undefined : parseDate(filter.boundAfter),
+    boundBefore: filter.boundBefore === undefined ? undefined : parseDate(filter.boundBefore),
+    limit: filter.count,
+  });
+  return { status: Status.OK, keys: await Promise.all(rows.map((row) => reveal(deps, row))) };
+};

@@ -1,0 +1,80 @@
+/**
+ * Who may do what (PROTOCOL.md §5), as plain functions over plain data. The one piece that needs
+ * storage, walking KRO authIds, takes the loader as an argument so it stays testable without one.
+ */
+import type { Principal } from './identity/principal.js';
+import type { AuthorizationRow, CmkRow, KeyRow } from './store/store.js';
+
+/** How deep KRO authIds are followed (PROTOCOL.md §1). */
+export const MAX_KRO_DEPTH = 8;
+
+export type AuthorizationLoader = (resourceId: string) => Promise<AuthorizationRow[]>;
+
+/**
+ * True when `principal` is authorized on the resource: directly by its authId, or through a KRO
+ * authId naming another resource of this KMS on which it is authorized (transitively, cycles
+ * ignored, at most MAX_KRO_DEPTH hops). An anonymous principal is authorized on its own resource.
+ */
+export async function isAuthorized(
+  principal: Principal,
+  resourceId: string,
+  load: AuthorizationLoader,
+  selfResourcePrefix: string,
+): Promise<boolean> {
+  if (principal.kind === 'anonymous') return principal.resourceId === resourceId;
+  if (principal.kind !== 'user') return false;
+  const seen = new Set<string>([resourceId]);
+  let frontier = [resourceId];
+  for (let depth = 0; depth <= MAX_KRO_DEPTH && frontier.length > 0; depth++) {
+    const next: string[] = [];
+    for (const id of frontier) {
+      for (const auth of await load(id)) {
+        if (auth.authId === principal.id) return true;
+        if (auth.authId?.startsWith(selfResourcePrefix)) {
+          const kro = auth.authId.slice(selfResourcePrefix.length);
+          if (!seen.has(kro)) {
+            seen.add(kro);
+            next.push(kro);
+          }
+        }
+      }
+    }
+    frontier = next;
+  }
+  return false;
+}
+
+/** An unbound key is readable (and bindable) only by its creator, from the creating client. */
+export function ownsUnboundKey(principal: Principal, key: KeyRow, clientId: string): boolean {
+  return principal.kind === 'user' && key.userId === principal.id && key.clientId === clientId;
+}
+
+export const Roles = { kmsAdmin: 'kmsAdmin', orgAgent: 'orgAgent' } as const;
+
+/**
+ * Administrative API (draft, "Administrative API"): kmsAdmin acts on any CMK; orgAgent only on
+ * CMKs assigned to its own organisation (never on unassigned ones).
+ */
+export function mayAdministerCmks(principal: Principal, assignedOrgId: string | null): boolean {
+  if (principal.kind !== 'user') return false;
+  if (principal.roles.includes(Roles.kmsAdmin)) return true;
+  return principal.roles.includes(Roles.orgAgent) && assignedOrgId !== null && assignedOrgId === principal.orgId;
+}
+
+/** The CMKs a principal may list: all for kmsAdmin, its own organisation's for orgAgent. */
+export function visibleCmks(principal: Principal, cmks: CmkRow[]): CmkRow[] {
+  return cmks.filter((c) => mayAdministerCmks(principal, c.assignedOrgId));
+}
+
+/** What an anonymous bearer may do: read its resource's keys, ping, and close its channel. */
+export const ANONYMOUS_OPERATIONS: ReadonlySet<string> = new Set([
+  'retrieveKey',
+  'retrieveResourceKeys',
+  'ping',
+  'deleteEphemeralKey',
+]);
+
+export function mayUseOperation(principal: Principal, op: string): boolean {
+  if (principal.kind === 'anonymous') return ANONYMOUS_OPERATIONS.has(op);
+  return principal.kind === 'user';
+}

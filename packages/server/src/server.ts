@@ -1,0 +1,151 @@
+/**
+ * Assembles a running KMS from its configuration: storage, keyring root, static identity, token
+ * verification, the core, the transports, the sweeper. `kms serve` and the tests both start it
+ * through here, so tests run the real thing.
+ */
+import { readFileSync } from 'node:fs';
+import { isAbsolute, resolve } from 'node:path';
+import { configPath, ConfigError, type KmsConfig } from './config.js';
+import { loadDevIssuer, type DevIssuer } from './identity/dev-issuer.js';
+import { loadStaticIdentity } from './identity/certificates.js';
+import { createTokenVerifier } from './identity/tokens.js';
+import { parseRootKey } from './keyring/keyring.js';
+import { Kms, type Logger } from './kms.js';
+import { createLogger } from './logger.js';
+import { SqliteStore } from './store/sqlite.js';
+import type { Store } from './store/store.js';
+import { Metrics } from './transport/metrics.js';
+import { Transport } from './transport/http.js';
+import { fastCodec } from './codec/fast-codec.js';
+
+export interface StartOptions {
+  /** Overrides storage.url: `sqlite:PATH` or `postgres://…`. */
+  db?: string;
+  port?: number;
+  host?: string;
+  now?: () => number;
+  logger?: Logger;
+  /** Turn off the periodic sweeper (tests call kms.sweep() themselves). */
+  sweeper?: boolean;
+}
+
+export interface RunningKms {
+  kms: Kms;
+  store: Store;
+  transport: Transport;
+  /** http://host:port */
+  url: string;
+  close(): Promise<void>;
+}
+
+function read(config: KmsConfig, path: string, what: string): string {
+  const full = configPath(config, path);
+  try {
+    return readFileSync(full, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read ${what} ${full}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+}
+
+export function openStore(url: string, baseDir: string): Store {
+  if (url.startsWith('sqlite:')) {
+    const path = url.slice('sqlite:'.length);
+    if (!path) throw new ConfigError('storage url sqlite: needs a path, e.g. sqlite:kms.db');
+    try {
+      return new SqliteStore(path === ':memory:' || isAbsolute(path) ? path : resolve(baseDir, path));
+    } catch (err) {
+      throw new ConfigError(`cannot open SQLite database ${path}: ${(err as Error).message}`);
+    }
+  }
+  if (url.startsWith('postgres://') || url.startsWith('postgresql://')) {
+    throw new ConfigError('PostgreSQL storage is not part of this build yet; use sqlite:PATH');
+  }
+  throw new ConfigError(`storage url must be sqlite:PATH or postgres://…, got ${url.split(':')[0]}:`);
+}
+
+export function rootKeyOf(config: KmsConfig): Uint8Array {
+  const fromEnv = process.env.KMS_ROOT_KEY;
+  try {
+    if (fromEnv) return parseRootKey(fromEnv);
+    if (!config.rootKey.file) throw new ConfigError('no root key: set rootKey.file in the config or KMS_ROOT_KEY');
+    return parseRootKey(read(config, config.rootKey.file, 'root key'));
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(`root key: ${(err as Error).message}`);
+  }
+}
+
+export function devIssuerOf(config: KmsConfig): DevIssuer | undefined {
+  const dev = config.identity.dev;
+  if (!dev?.enabled) return undefined;
+  return loadDevIssuer(read(config, dev.keyFile, 'development issuer key'), devIssuerName(config), audienceOf(config));
+}
+
+export const devIssuerName = (config: KmsConfig) => `https://${config.authority}/dev-issuer`;
+export const audienceOf = (config: KmsConfig) => config.identity.audience ?? `kms://${config.authority}`;
+
+export async function startKms(config: KmsConfig, options: StartOptions = {}): Promise<RunningKms> {
+  const logger = options.logger ?? createLogger(config.log.level);
+  const staticKey = await loadStaticIdentity({
+    keyPem: read(config, config.staticKey.key, 'static key'),
+    certChainPem: read(config, config.staticKey.cert, 'static certificate'),
+    authority: config.authority,
+  }).catch((err: Error) => {
+    throw new ConfigError(err.message);
+  });
+  const rootKey = rootKeyOf(config);
+  const dev = devIssuerOf(config);
+  const verifier = createTokenVerifier(
+    { ...config.identity, audience: audienceOf(config) },
+    {
+      baseDir: config.baseDir,
+      now: options.now,
+      devPublicJwk: dev?.publicJwk,
+      devIssuer: dev ? devIssuerName(config) : undefined,
+      devAudience: dev ? audienceOf(config) : undefined,
+      onProviderError: (detail) => logger.warn({ detail }, 'identity provider problem'),
+    },
+  );
+  const store = openStore(options.db ?? config.storage.url, config.baseDir);
+  let kms: Kms;
+  try {
+    kms = await Kms.open({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec });
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  const metrics = new Metrics(() => kms.channels.openCount());
+  kms.onRequest = metrics.observe;
+  const tls = config.tls ? { cert: read(config, config.tls.cert, 'TLS certificate'), key: read(config, config.tls.key, 'TLS key') } : undefined;
+  const transport = new Transport({ kms, store, metrics, logger, tls });
+  const host = options.host ?? config.listen.host;
+  let bound: { port: number };
+  try {
+    bound = await transport.listen(options.port ?? config.listen.port, host);
+  } catch (err) {
+    await store.close();
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ConfigError(code === 'EADDRINUSE' ? `port ${options.port ?? config.listen.port} on ${host} is in use` : `cannot listen: ${code ?? (err as Error).message}`);
+  }
+  const sweeper =
+    options.sweeper === false
+      ? undefined
+      : setInterval(() => void kms.sweep().catch((err: Error) => logger.error({ err: { message: err.message } }, 'sweeper failed')), config.sweeper.intervalSeconds * 1000);
+  sweeper?.unref();
+  const url = `${config.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${bound.port}`;
+  let closing: Promise<void> | undefined;
+  return {
+    kms,
+    store,
+    transport,
+    url,
+    close: () =>
+      (closing ??= (async () => {
+        if (sweeper) clearInterval(sweeper);
+        await transport.close();
+        await kms.close();
+        verifier.close?.();
+        await store.close();
+      })()),
+  };
+}

@@ -1,0 +1,91 @@
+/**
+ * Versioned schema migrations, applied in order inside one transaction each. The SQL is kept to
+ * what SQLite and PostgreSQL both accept, so both backends share one history. Never edit a
+ * released migration: add the next one.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const migrations: Migration[] = [
+  {
+    version: 1,
+    name: 'initial schema',
+    sql: `
+CREATE TABLE cmks (
+  id TEXT PRIMARY KEY,
+  state TEXT NOT NULL CHECK (state IN ('active', 'inactive')),
+  assigned_org_id TEXT,
+  created_at BIGINT NOT NULL,
+  sealed BYTEA NOT NULL
+);
+CREATE UNIQUE INDEX cmks_one_active ON cmks ((COALESCE(assigned_org_id, ''))) WHERE state = 'active';
+
+CREATE TABLE resources (
+  id TEXT PRIMARY KEY,
+  creator TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT
+);
+CREATE INDEX resources_expiry ON resources (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE keys (
+  id TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL,
+  client_id TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  resource_id TEXT REFERENCES resources (id),
+  bind_date BIGINT,
+  bind_seq BIGINT,
+  cmk_id TEXT NOT NULL REFERENCES cmks (id),
+  sealed BYTEA NOT NULL
+);
+CREATE INDEX keys_by_resource ON keys (resource_id, bind_date, bind_seq) WHERE resource_id IS NOT NULL;
+CREATE INDEX keys_unbound_expiry ON keys (expires_at) WHERE resource_id IS NULL;
+
+CREATE TABLE authorizations (
+  id TEXT PRIMARY KEY,
+  resource_id TEXT NOT NULL REFERENCES resources (id),
+  auth_id TEXT,
+  role_uri TEXT,
+  created_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX authorizations_unique ON authorizations (resource_id, auth_id) WHERE auth_id IS NOT NULL;
+CREATE INDEX authorizations_by_auth_id ON authorizations (auth_id);
+
+CREATE TABLE channels (
+  id TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  client_id TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  cmk_id TEXT NOT NULL REFERENCES cmks (id),
+  sealed BYTEA NOT NULL
+);
+CREATE INDEX channels_expiry ON channels (expires_at);
+
+CREATE TABLE counters (
+  name TEXT PRIMARY KEY,
+  value BIGINT NOT NULL
+);
+INSERT INTO counters (name, value) VALUES ('bind_seq', 0);
+
+CREATE TABLE audit (
+  seq BIGINT PRIMARY KEY,
+  time BIGINT NOT NULL,
+  principal TEXT,
+  client_id TEXT,
+  method TEXT,
+  uri TEXT,
+  status INTEGER NOT NULL,
+  peer TEXT,
+  request_id TEXT,
+  prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL
+);
+`,
+  },
+];

@@ -1,0 +1,334 @@
+/**
+ * The embedded default store: one SQLite file, WAL, synchronous=FULL (a committed write survives
+ * a power cut), secure_delete (destroyed key rows are overwritten, not just unlinked).
+ * better-sqlite3 is synchronous, so each method is one transaction that no other request can
+ * interleave with; the async signatures are for the shared Store contract.
+ */
+import Database from 'better-sqlite3';
+import { migrations } from './migrations.js';
+import type {
+  AuditRow,
+  AuthorizationRow,
+  BindOutcome,
+  ChannelRow,
+  CmkRow,
+  KeyBind,
+  KeyFilter,
+  KeyRow,
+  ResourceRow,
+  Store,
+  SweepResult,
+} from './store.js';
+
+type Row = Record<string, unknown>;
+
+const keyFromRow = (r: Row): KeyRow => ({
+  id: r.id as string,
+  userId: r.user_id as string,
+  clientId: r.client_id as string,
+  createdAt: Number(r.created_at),
+  expiresAt: Number(r.expires_at),
+  resourceId: (r.resource_id as string | null) ?? null,
+  bindDate: r.bind_date === null ? null : Number(r.bind_date),
+  bindSeq: r.bind_seq === null ? null : Number(r.bind_seq),
+  cmkId: r.cmk_id as string,
+  sealed: r.sealed as Uint8Array,
+});
+
+const authorizationFromRow = (r: Row): AuthorizationRow => ({
+  id: r.id as string,
+  resourceId: r.resource_id as string,
+  authId: (r.auth_id as string | null) ?? null,
+  roleUri: (r.role_uri as string | null) ?? null,
+  createdAt: Number(r.created_at),
+});
+
+const cmkFromRow = (r: Row): CmkRow => ({
+  id: r.id as string,
+  state: r.state as CmkRow['state'],
+  assignedOrgId: (r.assigned_org_id as string | null) ?? null,
+  createdAt: Number(r.created_at),
+  sealed: r.sealed as Uint8Array,
+});
+
+const auditFromRow = (r: Row): AuditRow => ({
+  seq: Number(r.seq),
+  time: Number(r.time),
+  principal: (r.principal as string | null) ?? null,
+  clientId: (r.client_id as string | null) ?? null,
+  method: (r.method as string | null) ?? null,
+  uri: (r.uri as string | null) ?? null,
+  status: Number(r.status),
+  peer: (r.peer as string | null) ?? null,
+  requestId: (r.request_id as string | null) ?? null,
+  prevHash: r.prev_hash as string,
+  hash: r.hash as string,
+});
+
+/** SQLite spells BYTEA as BLOB; the rest of the shared migration SQL is accepted as is. */
+const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB');
+
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite' as const;
+  private readonly db: Database.Database;
+  private readonly stmt: Record<string, Database.Statement>;
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('secure_delete = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+    const p = (sql: string) => this.db.prepare(sql);
+    this.stmt = {
+      insertKey: p(`INSERT INTO keys (id, user_id, client_id, created_at, expires_at, resource_id, bind_date, bind_seq, cmk_id, sealed)
+                    VALUES (@id, @userId, @clientId, @createdAt, @expiresAt, @resourceId, @bindDate, @bindSeq, @cmkId, @sealed)`),
+      getKey: p('SELECT * FROM keys WHERE id = ?'),
+      nextBindSeq: p(`UPDATE counters SET value = value + 1 WHERE name = 'bind_seq' RETURNING value`),
+      bindKey: p(`UPDATE keys SET resource_id = @resourceId, bind_date = @bindDate, bind_seq = @bindSeq, expires_at = @expiresAt
+                  WHERE id = @id AND resource_id IS NULL`),
+      insertResource: p('INSERT INTO resources (id, creator, created_at, expires_at) VALUES (@id, @creator, @createdAt, @expiresAt)'),
+      getResource: p('SELECT * FROM resources WHERE id = ?'),
+      insertAuthorization: p(`INSERT INTO authorizations (id, resource_id, auth_id, role_uri, created_at)
+                              VALUES (@id, @resourceId, @authId, @roleUri, @createdAt)`),
+      findAuthorization: p('SELECT * FROM authorizations WHERE resource_id = ? AND auth_id = ?'),
+      listAuthorizations: p('SELECT * FROM authorizations WHERE resource_id = ? ORDER BY created_at, id'),
+      getAuthorization: p('SELECT * FROM authorizations WHERE id = ?'),
+      deleteAuthorization: p('DELETE FROM authorizations WHERE id = ? AND resource_id = ?'),
+      insertChannel: p(`INSERT INTO channels (id, owner, client_id, created_at, expires_at, cmk_id, sealed)
+                        VALUES (@id, @owner, @clientId, @createdAt, @expiresAt, @cmkId, @sealed)`),
+      getChannel: p('SELECT * FROM channels WHERE id = ?'),
+      deleteChannel: p('DELETE FROM channels WHERE id = ?'),
+      deactivateCmks: p(`UPDATE cmks SET state = 'inactive' WHERE state = 'active' AND COALESCE(assigned_org_id, '') = COALESCE(?, '')`),
+      insertCmk: p('INSERT INTO cmks (id, state, assigned_org_id, created_at, sealed) VALUES (@id, @state, @assignedOrgId, @createdAt, @sealed)'),
+      getCmk: p('SELECT * FROM cmks WHERE id = ?'),
+      setCmkState: p('UPDATE cmks SET state = ? WHERE id = ?'),
+      insertAudit: p(`INSERT INTO audit (seq, time, principal, client_id, method, uri, status, peer, request_id, prev_hash, hash)
+                      VALUES (@seq, @time, @principal, @clientId, @method, @uri, @status, @peer, @requestId, @prevHash, @hash)`),
+      auditHead: p('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1'),
+      readAudit: p('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
+    };
+  }
+
+  private migrate(): void {
+    this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
+    const applied = new Set(
+      (this.db.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version),
+    );
+    for (const m of migrations) {
+      if (applied.has(m.version)) continue;
+      this.db.transaction(() => {
+        this.db.exec(toSqlite(m.sql));
+        this.db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
+      })();
+    }
+  }
+
+  async insertKeys(rows: KeyRow[]): Promise<void> {
+    this.db.transaction(() => {
+      for (const row of rows) this.stmt.insertKey!.run(row);
+    })();
+  }
+
+  async getKey(id: string): Promise<KeyRow | undefined> {
+    const r = this.stmt.getKey!.get(id) as Row | undefined;
+    return r && keyFromRow(r);
+  }
+
+  /** Checks and binds inside the caller's transaction; the UPDATE's WHERE makes the race safe. */
+  private bindInTx(bind: KeyBind, resourceId: string): BindOutcome {
+    const r = this.stmt.getKey!.get(bind.id) as Row | undefined;
+    if (!r) return 'missing';
+    const key = keyFromRow(r);
+    // Ownership first, so that nobody but the creator learns whether a key is bound.
+    if (key.userId !== bind.userId || key.clientId !== bind.clientId) return 'not-owner';
+    if (key.resourceId !== null) return 'already-bound';
+    if (key.expiresAt <= bind.now) return 'expired';
+    const seq = Number((this.stmt.nextBindSeq!.get() as Row).value);
+    const changed = this.stmt.bindKey!.run({
+      id: bind.id,
+      resourceId,
+      bindDate: bind.bindDate,
+      bindSeq: seq,
+      expiresAt: bind.expiresAt,
+    }).changes;
+    return changed === 1 ? 'bound' : 'already-bound';
+  }
+
+  async bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome> {
+    return this.db.transaction(() => this.bindInTx(bind, bind.resourceId))();
+  }
+
+  async listResourceKeys(resourceId: string, filter: KeyFilter = {}): Promise<KeyRow[]> {
+    const where = ['resource_id = ?'];
+    const args: unknown[] = [resourceId];
+    if (filter.boundAfter !== undefined) {
+      where.push('bind_date >= ?');
+      args.push(filter.boundAfter);
+    }
+    if (filter.boundBefore !== undefined) {
+      where.push('bind_date < ?');
+      args.push(filter.boundBefore);
+    }
+    let sql = `SELECT * FROM keys WHERE ${where.join(' AND ')} ORDER BY bind_date DESC, bind_seq DESC`;
+    if (filter.limit !== undefined) {
+      sql += ' LIMIT ?';
+      args.push(filter.limit);
+    }
+    return (this.db.prepare(sql).all(...args) as Row[]).map(keyFromRow);
+  }
+
+  async createResource(resource: ResourceRow, authorizations: AuthorizationRow[], binds: KeyBind[]): Promise<BindOutcome> {
+    class Abort extends Error {
+      constructor(readonly outcome: BindOutcome) {
+        super(outcome);
+      }
+    }
+    try {
+      this.db.transaction(() => {
+        this.stmt.insertResource!.run(resource);
+        for (const a of authorizations) this.stmt.insertAuthorization!.run(a);
+        for (const b of binds) {
+          const outcome = this.bindInTx(b, resource.id);
+          if (outcome !== 'bound') throw new Abort(outcome);
+        }
+      })();
+      return 'bound';
+    } catch (err) {
+      if (err instanceof Abort) return err.outcome;
+      throw err;
+    }
+  }
+
+  async getResource(id: string): Promise<ResourceRow | undefined> {
+    const r = this.stmt.getResource!.get(id) as Row | undefined;
+    return r && { id: r.id as string, creator: r.creator as string, createdAt: Number(r.created_at), expiresAt: r.expires_at === null ? null : Number(r.expires_at) };
+  }
+
+  async addAuthorizations(resourceId: string, rows: AuthorizationRow[]): Promise<AuthorizationRow[]> {
+    return this.db.transaction(() =>
+      rows.map((row) => {
+        if (row.authId !== null) {
+          const existing = this.stmt.findAuthorization!.get(resourceId, row.authId) as Row | undefined;
+          if (existing) return authorizationFromRow(existing);
+        }
+        this.stmt.insertAuthorization!.run({ ...row, resourceId });
+        return row;
+      }),
+    )();
+  }
+
+  async listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
+    return (this.stmt.listAuthorizations!.all(resourceId) as Row[]).map(authorizationFromRow);
+  }
+
+  async getAuthorization(id: string): Promise<AuthorizationRow | undefined> {
+    const r = this.stmt.getAuthorization!.get(id) as Row | undefined;
+    return r && authorizationFromRow(r);
+  }
+
+  async deleteAuthorizations(resourceId: string, ids: string[]): Promise<AuthorizationRow[]> {
+    return this.db.transaction(() => {
+      const deleted: AuthorizationRow[] = [];
+      for (const id of ids) {
+        const r = this.stmt.getAuthorization!.get(id) as Row | undefined;
+        if (r && r.resource_id === resourceId && this.stmt.deleteAuthorization!.run(id, resourceId).changes === 1) {
+          deleted.push(authorizationFromRow(r));
+        }
+      }
+      return deleted;
+    })();
+  }
+
+  async insertChannel(row: ChannelRow): Promise<void> {
+    this.stmt.insertChannel!.run(row);
+  }
+
+  async getChannel(id: string): Promise<ChannelRow | undefined> {
+    const r = this.stmt.getChannel!.get(id) as Row | undefined;
+    return (
+      r && {
+        id: r.id as string,
+        owner: r.owner as string,
+        clientId: r.client_id as string,
+        createdAt: Number(r.created_at),
+        expiresAt: Number(r.expires_at),
+        cmkId: r.cmk_id as string,
+        sealed: r.sealed as Uint8Array,
+      }
+    );
+  }
+
+  async deleteChannel(id: string): Promise<boolean> {
+    return this.stmt.deleteChannel!.run(id).changes === 1;
+  }
+
+  async insertCmk(row: CmkRow): Promise<void> {
+    this.db.transaction(() => {
+      if (row.state === 'active') this.stmt.deactivateCmks!.run(row.assignedOrgId);
+      this.stmt.insertCmk!.run(row);
+    })();
+  }
+
+  async listCmks(assignedOrgId?: string | null): Promise<CmkRow[]> {
+    const rows =
+      assignedOrgId === undefined
+        ? this.db.prepare('SELECT * FROM cmks ORDER BY created_at, id').all()
+        : this.db.prepare(`SELECT * FROM cmks WHERE COALESCE(assigned_org_id, '') = COALESCE(?, '') ORDER BY created_at, id`).all(assignedOrgId);
+    return (rows as Row[]).map(cmkFromRow);
+  }
+
+  async getCmk(id: string): Promise<CmkRow | undefined> {
+    const r = this.stmt.getCmk!.get(id) as Row | undefined;
+    return r && cmkFromRow(r);
+  }
+
+  async setCmkState(id: string, state: CmkRow['state']): Promise<void> {
+    this.db.transaction(() => {
+      const r = this.stmt.getCmk!.get(id) as Row | undefined;
+      if (!r) return;
+      if (state === 'active') this.stmt.deactivateCmks!.run(r.assigned_org_id ?? null);
+      this.stmt.setCmkState!.run(state, id);
+    })();
+  }
+
+  async appendAudit(rows: AuditRow[]): Promise<void> {
+    this.db.transaction(() => {
+      for (const row of rows) this.stmt.insertAudit!.run(row);
+    })();
+  }
+
+  async auditHead(): Promise<{ seq: number; hash: string } | undefined> {
+    const r = this.stmt.auditHead!.get() as Row | undefined;
+    return r && { seq: Number(r.seq), hash: r.hash as string };
+  }
+
+  async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
+    return (this.stmt.readAudit!.all(afterSeq, limit) as Row[]).map(auditFromRow);
+  }
+
+  async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
+    return this.db.transaction(() => {
+      const expired = this.db.prepare('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= ?').all(now) as Row[];
+      let keys = 0;
+      for (const { id } of expired) {
+        keys += this.db.prepare('DELETE FROM keys WHERE resource_id = ?').run(id).changes;
+        this.db.prepare('DELETE FROM authorizations WHERE resource_id = ?').run(id);
+        this.db.prepare('DELETE FROM resources WHERE id = ?').run(id);
+      }
+      keys += this.db.prepare('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= ?').run(now - unboundGraceMs).changes;
+      const channels = this.db.prepare('DELETE FROM channels WHERE expires_at <= ?').run(now).changes;
+      return { resources: expired.length, keys, channels };
+    })();
+  }
+
+  async ping(): Promise<void> {
+    this.db.prepare('SELECT 1').get();
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}

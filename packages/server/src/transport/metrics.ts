@@ -1,0 +1,39 @@
+/** Prometheus metrics: requests by operation and status, latency, channels open. */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RequestEvent } from '../kms.js';
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'op' | 'status'>;
+  private readonly latency: Histogram<'op'>;
+
+  constructor(channelsOpen: () => number) {
+    collectDefaultMetrics({ register: this.registry });
+    this.requests = new Counter({
+      name: 'kms_requests_total',
+      help: 'KMS requests by operation and status',
+      labelNames: ['op', 'status'],
+      registers: [this.registry],
+    });
+    this.latency = new Histogram({
+      name: 'kms_request_duration_seconds',
+      help: 'Time to answer a KMS request, by operation',
+      labelNames: ['op'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [this.registry],
+    });
+    new Gauge({
+      name: 'kms_channels_open',
+      help: 'Ephemeral-key channels held open (not expired) by this process',
+      registers: [this.registry],
+      collect() {
+        this.set(channelsOpen());
+      },
+    });
+  }
+
+  observe = (event: RequestEvent): void => {
+    this.requests.inc({ op: event.op, status: String(event.status) });
+    this.latency.observe({ op: event.op }, event.seconds);
+  };
+}
