@@ -4,7 +4,7 @@
  * wrap. Every failure is mapped to an answer in one place (`answer`), and every request, failed
  * or not, is recorded in the audit log before it is answered.
  */
-import { randomUUID, type KeyObject } from 'node:crypto';
+import { createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import {
   KmsError,
@@ -106,7 +106,7 @@ export class Kms {
     this.staticKid = staticKey.publicJwk.kid;
     this.codec = options.codec ?? joseCodec;
     this.logger = options.logger ?? silent;
-    const anonymous = new AnonymousBearers(config.authority, staticKey.privateKey, staticKey.privateKey, now);
+    const anonymous = new AnonymousBearers(config.authority, staticKey.privateKey, createPublicKey(staticKey.privateKey), now);
     this.deps = {
       authority: config.authority,
       config,

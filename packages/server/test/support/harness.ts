@@ -1,0 +1,102 @@
+/**
+ * Test harness: a real KMS (real SQLite file, real keys and certificates, real sockets) on an
+ * ephemeral port. The KMS folder (keys, CA, dev issuer) is made once per test process because RSA
+ * key generation is slow; every KMS started gets its own fresh database.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { initKmsDir } from '../../src/cli/init.js';
+import { loadConfig, parseConfig, type KmsConfig } from '../../src/config.js';
+import { createLogger } from '../../src/logger.js';
+import { devIssuerOf, startKms, type RunningKms } from '../../src/server.js';
+
+const folders = new Map<string, Promise<string>>();
+
+/** A KMS folder for `authority`/`domains`, made once per process. */
+export function kmsFolder(authority = 'kms.a.example', domains = ['a.example']): Promise<string> {
+  const key = `${authority}|${domains.join(',')}`;
+  let folder = folders.get(key);
+  if (!folder) {
+    const dir = mkdtempSync(join(tmpdir(), 'kms-test-'));
+    folder = initKmsDir({ dir, authority, domains }).then(() => dir);
+    folders.set(key, folder);
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  }
+  return folder;
+}
+
+export interface TestKms extends RunningKms {
+  config: KmsConfig;
+  dir: string;
+  dbPath: string;
+  /** Every log line the server wrote. */
+  logs: string[];
+  token(user: string, opts?: { roles?: string[]; ttlSeconds?: number }): Promise<string>;
+}
+
+export interface TestKmsOptions {
+  authority?: string;
+  domains?: string[];
+  now?: () => number;
+  /** Deep-merged into the folder's kms.json. */
+  config?: Record<string, unknown>;
+  /** Reuse a database file (restart tests). */
+  dbPath?: string;
+}
+
+function merge(base: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...base };
+  for (const [k, v] of Object.entries(patch)) {
+    const b = out[k];
+    out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b) ? merge(b as Record<string, unknown>, v as Record<string, unknown>) : v;
+  }
+  return out;
+}
+
+export async function startTestKms(options: TestKmsOptions = {}): Promise<TestKms> {
+  const dir = await kmsFolder(options.authority, options.domains);
+  const base = loadConfig(join(dir, 'kms.json'));
+  const { baseDir, ...raw } = base;
+  const config = options.config ? parseConfig(merge(raw as Record<string, unknown>, options.config), baseDir) : base;
+  const dbPath = options.dbPath ?? join(mkdtempSync(join(tmpdir(), 'kms-db-')), 'kms.db');
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, done) {
+      logs.push(String(chunk));
+      done();
+    },
+  });
+  const running = await startKms(config, {
+    db: `sqlite:${dbPath}`,
+    port: 0,
+    host: '127.0.0.1',
+    now: options.now,
+    logger: createLogger('debug', sink),
+    sweeper: false,
+  });
+  const issuer = devIssuerOf(config)!;
+  return {
+    ...running,
+    config,
+    dir,
+    dbPath,
+    logs,
+    token: (user, opts) => issuer.issue(user, { roles: opts?.roles, ttlSeconds: opts?.ttlSeconds, now: options.now?.() }),
+  };
+}
+
+/** A clock the test moves by hand. */
+export function manualClock(start = Date.now()): { now: () => number; advance(ms: number): void; set(ms: number): void } {
+  let t = start;
+  return {
+    now: () => t,
+    advance(ms) {
+      t += ms;
+    },
+    set(ms) {
+      t = ms;
+    },
+  };
+}

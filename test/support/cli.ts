@@ -1,0 +1,59 @@
+/** Runs the real `kms` command (the package bin) as a child process. */
+import { spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const KMS_BIN = fileURLToPath(new URL('../../packages/server/bin/kms.js', import.meta.url));
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function runKms(args: string[], env: Record<string, string> = {}): RunResult {
+  const r = spawnSync(process.execPath, [KMS_BIN, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export interface Served {
+  url: string;
+  stdout: string[];
+  stderr: string[];
+  /** Sends SIGTERM and resolves with the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/** Starts `kms serve` and resolves once it prints where it listens. */
+export function serve(args: string[], env: Record<string, string> = {}): Promise<Served> {
+  const child = spawn(process.execPath, [KMS_BIN, 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`kms serve did not start: ${stderr.join('')}`));
+    }, 30_000);
+    child.stdout.setEncoding('utf8').on('data', (d: string) => stdout.push(d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr.push(d);
+      const m = /listening on (\S+)/.exec(stderr.join(''));
+      if (m) {
+        clearTimeout(timer);
+        resolve({
+          url: m[1]!,
+          stdout,
+          stderr,
+          stop: () => {
+            child.kill('SIGTERM');
+            return exited;
+          },
+        });
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`kms serve exited with ${code}: ${stderr.join('')}`));
+    });
+  });
+}
