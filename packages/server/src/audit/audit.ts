@@ -4,11 +4,11 @@
  * what and how it ended, never key material, bearer tokens or channel keys (nothing of the
  * request body but its method and uri reaches this module).
  *
- * Appends are group-committed: records that arrive while a write is under way go in the next
- * transaction, so a busy KMS pays one fsync per batch rather than one per request, and a request
- * is answered only once its record is durable.
+ * Appends are group-committed (store/group-commit.ts): a request is answered only once its record
+ * is durable, but a busy KMS pays one fsync per batch of records.
  */
 import { createHash } from 'node:crypto';
+import { GroupCommit } from '../store/group-commit.js';
 import type { AuditRow, Store } from '../store/store.js';
 
 export interface AuditEntry {
@@ -30,52 +30,38 @@ export function auditHash(prevHash: string, seq: number, e: AuditEntry): string 
 }
 
 export class AuditLog {
-  private queue: { entry: AuditEntry; done: (err?: unknown) => void }[] = [];
-  private writing: Promise<void> | undefined;
+  private readonly commits: GroupCommit<AuditEntry>;
 
   private constructor(
     private readonly store: Store,
     private head: { seq: number; hash: string },
-  ) {}
-
-  static async open(store: Store): Promise<AuditLog> {
-    return new AuditLog(store, (await store.auditHead()) ?? { seq: 0, hash: GENESIS });
-  }
-
-  record(entry: AuditEntry): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ entry, done: (err) => (err ? reject(err) : resolve()) });
-      if (!this.writing) this.writing = this.drain();
-    });
-  }
-
-  /** Resolves once everything recorded so far is written. */
-  async flush(): Promise<void> {
-    while (this.writing) await this.writing;
-  }
-
-  private async drain(): Promise<void> {
-    // Let the current tick's requests join this batch.
-    await new Promise((r) => setImmediate(r));
-    while (this.queue.length > 0) {
-      const batch = this.queue;
-      this.queue = [];
+  ) {
+    // The chain is extended at commit time, in commit order, so concurrent records never fork it.
+    this.commits = new GroupCommit(async (entries) => {
       let { seq, hash } = this.head;
-      const rows: AuditRow[] = batch.map(({ entry }) => {
+      const rows: AuditRow[] = entries.map((entry) => {
         seq += 1;
         const prevHash = hash;
         hash = auditHash(prevHash, seq, entry);
         return { seq, ...entry, prevHash, hash };
       });
-      try {
-        await this.store.appendAudit(rows);
-        this.head = { seq, hash };
-        for (const b of batch) b.done();
-      } catch (err) {
-        for (const b of batch) b.done(err);
-      }
-    }
-    this.writing = undefined;
+      await this.store.appendAudit(rows);
+      this.head = { seq, hash };
+    });
+  }
+
+  static async open(store: Store): Promise<AuditLog> {
+    return new AuditLog(store, (await store.auditHead()) ?? { seq: 0, hash: GENESIS });
+  }
+
+  /** Resolves once the record is durable. */
+  record(entry: AuditEntry): Promise<void> {
+    return this.commits.add(entry);
+  }
+
+  /** Resolves once everything recorded so far is written. */
+  flush(): Promise<void> {
+    return this.commits.flush();
   }
 }
 

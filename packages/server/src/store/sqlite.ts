@@ -5,6 +5,7 @@
  * interleave with; the async signatures are for the shared Store contract.
  */
 import Database from 'better-sqlite3';
+import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
 import type {
   AuditRow,
@@ -72,6 +73,12 @@ export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const;
   private readonly db: Database.Database;
   private readonly stmt: Record<string, Database.Statement>;
+  /** Handshakes are frequent and independent: their channel rows share transactions. */
+  private readonly channelCommits = new GroupCommit<ChannelRow>((rows) => {
+    this.db.transaction(() => {
+      for (const row of rows) this.stmt.insertChannel!.run(row);
+    })();
+  });
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -242,8 +249,8 @@ export class SqliteStore implements Store {
     })();
   }
 
-  async insertChannel(row: ChannelRow): Promise<void> {
-    this.stmt.insertChannel!.run(row);
+  insertChannel(row: ChannelRow): Promise<void> {
+    return this.channelCommits.add(row);
   }
 
   async getChannel(id: string): Promise<ChannelRow | undefined> {
@@ -329,6 +336,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    await this.channelCommits.flush();
     if (this.db.open) this.db.close();
   }
 }
