@@ -41,7 +41,8 @@ export class AnonymousBearers {
       .setIssuer(this.issuer)
       .setSubject(absoluteUri(this.authority, 'authorizations', claims.authorizationId))
       .setIssuedAt(Math.floor(this.now() / 1000))
-      .setExpirationTime(Math.floor(claims.expiresAt / 1000))
+      // Rounded up: the resource itself (checked on every use) bounds the bearer to the millisecond.
+      .setExpirationTime(Math.ceil(claims.expiresAt / 1000))
       .sign(this.privateKey);
   }
 
