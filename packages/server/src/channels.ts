@@ -64,7 +64,8 @@ export class Channels {
       this.remember(channel);
     }
     if (channel.expiresAt <= this.now()) {
-      this.forget(id);
+      // Deleted at once, not left to the sweeper: a clock stepping back must not revive it.
+      await this.delete(id);
       return undefined;
     }
     return channel;
