@@ -157,6 +157,7 @@ describe('kms audit verify', () => {
     assert.match(r.stdout, /intact: \d+ records/);
     const count = Number(/intact: (\d+)/.exec(r.stdout)![1]);
     assert.ok(count >= 6, 'handshake and pings are recorded');
+    assert.equal(statSync(join(dir, 'kms.db')).mode & 0o077, 0, 'the database is owner-only');
   });
 
   test('an altered record is named', () => {

@@ -34,6 +34,7 @@ import {
   type ProtectedHeader,
 } from '@openkms/protocol';
 import { fastCodec } from '../src/codec/fast-codec.js';
+import { seededRandom } from './support/random.js';
 
 const require = createRequire(import.meta.url);
 type Any = any;
@@ -42,22 +43,10 @@ const KMS: Any = require('node-kms');
 
 // --- deterministic randomness (keys and payloads); IVs and RSA padding stay truly random ----------
 
-const SEED = (process.env.FAST_CODEC_SEED ? Number(process.env.FAST_CODEC_SEED) : Date.now()) >>> 0;
-let state = SEED;
-function rand(): number {
-  state = (state + 0x6d2b79f5) | 0;
-  let t = Math.imul(state ^ (state >>> 15), 1 | state);
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
-const int = (n: number): number => Math.floor(rand() * n);
-const pick = <T>(items: readonly T[]): T => items[int(items.length)]!;
-function bytes(n: number): Uint8Array {
-  const out = new Uint8Array(n);
-  for (let i = 0; i < n; i++) out[i] = int(256);
-  return out;
-}
-const at = (what: string): string => `${what} (FAST_CODEC_SEED=${SEED})`;
+const random = seededRandom('FAST_CODEC_SEED');
+const { rand, int, pick, at } = random;
+const SEED = random.seed;
+const bytes = (n: number): Uint8Array => new Uint8Array(random.bytes(n));
 
 const CHARS = [' ', 'a', 'Z', '0', '"', '\\', '\n', 'é', '€', '😀', '\u0000', '\ud800', '/', '.', '='];
 function randomString(max: number): string {

@@ -10,29 +10,13 @@ import { CompactEncrypt, CompactSign, decodeProtectedHeader, generateKeyPair, im
 import WebSocket from 'ws';
 import { generateEphemeralKeyPair, joseCodec, segmentCount } from '@openkms/protocol';
 import { startTestKms, type TestKms } from './support/harness.js';
-import { TestClient } from './support/client.js';
+import { assertHealthy, TestClient } from './support/client.js';
+import { seededRandom } from './support/random.js';
 
-const SEED = (process.env.MALFORMED_SEED ? Number(process.env.MALFORMED_SEED) : Date.now() ^ (process.pid << 10)) >>> 0;
+const random = seededRandom('MALFORMED_SEED');
+const { rand, int, chance, pick, at, bytes } = random;
+const SEED = random.seed;
 console.log(`malformed corpus: MALFORMED_SEED=${SEED}`);
-const at = (what: string): string => `${what} (MALFORMED_SEED=${SEED})`;
-
-// --- seeded randomness (mulberry32) ---------------------------------------------------------------
-
-let state = SEED;
-function rand(): number {
-  state = (state + 0x6d2b79f5) | 0;
-  let t = Math.imul(state ^ (state >>> 15), 1 | state);
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
-const int = (n: number): number => Math.floor(rand() * n);
-const chance = (p: number): boolean => rand() < p;
-const pick = <T>(items: readonly T[]): T => items[int(items.length)]!;
-function bytes(n: number): Buffer {
-  const out = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) out[i] = int(256);
-  return out;
-}
 const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 const randB64u = (n: number): string => Array.from({ length: n }, () => B64URL[int(64)]).join('');
 const b64u = (value: unknown): string =>
@@ -661,12 +645,7 @@ test('a generated corpus of malformed messages: every answer well-formed, never 
   assert.deepEqual(failures.slice(0, 20), [], `${failures.length} bad answers`);
 
   // Still alive: liveness, readiness and a normal ping on the same channel.
-  const health = await fetch(`${kms.url}/healthz`);
-  assert.equal(health.status, 200);
-  await health.arrayBuffer();
-  const ready = await fetch(`${kms.url}/readyz`);
-  assert.equal(ready.status, 200);
-  await ready.arrayBuffer();
+  await assertHealthy(kms.url);
   const pong = await alice.request({ method: 'update', uri: '/ping', requestId: 'after-corpus' });
   assert.equal(pong.status, 200);
   assert.equal(pong.requestId, 'after-corpus');

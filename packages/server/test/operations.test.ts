@@ -18,6 +18,7 @@ import { importJWK, jwtVerify } from 'jose';
 import { deriveChannelKey, generateEphemeralKeyPair, importEcPublicKey } from '@openkms/protocol';
 import { TestClient, postBatch } from './support/client.js';
 import { manualClock, startTestKms, type TestKms } from './support/harness.js';
+import type { KeyRep } from '@openkms/protocol';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -35,16 +36,6 @@ const iso = (ms: number) => new Date(ms).toISOString();
 const idOf = (uri: string) => uri.slice(uri.lastIndexOf('/') + 1);
 const unknownUri = (collection: string) => `kms://${AUTHORITY}/${collection}/${randomUUID()}`;
 
-interface KeyRep {
-  uri: string;
-  jwk: { kty: string; kid: string; k: string };
-  userId: string;
-  clientId: string;
-  createDate: string;
-  expirationDate: string;
-  resourceUri?: string;
-  bindDate?: string;
-}
 
 interface AuthorizationRep {
   uri: string;

@@ -10,7 +10,7 @@ import { CompactEncrypt, CompactSign, decodeProtectedHeader, generateKeyPair, im
 import WebSocket from 'ws';
 import { deriveChannelKey, encryptStatic, generateEphemeralKeyPair, importEcPublicKey, joseCodec, segmentCount, type KmsResponse } from '@openkms/protocol';
 import { manualClock, startTestKms, type TestKms } from './support/harness.js';
-import { postBatch, TestClient } from './support/client.js';
+import { assertHealthy, postBatch, TestClient } from './support/client.js';
 
 const enc = new TextEncoder();
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -616,12 +616,7 @@ describe('§3 HTTP transport', () => {
   });
 
   test('GET /healthz, /readyz → 200; /metrics is Prometheus text with the KMS series', async () => {
-    const health = await fetch(`${kms.url}/healthz`);
-    assert.equal(health.status, 200);
-    await health.arrayBuffer();
-    const ready = await fetch(`${kms.url}/readyz`);
-    assert.equal(ready.status, 200);
-    await ready.arrayBuffer();
+    await assertHealthy(kms.url);
     const metrics = await fetch(`${kms.url}/metrics`);
     assert.equal(metrics.status, 200);
     assert.match(metrics.headers.get('content-type') ?? '', /^text\/plain/);

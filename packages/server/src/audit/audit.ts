@@ -9,18 +9,9 @@
  */
 import { createHash } from 'node:crypto';
 import { GroupCommit } from '../store/group-commit.js';
-import type { AuditRow, Store } from '../store/store.js';
+import type { AuditEntry, AuditRow, Store } from '../store/store.js';
 
-export interface AuditEntry {
-  time: number;
-  principal: string | null;
-  clientId: string | null;
-  method: string | null;
-  uri: string | null;
-  status: number;
-  peer: string | null;
-  requestId: string | null;
-}
+export type { AuditEntry };
 
 export const GENESIS = '0'.repeat(64);
 

@@ -4,6 +4,7 @@
  * better-sqlite3 is synchronous, so each method is one transaction that no other request can
  * interleave with; the async signatures are for the shared Store contract.
  */
+import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
@@ -82,6 +83,8 @@ export class SqliteStore implements Store {
 
   constructor(path: string) {
     this.db = new Database(path);
+    // Owner-only, like the other secrets of a KMS folder; SQLite gives its -wal/-shm files the same mode.
+    if (path !== ':memory:') chmodSync(path, 0o600);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');

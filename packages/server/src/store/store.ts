@@ -54,8 +54,8 @@ export interface CmkRow {
   sealed: Uint8Array;
 }
 
-export interface AuditRow {
-  seq: number;
+/** One audited request: who, from which client, what, how it ended. Never a secret. */
+export interface AuditEntry {
   time: number;
   principal: string | null;
   clientId: string | null;
@@ -64,6 +64,10 @@ export interface AuditRow {
   status: number;
   peer: string | null;
   requestId: string | null;
+}
+
+export interface AuditRow extends AuditEntry {
+  seq: number;
   prevHash: string;
   hash: string;
 }

@@ -30,6 +30,15 @@ export async function postBatch(url: string, messages: string[]): Promise<string
   return ((await res.json()) as { kmsMessages: string[] }).kmsMessages;
 }
 
+/** Liveness and readiness both answer 200 (the server survived whatever the test sent). */
+export async function assertHealthy(url: string): Promise<void> {
+  for (const path of ['/healthz', '/readyz']) {
+    const res = await fetch(`${url}${path}`);
+    await res.arrayBuffer();
+    if (res.status !== 200) throw new Error(`${path} answered ${res.status}`);
+  }
+}
+
 export interface WellKnown {
   kmsCluster: string;
   rsaPublicKey: { kty: string; kid: string; n: string; e: string; x5c: string[] };

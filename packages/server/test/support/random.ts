@@ -1,0 +1,40 @@
+/**
+ * Seeded randomness for generated test inputs (mulberry32): a failing run prints its seed, and the
+ * same seed in `envName` reproduces it exactly.
+ */
+export interface SeededRandom {
+  seed: number;
+  rand(): number;
+  int(n: number): number;
+  chance(p: number): boolean;
+  pick<T>(items: readonly T[]): T;
+  bytes(n: number): Buffer;
+  /** `what`, tagged with the seed that reproduces it. */
+  at(what: string): string;
+}
+
+export function seededRandom(envName: string): SeededRandom {
+  const fromEnv = process.env[envName];
+  const seed = (fromEnv ? Number(fromEnv) : Date.now() ^ (process.pid << 10)) >>> 0;
+  let state = seed;
+  const rand = (): number => {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = Math.imul(state ^ (state >>> 15), 1 | state);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const int = (n: number): number => Math.floor(rand() * n);
+  return {
+    seed,
+    rand,
+    int,
+    chance: (p) => rand() < p,
+    pick: (items) => items[int(items.length)]!,
+    bytes(n) {
+      const out = Buffer.alloc(n);
+      for (let i = 0; i < n; i++) out[i] = int(256);
+      return out;
+    },
+    at: (what) => `${what} (${envName}=${seed})`,
+  };
+}
