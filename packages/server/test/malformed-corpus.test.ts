@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { CompactEncrypt, CompactSign, decodeProtectedHeader, generateKeyPair, importJWK, type CryptoKey as JoseKey } from 'jose';
 import WebSocket from 'ws';
 import { generateEphemeralKeyPair, joseCodec, segmentCount } from '@openkms/protocol';
-import { startTestKms, type TestKms } from './support/harness.js';
+import { startTestKms, type TestKms } from '../src/testing/harness.js';
 import { assertHealthy, TestClient } from './support/client.js';
 import { seededRandom } from './support/random.js';
 

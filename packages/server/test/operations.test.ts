@@ -17,7 +17,7 @@ import Database from 'better-sqlite3';
 import { importJWK, jwtVerify } from 'jose';
 import { deriveChannelKey, generateEphemeralKeyPair, importEcPublicKey } from '@openkms/protocol';
 import { TestClient, postBatch } from './support/client.js';
-import { manualClock, startTestKms, type TestKms } from './support/harness.js';
+import { manualClock, startTestKms, type TestKms } from '../src/testing/harness.js';
 import type { KeyRep } from '@openkms/protocol';
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import { request as httpRequest } from 'node:http';
 import { CompactEncrypt, CompactSign, decodeProtectedHeader, generateKeyPair, importJWK, type CryptoKey as JoseKey } from 'jose';
 import WebSocket from 'ws';
 import { deriveChannelKey, encryptStatic, generateEphemeralKeyPair, importEcPublicKey, joseCodec, segmentCount, type KmsResponse } from '@openkms/protocol';
-import { manualClock, startTestKms, type TestKms } from './support/harness.js';
+import { manualClock, startTestKms, type TestKms } from '../src/testing/harness.js';
 import { assertHealthy, postBatch, TestClient } from './support/client.js';
 
 const enc = new TextEncoder();

@@ -1,16 +1,16 @@
 /**
- * Test harness: a real KMS (real SQLite file, real keys and certificates, real sockets) on an
- * ephemeral port. The KMS folder (keys, CA, dev issuer) is made once per test process because RSA
+ * Test harness, also exported as `@openkms/server/testing` for integration tests of applications:
+ * a real KMS (real SQLite file, real keys and certificates, real sockets) on an ephemeral port. The KMS folder (keys, CA, dev issuer) is made once per test process because RSA
  * key generation is slow; every KMS started gets its own fresh database.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { initKmsDir } from '../../src/cli/init.js';
-import { loadConfig, parseConfig, type KmsConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { devIssuerOf, startKms, type RunningKms } from '../../src/server.js';
+import { initKmsDir } from '../cli/init.js';
+import { loadConfig, parseConfig, type KmsConfig } from '../config.js';
+import { createLogger } from '../logger.js';
+import { devIssuerOf, startKms, type RunningKms } from '../server.js';
 
 const folders = new Map<string, Promise<string>>();
 
