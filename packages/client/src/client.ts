@@ -1,0 +1,363 @@
+/**
+ * KmsClient: the SDK applications use (and the project's own CLI, federation and demo). It
+ * discovers the KMS and validates its certificate, keeps one ECDHE channel (re-handshaking before
+ * it expires and after a reset, retrying the request once), and offers a typed method for every
+ * operation of the protocol. Browser-safe: WebCrypto, fetch and WebSocket only.
+ */
+import {
+  KmsError,
+  deriveChannelKey,
+  encryptStatic,
+  generateEphemeralKeyPair,
+  importEcPublicKey,
+  joseCodec,
+  parseDate,
+  peekHeader,
+  segmentCount,
+  verifyStatic,
+  type AuthorizationRep,
+  type CmkRep,
+  type EphemeralKeyRep,
+  type KeyRep,
+  type KmsResponse,
+  type RequestId,
+  type ResourceRep,
+} from '@openkms/protocol';
+import { decryptContent, contentKeyUri, encryptContent } from './content.js';
+import { discover, type StaticKey } from './discovery.js';
+import { HttpTransport } from './http-transport.js';
+import type { Answer, FetchLike, Transport } from './transport.js';
+import { WsTransport, type WebSocketConstructor } from './ws-transport.js';
+
+export type TokenProvider = string | (() => string | Promise<string>);
+
+export interface KmsClientOptions {
+  /** Base URL of the KMS endpoint, e.g. `https://kms.a.example` or `http://127.0.0.1:7001`. */
+  url: string;
+  /** The user's access token, or a function returning a fresh one for every request. */
+  token: TokenProvider;
+  /** PEM text(s) of the CA certificates the KMS certificate must chain to. */
+  trustAnchors: string[];
+  /** When given, the KMS must be this authority (e.g. `kms.a.example`). */
+  authority?: string;
+  /** Identifies this client among the user's clients (unbound keys belong to one). Default: random. */
+  clientId?: string;
+  /** `http` (batched, default) or `websocket`. */
+  transport?: 'http' | 'websocket';
+  /** WebSocket constructor where there is no global one (Node 20: pass the `ws` package's). */
+  WebSocket?: WebSocketConstructor;
+  fetch?: FetchLike;
+  /** HTTP coalescing: wait this long for companions (default 5 ms), at most `maxBatch` (50) a request. */
+  debounceMs?: number;
+  maxBatch?: number;
+  /** Per-request timeout in ms (default 30 s). */
+  timeoutMs?: number;
+  /** Re-handshake this many ms before the channel expires (default 60 s). */
+  renewBeforeMs?: number;
+  /** Clock (epoch ms), injectable for tests. */
+  now?: () => number;
+}
+
+interface ChannelState {
+  uri: string;
+  key: Uint8Array;
+  expiresAt: number;
+}
+
+export interface KeyFilter {
+  boundAfter?: string | Date;
+  boundBefore?: string | Date;
+  count?: number;
+}
+
+export interface CreateResourceOptions {
+  authIds?: string[];
+  keyUris?: string[];
+  anonymous?: number;
+  /** Seconds; 0 = never expires. */
+  ttl?: number;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function uuid(): string {
+  return globalThis.crypto.randomUUID();
+}
+
+function dateString(value: string | Date | undefined): string | undefined {
+  return value instanceof Date ? value.toISOString() : value;
+}
+
+export class KmsClient {
+  readonly clientId: string;
+  private readonly now: () => number;
+  private readonly fetch: FetchLike;
+  private staticKey: Promise<StaticKey> | undefined;
+  private transport: Transport | undefined;
+  private channel: ChannelState | undefined;
+  private handshaking: Promise<ChannelState> | undefined;
+  /** Channel keys by kid: answers are decrypted under the key they name (old channels included). */
+  private readonly channelKeys = new Map<string, Uint8Array>();
+  /** Handshakes performed (for tests and diagnostics). */
+  handshakes = 0;
+
+  constructor(private readonly options: KmsClientOptions) {
+    this.clientId = options.clientId ?? `openkms-${uuid()}`;
+    this.now = options.now ?? Date.now;
+    const f = options.fetch ?? (globalThis.fetch as unknown as FetchLike | undefined);
+    if (!f) throw new KmsError(400, 'no fetch available: pass options.fetch');
+    this.fetch = f;
+  }
+
+  /** The authority of the KMS, after discovery. */
+  async authority(): Promise<string> {
+    return (await this.static()).authority;
+  }
+
+  /** HTTP requests sent so far (HTTP transport only). */
+  get httpRequests(): number {
+    return this.transport instanceof HttpTransport ? this.transport.requests : 0;
+  }
+
+  private static(): Promise<StaticKey> {
+    this.staticKey ??= discover({
+      url: this.options.url,
+      fetch: this.fetch,
+      trustAnchors: this.options.trustAnchors,
+      authority: this.options.authority,
+      now: this.options.now,
+    }).catch((err) => {
+      this.staticKey = undefined; // let a later call try again
+      throw err;
+    });
+    return this.staticKey;
+  }
+
+  private getTransport(): Transport {
+    if (this.transport) return this.transport;
+    const decode = (compact: string) => this.decode(compact);
+    if (this.options.transport === 'websocket') {
+      const WebSocketImpl = this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+      if (!WebSocketImpl) throw new KmsError(400, 'no WebSocket available: pass options.WebSocket');
+      this.transport = new WsTransport({
+        url: this.options.url,
+        decode,
+        WebSocket: WebSocketImpl,
+        timeoutMs: this.options.timeoutMs,
+        onReset: () => this.dropChannel(),
+      });
+    } else {
+      this.transport = new HttpTransport({
+        url: this.options.url,
+        decode,
+        fetch: this.fetch,
+        debounceMs: this.options.debounceMs,
+        maxBatch: this.options.maxBatch,
+        timeoutMs: this.options.timeoutMs,
+      });
+    }
+    return this.transport;
+  }
+
+  /** Verifies a JWS under the static key, or decrypts a JWE under the channel key it names. */
+  private async decode(compact: string): Promise<Answer> {
+    const key = await this.static();
+    if (segmentCount(compact) === 3) {
+      const { plaintext, header } = await verifyStatic(compact, key.verifyKey);
+      if (header.kid !== key.kid) throw new KmsError(502, 'KMS answer signed under an unexpected kid');
+      return { payload: JSON.parse(dec.decode(plaintext)) as KmsResponse, signed: true };
+    }
+    const kid = peekHeader(compact)?.kid;
+    const channelKey = typeof kid === 'string' ? this.channelKeys.get(kid) : undefined;
+    if (!channelKey) throw new KmsError(502, 'KMS answer under an unknown channel');
+    const { plaintext } = await joseCodec.decryptChannel(compact, channelKey);
+    return { payload: JSON.parse(dec.decode(plaintext)) as KmsResponse, signed: false };
+  }
+
+  private async credential(): Promise<{ bearer: string }> {
+    const t = this.options.token;
+    return { bearer: typeof t === 'function' ? await t() : t };
+  }
+
+  private dropChannel(uri?: string): void {
+    if (!uri || this.channel?.uri === uri) this.channel = undefined;
+  }
+
+  /** The live channel, handshaking when there is none or it is about to expire. */
+  private async ensureChannel(): Promise<ChannelState> {
+    const renew = this.options.renewBeforeMs ?? 60_000;
+    if (this.channel && this.channel.expiresAt - renew > this.now()) return this.channel;
+    this.handshaking ??= this.handshake().finally(() => {
+      this.handshaking = undefined;
+    });
+    return this.handshaking;
+  }
+
+  private async handshake(): Promise<ChannelState> {
+    const key = await this.static();
+    const pair = await generateEphemeralKeyPair();
+    const requestId = uuid();
+    const body = {
+      requestId,
+      client: { clientId: this.clientId, credential: await this.credential() },
+      method: 'create',
+      uri: `kms://${key.authority}/ecdhe`,
+      jwk: pair.publicJwk,
+    };
+    const message = await encryptStatic(enc.encode(JSON.stringify(body)), key.encryptKey, key.kid);
+    const answer = await this.getTransport().exchange(message, requestId);
+    this.handshakes++;
+    if (!answer.signed) throw new KmsError(502, 'KMS answered the handshake without its signature', requestId);
+    const payload = answer.payload;
+    if (payload.status !== 201) throw new KmsError(payload.status, payload.reason ?? 'handshake refused', requestId);
+    const rep = payload.key as EphemeralKeyRep | undefined;
+    const expiresAt = rep && parseDate(rep.expirationDate);
+    if (!rep || typeof rep.uri !== 'string' || !rep.jwk || expiresAt === undefined) throw new KmsError(502, 'KMS handshake answer is malformed', requestId);
+    const channelKey = await deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk));
+    this.channelKeys.set(rep.uri, channelKey);
+    // Answers under older channels may still be in flight; older than the last few, none are.
+    for (const old of this.channelKeys.keys()) if (this.channelKeys.size > 4) this.channelKeys.delete(old);
+    const channel = { uri: rep.uri, key: channelKey, expiresAt };
+    this.channel = channel;
+    return channel;
+  }
+
+  /**
+   * Sends one request on the channel and returns the answer's payload; a failure status becomes a
+   * KmsError. After a reset (499) the channel is re-established and the request sent once more.
+   */
+  async request(body: { method: string; uri: string; [member: string]: unknown }): Promise<KmsResponse> {
+    for (let attempt = 0; ; attempt++) {
+      const channel = await this.ensureChannel();
+      const requestId: RequestId = uuid();
+      const full = { ...body, requestId, client: { clientId: this.clientId, credential: await this.credential() } };
+      const message = await joseCodec.encryptChannel(enc.encode(JSON.stringify(full)), channel.key, channel.uri);
+      const { payload, signed } = await this.getTransport().exchange(message, requestId);
+      if (signed && payload.status === 499) {
+        this.dropChannel(channel.uri);
+        if (attempt === 0) continue;
+      }
+      if (payload.status >= 400) throw new KmsError(payload.status, payload.reason ?? 'request failed', requestId);
+      return payload;
+    }
+  }
+
+  // ---- keys (draft 4.7.5-4.7.7) ----------------------------------------------------------------
+
+  async createKeys(count = 1): Promise<KeyRep[]> {
+    return (await this.request({ method: 'create', uri: '/keys', count })).keys as KeyRep[];
+  }
+
+  async retrieveKey(keyUri: string): Promise<KeyRep> {
+    return (await this.request({ method: 'retrieve', uri: keyUri })).key as KeyRep;
+  }
+
+  async bindKey(keyUri: string, resourceUri: string): Promise<KeyRep> {
+    return (await this.request({ method: 'update', uri: keyUri, resourceUri })).key as KeyRep;
+  }
+
+  /** A resource's keys, newest bindDate first. */
+  async retrieveResourceKeys(resourceUri: string, filter: KeyFilter = {}): Promise<KeyRep[]> {
+    const body: Record<string, unknown> = { method: 'retrieve', uri: `${resourceUri}/keys` };
+    if (filter.boundAfter !== undefined) body.boundAfter = dateString(filter.boundAfter);
+    if (filter.boundBefore !== undefined) body.boundBefore = dateString(filter.boundBefore);
+    if (filter.count !== undefined) body.count = filter.count;
+    return (await this.request(body as { method: string; uri: string })).keys as KeyRep[];
+  }
+
+  // ---- resources (4.7.3-4.7.4) -----------------------------------------------------------------
+
+  /** Creates a KRO; the creator is always authorized. Anonymous bearers come back in `authorizations`. */
+  async createResource(options: CreateResourceOptions = {}): Promise<{ resource: ResourceRep; authorizations: AuthorizationRep[] }> {
+    const body: Record<string, unknown> = { method: 'create', uri: '/resources' };
+    for (const k of ['authIds', 'keyUris', 'anonymous', 'ttl'] as const) if (options[k] !== undefined) body[k] = options[k];
+    const answer = await this.request(body as { method: string; uri: string });
+    return { resource: answer.resource as ResourceRep, authorizations: (answer.authorizations as AuthorizationRep[] | undefined) ?? [] };
+  }
+
+  async retrieveResource(resourceUri: string): Promise<ResourceRep> {
+    return (await this.request({ method: 'retrieve', uri: resourceUri })).resource as ResourceRep;
+  }
+
+  // ---- authorizations (4.7.8-4.7.11) -----------------------------------------------------------
+
+  async authorize(resourceUri: string, authIds: string[], options: { anonymous?: number; roleUri?: string } = {}): Promise<AuthorizationRep[]> {
+    const body: Record<string, unknown> = { method: 'create', uri: '/authorizations', resourceUri, authIds };
+    if (options.anonymous !== undefined) body.anonymous = options.anonymous;
+    if (options.roleUri !== undefined) body.roleUri = options.roleUri;
+    return (await this.request(body as { method: string; uri: string })).authorizations as AuthorizationRep[];
+  }
+
+  /** All authorizations on a resource, or the one of `authId` (an array of 0 or 1). */
+  async listAuthorizations(resourceUri: string, authId?: string): Promise<AuthorizationRep[]> {
+    const uri = authId === undefined ? `${resourceUri}/authorizations` : `${resourceUri}/authorizations?authId=${encodeURIComponent(authId)}`;
+    return (await this.request({ method: 'retrieve', uri })).authorizations as AuthorizationRep[];
+  }
+
+  /** Removes `authId`'s authorization from a resource. */
+  async deauthorize(resourceUri: string, authId: string): Promise<AuthorizationRep> {
+    const uri = `${resourceUri}/authorizations?authId=${encodeURIComponent(authId)}`;
+    return (await this.request({ method: 'delete', uri })).authorization as AuthorizationRep;
+  }
+
+  async deleteAuthorization(authorizationUri: string): Promise<AuthorizationRep> {
+    return (await this.request({ method: 'delete', uri: authorizationUri })).authorization as AuthorizationRep;
+  }
+
+  /** Bulk removal (at most 100 authIds); answers the authorizations removed. */
+  async deauthorizeMany(resourceUri: string, authIds: string[]): Promise<AuthorizationRep[]> {
+    return (await this.request({ method: 'delete', uri: '/authorizations', resourceUri, authIds })).authorizations as AuthorizationRep[];
+  }
+
+  // ---- channel ---------------------------------------------------------------------------------
+
+  async ping(): Promise<void> {
+    await this.request({ method: 'update', uri: '/ping' });
+  }
+
+  /** Deletes the current channel at the KMS (e.g. when its key may be compromised). */
+  async deleteChannel(): Promise<void> {
+    const channel = this.channel;
+    if (!channel) return;
+    await this.request({ method: 'delete', uri: channel.uri });
+    this.dropChannel(channel.uri);
+  }
+
+  // ---- administrative API ----------------------------------------------------------------------
+
+  async createCmk(assignedOrgId?: string): Promise<CmkRep> {
+    const body: Record<string, unknown> = { method: 'create', uri: '/cmk' };
+    if (assignedOrgId !== undefined) body.assignedOrgId = assignedOrgId;
+    return (await this.request(body as { method: string; uri: string })).key as CmkRep;
+  }
+
+  async updateCmk(cmkUri: string, state: 'active' | 'inactive'): Promise<CmkRep> {
+    return (await this.request({ method: 'update', uri: cmkUri, state })).key as CmkRep;
+  }
+
+  async listCmks(assignedOrgId?: string): Promise<CmkRep[]> {
+    const body: Record<string, unknown> = { method: 'retrieve', uri: '/cmk' };
+    if (assignedOrgId !== undefined) body.assignedOrgId = assignedOrgId;
+    return (await this.request(body as { method: string; uri: string })).keys as CmkRep[];
+  }
+
+  // ---- content ---------------------------------------------------------------------------------
+
+  /** Encrypts content with a KMS key: a JWE whose kid tells recipients which key to ask for. */
+  encrypt(key: KeyRep, plaintext: Uint8Array | string): Promise<string> {
+    return encryptContent(key, plaintext);
+  }
+
+  /** Fetches the key a JWE names (if this user is authorized) and decrypts it. */
+  async decrypt(jwe: string): Promise<Uint8Array> {
+    return decryptContent(jwe, await this.retrieveKey(contentKeyUri(jwe)));
+  }
+
+  async close(): Promise<void> {
+    await this.transport?.close();
+    this.transport = undefined;
+    this.channel = undefined;
+    this.channelKeys.clear();
+  }
+}

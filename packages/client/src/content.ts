@@ -1,0 +1,117 @@
+/**
+ * Content encryption with KMS keys: a JWE `dir`/`A256GCM` whose `kid` is the key's `kms://` URI,
+ * so a recipient knows which key to ask its KMS for. Streams are a sequence of such JWEs, one per
+ * chunk, one per line; each chunk's protected header carries its index (`seq`) and whether it is
+ * the last (`fin`), so reordering, dropping or truncating chunks is detected.
+ */
+import { CompactEncrypt, compactDecrypt, decodeProtectedHeader } from 'jose';
+import { KmsError } from '@openkms/protocol';
+
+export interface ContentKey {
+  uri: string;
+  jwk: { k: string };
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function rawKey(key: ContentKey): Uint8Array {
+  const bin = atob(key.jwk.k.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (key.jwk.k.length % 4)) % 4));
+  const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+  if (bytes.length !== 32) throw new KmsError(400, 'content key is not 256 bits');
+  return bytes;
+}
+
+export async function encryptContent(key: ContentKey, plaintext: Uint8Array | string, extraHeader: Record<string, unknown> = {}): Promise<string> {
+  const bytes = typeof plaintext === 'string' ? enc.encode(plaintext) : plaintext;
+  return new CompactEncrypt(bytes).setProtectedHeader({ ...extraHeader, alg: 'dir', enc: 'A256GCM', kid: key.uri }).encrypt(rawKey(key));
+}
+
+/** The `kms://` URI of the key a JWE was encrypted with. */
+export function contentKeyUri(jwe: string): string {
+  let kid: unknown;
+  try {
+    kid = decodeProtectedHeader(jwe).kid;
+  } catch {
+    throw new KmsError(400, 'not a compact JWE');
+  }
+  if (typeof kid !== 'string' || !kid.startsWith('kms://')) throw new KmsError(400, 'the JWE names no kms:// key');
+  return kid;
+}
+
+export async function decryptContent(jwe: string, key: ContentKey): Promise<Uint8Array> {
+  if (contentKeyUri(jwe) !== key.uri) throw new KmsError(400, 'content was encrypted with another key');
+  try {
+    const { plaintext } = await compactDecrypt(jwe, rawKey(key), { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] });
+    return plaintext;
+  } catch {
+    throw new KmsError(400, 'content does not decrypt with its key (tampered or wrong key)');
+  }
+}
+
+export async function decryptContentText(jwe: string, key: ContentKey): Promise<string> {
+  return dec.decode(await decryptContent(jwe, key));
+}
+
+const CHUNK = 64 * 1024;
+
+/** Encrypts a byte stream into newline-separated chunk JWEs. */
+export function encryptStream(key: ContentKey, chunkSize = CHUNK): TransformStream<Uint8Array, Uint8Array> {
+  let pending = new Uint8Array(0);
+  let seq = 0;
+  const emit = async (controller: TransformStreamDefaultController<Uint8Array>, bytes: Uint8Array, fin: boolean) => {
+    controller.enqueue(enc.encode((await encryptContent(key, bytes, { seq: seq++, fin })) + '\n'));
+  };
+  return new TransformStream({
+    async transform(chunk, controller) {
+      const joined = new Uint8Array(pending.length + chunk.length);
+      joined.set(pending);
+      joined.set(chunk, pending.length);
+      let offset = 0;
+      // Keep at least one byte back so the final chunk (fin) is never empty unless the stream is.
+      while (joined.length - offset > chunkSize) {
+        await emit(controller, joined.subarray(offset, offset + chunkSize), false);
+        offset += chunkSize;
+      }
+      pending = joined.slice(offset);
+    },
+    async flush(controller) {
+      await emit(controller, pending, true);
+    },
+  });
+}
+
+/**
+ * Decrypts a stream made by encryptStream. `resolveKey` is asked once, for the key the first
+ * chunk names; every chunk must name the same key, come in order, and the last must say `fin`.
+ */
+export function decryptStream(resolveKey: (uri: string) => Promise<ContentKey>): TransformStream<Uint8Array, Uint8Array> {
+  let text = '';
+  let expected = 0;
+  let finished = false;
+  let key: ContentKey | undefined;
+  const line = async (jwe: string, controller: TransformStreamDefaultController<Uint8Array>) => {
+    if (finished) throw new KmsError(400, 'data after the final chunk');
+    key ??= await resolveKey(contentKeyUri(jwe));
+    const header = decodeProtectedHeader(jwe) as { seq?: unknown; fin?: unknown };
+    if (header.seq !== expected) throw new KmsError(400, `chunk ${expected} missing or out of order`);
+    expected++;
+    controller.enqueue(await decryptContent(jwe, key));
+    finished = header.fin === true;
+  };
+  return new TransformStream({
+    async transform(chunk, controller) {
+      text += dec.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = text.indexOf('\n')) >= 0) {
+        const jwe = text.slice(0, nl).trim();
+        text = text.slice(nl + 1);
+        if (jwe) await line(jwe, controller);
+      }
+    },
+    async flush(controller) {
+      if (text.trim()) await line(text.trim(), controller);
+      if (!finished) throw new KmsError(400, 'stream truncated: no final chunk');
+    },
+  });
+}

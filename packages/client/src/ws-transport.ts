@@ -1,0 +1,124 @@
+/**
+ * WebSocket transport (`/kms/ws`): one frame per message, answers matched by requestId, a timeout
+ * per request, and reconnection on the next request after the socket drops. Unsolicited resets
+ * pushed by the KMS are passed to `onReset`.
+ */
+import { KmsError, type RequestId } from '@openkms/protocol';
+import type { Answer, Decoder, Transport } from './transport.js';
+
+/** The subset of the WHATWG WebSocket the transport uses (browsers, Node 22+, or the `ws` package). */
+export interface WebSocketLike {
+  readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(type: 'open' | 'close' | 'error' | 'message', listener: (event: { data?: unknown }) => void): void;
+}
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface WsTransportOptions {
+  url: string;
+  decode: Decoder;
+  WebSocket: WebSocketConstructor;
+  timeoutMs?: number;
+  onReset?: (answer: Answer) => void;
+}
+
+const OPEN = 1;
+
+interface Pending {
+  resolve(answer: Answer): void;
+  reject(err: unknown): void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+export class WsTransport implements Transport {
+  private socket: Promise<WebSocketLike> | undefined;
+  private readonly pending = new Map<string, Pending>();
+  private closed = false;
+  /** Connections opened so far. */
+  connections = 0;
+
+  constructor(private readonly options: WsTransportOptions) {}
+
+  private connect(): Promise<WebSocketLike> {
+    const url = `${this.options.url.replace(/^http/, 'ws')}/kms/ws`;
+    const attempt = new Promise<WebSocketLike>((resolve, reject) => {
+      const ws = new this.options.WebSocket(url);
+      this.connections++;
+      let opened = false;
+      ws.addEventListener('open', () => {
+        opened = true;
+        resolve(ws);
+      });
+      ws.addEventListener('error', () => {
+        if (!opened) reject(new KmsError(503, 'KMS unreachable over WebSocket'));
+      });
+      ws.addEventListener('close', () => {
+        if (this.socket === attempt) this.socket = undefined;
+        if (!opened) reject(new KmsError(503, 'KMS closed the WebSocket'));
+        this.failAll(new KmsError(503, 'WebSocket closed before the KMS answered'));
+      });
+      ws.addEventListener('message', (event) => void this.receive(String(event.data)));
+    });
+    attempt.catch(() => {
+      if (this.socket === attempt) this.socket = undefined;
+    });
+    return attempt;
+  }
+
+  private async receive(frame: string): Promise<void> {
+    let answer: Answer;
+    try {
+      answer = await this.options.decode(frame);
+    } catch {
+      return; // Not ours to read (e.g. under a channel already replaced): nobody waits for it.
+    }
+    const key = String(answer.payload.requestId);
+    const waiting = this.pending.get(key);
+    if (waiting) {
+      this.pending.delete(key);
+      clearTimeout(waiting.timer);
+      waiting.resolve(answer);
+    } else if (answer.signed && answer.payload.status === 499) {
+      this.options.onReset?.(answer);
+    }
+  }
+
+  private failAll(err: KmsError): void {
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(err);
+      this.pending.delete(id);
+    }
+  }
+
+  async exchange(message: string, requestId: RequestId): Promise<Answer> {
+    if (this.closed) throw new KmsError(503, 'client closed');
+    this.socket ??= this.connect();
+    const ws = await this.socket;
+    return new Promise((resolve, reject) => {
+      const key = String(requestId);
+      const timer = setTimeout(() => {
+        this.pending.delete(key);
+        reject(new KmsError(504, 'KMS did not answer in time', requestId));
+      }, this.options.timeoutMs ?? 30_000);
+      this.pending.set(key, { resolve, reject, timer });
+      if (ws.readyState !== OPEN) {
+        this.pending.delete(key);
+        clearTimeout(timer);
+        this.socket = undefined;
+        reject(new KmsError(503, 'WebSocket not open'));
+        return;
+      }
+      ws.send(message);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const socket = this.socket;
+    this.socket = undefined;
+    this.failAll(new KmsError(503, 'client closed'));
+    if (socket) (await socket.catch(() => undefined))?.close(1000, 'client closed');
+  }
+}
