@@ -23,10 +23,10 @@ export class Flags {
   }
 }
 
-export function parse(argv: string[], options: Options): { values: Flags } {
+export function parse(argv: string[], options: Options, allowPositionals = false): { values: Flags; positionals: string[] } {
   try {
-    const { values } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false });
-    return { values: new Flags(values) };
+    const { values, positionals } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals });
+    return { values: new Flags(values), positionals };
   } catch (err) {
     throw new UsageError((err as Error).message.split('\n')[0]!);
   }

@@ -2,9 +2,11 @@
  * The `kms` command. Bad input of any kind gets one clear line on stderr and a non-zero exit,
  * never a stack trace (OPERATING.md).
  */
+import { KmsError } from '@openkms/protocol';
 import { ConfigError } from '../config.js';
 import { UsageError } from './args.js';
 import { auditCommand } from './audit.js';
+import { clientCommand } from './client.js';
 import { initCommand } from './init.js';
 import { serveCommand } from './serve.js';
 import { tokenCommand } from './token.js';
@@ -14,6 +16,7 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   serve: serveCommand,
   token: tokenCommand,
   audit: auditCommand,
+  client: clientCommand,
 };
 
 const USAGE = `usage: kms <command> [options]
@@ -21,6 +24,7 @@ const USAGE = `usage: kms <command> [options]
   serve         run the KMS
   token         print a development access token
   audit verify  check the audit log's hash chain
+  client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)
 Run 'kms <command> --help' for a command's options.
 `;
 
@@ -36,7 +40,7 @@ export async function main(argv: string[]): Promise<void> {
     if (!command) throw new UsageError(`unknown command '${name}'; run 'kms --help'`);
     await command(rest);
   } catch (err) {
-    const known = err instanceof UsageError || err instanceof ConfigError;
+    const known = err instanceof UsageError || err instanceof ConfigError || err instanceof KmsError;
     const message = known ? (err as Error).message : `unexpected error: ${(err as Error)?.message ?? String(err)}`;
     process.stderr.write(`kms: ${message}\n`);
     process.exitCode = err instanceof UsageError ? 2 : 1;
