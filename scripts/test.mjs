@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
-const roots = ['packages/protocol/dist/test', 'packages/client/dist/test', 'packages/server/dist/test', 'dist-test'];
+const roots = ['packages/protocol/dist/test', 'packages/client/dist/test', 'packages/server/dist/test', 'dist-test', 'dist-examples'];
 const files = [];
 function walk(dir) {
   if (!existsSync(dir)) return;

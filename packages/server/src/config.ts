@@ -32,6 +32,8 @@ export const configSchema = z.object({
   ca: z.object({ cert: z.string(), key: z.string().optional() }).optional(),
   rootKey: z.object({ file: z.string().optional() }).default({}),
   tls: z.object({ cert: z.string(), key: z.string() }).optional(),
+  /** Browser origins allowed to call the KMS directly (CORS); none by default. */
+  cors: z.object({ origins: z.array(z.string().url()).default([]) }).default({ origins: [] }),
   identity: z
     .object({
       issuer: z.string().optional(),

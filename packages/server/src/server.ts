@@ -117,7 +117,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   const metrics = new Metrics(() => kms.channels.openCount());
   kms.onRequest = metrics.observe;
   const tls = config.tls ? { cert: read(config, config.tls.cert, 'TLS certificate'), key: read(config, config.tls.key, 'TLS key') } : undefined;
-  const transport = new Transport({ kms, store, metrics, logger, tls });
+  const transport = new Transport({ kms, store, metrics, logger, tls, corsOrigins: config.cors.origins });
   const host = options.host ?? config.listen.host;
   let bound: { port: number };
   try {

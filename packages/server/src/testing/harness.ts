@@ -13,6 +13,12 @@ import { createLogger } from '../logger.js';
 import { devIssuerOf, startKms, type RunningKms } from '../server.js';
 
 const folders = new Map<string, Promise<string>>();
+const scratch: string[] = [];
+
+function removeAtExit(dir: string): void {
+  if (scratch.length === 0) process.once('exit', () => scratch.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  scratch.push(dir);
+}
 
 /** A KMS folder for `authority`/`domains`, made once per process. */
 export function kmsFolder(authority = 'kms.a.example', domains = ['a.example']): Promise<string> {
@@ -22,7 +28,7 @@ export function kmsFolder(authority = 'kms.a.example', domains = ['a.example']):
     const dir = mkdtempSync(join(tmpdir(), 'kms-test-'));
     folder = initKmsDir({ dir, authority, domains }).then(() => dir);
     folders.set(key, folder);
-    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+    removeAtExit(dir);
   }
   return folder;
 }
@@ -60,7 +66,13 @@ export async function startTestKms(options: TestKmsOptions = {}): Promise<TestKm
   const base = loadConfig(join(dir, 'kms.json'));
   const { baseDir, ...raw } = base;
   const config = options.config ? parseConfig(merge(raw as Record<string, unknown>, options.config), baseDir) : base;
-  const dbPath = options.dbPath ?? join(mkdtempSync(join(tmpdir(), 'kms-db-')), 'kms.db');
+  let dbPath = options.dbPath;
+  if (dbPath === undefined) {
+    const dir = mkdtempSync(join(tmpdir(), 'kms-db-'));
+    dbPath = join(dir, 'kms.db');
+    // Removed when the process ends, not at close(): a test may restart a KMS on the same file.
+    removeAtExit(dir);
+  }
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, done) {

@@ -18,6 +18,8 @@ export interface TransportOptions {
   metrics: Metrics;
   logger: Logger;
   tls?: { cert: string; key: string };
+  /** Origins allowed by CORS (exact match, e.g. https://app.a.example). */
+  corsOrigins?: readonly string[];
 }
 
 class HttpError extends Error {
@@ -117,8 +119,30 @@ export class Transport {
     });
   }
 
+  /**
+   * CORS for browser clients of the listed origins. Messages are JOSE and carry their own
+   * credentials, so no cookies are involved and no credentialed CORS is offered.
+   */
+  private cors(req: IncomingMessage, res: ServerResponse): boolean {
+    const origin = req.headers.origin;
+    if (!origin || !this.options.corsOrigins?.includes(origin)) return false;
+    res.setHeader('access-control-allow-origin', origin);
+    res.setHeader('vary', 'origin');
+    if (req.method === 'OPTIONS') {
+      res.writeHead(204, {
+        'access-control-allow-methods': 'GET, POST',
+        'access-control-allow-headers': 'content-type',
+        'access-control-max-age': '600',
+      });
+      res.end();
+      return true;
+    }
+    return false;
+  }
+
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
+    if (this.cors(req, res)) return;
     try {
       if (req.method === 'POST' && path === '/kms/messages') {
         const messages = parseBatch(await readBody(req));
