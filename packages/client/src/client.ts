@@ -105,7 +105,8 @@ export class KmsClient {
   constructor(private readonly options: KmsClientOptions) {
     this.clientId = options.clientId ?? `openkms-${uuid()}`;
     this.now = options.now ?? Date.now;
-    const f = options.fetch ?? (globalThis.fetch as unknown as FetchLike | undefined);
+    // Bound: browsers refuse a fetch called with another `this` ("Illegal invocation").
+    const f = options.fetch ?? (globalThis.fetch?.bind(globalThis) as unknown as FetchLike | undefined);
     if (!f) throw new KmsError(400, 'no fetch available: pass options.fetch');
     this.fetch = f;
   }
@@ -146,6 +147,8 @@ export class KmsClient {
         WebSocket: WebSocketImpl,
         timeoutMs: this.options.timeoutMs,
         onReset: () => this.dropChannel(),
+        // Channels this client made and no longer uses (the current one was just dropped, if any).
+        isDead: (kid) => typeof kid === 'string' && this.channelKeys.has(kid) && kid !== this.channel?.uri,
       });
     } else {
       this.transport = new HttpTransport({

@@ -92,7 +92,8 @@ export function decryptStream(resolveKey: (uri: string) => Promise<ContentKey>):
   let key: ContentKey | undefined;
   const line = async (jwe: string, controller: TransformStreamDefaultController<Uint8Array>) => {
     if (finished) throw new KmsError(400, 'data after the final chunk');
-    key ??= await resolveKey(contentKeyUri(jwe));
+    const uri = contentKeyUri(jwe); // every line, not only the first: a KmsError 400 for one that is not a JWE
+    key ??= await resolveKey(uri);
     const header = decodeProtectedHeader(jwe) as { seq?: unknown; fin?: unknown };
     if (header.seq !== expected) throw new KmsError(400, `chunk ${expected} missing or out of order`);
     expected++;

@@ -3,7 +3,7 @@
  * per request, and reconnection on the next request after the socket drops. Unsolicited resets
  * pushed by the KMS are passed to `onReset`.
  */
-import { KmsError, type RequestId } from '@openkms/protocol';
+import { KmsError, peekHeader, type RequestId } from '@openkms/protocol';
 import type { Answer, Decoder, Transport } from './transport.js';
 
 /** The subset of the WHATWG WebSocket the transport uses (browsers, Node 22+, or the `ws` package). */
@@ -21,6 +21,12 @@ export interface WsTransportOptions {
   WebSocket: WebSocketConstructor;
   timeoutMs?: number;
   onReset?: (answer: Answer) => void;
+  /**
+   * True when a message sent under `kid` can no longer be answered except by a reset (its channel
+   * was dropped). A reset for a message the KMS could not read carries a requestId of its own, so
+   * it is handed to every request waiting under such a kid (PROTOCOL.md §4: "echoed when known").
+   */
+  isDead?: (kid: unknown) => boolean;
 }
 
 const OPEN = 1;
@@ -29,6 +35,10 @@ interface Pending {
   resolve(answer: Answer): void;
   reject(err: unknown): void;
   timer: ReturnType<typeof setTimeout>;
+  /** The socket it was sent on: only that socket's closing fails it. */
+  ws: WebSocketLike;
+  /** The kid of the message (a channel URI, or the static kid for a handshake). */
+  kid: unknown;
 }
 
 export class WsTransport implements Transport {
@@ -56,7 +66,7 @@ export class WsTransport implements Transport {
       ws.addEventListener('close', () => {
         if (this.socket === attempt) this.socket = undefined;
         if (!opened) reject(new KmsError(503, 'KMS closed the WebSocket'));
-        this.failAll(new KmsError(503, 'WebSocket closed before the KMS answered'));
+        this.failAll(new KmsError(503, 'WebSocket closed before the KMS answered'), ws);
       });
       ws.addEventListener('message', (event) => void this.receive(String(event.data)));
     });
@@ -81,11 +91,18 @@ export class WsTransport implements Transport {
       waiting.resolve(answer);
     } else if (answer.signed && answer.payload.status === 499) {
       this.options.onReset?.(answer);
+      for (const [id, p] of this.pending) {
+        if (!this.options.isDead?.(p.kid)) continue;
+        this.pending.delete(id);
+        clearTimeout(p.timer);
+        p.resolve(answer);
+      }
     }
   }
 
-  private failAll(err: KmsError): void {
+  private failAll(err: KmsError, ws?: WebSocketLike): void {
     for (const [id, p] of this.pending) {
+      if (ws && p.ws !== ws) continue;
       clearTimeout(p.timer);
       p.reject(err);
       this.pending.delete(id);
@@ -94,15 +111,21 @@ export class WsTransport implements Transport {
 
   async exchange(message: string, requestId: RequestId): Promise<Answer> {
     if (this.closed) throw new KmsError(503, 'client closed');
-    this.socket ??= this.connect();
-    const ws = await this.socket;
+    const current = (this.socket ??= this.connect());
+    let ws = await current;
+    if (ws.readyState !== OPEN) {
+      // Closing (its close event not seen yet): the next request opens a new socket.
+      if (this.socket === current || this.socket === undefined) this.socket = this.connect();
+      ws = await this.socket;
+    }
+    const kid = peekHeader(message)?.kid;
     return new Promise((resolve, reject) => {
       const key = String(requestId);
       const timer = setTimeout(() => {
         this.pending.delete(key);
         reject(new KmsError(504, 'KMS did not answer in time', requestId));
       }, this.options.timeoutMs ?? 30_000);
-      this.pending.set(key, { resolve, reject, timer });
+      this.pending.set(key, { resolve, reject, timer, ws, kid });
       if (ws.readyState !== OPEN) {
         this.pending.delete(key);
         clearTimeout(timer);

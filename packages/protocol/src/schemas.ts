@@ -9,6 +9,11 @@ import { parseDate } from './dates.js';
 import { Limits } from './messages.js';
 
 const id = z.string().min(1).max(Limits.maxIdChars);
+/**
+ * Any whole number: counts over their limit are the operations' to refuse with 413, which a
+ * bounded integer type here would turn into a 400.
+ */
+const whole = z.number().refine(Number.isInteger, 'not an integer');
 const date = z.string().max(64).refine((v) => parseDate(v) !== undefined, 'not an RFC 3339 date-time');
 
 export const requestIdSchema = z.union([z.string().max(Limits.maxIdChars), z.number().int().safe()]);
@@ -43,25 +48,25 @@ export const createResourceSchema = z.object({
   authIds: authIds.optional(),
   userIds: authIds.optional(),
   keyUris: boundedList(z.string().max(2048)).optional(),
-  anonymous: z.number().int().min(0).optional(),
-  ttl: z.number().int().min(0).optional(),
+  anonymous: whole.pipe(z.number().min(0)).optional(),
+  ttl: whole.pipe(z.number().min(0)).optional(),
 });
 
-export const createKeysSchema = z.object({ count: z.number().int().min(1) });
+export const createKeysSchema = z.object({ count: whole.pipe(z.number().min(1)) });
 
 export const bindKeySchema = z.object({ resourceUri: z.string().min(1).max(2048) });
 
 export const retrieveKeysSchema = z.object({
   boundAfter: date.optional(),
   boundBefore: date.optional(),
-  count: z.number().int().min(1).optional(),
+  count: whole.pipe(z.number().min(1)).optional(),
 });
 
 export const createAuthorizationsSchema = z.object({
   resourceUri: z.string().min(1).max(2048),
   authIds: authIds.optional(),
   userIds: authIds.optional(),
-  anonymous: z.number().int().min(0).optional(),
+  anonymous: whole.pipe(z.number().min(0)).optional(),
   roleUri: z.string().min(1).max(2048).optional(),
 });
 

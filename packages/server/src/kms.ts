@@ -28,7 +28,7 @@ import type { KmsConfig } from './config.js';
 import { AnonymousBearers } from './identity/anonymous.js';
 import { Authenticator } from './identity/authenticator.js';
 import { principalId, type Principal, type TokenVerifier } from './identity/principal.js';
-import { Keyring } from './keyring/keyring.js';
+import { Keyring, auditKeyOf } from './keyring/keyring.js';
 import type { Deps } from './operations/context.js';
 import { handshake } from './operations/ecdhe.js';
 import { mayUseOperation } from './policy.js';
@@ -125,7 +125,7 @@ export class Kms {
     const now = options.now ?? Date.now;
     const keyring = await Keyring.open(options.rootKey, options.store, now());
     const channels = new Channels(options.config.authority, options.store, keyring, now);
-    const audit = await AuditLog.open(options.store);
+    const audit = await AuditLog.open(options.store, auditKeyOf(options.rootKey));
     return new Kms(options, channels, audit, keyring);
   }
 
@@ -203,6 +203,7 @@ export class Kms {
         throw KmsError.badRequest('invalid field uri: the static key only takes create /ecdhe');
       }
       const principal = await this.authenticate(request, trace);
+      if (!this.limiter.allow(principalId(principal))) throw new KmsError(Status.TOO_MANY, 'rate limited');
       return await handshake(request, principal, this.deps);
     } catch (err) {
       return this.failure(err);
@@ -213,7 +214,8 @@ export class Kms {
   private async common(compact: string, kid: string, trace: Trace): Promise<{ response: KmsResponse; channel?: Channel }> {
     const ref = parseKmsUri(kid);
     const id = ref && (ref.authority === undefined || ref.authority === this.authority) && ref.segments.length === 2 && ref.segments[0] === 'ecdhe' ? ref.segments[1]! : undefined;
-    const channel = id === undefined ? undefined : await this.channels.get(id).catch(() => undefined);
+    // A storage failure here is a 500 (thrown to handle()), not a reset: clients would re-handshake in a loop.
+    const channel = id === undefined ? undefined : await this.channels.get(id);
     if (!channel) return { response: reset('ephemeral key unknown, expired or deleted') };
     let plaintext: Uint8Array;
     try {

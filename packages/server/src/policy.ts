@@ -7,13 +7,19 @@ import type { AuthorizationRow, CmkRow, KeyRow } from './store/store.js';
 
 /** How deep KRO authIds are followed (PROTOCOL.md §1). */
 export const MAX_KRO_DEPTH = 8;
+/**
+ * How many resources one check may visit. Depth alone does not bound the work: a user could link
+ * thousands of KROs at every level. Past this the answer is "not authorized" (fail closed).
+ */
+export const MAX_KRO_VISITS = 256;
 
 export type AuthorizationLoader = (resourceId: string) => Promise<AuthorizationRow[]>;
 
 /**
  * True when `principal` is authorized on the resource: directly by its authId, or through a KRO
  * authId naming another resource of this KMS on which it is authorized (transitively, cycles
- * ignored, at most MAX_KRO_DEPTH hops). An anonymous principal is authorized on its own resource.
+ * ignored, at most MAX_KRO_DEPTH hops and MAX_KRO_VISITS resources). An anonymous principal is
+ * authorized on its own resource.
  */
 export async function isAuthorized(
   principal: Principal,
@@ -25,9 +31,11 @@ export async function isAuthorized(
   if (principal.kind !== 'user') return false;
   const seen = new Set<string>([resourceId]);
   let frontier = [resourceId];
+  let visits = 0;
   for (let depth = 0; depth <= MAX_KRO_DEPTH && frontier.length > 0; depth++) {
     const next: string[] = [];
     for (const id of frontier) {
+      if (++visits > MAX_KRO_VISITS) return false;
       for (const auth of await load(id)) {
         if (auth.authId === principal.id) return true;
         if (auth.authId?.startsWith(selfResourcePrefix)) {

@@ -95,6 +95,16 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   });
   const rootKey = rootKeyOf(config);
   const dev = devIssuerOf(config);
+  if (dev) {
+    const id = config.identity;
+    const alsoProduction = Boolean(id.issuer || id.jwksUri || id.jwksFile || id.introspection);
+    logger.warn(
+      { keyFile: config.identity.dev?.keyFile },
+      alsoProduction
+        ? 'the development token issuer is enabled next to a production identity provider: whoever reads its key file can act as any user; set identity.dev.enabled to false'
+        : 'the development token issuer is enabled (kms token): for development only',
+    );
+  }
   const verifier = createTokenVerifier(
     { ...config.identity, audience: audienceOf(config) },
     {

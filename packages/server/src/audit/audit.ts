@@ -7,7 +7,7 @@
  * Appends are group-committed (store/group-commit.ts): a request is answered only once its record
  * is durable, but a busy KMS pays one fsync per batch of records.
  */
-import { createHash } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { GroupCommit } from '../store/group-commit.js';
 import type { AuditEntry, AuditRow, Store } from '../store/store.js';
 
@@ -15,9 +15,14 @@ export type { AuditEntry };
 
 export const GENESIS = '0'.repeat(64);
 
-export function auditHash(prevHash: string, seq: number, e: AuditEntry): string {
+/**
+ * Each record's hash is an HMAC-SHA-256, keyed from the root key, over the previous hash and the
+ * record: whoever can write the database but does not hold the root key cannot forge a chain
+ * that verifies, even by recomputing it from the start.
+ */
+export function auditHash(key: Uint8Array, prevHash: string, seq: number, e: AuditEntry): string {
   const canonical = JSON.stringify([seq, e.time, e.principal, e.clientId, e.method, e.uri, e.status, e.peer, e.requestId]);
-  return createHash('sha256').update(prevHash).update('\n').update(canonical).digest('hex');
+  return createHmac('sha256', key).update(prevHash).update('\n').update(canonical).digest('hex');
 }
 
 export class AuditLog {
@@ -25,6 +30,7 @@ export class AuditLog {
 
   private constructor(
     private readonly store: Store,
+    private readonly key: Uint8Array,
     private head: { seq: number; hash: string },
   ) {
     // The chain is extended at commit time, in commit order, so concurrent records never fork it.
@@ -33,7 +39,7 @@ export class AuditLog {
       const rows: AuditRow[] = entries.map((entry) => {
         seq += 1;
         const prevHash = hash;
-        hash = auditHash(prevHash, seq, entry);
+        hash = auditHash(this.key, prevHash, seq, entry);
         return { seq, ...entry, prevHash, hash };
       });
       await this.store.appendAudit(rows);
@@ -41,8 +47,8 @@ export class AuditLog {
     });
   }
 
-  static async open(store: Store): Promise<AuditLog> {
-    return new AuditLog(store, (await store.auditHead()) ?? { seq: 0, hash: GENESIS });
+  static async open(store: Store, key: Uint8Array): Promise<AuditLog> {
+    return new AuditLog(store, key, (await store.auditHead()) ?? { seq: 0, hash: GENESIS });
   }
 
   /** Resolves once the record is durable. */
@@ -59,7 +65,7 @@ export class AuditLog {
 export type VerifyResult = { ok: true; records: number } | { ok: false; records: number; seq: number; problem: string };
 
 /** Walks the whole chain; names the first record that is missing, reordered or altered. */
-export async function verifyAudit(store: Store): Promise<VerifyResult> {
+export async function verifyAudit(store: Store, key: Uint8Array): Promise<VerifyResult> {
   let expectedSeq = 1;
   let prev = GENESIS;
   for (;;) {
@@ -68,7 +74,7 @@ export async function verifyAudit(store: Store): Promise<VerifyResult> {
     for (const row of rows) {
       if (row.seq !== expectedSeq) return { ok: false, records: expectedSeq - 1, seq: expectedSeq, problem: `record ${expectedSeq} is missing` };
       if (row.prevHash !== prev) return { ok: false, records: expectedSeq - 1, seq: row.seq, problem: `record ${row.seq} does not follow record ${row.seq - 1}` };
-      if (auditHash(prev, row.seq, row) !== row.hash) return { ok: false, records: expectedSeq - 1, seq: row.seq, problem: `record ${row.seq} was altered` };
+      if (auditHash(key, prev, row.seq, row) !== row.hash) return { ok: false, records: expectedSeq - 1, seq: row.seq, problem: `record ${row.seq} was altered` };
       prev = row.hash;
       expectedSeq += 1;
     }

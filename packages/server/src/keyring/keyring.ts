@@ -5,7 +5,7 @@
  * sealed under the root key (a key file, or KMS_ROOT_KEY). Rotation adds a new active CMK and
  * keeps the old ones for unsealing, so it never makes an existing key unreadable.
  */
-import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, randomUUID } from 'node:crypto';
 import { KmsError } from '@openkms/protocol';
 import { Secret } from '../secret.js';
 import type { CmkRow, Store } from '../store/store.js';
@@ -38,6 +38,11 @@ export function parseRootKey(text: string): Uint8Array {
   const bytes = Buffer.from(trimmed.replace(/-/g, '+').replace(/_/g, '/'), 'base64');
   if (bytes.length !== 32) throw new Error(`root key must be 32 bytes, found ${bytes.length}`);
   return new Uint8Array(bytes);
+}
+
+/** The audit chain's HMAC key, derived from the root key (so it needs no storage of its own). */
+export function auditKeyOf(rootKey: Uint8Array): Uint8Array {
+  return new Uint8Array(hkdfSync('sha256', rootKey, new Uint8Array(0), 'openkms audit chain v1', 32));
 }
 
 export function generateRootKey(): string {

@@ -19,11 +19,12 @@ import { authorizationRep } from './representations.js';
  * An authId as stored: a user id (`local@domain`, the first domain when it has no `@`), or the
  * absolute URI of a KRO (whose principals are then authorized too). A KRO of this KMS must exist.
  */
-export async function normalizeAuthId(deps: Deps, raw: string, field: string): Promise<string> {
+export async function normalizeAuthId(deps: Deps, raw: string, field: string, mustExist = false): Promise<string> {
   if (raw.startsWith('kms://') || raw.startsWith('/')) {
     const ref = objectRef(raw, 'resources', deps.authority);
     if (!ref) throw KmsError.badRequest(`invalid field ${field}: not a user id or a resource URI`);
-    if (ref.authority === deps.authority && !(await deps.store.getResource(ref.id))) {
+    // Only a new link must name a live KRO; an old one can always be looked up and removed.
+    if (mustExist && ref.authority === deps.authority && !(await deps.store.getResource(ref.id))) {
       throw KmsError.badRequest(`invalid field ${field}: no such resource`);
     }
     return `kms://${ref.authority}/resources/${ref.id}`;
@@ -51,7 +52,7 @@ export async function newAuthorizations(
   if (anonymous > Limits.maxAnonymous) throw KmsError.tooLarge(`anonymous: at most ${Limits.maxAnonymous} per request`);
   const now = deps.now();
   const ids = new Set<string>();
-  for (const raw of authIds) ids.add(await normalizeAuthId(deps, raw, field));
+  for (const raw of authIds) ids.add(await normalizeAuthId(deps, raw, field, true));
   const rows: AuthorizationRow[] = [...ids].map((authId) => ({ id: randomUUID(), resourceId: resource.id, authId, roleUri, createdAt: now }));
   const bearers = new Map<string, string>();
   const bearerExpiry = resource.expiresAt ?? now + deps.config.lifetimes.anonymousBearerMax * 1000;
@@ -61,12 +62,6 @@ export async function newAuthorizations(
     bearers.set(row.id, await deps.anonymous.issue({ authorizationId: row.id, resourceId: resource.id, expiresAt: bearerExpiry }));
   }
   return { rows, bearers };
-}
-
-export async function checkAuthorizationCount(deps: Deps, resourceId: string, adding: number): Promise<void> {
-  const max = deps.config.limits.maxAuthorizationsPerResource;
-  const existing = adding === 0 ? 0 : (await deps.store.listAuthorizations(resourceId)).length;
-  if (existing + adding > max) throw KmsError.tooLarge(`authIds: a resource holds at most ${max} authorizations`);
 }
 
 export const createAuthorizations: Operation = async (ctx, deps) => {
@@ -79,8 +74,9 @@ export const createAuthorizations: Operation = async (ctx, deps) => {
   const field = body.authIds ? 'authIds' : 'userIds';
   if (authIds.length === 0 && !body.anonymous) throw KmsError.badRequest('invalid field authIds: nothing to authorize');
   const created = await newAuthorizations(deps, resource, authIds, body.anonymous ?? 0, body.roleUri ?? null, field);
-  await checkAuthorizationCount(deps, resourceId, created.rows.length);
-  const rows = await deps.store.addAuthorizations(resourceId, created.rows);
+  const max = deps.config.limits.maxAuthorizationsPerResource;
+  const rows = await deps.store.addAuthorizations(resourceId, created.rows, max);
+  if (rows === 'over-limit') throw KmsError.tooLarge(`${field}: a resource holds at most ${max} authorizations`);
   return {
     status: Status.CREATED,
     authorizations: rows.map((row) => authorizationRep(deps.authority, row, created.bearers.get(row.id))),

@@ -19,6 +19,9 @@ import { keyRep } from './representations.js';
 
 const aad = (id: string) => `key:${id}`;
 
+/** Keys in one answer to retrieve /resources/<id>/keys; older ones are read with boundBefore. */
+export const MAX_KEYS_PER_ANSWER = 1000;
+
 async function reveal(deps: Deps, row: KeyRow) {
   return keyRep(deps.authority, row, await deps.keyring.unseal(row.cmkId, row.sealed, aad(row.id)));
 }
@@ -117,7 +120,8 @@ export const retrieveResourceKeys: Operation = async (ctx, deps) => {
   const rows = await deps.store.listResourceKeys(ctx.id, {
     boundAfter: filter.boundAfter === undefined ? undefined : parseDate(filter.boundAfter),
     boundBefore: filter.boundBefore === undefined ? undefined : parseDate(filter.boundBefore),
-    limit: filter.count,
+    // Every answer is bounded; truncation keeps the newest, as a client's own count would.
+    limit: Math.min(filter.count ?? MAX_KEYS_PER_ANSWER, MAX_KEYS_PER_ANSWER),
   });
   return { status: Status.OK, keys: await Promise.all(rows.map((row) => reveal(deps, row))) };
 };

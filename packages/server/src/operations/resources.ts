@@ -8,13 +8,16 @@ import { liveResource, localId, requireAuthorized, userPrincipal } from './guard
 import { bindFailure } from './keys.js';
 import { authorizationRep, resourceRep } from './representations.js';
 
+/** Without a configured maximum, a TTL still has to be a date: at most 100 years. */
+const MAX_TTL_SECONDS = 100 * 365 * 24 * 3600;
+
 export const createResource: Operation = async (ctx, deps) => {
   const body = validate(createResourceSchema, ctx.request);
   const user = userPrincipal(ctx.principal);
   const now = deps.now();
   const ttl = body.ttl ?? 0;
-  const maxTtl = deps.config.lifetimes.maxResourceTtl;
-  if (maxTtl > 0 && ttl > maxTtl) throw KmsError.badRequest(`invalid field ttl: must be between 0 and ${maxTtl} seconds`);
+  const maxTtl = deps.config.lifetimes.maxResourceTtl || MAX_TTL_SECONDS;
+  if (ttl > maxTtl) throw KmsError.badRequest(`invalid field ttl: must be between 0 and ${maxTtl} seconds`);
   const resource: ResourceRow = { id: randomUUID(), creator: user.id, createdAt: now, expiresAt: ttl > 0 ? now + ttl * 1000 : null };
 
   // The creator is always authorized (draft 4.7.3), whatever the request lists.

@@ -88,4 +88,10 @@ CREATE TABLE audit (
 );
 `,
   },
+  {
+    version: 2,
+    name: 'index authorizations by resource',
+    // The partial unique index (auth_id IS NOT NULL) cannot serve "all of a resource's authorizations".
+    sql: `CREATE INDEX authorizations_by_resource ON authorizations (resource_id, created_at, id);`,
+  },
 ];

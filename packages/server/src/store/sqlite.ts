@@ -105,6 +105,7 @@ export class SqliteStore implements Store {
                               VALUES (@id, @resourceId, @authId, @roleUri, @createdAt)`),
       findAuthorization: p('SELECT * FROM authorizations WHERE resource_id = ? AND auth_id = ?'),
       listAuthorizations: p('SELECT * FROM authorizations WHERE resource_id = ? ORDER BY created_at, id'),
+      countAuthorizations: p('SELECT COUNT(*) AS n FROM authorizations WHERE resource_id = ?'),
       getAuthorization: p('SELECT * FROM authorizations WHERE id = ?'),
       deleteAuthorization: p('DELETE FROM authorizations WHERE id = ? AND resource_id = ?'),
       insertChannel: p(`INSERT INTO channels (id, owner, client_id, created_at, expires_at, cmk_id, sealed)
@@ -217,17 +218,25 @@ export class SqliteStore implements Store {
     return r && { id: r.id as string, creator: r.creator as string, createdAt: Number(r.created_at), expiresAt: r.expires_at === null ? null : Number(r.expires_at) };
   }
 
-  async addAuthorizations(resourceId: string, rows: AuthorizationRow[]): Promise<AuthorizationRow[]> {
-    return this.db.transaction(() =>
-      rows.map((row) => {
-        if (row.authId !== null) {
-          const existing = this.stmt.findAuthorization!.get(resourceId, row.authId) as Row | undefined;
-          if (existing) return authorizationFromRow(existing);
-        }
-        this.stmt.insertAuthorization!.run({ ...row, resourceId });
-        return row;
-      }),
-    )();
+  async addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'> {
+    class OverLimit extends Error {}
+    try {
+      return this.db.transaction(() => {
+        let count = Number((this.stmt.countAuthorizations!.get(resourceId) as Row).n);
+        return rows.map((row) => {
+          if (row.authId !== null) {
+            const existing = this.stmt.findAuthorization!.get(resourceId, row.authId) as Row | undefined;
+            if (existing) return authorizationFromRow(existing);
+          }
+          if (++count > limit) throw new OverLimit();
+          this.stmt.insertAuthorization!.run({ ...row, resourceId });
+          return row;
+        });
+      })();
+    } catch (err) {
+      if (err instanceof OverLimit) return 'over-limit';
+      throw err;
+    }
   }
 
   async listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
@@ -320,7 +329,7 @@ export class SqliteStore implements Store {
   }
 
   async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
-    return this.db.transaction(() => {
+    const result = this.db.transaction(() => {
       const expired = this.db.prepare('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= ?').all(now) as Row[];
       let keys = 0;
       for (const { id } of expired) {
@@ -332,6 +341,10 @@ export class SqliteStore implements Store {
       const channels = this.db.prepare('DELETE FROM channels WHERE expires_at <= ?').run(now).changes;
       return { resources: expired.length, keys, channels };
     })();
+    // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL
+    // frames that still held the destroyed (sealed) key rows.
+    if (result.keys > 0) this.db.pragma('wal_checkpoint(TRUNCATE)');
+    return result;
   }
 
   async ping(): Promise<void> {

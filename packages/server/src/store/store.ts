@@ -115,9 +115,10 @@ export interface Store {
 
   /**
    * Adds authorizations to a resource, all or nothing. An authId already present on the resource
-   * is not duplicated: the existing row is returned in its place.
+   * is not duplicated: the existing row is returned in its place. When the rows actually added
+   * would take the resource over `limit` authorizations, nothing is written: 'over-limit'.
    */
-  addAuthorizations(resourceId: string, rows: AuthorizationRow[]): Promise<AuthorizationRow[]>;
+  addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'>;
   listAuthorizations(resourceId: string): Promise<AuthorizationRow[]>;
   getAuthorization(id: string): Promise<AuthorizationRow | undefined>;
   /** Deletes the given authorizations of one resource; returns those that existed. */

@@ -22,6 +22,9 @@ export interface TransportOptions {
   corsOrigins?: readonly string[];
 }
 
+/** WebSocket frames one socket may have under way at once. */
+const MAX_IN_FLIGHT_PER_SOCKET = 256;
+
 class HttpError extends Error {
   constructor(
     readonly status: number,
@@ -72,6 +75,7 @@ export class Transport {
   private readonly sockets = new Set<Socket>();
   private inFlight = 0;
   private idle: (() => void) | undefined;
+  private closing = false;
 
   constructor(private readonly options: TransportOptions) {
     const handler = (req: IncomingMessage, res: ServerResponse) => void this.route(req, res);
@@ -104,6 +108,7 @@ export class Transport {
 
   /** Stops accepting, lets in-flight requests finish, then closes every connection. */
   async close(): Promise<void> {
+    this.closing = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const ws of this.wss.clients) ws.close(1001, 'server shutting down');
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.idle = resolve));
@@ -145,8 +150,13 @@ export class Transport {
     if (this.cors(req, res)) return;
     try {
       if (req.method === 'POST' && path === '/kms/messages') {
-        const messages = parseBatch(await readBody(req));
-        const answers = await this.track(Promise.all(messages.map((m) => this.options.kms.handle(m))));
+        // Tracked from arrival (body included), so shutdown waits for it.
+        const answers = await this.track(
+          (async () => {
+            const messages = parseBatch(await readBody(req));
+            return Promise.all(messages.map((m) => this.options.kms.handle(m)));
+          })(),
+        );
         return send(res, 200, { kmsMessages: answers });
       }
       if (req.method === 'GET' || req.method === 'HEAD') {
@@ -175,13 +185,20 @@ export class Transport {
   }
 
   private serveSocket(ws: WebSocket): void {
+    let inFlight = 0;
     ws.on('message', (data, isBinary) => {
+      if (this.closing) return;
       if (isBinary) return ws.close(1003, 'text frames only');
+      // One socket may not queue unbounded work: past the limit it is closed (policy violation).
+      if (inFlight >= MAX_IN_FLIGHT_PER_SOCKET) return ws.close(1008, 'too many requests in flight');
+      inFlight++;
       const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
-      void this.track(this.options.kms.handle(text)).then(
-        (answer) => ws.readyState === ws.OPEN && ws.send(answer),
-        (err) => this.options.logger.error({ err: { message: (err as Error).message } }, 'websocket handler error'),
-      );
+      void this.track(this.options.kms.handle(text))
+        .then(
+          (answer) => ws.readyState === ws.OPEN && ws.send(answer),
+          (err) => this.options.logger.error({ err: { message: (err as Error).message } }, 'websocket handler error'),
+        )
+        .finally(() => inFlight--);
     });
     ws.on('error', () => ws.terminate());
   }

@@ -100,14 +100,25 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       const other = resource();
       await store.createResource(r, [auth(r.id, 'alice@a.example')], []);
       await store.createResource(other, [], []);
-      const added = await store.addAuthorizations(r.id, [auth(r.id, 'alice@a.example'), auth(r.id, 'bob@a.example'), auth(r.id, null), auth(r.id, null)]);
+      const added = await store.addAuthorizations(r.id, [auth(r.id, 'alice@a.example'), auth(r.id, 'bob@a.example'), auth(r.id, null), auth(r.id, null)], 4);
+      assert.notEqual(added, 'over-limit', 'alice is already there: only three rows are added');
       const list = await store.listAuthorizations(r.id);
       assert.equal(list.length, 4, 'alice once, bob, two anonymous');
-      assert.equal(added[0]!.id, list.find((a) => a.authId === 'alice@a.example')!.id, 'the existing row is returned');
+      assert.equal((added as AuthorizationRow[])[0]!.id, list.find((a) => a.authId === 'alice@a.example')!.id, 'the existing row is returned');
+      assert.equal(await store.addAuthorizations(r.id, [auth(r.id, 'bob@a.example'), auth(r.id, 'carol@a.example')], 4), 'over-limit');
+      assert.equal((await store.listAuthorizations(r.id)).length, 4, 'nothing written over the limit');
       const bob = list.find((a) => a.authId === 'bob@a.example')!;
       assert.deepEqual(await store.deleteAuthorizations(other.id, [bob.id]), [], 'not through another resource');
       assert.equal((await store.deleteAuthorizations(r.id, [bob.id, randomUUID()])).length, 1);
       assert.equal(await store.getAuthorization(bob.id), undefined);
+    });
+
+    test('the authorization limit holds under concurrent adds', async () => {
+      const r = resource();
+      await store.createResource(r, [auth(r.id, 'alice@a.example')], []);
+      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => store.addAuthorizations(r.id, [auth(r.id, `u${i}@a.example`)], 5)));
+      assert.equal(results.filter((x) => x !== 'over-limit').length, 4);
+      assert.equal((await store.listAuthorizations(r.id)).length, 5);
     });
 
     test('one active CMK per scope', async () => {
