@@ -767,7 +767,7 @@ describe('WebSocket transport', () => {
   let kms: TestKms;
   const clients = new Clients(() => kms);
   const relays: { close(): Promise<void> }[] = [];
-  const wsOptions = (WebSocketImpl: WebSocketConstructor = WebSocket as unknown as WebSocketConstructor): Partial<KmsClientOptions> => ({
+  const wsOptions = (WebSocketImpl: WebSocketConstructor = WebSocket): Partial<KmsClientOptions> => ({
     transport: 'websocket',
     WebSocket: WebSocketImpl,
   });
@@ -957,7 +957,7 @@ describe('WebSocket transport', () => {
         token: await lagging.token('alice@a.example', { ttlSeconds: 86_400 }),
         trustAnchors: caOf(lagging),
         transport: 'websocket',
-        WebSocket: WebSocket as unknown as WebSocketConstructor,
+        WebSocket,
         now: manualClock(serverClock.now()).now,
         timeoutMs: 5000,
       });

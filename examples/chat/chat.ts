@@ -14,7 +14,7 @@
  * Every user talks to the KMS through its own KmsClient, here over the KMS's WebSocket endpoint.
  */
 import { WebSocket } from 'ws';
-import { contentKeyUri, type KmsClient, type WebSocketConstructor } from '@openkms/client';
+import { contentKeyUri, type KmsClient } from '@openkms/client';
 import { DOMAIN, startDemoKms, statusOf } from '../common/demo-kms.js';
 import { ChatMember, type Read } from './member.js';
 import { startRelay } from './relay.js';
@@ -58,9 +58,7 @@ export async function run(options: RunOptions = {}): Promise<ChatResult> {
     log(`The KMS ${kms.authority} listens on ${kms.url}; every user's client trusts its CA (ca.pem).`);
     log(`The chat relay listens on ${relay.url}. It stores and delivers messages but is not trusted with what they say.`);
     const member = async (name: string) => {
-      // The cast: the `ws` constructor's overloads (the first takes `address: null`) do not type-check
-      // against the SDK's WebSocketConstructor, though it works at run time.
-      const client: KmsClient = await kms.client(user(name), { transport: 'websocket', WebSocket: WebSocket as unknown as WebSocketConstructor });
+      const client: KmsClient = await kms.client(user(name), { transport: 'websocket', WebSocket });
       const m = new ChatMember(user(name), client);
       members.push(m);
       return m;
