@@ -35,7 +35,7 @@ export interface KmsClientOptions {
   /** Base URL of the KMS endpoint, e.g. `https://kms.a.example` or `http://127.0.0.1:7001`. */
   url: string;
   /** The user's access token, or a function returning a fresh one for every request. */
-  token: TokenProvider;
+  token?: TokenProvider;
   /** PEM text(s) of the CA certificates the KMS certificate must chain to. */
   trustAnchors: string[];
   /** When given, the KMS must be this authority (e.g. `kms.a.example`). */
@@ -56,6 +56,21 @@ export interface KmsClientOptions {
   renewBeforeMs?: number;
   /** Clock (epoch ms), injectable for tests. */
   now?: () => number;
+  /**
+   * Speak as a peer KMS instead of a user (PROTOCOL.md §6): the credential is the peer's static
+   * public JWK with its x5c chain, and every request is signed by the peer's static key (a JWS
+   * with `aud` and `iat`) inside the channel JWE. `token` is then unused.
+   */
+  peer?: PeerCredential;
+}
+
+export interface PeerCredential {
+  /** `kms://<this KMS's authority>`: the JWS kid, equal to `jwk.kid`. */
+  kid: string;
+  /** The public static JWK with x5c. */
+  jwk: Record<string, unknown>;
+  /** Signs `payload` as a compact JWS PS256 with header kid = `kid`. */
+  sign(payload: Uint8Array): Promise<string>;
 }
 
 interface ChannelState {
@@ -128,6 +143,7 @@ export class KmsClient {
       trustAnchors: this.options.trustAnchors,
       authority: this.options.authority,
       now: this.options.now,
+      timeoutMs: this.options.timeoutMs,
     }).catch((err) => {
       this.staticKey = undefined; // let a later call try again
       throw err;
@@ -174,12 +190,27 @@ export class KmsClient {
     const kid = peekHeader(compact)?.kid;
     const channelKey = typeof kid === 'string' ? this.channelKeys.get(kid) : undefined;
     if (!channelKey) throw new KmsError(502, 'KMS answer under an unknown channel');
-    const { plaintext } = await joseCodec.decryptChannel(compact, channelKey);
+    const { plaintext, header } = await joseCodec.decryptChannel(compact, channelKey);
+    if (header.cty === 'JOSE') {
+      const proof = dec.decode(plaintext);
+      const verified = await verifyStatic(proof, key.verifyKey);
+      if (verified.header.kid !== key.kid) throw new KmsError(502, 'KMS answer signed under an unexpected kid');
+      return { payload: JSON.parse(dec.decode(verified.plaintext)) as KmsResponse, signed: false, proof };
+    }
     return { payload: JSON.parse(dec.decode(plaintext)) as KmsResponse, signed: false };
+  }
+
+  /** The request member `client`, and the message plaintext (nested and signed for a peer). */
+  private async sealable(body: Record<string, unknown>, authority: string): Promise<{ plaintext: Uint8Array; cty?: string }> {
+    const peer = this.options.peer;
+    if (!peer) return { plaintext: enc.encode(JSON.stringify({ ...body, client: { clientId: this.clientId, credential: await this.credential() } })) };
+    const signed = { ...body, client: { clientId: peer.kid, credential: { jwk: peer.jwk } }, aud: `kms://${authority}`, iat: Math.floor(this.now() / 1000) };
+    return { plaintext: enc.encode(await peer.sign(enc.encode(JSON.stringify(signed)))), cty: 'JOSE' };
   }
 
   private async credential(): Promise<{ bearer: string }> {
     const t = this.options.token;
+    if (t === undefined) throw new KmsError(400, 'no token: pass options.token');
     return { bearer: typeof t === 'function' ? await t() : t };
   }
 
@@ -201,19 +232,14 @@ export class KmsClient {
     const key = await this.static();
     const pair = await generateEphemeralKeyPair();
     const requestId = uuid();
-    const body = {
-      requestId,
-      client: { clientId: this.clientId, credential: await this.credential() },
-      method: 'create',
-      uri: `kms://${key.authority}/ecdhe`,
-      jwk: pair.publicJwk,
-    };
-    const message = await encryptStatic(enc.encode(JSON.stringify(body)), key.encryptKey, key.kid);
+    const body = { requestId, method: 'create', uri: `kms://${key.authority}/ecdhe`, jwk: pair.publicJwk };
+    const { plaintext, cty } = await this.sealable(body, key.authority);
+    const message = await encryptStatic(plaintext, key.encryptKey, key.kid, cty);
     const answer = await this.getTransport().exchange(message, requestId);
     this.handshakes++;
     if (!answer.signed) throw new KmsError(502, 'KMS answered the handshake without its signature', requestId);
     const payload = answer.payload;
-    if (payload.status !== 201) throw new KmsError(payload.status, payload.reason ?? 'handshake refused', requestId);
+    if (payload.status !== 201) throw new KmsError(payload.status, `handshake refused: ${payload.reason ?? 'no reason given'}`, requestId);
     const rep = payload.key as EphemeralKeyRep | undefined;
     const expiresAt = rep && parseDate(rep.expirationDate);
     if (!rep || typeof rep.uri !== 'string' || !rep.jwk || expiresAt === undefined) throw new KmsError(502, 'KMS handshake answer is malformed', requestId);
@@ -231,18 +257,24 @@ export class KmsClient {
    * KmsError. After a reset (499) the channel is re-established and the request sent once more.
    */
   async request(body: { method: string; uri: string; [member: string]: unknown }): Promise<KmsResponse> {
+    return (await this.exchange(body)).payload;
+  }
+
+  /** As `request`, also returning the KMS's signature over the answer when it nested one. */
+  async exchange(body: { method: string; uri: string; [member: string]: unknown }): Promise<Answer> {
     for (let attempt = 0; ; attempt++) {
       const channel = await this.ensureChannel();
       const requestId: RequestId = uuid();
-      const full = { ...body, requestId, client: { clientId: this.clientId, credential: await this.credential() } };
-      const message = await joseCodec.encryptChannel(enc.encode(JSON.stringify(full)), channel.key, channel.uri);
-      const { payload, signed } = await this.getTransport().exchange(message, requestId);
+      const { plaintext, cty } = await this.sealable({ ...body, requestId }, (await this.static()).authority);
+      const message = await joseCodec.encryptChannel(plaintext, channel.key, channel.uri, cty);
+      const answer = await this.getTransport().exchange(message, requestId);
+      const { payload, signed } = answer;
       if (signed && payload.status === 499) {
         this.dropChannel(channel.uri);
         if (attempt === 0) continue;
       }
       if (payload.status >= 400) throw new KmsError(payload.status, payload.reason ?? 'request failed', requestId);
-      return payload;
+      return answer;
     }
   }
 

@@ -25,13 +25,16 @@ export async function discover(options: {
   /** When given, the KMS must be this authority. */
   authority?: string;
   now?: () => number;
+  timeoutMs?: number;
 }): Promise<StaticKey> {
   let doc: { kmsCluster?: unknown; rsaPublicKey?: { kty?: unknown; kid?: unknown; n?: unknown; e?: unknown; x5c?: unknown }; domains?: unknown };
+  const signal = AbortSignal.timeout(options.timeoutMs ?? 30_000);
   try {
-    const res = await options.fetch(`${options.url}/.well-known/kms`, { method: 'GET', headers: {} });
+    const res = await options.fetch(`${options.url}/.well-known/kms`, { method: 'GET', headers: {}, signal });
     if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
     doc = (await res.json()) as typeof doc;
   } catch (err) {
+    if (signal.aborted) throw new KmsError(504, `${options.url}/.well-known/kms did not answer in time`);
     throw new KmsError(503, `cannot read ${options.url}/.well-known/kms: ${(err as Error).message}`);
   }
   const jwk = doc?.rsaPublicKey;

@@ -9,6 +9,11 @@ export interface Answer {
   payload: KmsResponse;
   /** True when the answer was a JWS under the KMS static key (ECDHE answers, resets). */
   signed: boolean;
+  /**
+   * The KMS's own signature over the payload, when the answer nested one (answers to a peer KMS,
+   * PROTOCOL.md §6): kept so a federated copy can later prove what the KMS released.
+   */
+  proof?: string;
 }
 
 export type Decoder = (compact: string) => Promise<Answer>;

@@ -27,10 +27,14 @@ import { Channels, type Channel } from './channels.js';
 import type { KmsConfig } from './config.js';
 import { AnonymousBearers } from './identity/anonymous.js';
 import { Authenticator } from './identity/authenticator.js';
-import { principalId, type Principal, type TokenVerifier } from './identity/principal.js';
+import { principalId, type PeerPrincipal, type Principal, type TokenVerifier } from './identity/principal.js';
+import { domainOf, isUserId, normalizeUserId } from './identity/users.js';
 import { Keyring, auditKeyOf } from './keyring/keyring.js';
 import type { Deps } from './operations/context.js';
 import { handshake } from './operations/ecdhe.js';
+import { Federation } from './federation/federation.js';
+import { PeerVerifier } from './federation/peer-proof.js';
+import { PeerRegistry } from './federation/peers.js';
 import { mayUseOperation } from './policy.js';
 import { RateLimiter } from './rate-limit.js';
 import { match } from './routes.js';
@@ -78,7 +82,19 @@ interface Trace {
   method: string | null;
   uri: string | null;
   requestId: RequestId | undefined;
+  /** `kms://<peer>` when the request came over a peer KMS's channel. */
+  peer: string | null;
 }
+
+/** What a channel answer needs: its channel, and whether it goes to a peer (then nested and signed). */
+interface Answered {
+  response: KmsResponse;
+  channel?: Channel;
+  toPeer?: boolean;
+}
+
+/** Operations a user may send here for a peer KMS's objects (draft 3.3 steps 6-9). */
+const FEDERATED_READS: ReadonlySet<string> = new Set(['retrieveKey', 'retrieveResourceKeys']);
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -91,6 +107,7 @@ export class Kms {
   private readonly logger: Logger;
   private readonly authenticator: Authenticator;
   private readonly limiter: RateLimiter;
+  private readonly peerVerifier: PeerVerifier;
   /** Told of every answered request (metrics). */
   onRequest: ((event: RequestEvent) => void) | undefined;
 
@@ -115,10 +132,23 @@ export class Kms {
       channels,
       anonymous,
       staticKey: { privateKey: staticKey.privateKey, kid: this.staticKid },
+      peers: new PeerRegistry(config),
+      federation: undefined as unknown as Federation,
       now,
     };
+    this.deps.federation = new Federation({
+      config,
+      peers: this.deps.peers,
+      store,
+      keyring,
+      staticKey: { privateKey: staticKey.privateKey, publicJwk: { ...staticKey.publicJwk }, kid: this.staticKid },
+      codec: this.codec,
+      now,
+      audit: (entry) => this.audit.record(entry),
+    });
     this.authenticator = new Authenticator(config.domains, options.verifier, anonymous, store, now);
     this.limiter = new RateLimiter(config.limits.requestsPerMinutePerPrincipal, now);
+    this.peerVerifier = new PeerVerifier(config.authority, this.deps.peers, now);
   }
 
   static async open(options: KmsOptions): Promise<Kms> {
@@ -137,8 +167,8 @@ export class Kms {
 
   async handle(compact: string): Promise<string> {
     const started = performance.now();
-    const trace: Trace = { op: 'reset', principal: null, clientId: null, method: null, uri: null, requestId: undefined };
-    let answer: { response: KmsResponse; channel?: Channel };
+    const trace: Trace = { op: 'reset', principal: null, clientId: null, method: null, uri: null, requestId: undefined, peer: null };
+    let answer: Answered;
     try {
       answer = await this.dispatch(compact, trace);
     } catch (err) {
@@ -155,7 +185,7 @@ export class Kms {
         method: trace.method,
         uri: trace.uri,
         status: out.status,
-        peer: null,
+        peer: trace.peer,
         requestId: requestId === undefined ? null : String(requestId),
       });
     } catch (err) {
@@ -167,12 +197,17 @@ export class Kms {
     this.logger.debug({ op: trace.op, status: out.status, requestId: out.requestId }, 'request');
     const payload = encoder.encode(JSON.stringify(out));
     if (answer.channel && out.status !== Status.RESET) {
+      if (answer.toPeer) {
+        // To a peer KMS every answer is signed too, so its copies can prove what this KMS released.
+        const proof = await this.codec.signStatic(payload, this.options.staticKey.privateKey, this.staticKid);
+        return this.codec.encryptChannel(encoder.encode(proof), answer.channel.key.reveal(), answer.channel.uri, 'JOSE');
+      }
       return this.codec.encryptChannel(payload, answer.channel.key.reveal(), answer.channel.uri);
     }
     return this.codec.signStatic(payload, this.options.staticKey.privateKey, this.staticKid);
   }
 
-  private async dispatch(compact: string, trace: Trace): Promise<{ response: KmsResponse; channel?: Channel }> {
+  private async dispatch(compact: string, trace: Trace): Promise<Answered> {
     if (typeof compact !== 'string' || compact.length > Limits.maxMessageChars || segmentCount(compact) !== 5) {
       return { response: reset('message is not a compact JWE') };
     }
@@ -189,20 +224,30 @@ export class Kms {
 
   /** An ECDHE request: under the static key, answered by a JWS (there is no channel yet). */
   private async ecdhe(compact: string, trace: Trace): Promise<KmsResponse> {
-    let plaintext: Uint8Array;
+    let opened: { plaintext: Uint8Array; header: { cty?: unknown } };
     try {
-      plaintext = (await this.codec.decryptStatic(compact, this.options.staticKey.privateKey)).plaintext;
+      opened = await this.codec.decryptStatic(compact, this.options.staticKey.privateKey);
     } catch {
       return reset('message could not be decrypted');
     }
     try {
-      const request = this.parse(plaintext, trace);
+      let request: KmsRequest;
+      let principal: Principal;
+      if (opened.header.cty === 'JOSE') {
+        // A peer KMS: proof of possession of its certified static key (PROTOCOL.md §6).
+        const verified = await this.peerVerifier.verifyHandshake(decoder.decode(opened.plaintext), this.deps.config.lifetimes.channel * 1000);
+        request = this.validateRequest(verified.request, trace);
+        principal = verified.principal;
+        trace.principal = trace.peer = principalId(principal);
+      } else {
+        request = this.validateRequest(parseJson(opened.plaintext), trace);
+        principal = await this.authenticate(request, trace);
+      }
       const uri = parseKmsUri(request.uri);
       const here = uri && (uri.authority === undefined || uri.authority === this.authority);
       if (request.method !== 'create' || !here || uri.segments.length !== 1 || uri.segments[0] !== 'ecdhe') {
         throw KmsError.badRequest('invalid field uri: the static key only takes create /ecdhe');
       }
-      const principal = await this.authenticate(request, trace);
       if (!this.limiter.allow(principalId(principal))) throw new KmsError(Status.TOO_MANY, 'rate limited');
       return await handshake(request, principal, this.deps);
     } catch (err) {
@@ -211,45 +256,71 @@ export class Kms {
   }
 
   /** A common message: under a channel key, answered under the same key. */
-  private async common(compact: string, kid: string, trace: Trace): Promise<{ response: KmsResponse; channel?: Channel }> {
+  private async common(compact: string, kid: string, trace: Trace): Promise<Answered> {
     const ref = parseKmsUri(kid);
     const id = ref && (ref.authority === undefined || ref.authority === this.authority) && ref.segments.length === 2 && ref.segments[0] === 'ecdhe' ? ref.segments[1]! : undefined;
     // A storage failure here is a 500 (thrown to handle()), not a reset: clients would re-handshake in a loop.
     const channel = id === undefined ? undefined : await this.channels.get(id);
     if (!channel) return { response: reset('ephemeral key unknown, expired or deleted') };
-    let plaintext: Uint8Array;
+    let opened: { plaintext: Uint8Array; header: { cty?: unknown } };
     try {
-      plaintext = (await this.codec.decryptChannel(compact, channel.key.reveal())).plaintext;
+      opened = await this.codec.decryptChannel(compact, channel.key.reveal());
     } catch {
       return { response: reset('message could not be decrypted') };
     }
+    const peerAuthority = channel.owner.startsWith('kms://') ? channel.owner.slice('kms://'.length) : undefined;
     try {
       trace.op = 'unknown';
-      const request = this.parse(plaintext, trace);
-      const principal = await this.authenticate(request, trace);
-      if (principalId(principal) !== channel.owner) throw KmsError.forbidden('the ephemeral key belongs to another principal');
+      let request: KmsRequest;
+      let principal: Principal;
+      let peer: PeerPrincipal | undefined;
+      if (peerAuthority !== undefined) {
+        trace.peer = channel.owner;
+        if (opened.header.cty !== 'JOSE') throw KmsError.unauthorized('a peer KMS signs every request (cty JOSE)');
+        request = this.validateRequest(await this.peerVerifier.verify(decoder.decode(opened.plaintext), peerAuthority), trace);
+        peer = { kind: 'peer', authority: peerAuthority, domains: this.deps.peers.byAuthority(peerAuthority)?.domains ?? [], expiresAt: channel.expiresAt };
+        principal = this.actingPrincipal(request, peer);
+        trace.principal = principalId(principal);
+      } else {
+        if (opened.header.cty !== undefined) throw KmsError.badRequest('nested messages are for peer KMS channels');
+        request = this.validateRequest(parseJson(opened.plaintext), trace);
+        principal = await this.authenticate(request, trace);
+        if (principalId(principal) !== channel.owner) throw KmsError.forbidden('the ephemeral key belongs to another principal');
+      }
       if (!this.limiter.allow(channel.owner)) throw new KmsError(Status.TOO_MANY, 'rate limited');
       const uri = parseKmsUri(request.uri);
       if (!uri) throw KmsError.badRequest('invalid field uri: not a KMS URI');
-      if (uri.authority !== undefined && uri.authority !== this.authority) throw KmsError.notFound(`unknown KMS authority ${uri.authority}`);
+      const authority = uri.authority ?? this.authority;
+      if (authority !== this.authority && !this.deps.peers.isPeerAuthority(authority)) throw KmsError.notFound(`unknown KMS authority ${authority}`);
+      if (authority !== this.authority && peer) throw KmsError.forbidden('a peer KMS asks only for objects of this KMS');
       const found = match(request.method, uri.segments);
       if (!found) throw KmsError.badRequest(`invalid field uri: no operation ${request.method} ${request.uri}`);
       trace.op = found.route.name;
-      if (!mayUseOperation(principal, found.route.name)) throw KmsError.forbidden('not allowed with this credential');
-      const response = await found.route.operation({ request, principal, id: found.id, query: uri.query, channel }, this.deps);
-      return { response, channel };
+      if (authority !== this.authority && !FEDERATED_READS.has(found.route.name)) throw KmsError.notFound(`kms://${authority} objects are not served through this KMS for ${found.route.name}`);
+      if (!mayUseOperation(principal, found.route.name, peer)) throw KmsError.forbidden('not allowed with this credential');
+      const response = await found.route.operation({ request, principal, peer, authority, id: found.id, query: uri.query, channel }, this.deps);
+      return { response, channel, toPeer: peer !== undefined };
     } catch (err) {
-      return { response: this.failure(err), channel };
+      return { response: this.failure(err), channel, toPeer: peerAuthority !== undefined };
     }
   }
 
-  private parse(plaintext: Uint8Array, trace: Trace): KmsRequest {
-    let raw: unknown;
-    try {
-      raw = JSON.parse(decoder.decode(plaintext));
-    } catch {
-      throw KmsError.badRequest('payload is not JSON');
+  /**
+   * Whom a peer's request acts for: the user named by `onBehalfOf` when the request is
+   * `federated` (A then applies its own policy as if the user were local), else the peer itself.
+   * The user must belong to one of the peer's domains: a peer speaks only for its own users.
+   */
+  private actingPrincipal(request: KmsRequest, peer: PeerPrincipal): Principal {
+    if (request.federated !== true) return peer;
+    if (typeof request.onBehalfOf !== 'string') throw KmsError.badRequest('invalid field onBehalfOf: missing');
+    const id = normalizeUserId(request.onBehalfOf, peer.domains[0] ?? '');
+    if (!isUserId(id) || !peer.domains.includes(domainOf(id))) {
+      throw KmsError.forbidden(`onBehalfOf ${request.onBehalfOf} is not a user of kms://${peer.authority}'s domains`);
     }
+    return { kind: 'user', id, domain: domainOf(id), roles: [], orgId: domainOf(id), expiresAt: peer.expiresAt };
+  }
+
+  private validateRequest(raw: unknown, trace: Trace): KmsRequest {
     if (raw && typeof raw === 'object' && !Array.isArray(raw)) {
       const rid = (raw as { requestId?: unknown }).requestId;
       if ((typeof rid === 'string' && rid.length <= Limits.maxIdChars) || (typeof rid === 'number' && Number.isSafeInteger(rid))) trace.requestId = rid;
@@ -282,7 +353,16 @@ export class Kms {
   }
 
   async close(): Promise<void> {
+    await this.deps.federation.close();
     await this.audit.flush();
+  }
+}
+
+function parseJson(plaintext: Uint8Array): unknown {
+  try {
+    return JSON.parse(decoder.decode(plaintext));
+  } catch {
+    throw KmsError.badRequest('payload is not JSON');
   }
 }
 

@@ -2,7 +2,7 @@
  * Who may do what (PROTOCOL.md §5), as plain functions over plain data. The one piece that needs
  * storage, walking KRO authIds, takes the loader as an argument so it stays testable without one.
  */
-import type { Principal } from './identity/principal.js';
+import type { PeerPrincipal, Principal } from './identity/principal.js';
 import type { AuthorizationRow, CmkRow, KeyRow } from './store/store.js';
 
 /** How deep KRO authIds are followed (PROTOCOL.md §1). */
@@ -82,7 +82,26 @@ export const ANONYMOUS_OPERATIONS: ReadonlySet<string> = new Set([
   'deleteEphemeralKey',
 ]);
 
-export function mayUseOperation(principal: Principal, op: string): boolean {
+/** What a peer KMS may do for one of its users (PROTOCOL.md §6): federated reads and authorization management. */
+export const PEER_USER_OPERATIONS: ReadonlySet<string> = new Set([
+  'retrieveKey',
+  'retrieveResourceKeys',
+  'retrieveAuthorizations',
+  'createAuthorizations',
+  'deleteAuthorization',
+  'deleteAuthorizationByAuthId',
+  'bulkDeleteAuthorizations',
+]);
+
+/** What a peer KMS may do for itself: keep its channel, push invalidations. */
+export const PEER_OPERATIONS: ReadonlySet<string> = new Set(['ping', 'deleteEphemeralKey', 'receiveInvalidations']);
+
+/**
+ * Whether `principal` may use an operation at all (the operation then applies its own checks).
+ * `via` is the peer KMS the request came through: a peer channel may only do what §6 lists.
+ */
+export function mayUseOperation(principal: Principal, op: string, via?: PeerPrincipal): boolean {
+  if (via) return principal.kind === 'user' ? PEER_USER_OPERATIONS.has(op) : PEER_OPERATIONS.has(op);
   if (principal.kind === 'anonymous') return ANONYMOUS_OPERATIONS.has(op);
   return principal.kind === 'user';
 }

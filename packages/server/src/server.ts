@@ -8,6 +8,7 @@ import { isAbsolute, resolve } from 'node:path';
 import { configPath, ConfigError, type KmsConfig } from './config.js';
 import { loadDevIssuer, type DevIssuer } from './identity/dev-issuer.js';
 import { loadStaticIdentity } from './identity/certificates.js';
+import { validatePeers } from './federation/peers.js';
 import { createTokenVerifier } from './identity/tokens.js';
 import { parseRootKey } from './keyring/keyring.js';
 import { Kms, type Logger } from './kms.js';
@@ -85,6 +86,7 @@ export const devIssuerName = (config: KmsConfig) => `https://${config.authority}
 export const audienceOf = (config: KmsConfig) => config.identity.audience ?? `kms://${config.authority}`;
 
 export async function startKms(config: KmsConfig, options: StartOptions = {}): Promise<RunningKms> {
+  validatePeers(config);
   const logger = options.logger ?? createLogger(config.log.level);
   const staticKey = await loadStaticIdentity({
     keyPem: read(config, config.staticKey.key, 'static key'),

@@ -8,6 +8,7 @@ import { UsageError } from './args.js';
 import { auditCommand } from './audit.js';
 import { clientCommand } from './client.js';
 import { initCommand } from './init.js';
+import { peerCommand } from './peer.js';
 import { serveCommand } from './serve.js';
 import { tokenCommand } from './token.js';
 
@@ -17,12 +18,14 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   token: tokenCommand,
   audit: auditCommand,
   client: clientCommand,
+  peer: peerCommand,
 };
 
 const USAGE = `usage: kms <command> [options]
   init          write a KMS folder (config, keys, certificates)
   serve         run the KMS
   token         print a development access token
+  peer          add, list or remove federation peers (other KMSs this one trusts)
   audit verify  check the audit log's hash chain
   client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)
 Run 'kms <command> --help' for a command's options.

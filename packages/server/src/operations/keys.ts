@@ -13,6 +13,7 @@ import {
 import { ownsUnboundKey } from '../policy.js';
 import { Secret } from '../secret.js';
 import type { KeyRow } from '../store/store.js';
+import { releaseToPeer } from '../federation/release.js';
 import type { Deps, Operation } from './context.js';
 import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
 import { keyRep } from './representations.js';
@@ -97,6 +98,14 @@ export function bindFailure(outcome: string, field: string): void {
 }
 
 export const retrieveKey: Operation = async (ctx, deps) => {
+  if (ctx.peer) return releaseToPeer(ctx, deps, { keyId: ctx.id });
+  if (ctx.authority !== deps.authority) {
+    const keyUri = `kms://${ctx.authority}/keys/${ctx.id}`;
+    const copy = await deps.federation.copyFor(userPrincipal(ctx.principal), { keyUri });
+    const key = copy.resource.keys.find((k) => k.uri === keyUri);
+    if (!key) throw KmsError.notFound('no such key');
+    return { status: Status.OK, key };
+  }
   const key = await deps.store.getKey(ctx.id);
   const now = deps.now();
   if (!key) throw KmsError.notFound('no such key');
@@ -114,7 +123,19 @@ export const retrieveKey: Operation = async (ctx, deps) => {
 };
 
 export const retrieveResourceKeys: Operation = async (ctx, deps) => {
+  if (ctx.peer) return releaseToPeer(ctx, deps, { resourceId: ctx.id });
   const filter = validate(retrieveKeysSchema, ctx.request);
+  if (ctx.authority !== deps.authority) {
+    // Draft 3.3 step 9: this KMS serves its user from the copy, applying the filters itself.
+    const copy = await deps.federation.copyFor(userPrincipal(ctx.principal), { resourceUri: `kms://${ctx.authority}/resources/${ctx.id}` });
+    const after = filter.boundAfter === undefined ? undefined : parseDate(filter.boundAfter)!;
+    const before = filter.boundBefore === undefined ? undefined : parseDate(filter.boundBefore)!;
+    const keys = copy.resource.keys.filter((k) => {
+      const bound = parseDate(k.bindDate)!;
+      return (after === undefined || bound >= after) && (before === undefined || bound < before);
+    });
+    return { status: Status.OK, keys: keys.slice(0, Math.min(filter.count ?? MAX_KEYS_PER_ANSWER, MAX_KEYS_PER_ANSWER)) };
+  }
   await liveResource(deps, ctx.id);
   await requireAuthorized(deps, ctx.principal, ctx.id);
   const rows = await deps.store.listResourceKeys(ctx.id, {

@@ -94,4 +94,28 @@ CREATE TABLE audit (
     // The partial unique index (auth_id IS NOT NULL) cannot serve "all of a resource's authorizations".
     sql: `CREATE INDEX authorizations_by_resource ON authorizations (resource_id, created_at, id);`,
   },
+  {
+    version: 3,
+    name: 'federation: peers that fetched a KRO, copies of other KMSs\' KROs',
+    sql: `
+CREATE TABLE peer_fetches (
+  resource_id TEXT NOT NULL,
+  peer TEXT NOT NULL,
+  fetched_at BIGINT NOT NULL,
+  PRIMARY KEY (resource_id, peer)
+);
+CREATE TABLE federated_copies (
+  resource_uri TEXT PRIMARY KEY,
+  authority TEXT NOT NULL,
+  fetched_at BIGINT NOT NULL,
+  cmk_id TEXT NOT NULL REFERENCES cmks (id),
+  sealed BYTEA NOT NULL
+);
+CREATE TABLE federated_keys (
+  key_uri TEXT PRIMARY KEY,
+  resource_uri TEXT NOT NULL
+);
+CREATE INDEX federated_keys_by_resource ON federated_keys (resource_uri);
+`,
+  },
 ];

@@ -12,6 +12,7 @@ import type {
   AuditRow,
   AuthorizationRow,
   BindOutcome,
+  CopyRow,
   ChannelRow,
   CmkRow,
   KeyBind,
@@ -311,6 +312,53 @@ export class SqliteStore implements Store {
       if (state === 'active') this.stmt.deactivateCmks!.run(r.assigned_org_id ?? null);
       this.stmt.setCmkState!.run(state, id);
     })();
+  }
+
+  async recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void> {
+    this.db
+      .prepare('INSERT INTO peer_fetches (resource_id, peer, fetched_at) VALUES (?, ?, ?) ON CONFLICT (resource_id, peer) DO UPDATE SET fetched_at = excluded.fetched_at')
+      .run(resourceId, peer, at);
+  }
+
+  async peersThatFetched(resourceId: string): Promise<string[]> {
+    return (this.db.prepare('SELECT peer FROM peer_fetches WHERE resource_id = ? ORDER BY peer').all(resourceId) as Row[]).map((r) => r.peer as string);
+  }
+
+  async putCopy(row: CopyRow, keyUris: string[]): Promise<void> {
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT INTO federated_copies (resource_uri, authority, fetched_at, cmk_id, sealed) VALUES (@resourceUri, @authority, @fetchedAt, @cmkId, @sealed)
+           ON CONFLICT (resource_uri) DO UPDATE SET fetched_at = excluded.fetched_at, cmk_id = excluded.cmk_id, sealed = excluded.sealed`,
+        )
+        .run(row);
+      this.db.prepare('DELETE FROM federated_keys WHERE resource_uri = ?').run(row.resourceUri);
+      const insert = this.db.prepare('INSERT INTO federated_keys (key_uri, resource_uri) VALUES (?, ?) ON CONFLICT (key_uri) DO UPDATE SET resource_uri = excluded.resource_uri');
+      for (const uri of keyUris) insert.run(uri, row.resourceUri);
+    })();
+  }
+
+  async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
+    const r = this.db.prepare('SELECT * FROM federated_copies WHERE resource_uri = ?').get(resourceUri) as Row | undefined;
+    return (
+      r && {
+        resourceUri: r.resource_uri as string,
+        authority: r.authority as string,
+        fetchedAt: Number(r.fetched_at),
+        cmkId: r.cmk_id as string,
+        sealed: r.sealed as Uint8Array,
+      }
+    );
+  }
+
+  async copyOfKey(keyUri: string): Promise<string | undefined> {
+    const r = this.db.prepare('SELECT resource_uri FROM federated_keys WHERE key_uri = ?').get(keyUri) as Row | undefined;
+    return r?.resource_uri as string | undefined;
+  }
+
+  async invalidateCopies(authority: string, resourceUris: string[]): Promise<number> {
+    const stmt = this.db.prepare('UPDATE federated_copies SET fetched_at = 0 WHERE resource_uri = ? AND authority = ?');
+    return this.db.transaction(() => resourceUris.reduce((n, uri) => n + stmt.run(uri, authority).changes, 0))();
   }
 
   async appendAudit(rows: AuditRow[]): Promise<void> {

@@ -72,6 +72,16 @@ export interface AuditRow extends AuditEntry {
   hash: string;
 }
 
+/** A copy of another KMS's KRO, as released to this KMS (sealed: it holds key material). */
+export interface CopyRow {
+  resourceUri: string;
+  authority: string;
+  /** When it was received; 0 once invalidated (kept for the archive, re-fetched before use). */
+  fetchedAt: number;
+  cmkId: string;
+  sealed: Uint8Array;
+}
+
 export interface KeyBind {
   id: string;
   userId: string;
@@ -133,6 +143,17 @@ export interface Store {
   listCmks(assignedOrgId?: string | null): Promise<CmkRow[]>;
   getCmk(id: string): Promise<CmkRow | undefined>;
   setCmkState(id: string, state: CmkRow['state']): Promise<void>;
+
+  /** Federation, answering side: remember that a peer fetched a KRO (to send it invalidations). */
+  recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void>;
+  peersThatFetched(resourceId: string): Promise<string[]>;
+
+  /** Federation, asking side: the copy of a peer's KRO and the key URIs it holds, replaced whole. */
+  putCopy(row: CopyRow, keyUris: string[]): Promise<void>;
+  getCopy(resourceUri: string): Promise<CopyRow | undefined>;
+  copyOfKey(keyUri: string): Promise<string | undefined>;
+  /** Marks copies stale (they stay, for the archive); only those under `authority`. */
+  invalidateCopies(authority: string, resourceUris: string[]): Promise<number>;
 
   /** Appends audit records after the current head; each carries its own prevHash/hash. */
   appendAudit(rows: AuditRow[]): Promise<void>;

@@ -1,0 +1,235 @@
+/**
+ * The asking side of federation (draft 3.3 steps 6-9, PROTOCOL.md §6). When a user of this KMS
+ * asks for a key or a KRO of a peer, this KMS fetches the KRO from the peer over a mutually
+ * authenticated channel (the client SDK in peer mode: every request signed by this KMS's static
+ * key), keeps a copy sealed under its own CMK together with the peer's signed answers (for
+ * archiving and legal discovery), and enforces the policy for its own user from that copy. A copy
+ * is used for `federation.maxStaleness` seconds; a refusal is never cached.
+ */
+import { KmsClient, type Answer } from '@openkms/client';
+import { KmsError, isUuid, objectRef, parseDate, type MessageCodec } from '@openkms/protocol';
+import type { KeyObject } from 'node:crypto';
+import type { AuditEntry } from '../audit/audit.js';
+import type { KmsConfig } from '../config.js';
+import type { UserPrincipal } from '../identity/principal.js';
+import type { Keyring } from '../keyring/keyring.js';
+import type { Store } from '../store/store.js';
+import type { Peer, PeerRegistry } from './peers.js';
+
+/** A key as a peer released it: no userId or clientId (the peer never reveals its users). */
+export interface FederatedKey {
+  uri: string;
+  jwk: { kty: 'oct'; kid: string; k: string };
+  createDate: string;
+  expirationDate: string;
+  resourceUri: string;
+  bindDate: string;
+}
+
+export interface FederatedAuthorization {
+  uri: string;
+  authId: string;
+  createDate: string;
+  resourceUri: string;
+}
+
+/** What a copy holds: the KRO as released (all pages merged) and the peer's signed answers. */
+export interface CopyContent {
+  resource: { uri: string; keys: FederatedKey[]; authorizations: FederatedAuthorization[] };
+  proofs: string[];
+}
+
+/** Pages of a federated answer followed at most (500 keys each). */
+const MAX_PAGES = 20;
+/** A user missing from a fresh copy makes a re-fetch at most this often per KRO (ms). */
+const REFETCH_INTERVAL_MS = 1000;
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+export interface FederationOptions {
+  config: KmsConfig;
+  peers: PeerRegistry;
+  store: Store;
+  keyring: Keyring;
+  staticKey: { privateKey: KeyObject; publicJwk: Record<string, unknown>; kid: string };
+  codec: MessageCodec;
+  now: () => number;
+  audit: (entry: AuditEntry) => Promise<void>;
+}
+
+export class Federation {
+  private readonly clients = new Map<string, KmsClient>();
+  private readonly lastRefetch = new Map<string, number>();
+
+  constructor(private readonly o: FederationOptions) {}
+
+  /** The channel to a peer: the SDK in peer mode, timed out at `federation.peerTimeout`. */
+  private client(peer: Peer): KmsClient {
+    let client = this.clients.get(peer.authority);
+    if (!client) {
+      const { privateKey, publicJwk, kid } = this.o.staticKey;
+      client = new KmsClient({
+        url: peer.endpoint.replace(/\/+$/, ''),
+        authority: peer.authority,
+        trustAnchors: peer.trustAnchors,
+        clientId: kid,
+        timeoutMs: this.o.config.federation.peerTimeout * 1000,
+        debounceMs: 1,
+        now: this.o.now,
+        peer: { kid, jwk: publicJwk, sign: (payload) => this.o.codec.signStatic(payload, privateKey, kid) },
+      });
+      this.clients.set(peer.authority, client);
+    }
+    return client;
+  }
+
+  private peerOf(authority: string): Peer {
+    const peer = this.o.peers.byAuthority(authority);
+    if (!peer) throw KmsError.notFound(`unknown KMS authority ${authority}`);
+    return peer;
+  }
+
+  /** The copy of `resourceUri`, unsealed, with its age; undefined when there is none. */
+  private async load(resourceUri: string): Promise<{ content: CopyContent; fetchedAt: number } | undefined> {
+    const row = await this.o.store.getCopy(resourceUri);
+    if (!row) return undefined;
+    const plain = await this.o.keyring.unseal(row.cmkId, row.sealed, `copy:${resourceUri}`);
+    return { content: JSON.parse(dec.decode(plain.reveal())) as CopyContent, fetchedAt: row.fetchedAt };
+  }
+
+  private fresh(fetchedAt: number): boolean {
+    return fetchedAt > 0 && this.o.now() - fetchedAt < this.o.config.federation.maxStaleness * 1000;
+  }
+
+  /**
+   * The copy that answers `user`'s request for a peer's key (`keyUri`) or KRO (`resourceUri`):
+   * a fresh copy that already authorizes the user, else a new fetch. A's 403/404 reach the user;
+   * any other failure is a 502, no answer in time a 504. Never a grant from a stale copy.
+   */
+  async copyFor(user: UserPrincipal, target: { keyUri: string } | { resourceUri: string }): Promise<CopyContent> {
+    const uri = 'keyUri' in target ? target.keyUri : target.resourceUri;
+    const ref = objectRef(uri, 'keyUri' in target ? 'keys' : 'resources', this.o.config.authority)!;
+    const peer = this.peerOf(ref.authority);
+    const resourceUri = 'resourceUri' in target ? target.resourceUri : await this.o.store.copyOfKey(target.keyUri);
+    const copy = resourceUri === undefined ? undefined : await this.load(resourceUri);
+    if (copy && this.fresh(copy.fetchedAt)) {
+      const holdsKey = 'keyUri' in target ? copy.content.resource.keys.some((k) => k.uri === target.keyUri) : true;
+      if (holdsKey && authorizes(copy.content, user.id)) return copy.content;
+      // A user not (yet) in a fresh copy may just have been added: re-fetch, at most once a second.
+      const last = this.lastRefetch.get(copy.content.resource.uri) ?? 0;
+      if (holdsKey && this.o.now() - last < REFETCH_INTERVAL_MS) throw KmsError.forbidden('not authorized on this resource');
+      this.lastRefetch.set(copy.content.resource.uri, this.o.now());
+    }
+    const content = await this.fetch(peer, user, uri);
+    if (!authorizes(content, user.id)) throw KmsError.forbidden('not authorized on this resource');
+    return content;
+  }
+
+  /** Fetches every page of the KRO from the peer for `user`, checks it, stores the copy. */
+  private async fetch(peer: Peer, user: UserPrincipal, uri: string): Promise<CopyContent> {
+    const client = this.client(peer);
+    const proofs: string[] = [];
+    let resource: CopyContent['resource'] | undefined;
+    let next: string | undefined;
+    let askUri = uri;
+    for (let page = 0; page < MAX_PAGES; page++) {
+      const body: Record<string, unknown> = { method: 'retrieve', uri: askUri, federated: true, onBehalfOf: user.id };
+      if (next !== undefined) body.boundBefore = next;
+      let answer: Answer;
+      try {
+        answer = await client.exchange(body as { method: string; uri: string });
+        await this.auditExchange(user, askUri, 200, peer);
+      } catch (err) {
+        const failure = peerFailure(err, peer);
+        await this.auditExchange(user, askUri, failure.status, peer);
+        throw failure;
+      }
+      const part = checkAnswer(answer, peer, uri);
+      proofs.push(answer.proof!);
+      resource = resource ? { ...resource, keys: [...resource.keys, ...part.resource.keys] } : part.resource;
+      next = part.next;
+      if (next === undefined) break;
+      askUri = `${part.resource.uri}/keys`;
+    }
+    const content: CopyContent = { resource: resource!, proofs };
+    const cmk = this.o.keyring.activeCmk();
+    await this.o.store.putCopy(
+      {
+        resourceUri: content.resource.uri,
+        authority: peer.authority,
+        fetchedAt: this.o.now(),
+        cmkId: cmk.id,
+        sealed: this.o.keyring.seal(cmk.id, enc.encode(JSON.stringify(content)), `copy:${content.resource.uri}`),
+      },
+      content.resource.keys.map((k) => k.uri),
+    );
+    return content;
+  }
+
+  private auditExchange(user: UserPrincipal, uri: string, status: number, peer: Peer): Promise<void> {
+    return this.o.audit({
+      time: this.o.now(),
+      principal: user.id,
+      clientId: 'federation',
+      method: 'retrieve',
+      uri,
+      status,
+      peer: `kms://${peer.authority}`,
+      requestId: null,
+    });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.clients.values()].map((c) => c.close()));
+    this.clients.clear();
+  }
+}
+
+function authorizes(content: CopyContent, userId: string): boolean {
+  return content.resource.authorizations.some((a) => a.authId === userId);
+}
+
+/** A peer's failure as this KMS reports it to its user (PROTOCOL.md §6). */
+function peerFailure(err: unknown, peer: Peer): KmsError {
+  const who = `kms://${peer.authority}`;
+  if (err instanceof KmsError) {
+    const channelRefused = err.reason.startsWith('handshake refused') || err.reason.startsWith('KMS certificate refused');
+    if (!channelRefused && (err.status === 403 || err.status === 404)) return new KmsError(err.status, `${who}: ${err.reason}`);
+    if (err.status === 504) return new KmsError(504, `${who} did not answer in time`);
+    return new KmsError(502, `${who} failed: ${err.status} ${err.reason}`);
+  }
+  return new KmsError(502, `${who} failed`);
+}
+
+const ABSOLUTE = (authority: string, collection: 'keys' | 'resources', uri: unknown): boolean => {
+  if (typeof uri !== 'string') return false;
+  const ref = objectRef(uri, collection, '');
+  return ref !== undefined && ref.authority === authority && uri.startsWith('kms://') && isUuid(ref.id);
+};
+
+/**
+ * Checks that a peer's answer is the KRO it was asked for and holds only that KRO's keys: an
+ * answer naming another authority, or a key of another resource, is refused (502).
+ */
+function checkAnswer(answer: Answer, peer: Peer, askedUri: string): { resource: CopyContent['resource']; next?: string } {
+  const bad = (what: string) => new KmsError(502, `kms://${peer.authority} answered ${what}`);
+  if (!answer.proof) throw bad('without its signature');
+  const resource = answer.payload.resource as { uri?: unknown; keys?: unknown; authorizations?: unknown; next?: unknown } | undefined;
+  if (!resource || !ABSOLUTE(peer.authority, 'resources', resource.uri)) throw bad('no resource of its own');
+  const resourceUri = resource.uri as string;
+  if (askedUri.includes('/resources/') && !askedUri.startsWith(resourceUri)) throw bad('another resource than the one asked for');
+  if (!Array.isArray(resource.keys) || !Array.isArray(resource.authorizations)) throw bad('a malformed resource');
+  const keys = resource.keys as FederatedKey[];
+  for (const k of keys) {
+    if (!ABSOLUTE(peer.authority, 'keys', k?.uri) || k.resourceUri !== resourceUri) throw bad('a key of another resource');
+    if (k.jwk?.kty !== 'oct' || typeof k.jwk.k !== 'string' || Buffer.from(k.jwk.k, 'base64url').length !== 32) throw bad('a malformed key');
+    if (parseDate(String(k.bindDate)) === undefined) throw bad('a key without bindDate');
+  }
+  const authorizations = resource.authorizations as FederatedAuthorization[];
+  for (const a of authorizations) {
+    if (typeof a?.authId !== 'string' || a.resourceUri !== resourceUri) throw bad('a malformed authorization');
+  }
+  if (askedUri.includes('/keys/') && !keys.some((k) => k.uri === askedUri) && resource.next === undefined) throw bad('without the key asked for');
+  return { resource: { uri: resourceUri, keys, authorizations }, next: typeof resource.next === 'string' ? resource.next : undefined };
+}
