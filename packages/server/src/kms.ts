@@ -268,7 +268,9 @@ export class Kms {
     } catch {
       return { response: reset('message could not be decrypted') };
     }
-    const peerAuthority = channel.owner.startsWith('kms://') ? channel.owner.slice('kms://'.length) : undefined;
+    // A peer KMS owns its channel as `kms://<authority>` (no path; an anonymous bearer's owner has one).
+    const owner = parseKmsUri(channel.owner);
+    const peerAuthority = owner?.authority !== undefined && owner.segments.length === 0 ? owner.authority : undefined;
     try {
       trace.op = 'unknown';
       let request: KmsRequest;
