@@ -75,6 +75,9 @@ export const bulkDeleteAuthorizationsSchema = z.object({
   authIds: authIds.min(1),
 });
 
+/** A peer's invalidations (PROTOCOL.md §6): the KROs whose copies must be refreshed. */
+export const invalidationsSchema = z.object({ resourceUris: boundedList(z.string().max(2048)).min(1) });
+
 export const createCmkSchema = z.object({ assignedOrgId: id.optional() });
 export const updateCmkSchema = z.object({ state: z.enum(['active', 'inactive']) });
 export const listCmksSchema = z.object({ assignedOrgId: id.optional() });

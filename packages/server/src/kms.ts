@@ -145,6 +145,7 @@ export class Kms {
       codec: this.codec,
       now,
       audit: (entry) => this.audit.record(entry),
+      logger: this.logger,
     });
     this.authenticator = new Authenticator(config.domains, options.verifier, anonymous, store, now);
     this.limiter = new RateLimiter(config.limits.requestsPerMinutePerPrincipal, now);
@@ -313,8 +314,9 @@ export class Kms {
    * The user must belong to one of the peer's domains: a peer speaks only for its own users.
    */
   private actingPrincipal(request: KmsRequest, peer: PeerPrincipal): Principal {
-    if (request.federated !== true) return peer;
-    if (typeof request.onBehalfOf !== 'string') throw KmsError.badRequest('invalid field onBehalfOf: missing');
+    // Without onBehalfOf a peer speaks for itself (e.g. invalidations); §6 limits what it may do then.
+    if (request.federated !== true || request.onBehalfOf === undefined) return peer;
+    if (typeof request.onBehalfOf !== 'string') throw KmsError.badRequest('invalid field onBehalfOf: not a string');
     const id = normalizeUserId(request.onBehalfOf, peer.domains[0] ?? '');
     if (!isUserId(id) || !peer.domains.includes(domainOf(id))) {
       throw KmsError.forbidden(`onBehalfOf ${request.onBehalfOf} is not a user of kms://${peer.authority}'s domains`);
@@ -350,7 +352,11 @@ export class Kms {
   /** Destroys what expired (resources past TTL, unbound keys past the grace, dead channels). */
   async sweep(): Promise<SweepResult> {
     const result = await this.deps.store.sweep(this.deps.now(), this.deps.config.lifetimes.unboundGrace * 1000);
-    if (result.resources || result.keys || result.channels) this.logger.info({ ...result }, 'sweeper destroyed expired objects');
+    // Peers holding copies of expired KROs must stop using them now, not at their staleness bound.
+    if (result.resourceIds.length > 0) this.deps.federation.notify(result.resourceIds);
+    if (result.resources || result.keys || result.channels) {
+      this.logger.info({ resources: result.resources, keys: result.keys, channels: result.channels }, 'sweeper destroyed expired objects');
+    }
     return result;
   }
 

@@ -17,6 +17,7 @@ import { deleteEphemeralKey } from './operations/ecdhe.js';
 import { bindKey, createKeys, retrieveKey, retrieveResourceKeys } from './operations/keys.js';
 import { ping } from './operations/ping.js';
 import { createResource, retrieveResource } from './operations/resources.js';
+import { receiveInvalidations } from './federation/invalidations.js';
 
 export interface Route {
   method: Method;
@@ -45,6 +46,7 @@ export const routes: readonly Route[] = [
   route('update', '/cmk/{id}', 'updateCmk', updateCmk),
   route('retrieve', '/cmk', 'listCmks', listCmks),
   route('retrieve', '/cmk/{id}', 'listCmks', listCmks),
+  route('update', '/federation/invalidations', 'receiveInvalidations', receiveInvalidations), // PROTOCOL.md §6
 ];
 
 const compiled = routes.map((r) => ({ ...r, parts: r.pattern.split('/').filter(Boolean) }));

@@ -10,6 +10,9 @@ import { KmsClient, type Answer } from '@openkms/client';
 import { KmsError, isUuid, objectRef, parseDate, type MessageCodec } from '@openkms/protocol';
 import type { KeyObject } from 'node:crypto';
 import type { AuditEntry } from '../audit/audit.js';
+import { domainOf } from '../identity/users.js';
+import type { Logger } from '../kms.js';
+import { MAX_KRO_DEPTH, MAX_KRO_VISITS } from '../policy.js';
 import type { KmsConfig } from '../config.js';
 import type { UserPrincipal } from '../identity/principal.js';
 import type { Keyring } from '../keyring/keyring.js';
@@ -56,11 +59,19 @@ export interface FederationOptions {
   codec: MessageCodec;
   now: () => number;
   audit: (entry: AuditEntry) => Promise<void>;
+  logger: Logger;
 }
+
+/** Waits between attempts to push an invalidation to a peer (the staleness bound is the backstop). */
+const PUSH_RETRY_DELAYS_MS = [200, 1000, 5000];
 
 export class Federation {
   private readonly clients = new Map<string, KmsClient>();
   private readonly lastRefetch = new Map<string, number>();
+  /** Invalidations received per copied KRO: a fetch that began before one is discarded. */
+  private readonly generations = new Map<string, number>();
+  /** Pushes under way (close() waits for them). */
+  private readonly pushes = new Set<Promise<void>>();
 
   constructor(private readonly o: FederationOptions) {}
 
@@ -121,14 +132,19 @@ export class Federation {
       if (holdsKey && this.o.now() - last < REFETCH_INTERVAL_MS) throw KmsError.forbidden('not authorized on this resource');
       this.lastRefetch.set(copy.content.resource.uri, this.o.now());
     }
-    const content = await this.fetch(peer, user, uri);
+    // A KRO is asked for as its keys (the operation a peer channel may use), a key as itself.
+    const askUri = 'keyUri' in target ? uri : `${uri}/keys`;
+    let content = await this.fetch(peer, user, askUri, resourceUri);
+    if (content === 'invalidated') content = await this.fetch(peer, user, askUri, resourceUri);
+    if (content === 'invalidated') throw new KmsError(502, `kms://${peer.authority} kept invalidating the KRO while it was fetched`);
     if (!authorizes(content, user.id)) throw KmsError.forbidden('not authorized on this resource');
     return content;
   }
 
   /** Fetches every page of the KRO from the peer for `user`, checks it, stores the copy. */
-  private async fetch(peer: Peer, user: UserPrincipal, uri: string): Promise<CopyContent> {
+  private async fetch(peer: Peer, user: UserPrincipal, uri: string, knownResourceUri?: string): Promise<CopyContent | 'invalidated'> {
     const client = this.client(peer);
+    const generationAtStart = knownResourceUri === undefined ? 0 : (this.generations.get(knownResourceUri) ?? 0);
     const proofs: string[] = [];
     let resource: CopyContent['resource'] | undefined;
     let next: string | undefined;
@@ -153,6 +169,8 @@ export class Federation {
       askUri = `${part.resource.uri}/keys`;
     }
     const content: CopyContent = { resource: resource!, proofs };
+    // An invalidation that arrived while this fetch was under way makes its answer unusable.
+    if ((this.generations.get(content.resource.uri) ?? 0) !== generationAtStart) return 'invalidated';
     const cmk = this.o.keyring.activeCmk();
     await this.o.store.putCopy(
       {
@@ -180,7 +198,89 @@ export class Federation {
     });
   }
 
+  /** A peer told this KMS that its copies of these KROs are out of date (only its own KROs count). */
+  async invalidated(authority: string, resourceUris: string[]): Promise<number> {
+    const own = resourceUris.filter((uri) => objectRef(uri, 'resources', '')?.authority === authority && uri.startsWith('kms://'));
+    for (const uri of own) this.generations.set(uri, (this.generations.get(uri) ?? 0) + 1);
+    return own.length === 0 ? 0 : this.o.store.invalidateCopies(authority, own);
+  }
+
+  /**
+   * Answering side: something changed on these KROs (an authorization created or removed, a key
+   * bound, the KRO expired). Every peer that fetched one of them — or one reaching them through a
+   * KRO authId — and the peers owning the affected users' domains are told, asynchronously and
+   * with retries, so revocation and new keys take effect there at once.
+   */
+  notify(resourceIds: string[], userIds: string[] = []): void {
+    if (this.o.peers.all().length === 0 || resourceIds.length === 0) return;
+    const push = this.push(resourceIds, userIds)
+      .catch((err: Error) => this.o.logger.warn({ err: { message: err.message } }, 'federation invalidation failed'))
+      .finally(() => this.pushes.delete(push));
+    this.pushes.add(push);
+  }
+
+  private async push(resourceIds: string[], userIds: string[]): Promise<void> {
+    const affected = await this.reaching(resourceIds);
+    const targets = new Map<string, Set<string>>();
+    const add = (authority: string, id: string) => {
+      if (!this.o.peers.byAuthority(authority)) return; // a peer since removed: no longer told anything
+      if (!targets.has(authority)) targets.set(authority, new Set());
+      targets.get(authority)!.add(`kms://${this.o.config.authority}/resources/${id}`);
+    };
+    for (const id of affected) for (const authority of await this.o.store.peersThatFetched(id)) add(authority, id);
+    for (const user of userIds) {
+      const peer = user.includes('@') ? this.o.peers.byDomain(domainOf(user)) : undefined;
+      if (peer) for (const id of affected) add(peer.authority, id);
+    }
+    await Promise.all([...targets].map(([authority, uris]) => this.pushTo(this.peerOf(authority), [...uris])));
+  }
+
+  /** The KROs given plus those that reach them through KRO authIds (bounded like authorization checks). */
+  private async reaching(resourceIds: string[]): Promise<string[]> {
+    const prefix = `kms://${this.o.config.authority}/resources/`;
+    const seen = new Set(resourceIds);
+    let frontier = [...resourceIds];
+    for (let depth = 0; depth < MAX_KRO_DEPTH && frontier.length > 0 && seen.size < MAX_KRO_VISITS; depth++) {
+      const next: string[] = [];
+      for (const id of frontier) {
+        for (const referrer of await this.o.store.resourcesWithAuthId(prefix + id)) {
+          if (!seen.has(referrer) && seen.size < MAX_KRO_VISITS) seen.add(referrer), next.push(referrer);
+        }
+      }
+      frontier = next;
+    }
+    return [...seen];
+  }
+
+  private async pushTo(peer: Peer, resourceUris: string[]): Promise<void> {
+    for (let i = 0; i < resourceUris.length; i += 100) {
+      const chunk = resourceUris.slice(i, i + 100);
+      const body = { method: 'update', uri: `kms://${peer.authority}/federation/invalidations`, resourceUris: chunk, federated: true };
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await this.client(peer).exchange(body);
+          await this.auditPush(peer, body.uri, 204);
+          break;
+        } catch (err) {
+          const status = err instanceof KmsError ? err.status : 502;
+          await this.auditPush(peer, body.uri, status);
+          const delay = PUSH_RETRY_DELAYS_MS[attempt];
+          if (delay === undefined || this.closing) throw err;
+          await new Promise((r) => setTimeout(r, delay));
+        }
+      }
+    }
+  }
+
+  private auditPush(peer: Peer, uri: string, status: number): Promise<void> {
+    return this.o.audit({ time: this.o.now(), principal: `kms://${this.o.config.authority}`, clientId: 'federation', method: 'update', uri, status, peer: `kms://${peer.authority}`, requestId: null });
+  }
+
+  private closing = false;
+
   async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all([...this.pushes]);
     await Promise.all([...this.clients.values()].map((c) => c.close()));
     this.clients.clear();
   }

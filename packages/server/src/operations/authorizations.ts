@@ -34,6 +34,8 @@ export async function normalizeAuthId(deps: Deps, raw: string, field: string, mu
   return id;
 }
 
+const authIdsOf = (rows: AuthorizationRow[]) => rows.flatMap((r) => (r.authId === null ? [] : [r.authId]));
+
 export interface NewAuthorizations {
   rows: AuthorizationRow[];
   /** Bearers of the anonymous ones, by authorization id: returned once, never stored. */
@@ -77,6 +79,7 @@ export const createAuthorizations: Operation = async (ctx, deps) => {
   const max = deps.config.limits.maxAuthorizationsPerResource;
   const rows = await deps.store.addAuthorizations(resourceId, created.rows, max);
   if (rows === 'over-limit') throw KmsError.tooLarge(`${field}: a resource holds at most ${max} authorizations`);
+  deps.federation.notify([resourceId], authIdsOf(rows));
   return {
     status: Status.CREATED,
     authorizations: rows.map((row) => authorizationRep(deps.authority, row, created.bearers.get(row.id))),
@@ -99,6 +102,8 @@ async function deleteFrom(ctx: Context, deps: Deps, resourceId: string, rows: Au
   await liveResource(deps, resourceId);
   await requireAuthorized(deps, ctx.principal, resourceId);
   const deleted = await deps.store.deleteAuthorizations(resourceId, rows.map((r) => r.id));
+  // Revocation must reach peers holding copies now, not at their staleness bound.
+  if (deleted.length > 0) deps.federation.notify([resourceId], authIdsOf(deleted));
   return deleted.map((row) => authorizationRep(deps.authority, row));
 }
 

@@ -76,6 +76,7 @@ export const bindKey: Operation = async (ctx, deps) => {
     now,
   });
   bindFailure(outcome, 'key');
+  deps.federation.notify([resourceId]);
   return { status: Status.OK, key: await reveal(deps, (await deps.store.getKey(key.id))!) };
 };
 

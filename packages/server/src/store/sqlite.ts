@@ -244,6 +244,10 @@ export class SqliteStore implements Store {
     return (this.stmt.listAuthorizations!.all(resourceId) as Row[]).map(authorizationFromRow);
   }
 
+  async resourcesWithAuthId(authId: string): Promise<string[]> {
+    return (this.db.prepare('SELECT DISTINCT resource_id FROM authorizations WHERE auth_id = ?').all(authId) as Row[]).map((r) => r.resource_id as string);
+  }
+
   async getAuthorization(id: string): Promise<AuthorizationRow | undefined> {
     const r = this.stmt.getAuthorization!.get(id) as Row | undefined;
     return r && authorizationFromRow(r);
@@ -387,7 +391,7 @@ export class SqliteStore implements Store {
       }
       keys += this.db.prepare('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= ?').run(now - unboundGraceMs).changes;
       const channels = this.db.prepare('DELETE FROM channels WHERE expires_at <= ?').run(now).changes;
-      return { resources: expired.length, keys, channels };
+      return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels };
     })();
     // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL
     // frames that still held the destroyed (sealed) key rows.

@@ -102,6 +102,8 @@ export interface KeyFilter {
 
 export interface SweepResult {
   resources: number;
+  /** The expired resources destroyed (their peers are told). */
+  resourceIds: string[];
   keys: number;
   channels: number;
 }
@@ -130,6 +132,8 @@ export interface Store {
    */
   addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'>;
   listAuthorizations(resourceId: string): Promise<AuthorizationRow[]>;
+  /** Resources with an authorization whose authId is exactly `authId` (e.g. a KRO URI). */
+  resourcesWithAuthId(authId: string): Promise<string[]>;
   getAuthorization(id: string): Promise<AuthorizationRow | undefined>;
   /** Deletes the given authorizations of one resource; returns those that existed. */
   deleteAuthorizations(resourceId: string, ids: string[]): Promise<AuthorizationRow[]>;

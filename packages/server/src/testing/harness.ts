@@ -50,6 +50,8 @@ export interface TestKmsOptions {
   config?: Record<string, unknown>;
   /** Reuse a database file (restart tests). */
   dbPath?: string;
+  /** A fixed port (default: any free one). */
+  port?: number;
 }
 
 function merge(base: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
@@ -82,7 +84,7 @@ export async function startTestKms(options: TestKmsOptions = {}): Promise<TestKm
   });
   const running = await startKms(config, {
     db: `sqlite:${dbPath}`,
-    port: 0,
+    port: options.port ?? 0,
     host: '127.0.0.1',
     now: options.now,
     logger: createLogger('debug', sink),
