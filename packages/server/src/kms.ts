@@ -93,8 +93,17 @@ interface Answered {
   toPeer?: boolean;
 }
 
-/** Operations a user may send here for a peer KMS's objects (draft 3.3 steps 6-9). */
-const FEDERATED_READS: ReadonlySet<string> = new Set(['retrieveKey', 'retrieveResourceKeys']);
+/**
+ * Operations a user may send here about a peer KMS's objects: reads (draft 3.3 steps 6-9) and
+ * authorization management, which the operations forward to the peer (PROTOCOL.md §6).
+ */
+const FEDERATED_OPERATIONS: ReadonlySet<string> = new Set([
+  'retrieveKey',
+  'retrieveResourceKeys',
+  'retrieveAuthorizations',
+  'deleteAuthorization',
+  'deleteAuthorizationByAuthId',
+]);
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -299,7 +308,7 @@ export class Kms {
       const found = match(request.method, uri.segments);
       if (!found) throw KmsError.badRequest(`invalid field uri: no operation ${request.method} ${request.uri}`);
       trace.op = found.route.name;
-      if (authority !== this.authority && !FEDERATED_READS.has(found.route.name)) throw KmsError.notFound(`kms://${authority} objects are not served through this KMS for ${found.route.name}`);
+      if (authority !== this.authority && !FEDERATED_OPERATIONS.has(found.route.name)) throw KmsError.notFound(`kms://${authority} objects are not served through this KMS for ${found.route.name}`);
       if (!mayUseOperation(principal, found.route.name, peer)) throw KmsError.forbidden('not allowed with this credential');
       const response = await found.route.operation({ request, principal, peer, authority, id: found.id, query: uri.query, channel }, this.deps);
       return { response, channel, toPeer: peer !== undefined };

@@ -7,7 +7,7 @@
  * is used for `federation.maxStaleness` seconds; a refusal is never cached.
  */
 import { KmsClient, type Answer } from '@openkms/client';
-import { KmsError, isUuid, objectRef, parseDate, type MessageCodec } from '@openkms/protocol';
+import { KmsError, isUuid, objectRef, parseDate, type KmsResponse, type MessageCodec } from '@openkms/protocol';
 import type { KeyObject } from 'node:crypto';
 import type { AuditEntry } from '../audit/audit.js';
 import { domainOf } from '../identity/users.js';
@@ -185,17 +185,37 @@ export class Federation {
     return content;
   }
 
-  private auditExchange(user: UserPrincipal, uri: string, status: number, peer: Peer): Promise<void> {
+  private auditExchange(user: UserPrincipal, uri: string, status: number, peer: Peer, method = 'retrieve'): Promise<void> {
     return this.o.audit({
       time: this.o.now(),
       principal: user.id,
       clientId: 'federation',
-      method: 'retrieve',
+      method,
       uri,
       status,
       peer: `kms://${peer.authority}`,
       requestId: null,
     });
+  }
+
+  /**
+   * Forwards a user's authorization request about a peer's KRO (PROTOCOL.md §6): the peer applies
+   * its own policy to the user as if local. Its answer, success or refusal, reaches the user;
+   * failures of the peer itself are 502/504.
+   */
+  async forward(user: UserPrincipal, request: { method: string; uri: string; [member: string]: unknown }, authority: string): Promise<KmsResponse> {
+    const peer = this.peerOf(authority);
+    const { requestId: _id, client: _client, ...body } = request;
+    try {
+      const answer = await this.client(peer).exchange({ ...body, federated: true, onBehalfOf: user.id } as { method: string; uri: string });
+      await this.auditExchange(user, request.uri, answer.payload.status, peer, request.method);
+      const { requestId: _answerId, ...payload } = answer.payload;
+      return payload as KmsResponse;
+    } catch (err) {
+      const failure = peerFailure(err, peer, true);
+      await this.auditExchange(user, request.uri, failure.status, peer, request.method);
+      throw failure;
+    }
   }
 
   /** A peer told this KMS that its copies of these KROs are out of date (only its own KROs count). */
@@ -291,11 +311,13 @@ function authorizes(content: CopyContent, userId: string): boolean {
 }
 
 /** A peer's failure as this KMS reports it to its user (PROTOCOL.md §6). */
-function peerFailure(err: unknown, peer: Peer): KmsError {
+function peerFailure(err: unknown, peer: Peer, anyClientError = false): KmsError {
   const who = `kms://${peer.authority}`;
   if (err instanceof KmsError) {
     const channelRefused = err.reason.startsWith('handshake refused') || err.reason.startsWith('KMS certificate refused');
-    if (!channelRefused && (err.status === 403 || err.status === 404)) return new KmsError(err.status, `${who}: ${err.reason}`);
+    // A's verdict on the user's request reaches the user (a read: 403/404; a forwarded change: any 4xx).
+    const passes = anyClientError ? err.status >= 400 && err.status < 500 && err.status !== 499 : err.status === 403 || err.status === 404;
+    if (!channelRefused && passes) return new KmsError(err.status, `${who}: ${err.reason}`);
     if (err.status === 504) return new KmsError(504, `${who} did not answer in time`);
     return new KmsError(502, `${who} failed: ${err.status} ${err.reason}`);
   }

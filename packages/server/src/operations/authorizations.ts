@@ -9,7 +9,7 @@ import {
   objectRef,
   validate,
 } from '@openkms/protocol';
-import { isUserId, normalizeUserId } from '../identity/users.js';
+import { domainOf, isUserId, normalizeUserId } from '../identity/users.js';
 import type { AuthorizationRow } from '../store/store.js';
 import type { Context, Deps, Operation } from './context.js';
 import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
@@ -32,6 +32,18 @@ export async function normalizeAuthId(deps: Deps, raw: string, field: string, mu
   const id = normalizeUserId(raw, deps.config.domains[0]!);
   if (!isUserId(id)) throw KmsError.badRequest(`invalid field ${field}: not a user id`);
   return id;
+}
+
+/**
+ * A request about a peer's KRO (PROTOCOL.md §6, federated authorization management) is forwarded
+ * to that peer on behalf of the user, and the peer applies its own policy. Undefined when the
+ * resource is this KMS's.
+ */
+async function forwardIfRemote(ctx: Context, deps: Deps, resourceUri?: string) {
+  const authority = resourceUri === undefined ? ctx.authority : objectRef(resourceUri, 'resources', deps.authority)?.authority;
+  if (authority === undefined || authority === deps.authority || ctx.peer) return undefined;
+  if (!deps.peers.isPeerAuthority(authority)) throw KmsError.notFound(`unknown KMS authority ${authority}`);
+  return deps.federation.forward(userPrincipal(ctx.principal), ctx.request, authority);
 }
 
 const authIdsOf = (rows: AuthorizationRow[]) => rows.flatMap((r) => (r.authId === null ? [] : [r.authId]));
@@ -68,6 +80,8 @@ export async function newAuthorizations(
 
 export const createAuthorizations: Operation = async (ctx, deps) => {
   const body = validate(createAuthorizationsSchema, ctx.request);
+  const forwarded = await forwardIfRemote(ctx, deps, body.resourceUri);
+  if (forwarded) return forwarded;
   const user = userPrincipal(ctx.principal);
   const resourceId = localId(deps, body.resourceUri, 'resources', 'resourceUri');
   const resource = await liveResource(deps, resourceId, 'resourceUri');
@@ -87,9 +101,14 @@ export const createAuthorizations: Operation = async (ctx, deps) => {
 };
 
 export const retrieveAuthorizations: Operation = async (ctx, deps) => {
+  const forwarded = await forwardIfRemote(ctx, deps);
+  if (forwarded) return forwarded;
   await liveResource(deps, ctx.id);
   await requireAuthorized(deps, ctx.principal, ctx.id);
   let rows = await deps.store.listAuthorizations(ctx.id);
+  // A peer learns only about principals of its own domains: this KMS never reveals its other users.
+  const peer = ctx.peer;
+  if (peer) rows = rows.filter((r) => r.authId !== null && r.authId.includes('@') && peer.domains.includes(domainOf(r.authId)));
   const authId = ctx.query.get('authId');
   if (authId !== undefined) {
     const wanted = await normalizeAuthId(deps, authId, 'authId');
@@ -109,6 +128,8 @@ async function deleteFrom(ctx: Context, deps: Deps, resourceId: string, rows: Au
 
 /** delete /authorizations/<id> */
 export const deleteAuthorization: Operation = async (ctx, deps) => {
+  const forwarded = await forwardIfRemote(ctx, deps);
+  if (forwarded) return forwarded;
   const row = await deps.store.getAuthorization(ctx.id);
   if (!row) throw KmsError.notFound('no such authorization');
   const [deleted] = await deleteFrom(ctx, deps, row.resourceId, [row]);
@@ -119,6 +140,8 @@ export const deleteAuthorization: Operation = async (ctx, deps) => {
 
 /** delete /resources/<id>/authorizations?authId=<x> */
 export const deleteAuthorizationByAuthId: Operation = async (ctx, deps) => {
+  const forwarded = await forwardIfRemote(ctx, deps);
+  if (forwarded) return forwarded;
   const raw = ctx.query.get('authId');
   if (raw === undefined) throw KmsError.badRequest('invalid field uri: authId query parameter missing');
   const authId = await normalizeAuthId(deps, raw, 'authId');
@@ -134,6 +157,8 @@ export const deleteAuthorizationByAuthId: Operation = async (ctx, deps) => {
 /** delete /authorizations with resourceUri + authIds (bulk) */
 export const bulkDeleteAuthorizations: Operation = async (ctx, deps) => {
   const body = validate(bulkDeleteAuthorizationsSchema, ctx.request);
+  const forwarded = await forwardIfRemote(ctx, deps, body.resourceUri);
+  if (forwarded) return forwarded;
   const resourceId = localId(deps, body.resourceUri, 'resources', 'resourceUri');
   await liveResource(deps, resourceId, 'resourceUri');
   await requireAuthorized(deps, ctx.principal, resourceId);
