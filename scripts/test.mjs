@@ -17,6 +17,11 @@ function walk(dir) {
 roots.forEach(walk);
 const only = process.argv.slice(2);
 const selected = only.length ? files.filter((f) => only.some((o) => f.includes(o))) : files;
+// Given no file, node --test would look for tests on its own: say so instead.
+if (selected.length === 0) {
+  console.error(`no compiled test file matches ${only.join(' ') || '(all)'}: did the build (tsc -b) pass?`);
+  process.exit(1);
+}
 const result = spawnSync(process.execPath, ['--test', '--test-reporter=spec', ...selected], {
   stdio: 'inherit',
   env: { ...process.env, NODE_ENV: 'test' },

@@ -245,6 +245,8 @@ export class Kms {
       let principal: Principal;
       if (opened.header.cty === 'JOSE') {
         // A peer KMS: proof of possession of its certified static key (PROTOCOL.md §6).
+        const claimed = peekHeader(decoder.decode(opened.plaintext))?.kid;
+        if (typeof claimed === 'string') trace.peer = claimed.slice(0, Limits.maxIdChars); // audited even when refused
         const verified = await this.peerVerifier.verifyHandshake(decoder.decode(opened.plaintext), this.deps.config.lifetimes.channel * 1000);
         request = this.validateRequest(verified.request, trace);
         principal = verified.principal;

@@ -7,6 +7,7 @@ import { ConfigError } from '../config.js';
 import { UsageError } from './args.js';
 import { auditCommand } from './audit.js';
 import { clientCommand } from './client.js';
+import { demoCommand } from './demo.js';
 import { initCommand } from './init.js';
 import { peerCommand } from './peer.js';
 import { serveCommand } from './serve.js';
@@ -19,6 +20,7 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   audit: auditCommand,
   client: clientCommand,
   peer: peerCommand,
+  demo: demoCommand,
 };
 
 const USAGE = `usage: kms <command> [options]
@@ -28,6 +30,7 @@ const USAGE = `usage: kms <command> [options]
   peer          add, list or remove federation peers (other KMSs this one trusts)
   audit verify  check the audit log's hash chain
   client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)
+  demo          the federation scenario end to end: two KMSs, a file service, Alice and Bob
 Run 'kms <command> --help' for a command's options.
 `;
 

@@ -23,13 +23,18 @@ import Database from 'better-sqlite3';
 import { KmsClient, KmsError, contentKeyUri, decryptStream, encryptStream, type KeyRep } from '@openkms/client';
 import { startFileService, type FileService } from './file-service.js';
 import { freePorts, kms, serveKms, type ServedKms } from './processes.js';
-import { Wire, formatBytes, recordingFetch, requestNote, responseNote, startWireTap, type WireTap } from './wire.js';
+import { Wire, formatBytes, recordingFetch, requestNote, responseNote, startWireTap, type WireRecord, type WireTap } from './wire.js';
 
 export interface DemoOptions {
   /** Where the lines go (default: console.log). */
   log?: (line: string) => void;
   /** KMS B's `--federation-max-staleness` (default 5 s): the revocation bound without a push. */
   maxStaleness?: number;
+  /**
+   * Cut the KMS A → KMS B wire before the revocation (a one-way partition: B still reaches A), so
+   * that no invalidation push arrives and B must rely on its staleness bound.
+   */
+  withoutPush?: boolean;
   /** Stops the demo (it then cleans up and rejects). */
   signal?: AbortSignal;
 }
@@ -154,6 +159,9 @@ function leaks(haystack: Buffer, keys: string[], plaintext: Buffer): boolean {
   return false;
 }
 
+/** An ECDHE handshake: a JWE under the KMS's static RSA key (every later message is `dir`). */
+const isHandshake = (r: WireRecord) => r.request.some((d) => d.startsWith('JWE') && !d.startsWith('JWE dir'));
+
 const short = (uri: string) => uri.replace(/([0-9a-f]{8})-[0-9a-f-]{27}$/, '$1…');
 
 export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
@@ -172,7 +180,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
   const bob = `bob@${B.domain}`;
   const bPeer = `kms://${B.authority}`;
 
-  const served: ServedKms[] = [];
+  const served: Array<{ name: Side['name']; process: ServedKms }> = [];
   const taps: WireTap[] = [];
   const clients: KmsClient[] = [];
   let service: FileService | undefined;
@@ -191,23 +199,32 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     taps.push(toA);
     const toB = await startWireTap(wire, 'KMS A', 'KMS B', `http://127.0.0.1:${portB}`);
     taps.push(toB);
-    await kms(['peer', 'add', '--config', A.config, '--authority', B.authority, '--domain', B.domain, '--endpoint', toB.url, '--ca', B.ca]);
-    await kms(['peer', 'add', '--config', B.config, '--authority', A.authority, '--domain', A.domain, '--endpoint', toA.url, '--ca', A.ca]);
-    log(`  kms peer add, both ways: A trusts ${B.authority} for ${B.domain} (B's ca.pem), B trusts ${A.authority} for ${A.domain} (A's ca.pem)`);
-    const [servedA, servedB] = await Promise.all([
-      serveKms(['--config', A.config, '--port', String(portA)]),
-      serveKms(['--config', B.config, '--port', String(portB), '--federation-max-staleness', String(maxStaleness)]),
+    await Promise.all([
+      kms(['peer', 'add', '--config', A.config, '--authority', B.authority, '--domain', B.domain, '--endpoint', toB.url, '--ca', B.ca]),
+      kms(['peer', 'add', '--config', B.config, '--authority', A.authority, '--domain', A.domain, '--endpoint', toA.url, '--ca', A.ca]),
     ]);
-    served.push(servedA, servedB);
-    log(`  kms serve: KMS A (${A.authority}) on ${servedA.url}, pid ${servedA.pid}; KMS B (${B.authority}) on ${servedB.url}, pid ${servedB.pid}, --federation-max-staleness ${maxStaleness}`);
-    log(`  the KMS-to-KMS wire runs through loopback relays that record it: B reaches A at ${toA.url}, A reaches B at ${toB.url}`);
-    service = await startFileService();
-    log(`  file-sharing service (stores only what it is given) on ${service.url}`);
-    const [aliceToken, bobToken] = await Promise.all([
+    log(`  kms peer add, both ways: A trusts ${B.authority} for ${B.domain} (B's ca.pem), B trusts ${A.authority} for ${A.domain} (A's ca.pem)`);
+    check();
+    const tokens = Promise.all([
       kms(['token', '--config', A.config, '--user', alice]).then((r) => r.stdout.trim()),
       kms(['token', '--config', B.config, '--user', bob]).then((r) => r.stdout.trim()),
     ]);
+    tokens.catch(() => undefined); // awaited below; this only keeps an early failure from being "unhandled"
+    const started = await Promise.allSettled([
+      serveKms(['--config', A.config, '--port', String(portA)]),
+      serveKms(['--config', B.config, '--port', String(portB), '--federation-max-staleness', String(maxStaleness)]),
+    ]);
+    // Whatever started is stopped at the end, even when the other did not start.
+    started.forEach((r, i) => r.status === 'fulfilled' && served.push({ name: i === 0 ? 'KMS A' : 'KMS B', process: r.value }));
+    for (const r of started) if (r.status === 'rejected') throw r.reason;
+    const servedA = served[0]!.process;
+    const servedB = served[1]!.process;
+    const [aliceToken, bobToken] = await tokens;
+    log(`  kms serve: KMS A (${A.authority}) on ${servedA.url}, pid ${servedA.pid}; KMS B (${B.authority}) on ${servedB.url}, pid ${servedB.pid}, --federation-max-staleness ${maxStaleness}`);
+    log(`  the KMS-to-KMS wire runs through loopback relays that record it: B reaches A at ${toA.url}, A reaches B at ${toB.url}`);
     log(`  kms token: Alice (${alice}) gets a token from A's development issuer, Bob (${bob}) from B's`);
+    service = await startFileService();
+    log(`  file-sharing service (stores only what it is given) on ${service.url}`);
     const aliceKms = new KmsClient({
       url: servedA.url,
       authority: A.authority,
@@ -238,7 +255,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     ] as const) {
       const recs = wire.since(mark, { from: who });
       const discovery = recs.filter((r) => r.method === 'GET');
-      const handshake = recs.filter((r) => r.request.some((d) => d.startsWith('JWE') && !d.startsWith('JWE dir')));
+      const handshake = recs.filter(isHandshake);
       log(
         `(0) ${who} → ${kmsName}: GET /.well-known/kms; ${kmsName} → ${who}:${responseNote(discovery)}, checked against ${who === 'Alice' ? "A's" : "B's"} CA. ` +
           `${who} → ${kmsName}: ECDHE with ${who === 'Alice' ? 'her' : 'his'} token${requestNote(handshake)}; ${kmsName} → ${who}: its ephemeral key${responseNote(handshake)}. Every later message: JWE dir/A256GCM under the derived key.`,
@@ -307,11 +324,12 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     const peerRecs = wire.since(mark, { from: 'KMS B', to: 'KMS A' });
     log(`(6) Bob → KMS B: retrieve ${short(notice.keyUri)} (a key of ${A.authority}, not of his KMS)${requestNote(bobRecs)}`);
     const discovery = peerRecs.filter((r) => r.method === 'GET');
-    const handshake = peerRecs.filter((r) => r.request.some((d) => d.startsWith('JWE') && !d.startsWith('JWE dir')));
+    const handshake = peerRecs.filter(isHandshake);
     const retrieve = peerRecs.filter((r) => r.method === 'POST' && !handshake.includes(r));
     if (handshake.length === 0 || retrieve.length === 0) throw new Error(`no KMS-to-KMS exchange was observed for Bob's request (${peerRecs.length} records)`);
     log(
-      `(7) KMS B → KMS A: GET /.well-known/kms; KMS A → KMS B:${responseNote(discovery)}, which B checks against A's CA from its peers. ` +
+      `(7) ` +
+        (discovery.length > 0 ? `KMS B → KMS A: GET /.well-known/kms; KMS A → KMS B:${responseNote(discovery)}, which B checks against A's CA from its peers. ` : '') +
         `KMS B → KMS A: ECDHE as ${bPeer}, signed by B's certified static key${requestNote(handshake)}; KMS A → KMS B: its ephemeral key${responseNote(handshake)}`,
     );
     log(
@@ -361,6 +379,10 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     check();
     log('');
     const fetchedAt = copy?.fetchedAt;
+    if (options.withoutPush) {
+      toB.cut = true;
+      log(`The KMS A → KMS B wire is cut from now on (--without-push): no invalidation can reach B, which still reaches A.`);
+    }
     mark = wire.mark();
     const revocationAudit = auditHead(A.db);
     await aliceKms.deauthorize(resource.uri, bob);
@@ -372,14 +394,14 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
         (copyAge === undefined ? '' : ` B's copy is ${copyAge.toFixed(1)} s old; B may use it for ${maxStaleness} s (federation.maxStaleness).`),
     );
     const deadline = revokedAt + (maxStaleness + 3) * 1000;
-    let served = 0;
+    let servedAgain = 0;
     let refusal: KmsError | undefined;
     const others: number[] = [];
     while (performance.now() < deadline) {
       check();
       try {
         await bobKms.retrieveKey(notice.keyUri);
-        served++;
+        servedAgain++;
       } catch (err) {
         if (!(err instanceof KmsError)) throw err;
         if (err.status === 403) {
@@ -392,22 +414,42 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     }
     const revocationDelayMs = refusal ? Math.round(performance.now() - revokedAt) : -1;
     const revokedRefused = refusal !== undefined;
-    const pushes = wire.since(mark, { from: 'KMS A', to: 'KMS B' }).filter((r) => r.method === 'POST');
-    const refetches = wire.since(mark, { from: 'KMS B', to: 'KMS A' }).filter((r) => r.method === 'POST');
+    const fromA = wire.since(mark, { from: 'KMS A', to: 'KMS B' }).filter((r) => r.method === 'POST' && r.status !== 0);
+    const pushes = fromA.filter((r) => !isHandshake(r));
+    const dropped = wire.since(mark, { from: 'KMS A', to: 'KMS B' }).filter((r) => r.status === 0);
+    const refetches = wire.since(mark, { from: 'KMS B', to: 'KMS A' }).filter((r) => r.method === 'POST' && !isHandshake(r));
     const refusedAtA = peerAudit(A.db, bPeer, revocationAudit).filter((r) => r.principal === bob && r.status === 403);
+    const copyAfter = copiesOf(B.db).find((c) => c.resourceUri === resource.uri);
+    const copyState = !copyAfter
+      ? 'B no longer holds a copy of the KRO'
+      : copyAfter.fetchedAt === 0
+        ? "B keeps its copy (A's signed answers, for the record), marked stale: it grants nothing more"
+        : `B still holds the copy it fetched ${((Date.now() - copyAfter.fetchedAt) / 1000).toFixed(1)} s ago` +
+          (Date.now() - copyAfter.fetchedAt >= maxStaleness * 1000 ? ', past the bound: kept for the record, never used for a grant' : '');
     log(
       `(R2) Bob → KMS B: retrieve ${short(notice.keyUri)} every 100 ms: ` +
         (revokedRefused
-          ? `served ${served} more time(s), then refused 403 ("${refusal!.reason}") ${(revocationDelayMs / 1000).toFixed(2)} s after the removal.`
-          : `still not refused after ${maxStaleness + 3} s (served ${served} times${others.length ? `, other failures: ${[...new Set(others)].join(', ')}` : ''}).`),
+          ? `served ${servedAgain} more time(s), then refused 403 ("${refusal!.reason}") ${(revocationDelayMs / 1000).toFixed(2)} s after the removal.`
+          : `still not refused after ${maxStaleness + 3} s (served ${servedAgain} times${others.length ? `, other failures: ${[...new Set(others)].join(', ')}` : ''}).`),
     );
-    log(
-      pushes.length > 0
-        ? `      KMS A → KMS B: invalidation push${requestNote(pushes)}; KMS B → KMS A:${responseNote(pushes)} — B dropped its copy.`
-        : `      No invalidation crossed KMS A → KMS B: B refused once its copy passed federation.maxStaleness (${maxStaleness} s).`,
-    );
+    if (pushes.length > 0) {
+      const opened = fromA.filter(isHandshake);
+      log(
+        `      KMS A → KMS B: ` +
+          (opened.length > 0 ? `ECDHE as kms://${A.authority}${requestNote(opened)}, then ` : '') +
+          `an invalidation of the KRO${requestNote(pushes)}, ${((pushes[0]!.at - revokedAt) / 1000).toFixed(2)} s after the removal; KMS B → KMS A: its answer${responseNote(pushes)}.`,
+      );
+    } else {
+      log(
+        `      No invalidation crossed KMS A → KMS B` +
+          (dropped.length > 0 ? ` (the cut wire dropped ${dropped.length} attempt(s) of A's)` : '') +
+          `: B refused once its copy passed federation.maxStaleness (${maxStaleness} s).`,
+      );
+    }
     if (refetches.length > 0) {
-      log(`      KMS B → KMS A: re-fetch on behalf of ${bob}${requestNote(refetches)}; A refused it (${refusedAtA.length} record(s) with 403 in A's audit).`);
+      log(
+        `      KMS B → KMS A: re-fetch on behalf of ${bob}${requestNote(refetches)}; KMS A → KMS B: refused${responseNote(refetches)} (A's audit: ${refusedAtA.length} record(s) for ${bob} with 403). ${copyState}.`,
+      );
     }
     const peerAuditRecords = peerAudit(A.db, bPeer).length;
 
@@ -427,7 +469,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
       peerWireOpaque,
       revokedRefused,
       revocationDelayMs,
-      servedAfterRevocation: served,
+      servedAfterRevocation: servedAgain,
       invalidationPushed: pushes.length > 0,
       maxStaleness,
       keyUri: key.uri,
@@ -437,23 +479,23 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
       shutdownCodes,
     };
   } catch (err) {
-    for (const s of served) {
+    for (const { name, process: s } of served) {
       const tail = s.stderr.join('').trim().split('\n').slice(-3);
       const errors = s.stdout
         .join('')
         .split('\n')
         .filter((l) => /"level":(40|50|60)/.test(l))
         .slice(-3);
-      for (const line of [...tail, ...errors]) log(`  [pid ${s.pid}] ${line}`);
+      for (const line of [...tail, ...errors]) log(`  [${name}, pid ${s.pid}] ${line}`);
     }
     throw err;
   } finally {
     await Promise.allSettled(clients.map((c) => c.close()));
     await service?.close();
-    const codes = await Promise.all(served.map((s) => s.stop()));
+    const codes = await Promise.all(served.map((s) => s.process.stop()));
     shutdownCodes.push(...codes);
     await Promise.allSettled(taps.map((t) => t.close()));
     rmSync(root, { recursive: true, force: true });
-    if (served.length > 0) log(`Shutdown: SIGTERM → ${served.map((s, i) => `${i === 0 ? 'KMS A' : 'KMS B'} exited ${codes[i]}`).join(', ')}; ${root} removed.`);
+    if (served.length > 0) log(`Shutdown: SIGTERM → ${served.map((s, i) => `${s.name} exited ${codes[i]}`).join(', ')}; ${root} removed.`);
   }
 }

@@ -16,6 +16,8 @@ import type { AddressInfo } from 'node:net';
 import type { FetchLike } from '@openkms/client';
 
 export interface WireRecord {
+  /** performance.now() when the answer came back. */
+  at: number;
   from: string;
   to: string;
   method: string;
@@ -101,6 +103,7 @@ export function recordingFetch(wire: Wire, from: string, to: string): FetchLike 
     const text = await res.text();
     const body = init.body ?? '';
     wire.records.push({
+      at: performance.now(),
       from,
       to,
       method: init.method,
@@ -118,6 +121,8 @@ export function recordingFetch(wire: Wire, from: string, to: string): FetchLike 
 export interface WireTap {
   /** http://127.0.0.1:<port>: what the other KMS is told is this KMS's endpoint. */
   url: string;
+  /** While true the relay cuts every connection (recorded with status 0): a one-way partition. */
+  cut: boolean;
   close(): Promise<void>;
 }
 
@@ -132,9 +137,17 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'co
 /** A loopback HTTP relay to `target`, noting each exchange as `from` → `to`. */
 export async function startWireTap(wire: Wire, from: string, to: string, target: string): Promise<WireTap> {
   const base = new URL(target);
+  const tap: { cut: boolean } = { cut: false }; // checked on every request, kept-alive connections included
   const server = createServer((req, res) => {
     void (async () => {
       const body = await readAll(req);
+      if (tap.cut) {
+        const requestBody = body.toString('utf8');
+        const path = new URL(req.url ?? '/', base).pathname;
+        wire.records.push({ at: performance.now(), from, to, method: req.method ?? 'GET', path, status: 0, requestBody, responseBody: '', request: describeBody(requestBody), response: [] });
+        res.destroy();
+        return;
+      }
       const headers: Record<string, string | string[]> = {};
       for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
       headers['content-length'] = String(body.length);
@@ -152,6 +165,7 @@ export async function startWireTap(wire: Wire, from: string, to: string, target:
       const requestBody = body.toString('utf8');
       const responseBody = upstream.body.toString('utf8');
       wire.records.push({
+        at: performance.now(),
         from,
         to,
         method: req.method ?? 'GET',
@@ -172,12 +186,12 @@ export async function startWireTap(wire: Wire, from: string, to: string, target:
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
   });
-  return {
+  return Object.assign(tap, {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
         server.close(() => resolve());
       }),
-  };
+  });
 }

@@ -68,8 +68,9 @@ const PUSH_RETRY_DELAYS_MS = [200, 1000, 5000];
 export class Federation {
   private readonly clients = new Map<string, KmsClient>();
   private readonly lastRefetch = new Map<string, number>();
-  /** Invalidations received per copied KRO: a fetch that began before one is discarded. */
-  private readonly generations = new Map<string, number>();
+  /** Invalidations received, counted; and per KRO, the count when it was last invalidated. */
+  private invalidations = 0;
+  private readonly invalidatedAt = new Map<string, number>();
   /** Pushes under way (close() waits for them). */
   private readonly pushes = new Set<Promise<void>>();
 
@@ -134,17 +135,17 @@ export class Federation {
     }
     // A KRO is asked for as its keys (the operation a peer channel may use), a key as itself.
     const askUri = 'keyUri' in target ? uri : `${uri}/keys`;
-    let content = await this.fetch(peer, user, askUri, resourceUri);
-    if (content === 'invalidated') content = await this.fetch(peer, user, askUri, resourceUri);
+    let content = await this.fetch(peer, user, askUri);
+    if (content === 'invalidated') content = await this.fetch(peer, user, askUri);
     if (content === 'invalidated') throw new KmsError(502, `kms://${peer.authority} kept invalidating the KRO while it was fetched`);
     if (!authorizes(content, user.id)) throw KmsError.forbidden('not authorized on this resource');
     return content;
   }
 
   /** Fetches every page of the KRO from the peer for `user`, checks it, stores the copy. */
-  private async fetch(peer: Peer, user: UserPrincipal, uri: string, knownResourceUri?: string): Promise<CopyContent | 'invalidated'> {
+  private async fetch(peer: Peer, user: UserPrincipal, uri: string): Promise<CopyContent | 'invalidated'> {
     const client = this.client(peer);
-    const generationAtStart = knownResourceUri === undefined ? 0 : (this.generations.get(knownResourceUri) ?? 0);
+    const startedAt = this.invalidations;
     const proofs: string[] = [];
     let resource: CopyContent['resource'] | undefined;
     let next: string | undefined;
@@ -169,8 +170,11 @@ export class Federation {
       askUri = `${part.resource.uri}/keys`;
     }
     const content: CopyContent = { resource: resource!, proofs };
-    // An invalidation that arrived while this fetch was under way makes its answer unusable.
-    if ((this.generations.get(content.resource.uri) ?? 0) !== generationAtStart) return 'invalidated';
+    if (uri.includes('/keys/') && !content.resource.keys.some((k) => k.uri === uri)) {
+      throw new KmsError(502, `kms://${peer.authority} answered without the key asked for`);
+    }
+    // An invalidation of this KRO that arrived while the fetch was under way makes its answer unusable.
+    if ((this.invalidatedAt.get(content.resource.uri) ?? -1) >= startedAt) return 'invalidated';
     const cmk = this.o.keyring.activeCmk();
     await this.o.store.putCopy(
       {
@@ -221,7 +225,7 @@ export class Federation {
   /** A peer told this KMS that its copies of these KROs are out of date (only its own KROs count). */
   async invalidated(authority: string, resourceUris: string[]): Promise<number> {
     const own = resourceUris.filter((uri) => objectRef(uri, 'resources', '')?.authority === authority && uri.startsWith('kms://'));
-    for (const uri of own) this.generations.set(uri, (this.generations.get(uri) ?? 0) + 1);
+    for (const uri of own) this.invalidatedAt.set(uri, this.invalidations++);
     return own.length === 0 ? 0 : this.o.store.invalidateCopies(authority, own);
   }
 
@@ -352,6 +356,5 @@ function checkAnswer(answer: Answer, peer: Peer, askedUri: string): { resource: 
   for (const a of authorizations) {
     if (typeof a?.authId !== 'string' || a.resourceUri !== resourceUri) throw bad('a malformed authorization');
   }
-  if (askedUri.includes('/keys/') && !keys.some((k) => k.uri === askedUri) && resource.next === undefined) throw bad('without the key asked for');
   return { resource: { uri: resourceUri, keys, authorizations }, next: typeof resource.next === 'string' ? resource.next : undefined };
 }

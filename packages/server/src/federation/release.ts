@@ -63,11 +63,17 @@ export async function releaseToPeer(ctx: Context, deps: Deps, target: { keyId: s
   let next: string | undefined;
   if (rows.length > MAX_RELEASED_KEYS) {
     page = rows.slice(0, MAX_RELEASED_KEYS);
-    // The next page starts at the last bindDate shown; keys sharing it move to that page whole.
+    // Keys sharing the page's last bindDate move to the next page whole.
     const cut = page[page.length - 1]!.bindDate!;
     const shortened = page.filter((k) => k.bindDate! > cut);
-    if (shortened.length > 0) page = shortened;
-    next = formatDate(cut);
+    if (shortened.length > 0) {
+      page = shortened;
+      // boundBefore excludes its own instant: one millisecond later keeps the keys bound at `cut`.
+      next = formatDate(cut + 1);
+    } else {
+      // 500 keys bound in one millisecond: the page cannot be split by date.
+      next = formatDate(cut);
+    }
   }
   const keys = await Promise.all(
     page.map(async (row) => {
