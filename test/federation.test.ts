@@ -570,11 +570,7 @@ describe('federation between kms.a.example and kms.b.example', () => {
     },
   );
 
-  test.skip('A answering with a key of another resource → B refuses (502)', () => {
-    // Not testable without a production change: the check (checkAnswer in federation.ts) is not
-    // exported, and the real A never answers that way; making it do so needs a fake KMS, which
-    // these tests do not use. Exporting checkAnswer (or a test hook) would allow a unit test.
-  });
+  // A answering with a key of another resource is refused (502): packages/server/test/federation-answer.test.ts.
 
   test('copies at rest: B holds a sealed copy of the KRO, no key value in its database files or logs', TEST, async () => {
     const rows = copies(B.dbPath);

@@ -338,7 +338,7 @@ const ABSOLUTE = (authority: string, collection: 'keys' | 'resources', uri: unkn
  * Checks that a peer's answer is the KRO it was asked for and holds only that KRO's keys: an
  * answer naming another authority, or a key of another resource, is refused (502).
  */
-function checkAnswer(answer: Answer, peer: Peer, askedUri: string): { resource: CopyContent['resource']; next?: string } {
+export function checkAnswer(answer: Answer, peer: Peer, askedUri: string): { resource: CopyContent['resource']; next?: string } {
   const bad = (what: string) => new KmsError(502, `kms://${peer.authority} answered ${what}`);
   if (!answer.proof) throw bad('without its signature');
   const resource = answer.payload.resource as { uri?: unknown; keys?: unknown; authorizations?: unknown; next?: unknown } | undefined;
