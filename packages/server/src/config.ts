@@ -2,7 +2,7 @@
  * kms.json: the one configuration file, written by `kms init`, read by every other command.
  * Paths inside it are relative to the file, so a KMS folder can be moved as a whole.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { isAuthority } from '@openkms/protocol';
@@ -89,20 +89,26 @@ export function parseConfig(raw: unknown, baseDir: string, source = 'config'): K
   return { ...result.data, baseDir };
 }
 
-export function loadConfig(path: string): KmsConfig {
+/** The JSON of a config file as written (no defaults), and the real path it was read from. */
+export function readConfigJson(path: string): { raw: unknown; text: string; realPath: string } {
   let text: string;
+  let realPath: string;
   try {
-    text = readFileSync(path, 'utf8');
+    realPath = realpathSync(path);
+    text = readFileSync(realPath, 'utf8');
   } catch (err) {
     throw new ConfigError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
   }
-  let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    return { raw: JSON.parse(text) as unknown, text, realPath };
   } catch {
     throw new ConfigError(`${path} is not valid JSON`);
   }
-  return parseConfig(raw, dirname(resolve(path)), path);
+}
+
+export function loadConfig(path: string): KmsConfig {
+  const { raw, realPath } = readConfigJson(path);
+  return parseConfig(raw, dirname(resolve(realPath)), path);
 }
 
 export function configPath(config: KmsConfig, path: string): string {

@@ -6,10 +6,10 @@
  * Changes take effect on the next start.
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { chmodSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { isAuthority } from '@openkms/protocol';
-import { ConfigError, loadConfig, parseConfig, type KmsConfig } from '../config.js';
+import { ConfigError, loadConfig, parseConfig, readConfigJson, type KmsConfig } from '../config.js';
 import { trustAnchorCertificates, validatePeers } from '../federation/peers.js';
 import { DEFAULT_CONFIG, UsageError, flagOrEnv, parse } from './args.js';
 
@@ -57,20 +57,7 @@ function configFileOf(given: string | undefined): string {
 }
 
 function readRawConfig(path: string): RawConfigFile {
-  let text: string;
-  let target: string;
-  try {
-    target = realpathSync(path);
-    text = readFileSync(target, 'utf8');
-  } catch (err) {
-    throw new ConfigError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    throw new ConfigError(`${path} is not valid JSON`);
-  }
+  const { raw, text, realPath: target } = readConfigJson(path);
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError(`${path}: (root): not a JSON object`);
   const parsed = parseConfig(raw, dirname(target), path);
   const m = /^\{\r?\n([ \t]+)"/.exec(text);
