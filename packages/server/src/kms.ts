@@ -241,6 +241,15 @@ export class Kms {
       return reset('message could not be decrypted');
     }
     try {
+      // The static key establishes channels and nothing else; that is checked before any credential.
+      const onlyEcdhe = (request: KmsRequest) => {
+        const uri = parseKmsUri(request.uri);
+        const here = uri && (uri.authority === undefined || uri.authority === this.authority);
+        if (request.method !== 'create' || !here || uri.segments.length !== 1 || uri.segments[0] !== 'ecdhe') {
+          throw KmsError.badRequest('invalid field uri: the static key only takes create /ecdhe');
+        }
+        return request;
+      };
       let request: KmsRequest;
       let principal: Principal;
       if (opened.header.cty === 'JOSE') {
@@ -248,17 +257,12 @@ export class Kms {
         const claimed = peekHeader(decoder.decode(opened.plaintext))?.kid;
         if (typeof claimed === 'string') trace.peer = claimed.slice(0, Limits.maxIdChars); // audited even when refused
         const verified = await this.peerVerifier.verifyHandshake(decoder.decode(opened.plaintext), this.deps.config.lifetimes.channel * 1000);
-        request = this.validateRequest(verified.request, trace);
+        request = onlyEcdhe(this.validateRequest(verified.request, trace));
         principal = verified.principal;
         trace.principal = trace.peer = principalId(principal);
       } else {
-        request = this.validateRequest(parseJson(opened.plaintext), trace);
+        request = onlyEcdhe(this.validateRequest(parseJson(opened.plaintext), trace));
         principal = await this.authenticate(request, trace);
-      }
-      const uri = parseKmsUri(request.uri);
-      const here = uri && (uri.authority === undefined || uri.authority === this.authority);
-      if (request.method !== 'create' || !here || uri.segments.length !== 1 || uri.segments[0] !== 'ecdhe') {
-        throw KmsError.badRequest('invalid field uri: the static key only takes create /ecdhe');
       }
       if (!this.limiter.allow(principalId(principal))) throw new KmsError(Status.TOO_MANY, 'rate limited');
       return await handshake(request, principal, this.deps);
