@@ -44,6 +44,8 @@ export interface CopyContent {
 
 /** Pages of a federated answer followed at most (500 keys each). */
 const MAX_PAGES = 20;
+/** KROs whose last re-fetch or invalidation is remembered in memory. */
+const MAX_TRACKED = 100_000;
 /** A user missing from a fresh copy makes a re-fetch at most this often per KRO (ms). */
 const REFETCH_INTERVAL_MS = 1000;
 
@@ -71,6 +73,8 @@ export class Federation {
   /** Invalidations received, counted; and per KRO, the count when it was last invalidated. */
   private invalidations = 0;
   private readonly invalidatedAt = new Map<string, number>();
+  /** Fetches under way, by the invalidation count when they began. */
+  private readonly fetchesFrom = new Map<number, number>();
   /** Pushes under way (close() waits for them). */
   private readonly pushes = new Set<Promise<void>>();
 
@@ -131,6 +135,7 @@ export class Federation {
       // A user not (yet) in a fresh copy may just have been added: re-fetch, at most once a second.
       const last = this.lastRefetch.get(copy.content.resource.uri) ?? 0;
       if (holdsKey && this.o.now() - last < REFETCH_INTERVAL_MS) throw KmsError.forbidden('not authorized on this resource');
+      if (this.lastRefetch.size > MAX_TRACKED) this.lastRefetch.clear();
       this.lastRefetch.set(copy.content.resource.uri, this.o.now());
     }
     // A KRO is asked for as its keys (the operation a peer channel may use), a key as itself.
@@ -144,8 +149,19 @@ export class Federation {
 
   /** Fetches every page of the KRO from the peer for `user`, checks it, stores the copy. */
   private async fetch(peer: Peer, user: UserPrincipal, uri: string): Promise<CopyContent | 'invalidated'> {
-    const client = this.client(peer);
     const startedAt = this.invalidations;
+    this.fetchesFrom.set(startedAt, (this.fetchesFrom.get(startedAt) ?? 0) + 1);
+    try {
+      return await this.fetchPages(peer, user, uri, startedAt);
+    } finally {
+      const n = this.fetchesFrom.get(startedAt)! - 1;
+      if (n === 0) this.fetchesFrom.delete(startedAt);
+      else this.fetchesFrom.set(startedAt, n);
+    }
+  }
+
+  private async fetchPages(peer: Peer, user: UserPrincipal, uri: string, startedAt: number): Promise<CopyContent | 'invalidated'> {
+    const client = this.client(peer);
     const proofs: string[] = [];
     let resource: CopyContent['resource'] | undefined;
     let next: string | undefined;
@@ -225,6 +241,11 @@ export class Federation {
   /** A peer told this KMS that its copies of these KROs are out of date (only its own KROs count). */
   async invalidated(authority: string, resourceUris: string[]): Promise<number> {
     const own = resourceUris.filter((uri) => objectRef(uri, 'resources', '')?.authority === authority && uri.startsWith('kms://'));
+    if (this.invalidatedAt.size > MAX_TRACKED) {
+      // Bounded memory: an invalidation older than every fetch under way can no longer matter.
+      const oldest = Math.min(this.invalidations, ...this.fetchesFrom.keys());
+      for (const [uri, at] of this.invalidatedAt) if (at < oldest) this.invalidatedAt.delete(uri);
+    }
     for (const uri of own) this.invalidatedAt.set(uri, this.invalidations++);
     return own.length === 0 ? 0 : this.o.store.invalidateCopies(authority, own);
   }
