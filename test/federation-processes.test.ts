@@ -34,6 +34,8 @@ let root: string;
 const a: Domain = { name: 'a.example', authority: 'kms.a.example', dir: '', port: 0 };
 const b: Domain = { name: 'b.example', authority: 'kms.b.example', dir: '', port: 0 };
 const c: Domain = { name: 'c.example', authority: 'kms.c.example', dir: '', port: 0 };
+/** Claims to be kms.b.example, with a certificate from a CA of its own (not the one A trusts for B). */
+const impostor: Domain = { name: 'b.example', authority: 'kms.b.example', dir: '', port: 0 };
 const url = (d: Domain) => `http://127.0.0.1:${d.port}`;
 const config = (d: Domain) => join(d.dir, 'kms.json');
 const ca = (d: Domain) => readFileSync(join(d.dir, 'ca.pem'), 'utf8');
@@ -60,8 +62,8 @@ const peerAdd = (from: Domain, to: Domain) => {
 
 before(async () => {
   root = mkdtempSync(join(tmpdir(), 'kms-federation-'));
-  for (const d of [a, b, c]) {
-    d.dir = join(root, d.name);
+  for (const d of [a, b, c, impostor]) {
+    d.dir = join(root, d === impostor ? 'impostor' : d.name);
     d.port = await freePort();
     const r = runKms(['init', '--dir', d.dir, '--authority', d.authority, '--domain', d.name, '--port', String(d.port)]);
     assert.equal(r.code, 0, r.stderr);
@@ -69,12 +71,13 @@ before(async () => {
   peerAdd(a, b);
   peerAdd(b, a);
   peerAdd(c, a); // C trusts A, but A does not list C
-  for (const d of [a, b, c]) d.server = await serve(['--config', config(d)]);
+  peerAdd(impostor, a);
+  for (const d of [a, b, c, impostor]) d.server = await serve(['--config', config(d)]);
 });
 
 after(async () => {
   await Promise.all(clients.map((k) => k.close()));
-  for (const d of [a, b, c]) if (d.server) assert.equal(await d.server.stop(), 0, `${d.authority} shuts down cleanly`);
+  for (const d of [a, b, c, impostor]) if (d.server) assert.equal(await d.server.stop(), 0, `${d.authority} shuts down cleanly`);
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -116,6 +119,17 @@ test('a B token is worthless at A; a KMS that A does not list is refused (502)',
   clients.push(bobAtA);
   assert.ok([401, 403].includes(await statusOf(bobAtA.retrieveKey(key!.uri))));
   assert.equal(await statusOf(client(c, 'cora@c.example').retrieveKey(key!.uri)), 502);
+});
+
+test('A refuses a KRO without a b.example principal, and an impostor of B', async () => {
+  const alice = client(a, 'alice@a.example');
+  const [key] = await alice.createKeys(1);
+  await alice.createResource({ authIds: ['zoe@a.example'], keyUris: [key!.uri] });
+  assert.equal(await statusOf(client(b, 'bob@b.example').retrieveKey(key!.uri)), 403, 'no B user on the KRO: A refuses B');
+  const [shared] = await alice.createKeys(1);
+  await alice.createResource({ authIds: ['bob@b.example'], keyUris: [shared!.uri] });
+  assert.equal(await statusOf(client(impostor, 'bob@b.example').retrieveKey(shared!.uri)), 502, 'the impostor is refused the channel');
+  assert.equal(await statusOf(client(b, 'bob@b.example').retrieveKey(shared!.uri)), 200, 'the real B is served');
 });
 
 test('A down: 502 for an uncached read, B stays healthy', async () => {
