@@ -13,6 +13,7 @@ import { createTokenVerifier } from './identity/tokens.js';
 import { parseRootKey } from './keyring/keyring.js';
 import { Kms, type Logger } from './kms.js';
 import { createLogger } from './logger.js';
+import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { Metrics } from './transport/metrics.js';
@@ -48,7 +49,12 @@ function read(config: KmsConfig, path: string, what: string): string {
   }
 }
 
-export function openStore(url: string, baseDir: string): Store {
+/**
+ * Opens the storage a URL names: `sqlite:PATH` (relative to baseDir) or `postgres://…` /
+ * `postgresql://…` (connects and migrates; a `schema=NAME` query parameter keeps the tables in that
+ * schema). Any failure is a ConfigError of one line, never a stack trace.
+ */
+export async function openStore(url: string, baseDir: string): Promise<Store> {
   if (url.startsWith('sqlite:')) {
     const path = url.slice('sqlite:'.length);
     if (!path) throw new ConfigError('storage url sqlite: needs a path, e.g. sqlite:kms.db');
@@ -59,9 +65,35 @@ export function openStore(url: string, baseDir: string): Store {
     }
   }
   if (url.startsWith('postgres://') || url.startsWith('postgresql://')) {
-    throw new ConfigError('PostgreSQL storage is not part of this build yet; use sqlite:PATH');
+    try {
+      return await PostgresStore.open(url);
+    } catch (err) {
+      throw new ConfigError(postgresProblem(url, err));
+    }
   }
   throw new ConfigError(`storage url must be sqlite:PATH or postgres://…, got ${url.split(':')[0]}:`);
+}
+
+const NETWORK_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE']);
+
+/** One line about a PostgreSQL that could not be opened; names host:port, never the password. */
+function postgresProblem(url: string, err: unknown): string {
+  let where = 'the configured address';
+  try {
+    const u = new URL(url);
+    const host = u.searchParams.get('host') ?? (u.hostname.replace(/^\[(.*)\]$/, '$1') || 'localhost');
+    where = `${host}:${u.searchParams.get('port') ?? (u.port || '5432')}`;
+  } catch {
+    return 'storage url is not a valid postgres:// URL';
+  }
+  const e = err as { code?: unknown; message?: unknown; errors?: { code?: unknown }[] };
+  // Node reports a refused dual-stack connect as an AggregateError of one error per address.
+  const code = typeof e.code === 'string' ? e.code : e.errors?.map((x) => x.code).find((c): c is string => typeof c === 'string');
+  const message = String(e.message ?? err).split('\n')[0]!.trim();
+  if (code && NETWORK_ERRORS.has(code)) return `cannot reach PostgreSQL at ${where}: ${code}`;
+  if (/timeout/i.test(message)) return `cannot reach PostgreSQL at ${where}: connection timed out`;
+  if (/Connection terminated/i.test(message)) return `cannot reach PostgreSQL at ${where}: the connection was closed before PostgreSQL answered`;
+  return `cannot open PostgreSQL storage at ${where}: ${message || code || 'error'}`;
 }
 
 export function rootKeyOf(config: KmsConfig): Uint8Array {
@@ -118,7 +150,10 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
       onProviderError: (detail) => logger.warn({ detail }, 'identity provider problem'),
     },
   );
-  const store = openStore(options.db ?? config.storage.url, config.baseDir);
+  const store = await openStore(options.db ?? config.storage.url, config.baseDir).catch((err: unknown) => {
+    verifier.close?.();
+    throw err;
+  });
   let kms: Kms;
   try {
     kms = await Kms.open({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec });

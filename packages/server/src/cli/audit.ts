@@ -11,7 +11,7 @@ export async function auditCommand(argv: string[]): Promise<void> {
   const { values } = parse(rest, { config: { type: 'string' }, db: { type: 'string' } });
   const config = loadConfig(flagOrEnv(values.str('config'), 'KMS_CONFIG') ?? DEFAULT_CONFIG);
   const key = auditKeyOf(rootKeyOf(config));
-  const store = openStore(flagOrEnv(values.str('db'), 'KMS_DB') ?? config.storage.url, config.baseDir);
+  const store = await openStore(flagOrEnv(values.str('db'), 'KMS_DB') ?? config.storage.url, config.baseDir);
   try {
     const result = await verifyAudit(store, key);
     if (result.ok) {

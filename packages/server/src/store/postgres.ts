@@ -1,0 +1,592 @@
+/**
+ * The PostgreSQL store, for a KMS that needs a database server (several instances, managed
+ * backups). It runs the same migrations as SQLite (migrations.ts) and passes the same contract
+ * suite. Unlike better-sqlite3, requests really interleave here, so every method that reads to
+ * decide and then writes is one transaction on one pooled connection holding row locks:
+ *
+ * - bindKey / createResource: the keys are locked `FOR UPDATE` (in id order, so two creates
+ *   sharing keys cannot deadlock), checked, and only then is `bind_seq` taken from the counters
+ *   row (`UPDATE … RETURNING`, which holds that row until COMMIT: bind order = commit order); the
+ *   UPDATE keeps `resource_id IS NULL` in its WHERE as a second guard.
+ * - addAuthorizations: the resource row is locked `FOR UPDATE` before counting, so concurrent
+ *   adds to one resource queue up and the limit holds.
+ * - insertCmk / setCmkState: a transaction-scoped advisory lock per CMK scope, so the
+ *   deactivate-then-activate pair of two concurrent activations never trips the one-active index.
+ * - sweep: the expired resources are locked `FOR UPDATE` first; a concurrent bind into one of them
+ *   waits on its foreign-key check and then fails, as it would after the sweep.
+ * - migrations: one transaction each, under `pg_advisory_xact_lock`, re-reading
+ *   `schema_migrations` inside the lock, so instances starting together apply each exactly once.
+ *
+ * A transaction that PostgreSQL aborts as a deadlock or serialization failure is retried whole.
+ * pg returns BIGINT (and COUNT) as strings: every number goes through Number(); BYTEA is a Buffer.
+ *
+ * Isolation in a schema: `PostgresStore.open(url, { schema })`, or a `schema=NAME` query
+ * parameter on the URL (removed before connecting): the schema is created if missing and is the
+ * connection's whole search_path. NAME must be a lower-case SQL identifier.
+ */
+import pg from 'pg';
+import { GroupCommit } from './group-commit.js';
+import { migrations } from './migrations.js';
+import type {
+  AuditRow,
+  AuthorizationRow,
+  BindOutcome,
+  ChannelRow,
+  CmkRow,
+  CopyRow,
+  KeyBind,
+  KeyFilter,
+  KeyRow,
+  ResourceRow,
+  Store,
+  SweepResult,
+} from './store.js';
+
+type Row = Record<string, unknown>;
+type Queryable = Pick<pg.PoolClient, 'query'>;
+
+export interface PostgresOptions {
+  /** Keep every table in this schema (created if missing); overrides a `schema=` URL parameter. */
+  schema?: string;
+  /** Give up connecting after this long (default 10 s). */
+  connectionTimeoutMillis?: number;
+  /** Pool size (default 10). */
+  max?: number;
+}
+
+const num = (v: unknown): number => Number(v);
+const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+const str = (v: unknown): string | null => (v as string | null) ?? null;
+/** pg sends a Buffer as bytea; a Uint8Array view is wrapped, not copied. */
+const bytes = (u: Uint8Array): Buffer => (Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength));
+
+const keyFromRow = (r: Row): KeyRow => ({
+  id: r.id as string,
+  userId: r.user_id as string,
+  clientId: r.client_id as string,
+  createdAt: num(r.created_at),
+  expiresAt: num(r.expires_at),
+  resourceId: str(r.resource_id),
+  bindDate: numOrNull(r.bind_date),
+  bindSeq: numOrNull(r.bind_seq),
+  cmkId: r.cmk_id as string,
+  sealed: r.sealed as Uint8Array,
+});
+
+const resourceFromRow = (r: Row): ResourceRow => ({
+  id: r.id as string,
+  creator: r.creator as string,
+  createdAt: num(r.created_at),
+  expiresAt: numOrNull(r.expires_at),
+});
+
+const authorizationFromRow = (r: Row): AuthorizationRow => ({
+  id: r.id as string,
+  resourceId: r.resource_id as string,
+  authId: str(r.auth_id),
+  roleUri: str(r.role_uri),
+  createdAt: num(r.created_at),
+});
+
+const channelFromRow = (r: Row): ChannelRow => ({
+  id: r.id as string,
+  owner: r.owner as string,
+  clientId: r.client_id as string,
+  createdAt: num(r.created_at),
+  expiresAt: num(r.expires_at),
+  cmkId: r.cmk_id as string,
+  sealed: r.sealed as Uint8Array,
+});
+
+const cmkFromRow = (r: Row): CmkRow => ({
+  id: r.id as string,
+  state: r.state as CmkRow['state'],
+  assignedOrgId: str(r.assigned_org_id),
+  createdAt: num(r.created_at),
+  sealed: r.sealed as Uint8Array,
+});
+
+const auditFromRow = (r: Row): AuditRow => ({
+  seq: num(r.seq),
+  time: num(r.time),
+  principal: str(r.principal),
+  clientId: str(r.client_id),
+  method: str(r.method),
+  uri: str(r.uri),
+  status: num(r.status),
+  peer: str(r.peer),
+  requestId: str(r.request_id),
+  prevHash: r.prev_hash as string,
+  hash: r.hash as string,
+});
+
+const KEY_COLUMNS = ['id', 'user_id', 'client_id', 'created_at', 'expires_at', 'resource_id', 'bind_date', 'bind_seq', 'cmk_id', 'sealed'];
+const keyValues = (k: KeyRow) => [k.id, k.userId, k.clientId, k.createdAt, k.expiresAt, k.resourceId, k.bindDate, k.bindSeq, k.cmkId, bytes(k.sealed)];
+const AUTHORIZATION_COLUMNS = ['id', 'resource_id', 'auth_id', 'role_uri', 'created_at'];
+const authorizationValues = (a: AuthorizationRow, resourceId = a.resourceId) => [a.id, resourceId, a.authId, a.roleUri, a.createdAt];
+const CHANNEL_COLUMNS = ['id', 'owner', 'client_id', 'created_at', 'expires_at', 'cmk_id', 'sealed'];
+const channelValues = (c: ChannelRow) => [c.id, c.owner, c.clientId, c.createdAt, c.expiresAt, c.cmkId, bytes(c.sealed)];
+const AUDIT_COLUMNS = ['seq', 'time', 'principal', 'client_id', 'method', 'uri', 'status', 'peer', 'request_id', 'prev_hash', 'hash'];
+const auditValues = (a: AuditRow) => [a.seq, a.time, a.principal, a.clientId, a.method, a.uri, a.status, a.peer, a.requestId, a.prevHash, a.hash];
+
+/** Rows per multi-row INSERT: at most 11 columns, far below PostgreSQL's 65535 parameters. */
+const CHUNK = 1000;
+
+function insertSql(table: string, columns: string[], rows: number): string {
+  const n = columns.length;
+  const tuples = Array.from({ length: rows }, (_, r) => `(${columns.map((_, c) => `$${r * n + c + 1}`).join(', ')})`);
+  return `INSERT INTO ${table} (${columns.join(', ')}) VALUES ${tuples.join(', ')}`;
+}
+
+async function insertRows(q: Queryable, table: string, columns: string[], values: unknown[][]): Promise<void> {
+  for (let i = 0; i < values.length; i += CHUNK) {
+    const chunk = values.slice(i, i + CHUNK);
+    await q.query(insertSql(table, columns, chunk.length), chunk.flat());
+  }
+}
+
+/** The shared migration SQL is already what PostgreSQL accepts; adaptations, if ever needed, go here. */
+const toPostgres = (sql: string) => sql;
+
+/** Advisory lock keys (two int4 form): class, then a constant or a hash. */
+const LOCK_CLASS = 0x4b4d5300; // 'KMS\0'
+const LOCK_MIGRATE = 1;
+
+/** Transient failures after which a transaction is simply run again. */
+const RETRYABLE = new Set(['40P01' /* deadlock_detected */, '40001' /* serialization_failure */]);
+
+/** Thrown inside a transaction to roll it back and answer a bind outcome. */
+class BindFailed extends Error {
+  constructor(readonly outcome: BindOutcome) {
+    super(outcome);
+  }
+}
+
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/**
+ * Takes the `schema` query parameter out of the URL and, with a schema, adds
+ * `-c search_path=NAME` to the connection's `options` (a parameter of the URL, because pg lets
+ * the connection string override the pool's own settings).
+ */
+export function postgresConnection(url: string, schemaOption?: string): { connectionString: string; schema: string | undefined } {
+  const q = url.indexOf('?');
+  const base = q < 0 ? url : url.slice(0, q);
+  const params = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
+  const schema = schemaOption ?? params.get('schema') ?? undefined;
+  params.delete('schema');
+  if (schema !== undefined) {
+    if (!SCHEMA_NAME.test(schema)) throw new RangeError(`schema must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63), got ${JSON.stringify(schema)}`);
+    const options = params.get('options');
+    params.set('options', `${options ? `${options} ` : ''}-c search_path=${schema}`);
+  }
+  const query = params.toString();
+  return { connectionString: query ? `${base}?${query}` : base, schema };
+}
+
+export class PostgresStore implements Store {
+  readonly kind = 'postgres' as const;
+  private closed: Promise<void> | undefined;
+  /** Handshakes are frequent and independent: their channel rows share one INSERT. */
+  private readonly channelCommits = new GroupCommit<ChannelRow>((rows) => this.insertAll('channels', CHANNEL_COLUMNS, rows.map(channelValues)));
+
+  private constructor(
+    private readonly pool: pg.Pool,
+    /** The schema the tables live in, when one was asked for. */
+    readonly schema: string | undefined,
+  ) {}
+
+  /** Connects, creates the schema if asked, applies pending migrations; throws if unreachable. */
+  static async open(url: string, options: PostgresOptions = {}): Promise<PostgresStore> {
+    const { connectionString, schema } = postgresConnection(url, options.schema);
+    const timeoutMs = options.connectionTimeoutMillis ?? 10_000;
+    const pool = new pg.Pool({ connectionString, connectionTimeoutMillis: timeoutMs, max: options.max ?? 10 });
+    // An idle connection dropped by the server must not crash the process: the next query on a
+    // fresh connection reports (and ping() makes readiness fail) if the server is really gone.
+    pool.on('error', () => {});
+    const store = new PostgresStore(pool, schema);
+    const started = Date.now();
+    try {
+      await store.migrate();
+    } catch (err) {
+      await pool.end().catch(() => {});
+      // pg reports its own connect timeout as "Connection terminated unexpectedly": say what it was.
+      if (Date.now() - started >= timeoutMs && /Connection terminated/i.test((err as Error).message ?? '')) {
+        throw Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' });
+      }
+      throw err;
+    }
+    return store;
+  }
+
+  private async migrate(): Promise<void> {
+    const lock = `SELECT pg_advisory_xact_lock(${LOCK_CLASS}, ${LOCK_MIGRATE})`;
+    await this.tx(async (c) => {
+      await c.query(lock);
+      if (this.schema) await c.query(`CREATE SCHEMA IF NOT EXISTS ${this.schema}`);
+      await c.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)');
+    });
+    for (const m of migrations) {
+      await this.tx(async (c) => {
+        await c.query(lock);
+        // Read under the lock: another instance may have applied it while we waited.
+        if ((await c.query('SELECT 1 FROM schema_migrations WHERE version = $1', [m.version])).rowCount) return;
+        await c.query(toPostgres(m.sql));
+        await c.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)', [m.version, m.name, Date.now()]);
+      });
+    }
+  }
+
+  /** Runs `fn` in one transaction on one connection: COMMIT, or ROLLBACK and rethrow. */
+  private async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.pool.connect();
+      try {
+        await client.query('BEGIN');
+        const result = await fn(client);
+        await client.query('COMMIT');
+        client.release();
+        return result;
+      } catch (err) {
+        try {
+          await client.query('ROLLBACK');
+          client.release();
+        } catch (rollbackErr) {
+          client.release(rollbackErr as Error); // a broken connection leaves the pool
+        }
+        if (attempt < 3 && RETRYABLE.has((err as { code?: string }).code ?? '')) continue;
+        throw err;
+      }
+    }
+  }
+
+  private async insertAll(table: string, columns: string[], values: unknown[][]): Promise<void> {
+    if (values.length === 0) return;
+    if (values.length <= CHUNK) await insertRows(this.pool, table, columns, values);
+    else await this.tx((c) => insertRows(c, table, columns, values));
+  }
+
+  private async one(sql: string, params: unknown[]): Promise<Row | undefined> {
+    return (await this.pool.query<Row>(sql, params)).rows[0];
+  }
+
+  async insertKeys(rows: KeyRow[]): Promise<void> {
+    await this.insertAll('keys', KEY_COLUMNS, rows.map(keyValues));
+  }
+
+  async getKey(id: string): Promise<KeyRow | undefined> {
+    const r = await this.one('SELECT * FROM keys WHERE id = $1', [id]);
+    return r && keyFromRow(r);
+  }
+
+  /**
+   * Checks and binds inside the caller's transaction, all or nothing: writes only when every bind
+   * passes, and returns the first failure in the given order otherwise (the same precedence as
+   * SQLite: missing, not-owner, already-bound, expired).
+   */
+  private async bindInTx(c: pg.PoolClient, binds: KeyBind[], resourceId: string): Promise<BindOutcome> {
+    if (binds.length === 0) return 'bound';
+    const ids = [...new Set(binds.map((b) => b.id))];
+    const locked = await c.query<Row>('SELECT * FROM keys WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE', [ids]);
+    const keys = new Map(locked.rows.map((r) => [r.id as string, keyFromRow(r)]));
+    const seen = new Set<string>();
+    for (const b of binds) {
+      const key = keys.get(b.id);
+      if (!key) return 'missing';
+      // Ownership first, so that nobody but the creator learns whether a key is bound.
+      if (key.userId !== b.userId || key.clientId !== b.clientId) return 'not-owner';
+      if (key.resourceId !== null || seen.has(b.id)) return 'already-bound';
+      if (key.expiresAt <= b.now) return 'expired';
+      seen.add(b.id);
+    }
+    // Reserves binds.length numbers at once; the counters row stays locked until COMMIT.
+    const counter = await c.query<Row>(`UPDATE counters SET value = value + $1 WHERE name = 'bind_seq' RETURNING value`, [binds.length]);
+    const first = num(counter.rows[0]!.value) - binds.length + 1;
+    const updated = await c.query(
+      `UPDATE keys AS k SET resource_id = $1, bind_date = u.bind_date, bind_seq = u.bind_seq, expires_at = u.expires_at
+       FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u (id, bind_date, bind_seq, expires_at)
+       WHERE k.id = u.id AND k.resource_id IS NULL`,
+      [resourceId, binds.map((b) => b.id), binds.map((b) => b.bindDate), binds.map((_, i) => first + i), binds.map((b) => b.expiresAt)],
+    );
+    // Cannot differ while the rows are locked; kept as the contract's guard.
+    return updated.rowCount === binds.length ? 'bound' : 'already-bound';
+  }
+
+  async bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome> {
+    return this.bindOrRollBack(async (c) => this.bindInTx(c, [bind], bind.resourceId));
+  }
+
+  /** Runs `fn` in a transaction that commits only when it returns 'bound'; otherwise returns its outcome. */
+  private async bindOrRollBack(fn: (c: pg.PoolClient) => Promise<BindOutcome>): Promise<BindOutcome> {
+    try {
+      return await this.tx(async (c) => {
+        const outcome = await fn(c);
+        if (outcome !== 'bound') throw new BindFailed(outcome);
+        return outcome;
+      });
+    } catch (err) {
+      if (err instanceof BindFailed) return err.outcome;
+      throw err;
+    }
+  }
+
+  async listResourceKeys(resourceId: string, filter: KeyFilter = {}): Promise<KeyRow[]> {
+    const args: unknown[] = [resourceId];
+    const where = ['resource_id = $1'];
+    if (filter.boundAfter !== undefined) {
+      args.push(filter.boundAfter);
+      where.push(`bind_date >= $${args.length}`);
+    }
+    if (filter.boundBefore !== undefined) {
+      args.push(filter.boundBefore);
+      where.push(`bind_date < $${args.length}`);
+    }
+    let sql = `SELECT * FROM keys WHERE ${where.join(' AND ')} ORDER BY bind_date DESC, bind_seq DESC`;
+    if (filter.limit !== undefined) {
+      args.push(filter.limit);
+      sql += ` LIMIT $${args.length}`;
+    }
+    return (await this.pool.query<Row>(sql, args)).rows.map(keyFromRow);
+  }
+
+  async createResource(resource: ResourceRow, authorizations: AuthorizationRow[], binds: KeyBind[]): Promise<BindOutcome> {
+    return this.bindOrRollBack(async (c) => {
+      await c.query('INSERT INTO resources (id, creator, created_at, expires_at) VALUES ($1, $2, $3, $4)', [
+        resource.id,
+        resource.creator,
+        resource.createdAt,
+        resource.expiresAt,
+      ]);
+      await insertRows(c, 'authorizations', AUTHORIZATION_COLUMNS, authorizations.map((a) => authorizationValues(a)));
+      return this.bindInTx(c, binds, resource.id);
+    });
+  }
+
+  async getResource(id: string): Promise<ResourceRow | undefined> {
+    const r = await this.one('SELECT * FROM resources WHERE id = $1', [id]);
+    return r && resourceFromRow(r);
+  }
+
+  async addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'> {
+    class OverLimit extends Error {}
+    try {
+      return await this.tx(async (c) => {
+        // Concurrent adds to this resource wait here, so each counts what the previous one wrote.
+        await c.query('SELECT id FROM resources WHERE id = $1 FOR UPDATE', [resourceId]);
+        let count = num((await c.query<Row>('SELECT COUNT(*) AS n FROM authorizations WHERE resource_id = $1', [resourceId])).rows[0]!.n);
+        const authIds = [...new Set(rows.flatMap((r) => (r.authId === null ? [] : [r.authId])))];
+        const existing = new Map<string, AuthorizationRow>();
+        if (authIds.length > 0) {
+          const found = await c.query<Row>('SELECT * FROM authorizations WHERE resource_id = $1 AND auth_id = ANY($2::text[])', [resourceId, authIds]);
+          for (const r of found.rows) existing.set(r.auth_id as string, authorizationFromRow(r));
+        }
+        const inserts: unknown[][] = [];
+        const result = rows.map((row) => {
+          if (row.authId !== null) {
+            const there = existing.get(row.authId);
+            if (there) return there;
+          }
+          if (++count > limit) throw new OverLimit();
+          inserts.push(authorizationValues(row, resourceId));
+          // A second row for the same authId in this batch gets this one, as it would from the table.
+          if (row.authId !== null) existing.set(row.authId, { ...row, resourceId });
+          return row;
+        });
+        await insertRows(c, 'authorizations', AUTHORIZATION_COLUMNS, inserts);
+        return result;
+      });
+    } catch (err) {
+      if (err instanceof OverLimit) return 'over-limit';
+      throw err;
+    }
+  }
+
+  async listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
+    // COLLATE "C": the byte order SQLite uses, whatever the database's collation.
+    const r = await this.pool.query<Row>('SELECT * FROM authorizations WHERE resource_id = $1 ORDER BY created_at, id COLLATE "C"', [resourceId]);
+    return r.rows.map(authorizationFromRow);
+  }
+
+  async resourcesWithAuthId(authId: string): Promise<string[]> {
+    const r = await this.pool.query<Row>('SELECT DISTINCT resource_id FROM authorizations WHERE auth_id = $1', [authId]);
+    return r.rows.map((x) => x.resource_id as string);
+  }
+
+  async getAuthorization(id: string): Promise<AuthorizationRow | undefined> {
+    const r = await this.one('SELECT * FROM authorizations WHERE id = $1', [id]);
+    return r && authorizationFromRow(r);
+  }
+
+  async deleteAuthorizations(resourceId: string, ids: string[]): Promise<AuthorizationRow[]> {
+    if (ids.length === 0) return [];
+    const r = await this.pool.query<Row>('DELETE FROM authorizations WHERE resource_id = $1 AND id = ANY($2::text[]) RETURNING *', [resourceId, ids]);
+    const deleted = new Map(r.rows.map((x) => [x.id as string, authorizationFromRow(x)]));
+    // In the order asked for, like SQLite.
+    return [...new Set(ids)].flatMap((id) => {
+      const row = deleted.get(id);
+      return row ? [row] : [];
+    });
+  }
+
+  insertChannel(row: ChannelRow): Promise<void> {
+    return this.channelCommits.add(row);
+  }
+
+  async getChannel(id: string): Promise<ChannelRow | undefined> {
+    const r = await this.one('SELECT * FROM channels WHERE id = $1', [id]);
+    return r && channelFromRow(r);
+  }
+
+  async deleteChannel(id: string): Promise<boolean> {
+    return ((await this.pool.query('DELETE FROM channels WHERE id = $1', [id])).rowCount ?? 0) === 1;
+  }
+
+  /** Serializes activations within one CMK scope (null: the default scope) until COMMIT. */
+  private async lockCmkScope(c: pg.PoolClient, assignedOrgId: string | null): Promise<void> {
+    await c.query(`SELECT pg_advisory_xact_lock(${LOCK_CLASS + 1}, hashtext(COALESCE($1::text, '')))`, [assignedOrgId]);
+  }
+
+  private async deactivateCmks(c: pg.PoolClient, assignedOrgId: string | null): Promise<void> {
+    await c.query(`UPDATE cmks SET state = 'inactive' WHERE state = 'active' AND COALESCE(assigned_org_id, '') = COALESCE($1::text, '')`, [assignedOrgId]);
+  }
+
+  async insertCmk(row: CmkRow): Promise<void> {
+    await this.tx(async (c) => {
+      await this.lockCmkScope(c, row.assignedOrgId);
+      if (row.state === 'active') await this.deactivateCmks(c, row.assignedOrgId);
+      await c.query('INSERT INTO cmks (id, state, assigned_org_id, created_at, sealed) VALUES ($1, $2, $3, $4, $5)', [
+        row.id,
+        row.state,
+        row.assignedOrgId,
+        row.createdAt,
+        bytes(row.sealed),
+      ]);
+    });
+  }
+
+  async listCmks(assignedOrgId?: string | null): Promise<CmkRow[]> {
+    const r =
+      assignedOrgId === undefined
+        ? await this.pool.query<Row>('SELECT * FROM cmks ORDER BY created_at, id COLLATE "C"')
+        : await this.pool.query<Row>(`SELECT * FROM cmks WHERE COALESCE(assigned_org_id, '') = COALESCE($1::text, '') ORDER BY created_at, id COLLATE "C"`, [
+            assignedOrgId,
+          ]);
+    return r.rows.map(cmkFromRow);
+  }
+
+  async getCmk(id: string): Promise<CmkRow | undefined> {
+    const r = await this.one('SELECT * FROM cmks WHERE id = $1', [id]);
+    return r && cmkFromRow(r);
+  }
+
+  async setCmkState(id: string, state: CmkRow['state']): Promise<void> {
+    await this.tx(async (c) => {
+      // A CMK's scope never changes: read it unlocked, then take the scope lock before any row lock.
+      const r = (await c.query<Row>('SELECT assigned_org_id FROM cmks WHERE id = $1', [id])).rows[0];
+      if (!r) return;
+      const scope = str(r.assigned_org_id);
+      await this.lockCmkScope(c, scope);
+      if (state === 'active') await this.deactivateCmks(c, scope);
+      await c.query('UPDATE cmks SET state = $1 WHERE id = $2', [state, id]);
+    });
+  }
+
+  async recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void> {
+    await this.pool.query(
+      'INSERT INTO peer_fetches (resource_id, peer, fetched_at) VALUES ($1, $2, $3) ON CONFLICT (resource_id, peer) DO UPDATE SET fetched_at = excluded.fetched_at',
+      [resourceId, peer, at],
+    );
+  }
+
+  async peersThatFetched(resourceId: string): Promise<string[]> {
+    const r = await this.pool.query<Row>('SELECT peer FROM peer_fetches WHERE resource_id = $1 ORDER BY peer COLLATE "C"', [resourceId]);
+    return r.rows.map((x) => x.peer as string);
+  }
+
+  async putCopy(row: CopyRow, keyUris: string[]): Promise<void> {
+    await this.tx(async (c) => {
+      await c.query(
+        `INSERT INTO federated_copies (resource_uri, authority, fetched_at, cmk_id, sealed) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (resource_uri) DO UPDATE SET fetched_at = excluded.fetched_at, cmk_id = excluded.cmk_id, sealed = excluded.sealed`,
+        [row.resourceUri, row.authority, row.fetchedAt, row.cmkId, bytes(row.sealed)],
+      );
+      await c.query('DELETE FROM federated_keys WHERE resource_uri = $1', [row.resourceUri]);
+      // Sorted and distinct: one statement may not touch a row twice, and a fixed order cannot deadlock.
+      const uris = [...new Set(keyUris)].sort();
+      if (uris.length > 0) {
+        await c.query(
+          `INSERT INTO federated_keys (key_uri, resource_uri) SELECT u, $2 FROM unnest($1::text[]) AS u
+           ON CONFLICT (key_uri) DO UPDATE SET resource_uri = excluded.resource_uri`,
+          [uris, row.resourceUri],
+        );
+      }
+    });
+  }
+
+  async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
+    const r = await this.one('SELECT * FROM federated_copies WHERE resource_uri = $1', [resourceUri]);
+    return (
+      r && {
+        resourceUri: r.resource_uri as string,
+        authority: r.authority as string,
+        fetchedAt: num(r.fetched_at),
+        cmkId: r.cmk_id as string,
+        sealed: r.sealed as Uint8Array,
+      }
+    );
+  }
+
+  async copyOfKey(keyUri: string): Promise<string | undefined> {
+    const r = await this.one('SELECT resource_uri FROM federated_keys WHERE key_uri = $1', [keyUri]);
+    return r?.resource_uri as string | undefined;
+  }
+
+  async invalidateCopies(authority: string, resourceUris: string[]): Promise<number> {
+    if (resourceUris.length === 0) return 0;
+    const r = await this.pool.query('UPDATE federated_copies SET fetched_at = 0 WHERE authority = $1 AND resource_uri = ANY($2::text[])', [authority, resourceUris]);
+    return r.rowCount ?? 0;
+  }
+
+  async appendAudit(rows: AuditRow[]): Promise<void> {
+    // One statement per chunk (one transaction beyond that): a seq already taken refuses them all.
+    await this.insertAll('audit', AUDIT_COLUMNS, rows.map(auditValues));
+  }
+
+  async auditHead(): Promise<{ seq: number; hash: string } | undefined> {
+    const r = await this.one('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1', []);
+    return r && { seq: num(r.seq), hash: r.hash as string };
+  }
+
+  async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
+    return (await this.pool.query<Row>('SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2', [afterSeq, limit])).rows.map(auditFromRow);
+  }
+
+  async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
+    return this.tx(async (c) => {
+      // Unbound keys and channels first: they hold no lock a bind into a resource could wait on.
+      const unbound = await c.query('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= $1', [now - unboundGraceMs]);
+      const channels = await c.query('DELETE FROM channels WHERE expires_at <= $1', [now]);
+      // Locked in id order (two sweepers cannot deadlock); binds and adds into them now wait.
+      const expired = await c.query<Row>('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY id FOR UPDATE', [now]);
+      const ids = expired.rows.map((r) => r.id as string);
+      let bound = 0;
+      if (ids.length > 0) {
+        bound = (await c.query('DELETE FROM keys WHERE resource_id = ANY($1::text[])', [ids])).rowCount ?? 0;
+        await c.query('DELETE FROM authorizations WHERE resource_id = ANY($1::text[])', [ids]);
+        await c.query('DELETE FROM resources WHERE id = ANY($1::text[])', [ids]);
+      }
+      return { resources: ids.length, resourceIds: ids, keys: bound + (unbound.rowCount ?? 0), channels: channels.rowCount ?? 0 };
+    });
+  }
+
+  async ping(): Promise<void> {
+    await this.pool.query('SELECT 1');
+  }
+
+  close(): Promise<void> {
+    return (this.closed ??= (async () => {
+      await this.channelCommits.flush();
+      await this.pool.end();
+    })());
+  }
+}

@@ -1,0 +1,121 @@
+/**
+ * The Store contract against PostgreSQL (OPERATING.md, "CI"): the server on 127.0.0.1:5432, database
+ * `test`, trust auth (KMS_TEST_POSTGRES_URL overrides the URL). Each run works in a fresh schema of
+ * its own, dropped at the end. Without a reachable server the suite is skipped and says why, except
+ * under CI=true, where that is a failure.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { after, describe, test } from 'node:test';
+import pg from 'pg';
+import { PostgresStore } from '../src/store/postgres.js';
+import { migrations } from '../src/store/migrations.js';
+import { storeContract } from './support/store-contract.js';
+
+const URL_ = process.env.KMS_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+/** The URL for messages, without a password. */
+const shown = URL_.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
+const schema = `kms_test_${randomBytes(6).toString('hex')}`;
+
+/** Why PostgreSQL cannot be used, or undefined when it answers. */
+async function unreachable(): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: URL_, connectionTimeoutMillis: 3000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return undefined;
+  } catch (err) {
+    const e = err as { code?: string; message?: string; errors?: { code?: string }[] };
+    return `PostgreSQL not reachable at ${shown}: ${e.code ?? e.errors?.[0]?.code ?? e.message}`;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+const problem = await unreachable();
+
+if (problem !== undefined) {
+  if (process.env.CI === 'true') {
+    test('PostgreSQL store contract', () => assert.fail(`${problem} (required under CI=true)`));
+  } else {
+    test('PostgreSQL store contract', { skip: `skipped: ${problem}` }, () => {});
+  }
+} else {
+  // Root-level hook: runs after every suite of this file, the contract's own after (close) included.
+  after(async () => {
+    const client = new pg.Client({ connectionString: URL_ });
+    await client.connect();
+    try {
+      await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    } finally {
+      await client.end();
+    }
+  });
+
+  storeContract('postgres', () => PostgresStore.open(URL_, { schema }));
+
+  describe('PostgreSQL specifics', () => {
+    test('two instances starting together migrate once; the schema parameter selects the schema', async () => {
+      const fresh = `${schema}_m`;
+      try {
+        const stores = await Promise.all([PostgresStore.open(URL_, { schema: fresh }), PostgresStore.open(`${URL_}?schema=${fresh}`)]);
+        const client = new pg.Client({ connectionString: URL_ });
+        await client.connect();
+        try {
+          const r = await client.query(`SELECT version FROM ${fresh}.schema_migrations ORDER BY version`);
+          assert.deepEqual(r.rows.map((x) => x.version), migrations.map((m) => m.version));
+          assert.equal((await client.query(`SELECT value FROM ${fresh}.counters WHERE name = 'bind_seq'`)).rowCount, 1);
+        } finally {
+          await client.end();
+        }
+        await Promise.all(stores.map((s) => s.ping()));
+        await Promise.all(stores.map((s) => s.close()));
+        // Reopening applies nothing and works.
+        await (await PostgresStore.open(URL_, { schema: fresh })).close();
+      } finally {
+        const client = new pg.Client({ connectionString: URL_ });
+        await client.connect();
+        await client.query(`DROP SCHEMA IF EXISTS ${fresh} CASCADE`);
+        await client.end();
+      }
+    });
+
+    test('races the contract does not pin: creates sharing keys, activations in one scope', async () => {
+      const store = await PostgresStore.open(URL_, { schema });
+      try {
+        const now = 1_900_000_000_000;
+        const cmk = randomUUID();
+        await store.insertCmk({ id: cmk, state: 'inactive', assignedOrgId: 'pg-races', createdAt: now, sealed: new Uint8Array([1]) });
+        const keys = Array.from({ length: 4 }, () => ({
+          id: randomUUID(), userId: 'alice@a.example', clientId: 'c1', createdAt: now, expiresAt: now + 3600_000,
+          resourceId: null, bindDate: null, bindSeq: null, cmkId: cmk, sealed: new Uint8Array([7]),
+        }));
+        await store.insertKeys(keys);
+        const bind = (id: string) => ({ id, userId: 'alice@a.example', clientId: 'c1', bindDate: now, expiresAt: now + 1000, now });
+        // The same keys in different orders: all-or-nothing, one winner, no deadlock.
+        const orders = Array.from({ length: 12 }, (_, i) => [...keys].sort(() => (i % 2 ? 1 : -1) * (Math.random() - 0.3)));
+        const outcomes = await Promise.all(
+          orders.map((order) => store.createResource({ id: randomUUID(), creator: 'alice@a.example', createdAt: now, expiresAt: null }, [], order.map((k) => bind(k.id)))),
+        );
+        assert.equal(outcomes.filter((o) => o === 'bound').length, 1, outcomes.join());
+        assert.equal(outcomes.filter((o) => o === 'already-bound').length, 11);
+        const bound = await Promise.all(keys.map((k) => store.getKey(k.id)));
+        assert.equal(new Set(bound.map((k) => k!.resourceId)).size, 1, 'all four keys went to the one winner');
+        assert.equal(new Set(bound.map((k) => k!.bindSeq)).size, 4, 'distinct bind_seq');
+
+        // Activations in one scope at once: every call succeeds, one CMK stays active.
+        const ids = Array.from({ length: 10 }, () => randomUUID());
+        await Promise.all(ids.map((id, i) => store.insertCmk({ id, state: 'active', assignedOrgId: 'pg-races', createdAt: now + i, sealed: new Uint8Array([1]) })));
+        await Promise.all(ids.map((id) => store.setCmkState(id, 'active')));
+        assert.equal((await store.listCmks('pg-races')).filter((c) => c.state === 'active').length, 1);
+      } finally {
+        await store.close();
+      }
+    });
+
+    test('a bad schema name is refused before connecting', async () => {
+      await assert.rejects(PostgresStore.open(URL_, { schema: 'Robert"; DROP' }), /lower-case SQL identifier/);
+    });
+  });
+}
