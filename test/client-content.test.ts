@@ -4,6 +4,7 @@
  * decryptStream), including every way a stream can be tampered with.
  */
 import assert from 'node:assert/strict';
+import { decodeProtectedHeader } from 'jose';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -234,12 +235,20 @@ describe('content encryption with KMS keys', () => {
       const bytes = new Uint8Array(randomBytes(chunkSize * 3));
       const lines = await encrypted(bytes);
       // The same chunk, with the right seq and fin, but under another (equally authorized) key.
-      const foreign = await encryptContent(other, bytes.subarray(chunkSize, 2 * chunkSize), { seq: 1, fin: false });
+      const sid = decodeProtectedHeader(lines[0]!).sid;
+      const foreign = await encryptContent(other, bytes.subarray(chunkSize, 2 * chunkSize), { sid, seq: 1, fin: false });
       await expectKmsError(decrypt([lines[0]!, foreign, lines[2]!]), 400, /another key/);
       // A whole stream under another key decrypts fine (the key it names is fetched).
       asked.length = 0;
       assert.deepEqual(await decrypt(await encrypted(bytes, other)), bytes);
       assert.deepEqual(asked, [other.uri]);
+    });
+
+    test('a chunk of another stream under the same key (spliced) is refused', TEST, async () => {
+      const bytes = new Uint8Array(randomBytes(chunkSize * 3));
+      const [first, second] = [await encrypted(bytes), await encrypted(bytes)];
+      await expectKmsError(decrypt([first[0]!, second[1]!, first[2]!]), 400, /another stream/);
+      await expectKmsError(decrypt([first[0]!, first[1]!, second[2]!]), 400, /another stream/);
     });
 
     test('a line that is not a JWE is refused with a KmsError 400, first or later', TEST, async () => {

@@ -400,7 +400,10 @@ describe('federation between kms.a.example and kms.b.example', () => {
       };
 
       // Control: the real B's key and certificate pass.
-      const ok = await verifier.verifyHandshake(await signJws(handshake(), realKey, VIA_B), 3_600_000);
+      const signedOnce = await signJws(handshake(), realKey, VIA_B);
+      const ok = await verifier.verifyHandshake(signedOnce, 3_600_000);
+      // The same signed message again (a replay within the iat window) is refused.
+      await assert.rejects(verifier.verifyHandshake(signedOnce, 3_600_000), (err: unknown) => err instanceof KmsError && err.status === 401 && /replayed/.test(err.reason));
       assert.equal(ok.principal.authority, B_AUTH);
       assert.deepEqual(ok.principal.domains, ['b.example']);
       assert.ok(await verifier.verifyHandshake(await signJws(handshake({ iat: Math.floor(Date.now() / 1000) - 290 }), realKey, VIA_B), 3_600_000));
@@ -512,6 +515,12 @@ describe('federation between kms.a.example and kms.b.example', () => {
     await waitFor(() => invalidationsAt(B) > before, 'the invalidation after the deauthorization');
     assert.equal(await statusOf(erin.retrieveKey(keys[0]!.uri)), 403);
     assert.deepEqual((await bob.listAuthorizations(R)).map((a) => a.authId), ['bob@b.example']);
+
+    // A bare name means a user of Bob's own domain: B makes it erin@b.example before forwarding,
+    // so A never reads it as erin@a.example (another person).
+    assert.deepEqual((await bob.authorize(R, ['erin'])).map((a) => a.authId), ['erin@b.example']);
+    assert.deepEqual((await bob.listAuthorizations(R, 'erin')).map((a) => a.authId), ['erin@b.example']);
+    assert.equal((await bob.deauthorize(R, 'erin')).authId, 'erin@b.example');
   });
 
   test('invalidations: a revocation and a new key reach B without waiting for the staleness bound', TEST, async (t) => {

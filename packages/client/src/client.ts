@@ -100,6 +100,11 @@ function uuid(): string {
   return globalThis.crypto.randomUUID();
 }
 
+/** Throws unless the answer names the request it answers (the transport is untrusted). */
+function answerFor(answer: Answer, requestId: RequestId): void {
+  if (answer.payload.requestId !== requestId) throw new KmsError(502, 'KMS answer is for another request (replayed or misrouted)', requestId);
+}
+
 function dateString(value: string | Date | undefined): string | undefined {
   return value instanceof Date ? value.toISOString() : value;
 }
@@ -238,6 +243,7 @@ export class KmsClient {
     const answer = await this.getTransport().exchange(message, requestId);
     this.handshakes++;
     if (!answer.signed) throw new KmsError(502, 'KMS answered the handshake without its signature', requestId);
+    if (answer.payload.status !== 499) answerFor(answer, requestId);
     const payload = answer.payload;
     if (payload.status !== 201) throw new KmsError(payload.status, `handshake refused: ${payload.reason ?? 'no reason given'}`, requestId);
     const rep = payload.key as EphemeralKeyRep | undefined;
@@ -269,6 +275,10 @@ export class KmsClient {
       const message = await joseCodec.encryptChannel(plaintext, channel.key, channel.uri, cty);
       const answer = await this.getTransport().exchange(message, requestId);
       const { payload, signed } = answer;
+      // A reset may carry a requestId of its own (the KMS could not read the request); any other
+      // answer must be the one to this request, or an old answer was replayed on the transport.
+      if (!(signed && payload.status === 499)) answerFor(answer, requestId);
+      if (this.options.peer && !signed && !answer.proof) throw new KmsError(502, 'a peer KMS answers signed (cty JOSE); this answer is not', requestId);
       if (signed && payload.status === 499) {
         this.dropChannel(channel.uri);
         if (attempt === 0) continue;

@@ -54,13 +54,16 @@ export async function decryptContentText(jwe: string, key: ContentKey): Promise<
 }
 
 const CHUNK = 64 * 1024;
+const MAX_LINE = 4 * 1024 * 1024;
 
 /** Encrypts a byte stream into newline-separated chunk JWEs. */
 export function encryptStream(key: ContentKey, chunkSize = CHUNK): TransformStream<Uint8Array, Uint8Array> {
   let pending = new Uint8Array(0);
   let seq = 0;
+  // Names this stream in every chunk, so chunks of two streams under one key cannot be spliced.
+  const sid = globalThis.crypto.randomUUID();
   const emit = async (controller: TransformStreamDefaultController<Uint8Array>, bytes: Uint8Array, fin: boolean) => {
-    controller.enqueue(enc.encode((await encryptContent(key, bytes, { seq: seq++, fin })) + '\n'));
+    controller.enqueue(enc.encode((await encryptContent(key, bytes, { sid, seq: seq++, fin })) + '\n'));
   };
   return new TransformStream({
     async transform(chunk, controller) {
@@ -90,11 +93,14 @@ export function decryptStream(resolveKey: (uri: string) => Promise<ContentKey>):
   let expected = 0;
   let finished = false;
   let key: ContentKey | undefined;
+  let sid: unknown;
   const line = async (jwe: string, controller: TransformStreamDefaultController<Uint8Array>) => {
     if (finished) throw new KmsError(400, 'data after the final chunk');
     const uri = contentKeyUri(jwe); // every line, not only the first: a KmsError 400 for one that is not a JWE
     key ??= await resolveKey(uri);
-    const header = decodeProtectedHeader(jwe) as { seq?: unknown; fin?: unknown };
+    const header = decodeProtectedHeader(jwe) as { sid?: unknown; seq?: unknown; fin?: unknown };
+    if (expected === 0) sid = header.sid;
+    if (typeof header.sid !== 'string' || header.sid !== sid) throw new KmsError(400, 'a chunk of another stream');
     if (header.seq !== expected) throw new KmsError(400, `chunk ${expected} missing or out of order`);
     expected++;
     controller.enqueue(await decryptContent(jwe, key));
@@ -103,6 +109,8 @@ export function decryptStream(resolveKey: (uri: string) => Promise<ContentKey>):
   return new TransformStream({
     async transform(chunk, controller) {
       text += dec.decode(chunk, { stream: true });
+      // A chunk's JWE is about 4/3 of CHUNK: a line far longer is not one of ours.
+      if (text.length > MAX_LINE && !text.slice(0, MAX_LINE).includes('\n')) throw new KmsError(400, 'a line longer than any chunk');
       let nl: number;
       while ((nl = text.indexOf('\n')) >= 0) {
         const jwe = text.slice(0, nl).trim();

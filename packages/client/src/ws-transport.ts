@@ -57,7 +57,14 @@ export class WsTransport implements Transport {
       const ws = new this.options.WebSocket(url);
       this.connections++;
       let opened = false;
+      // An endpoint that accepts TCP but never completes the upgrade must not hang the caller.
+      const timer = setTimeout(() => {
+        if (opened) return;
+        reject(new KmsError(504, 'KMS WebSocket did not open in time'));
+        ws.close();
+      }, this.options.timeoutMs ?? 30_000);
       ws.addEventListener('open', () => {
+        clearTimeout(timer);
         opened = true;
         resolve(ws);
       });

@@ -101,8 +101,10 @@ const FEDERATED_OPERATIONS: ReadonlySet<string> = new Set([
   'retrieveKey',
   'retrieveResourceKeys',
   'retrieveAuthorizations',
+  'createAuthorizations',
   'deleteAuthorization',
   'deleteAuthorizationByAuthId',
+  'bulkDeleteAuthorizations',
 ]);
 
 const encoder = new TextEncoder();
@@ -254,9 +256,10 @@ export class Kms {
       let principal: Principal;
       if (opened.header.cty === 'JOSE') {
         // A peer KMS: proof of possession of its certified static key (PROTOCOL.md §6).
-        const claimed = peekHeader(decoder.decode(opened.plaintext))?.kid;
+        const jws = text(opened.plaintext);
+        const claimed = peekHeader(jws)?.kid;
         if (typeof claimed === 'string') trace.peer = claimed.slice(0, Limits.maxIdChars); // audited even when refused
-        const verified = await this.peerVerifier.verifyHandshake(decoder.decode(opened.plaintext), this.deps.config.lifetimes.channel * 1000);
+        const verified = await this.peerVerifier.verifyHandshake(jws, this.deps.config.lifetimes.channel * 1000);
         request = onlyEcdhe(this.validateRequest(verified.request, trace));
         principal = verified.principal;
         trace.principal = trace.peer = principalId(principal);
@@ -295,7 +298,7 @@ export class Kms {
       if (peerAuthority !== undefined) {
         trace.peer = channel.owner;
         if (opened.header.cty !== 'JOSE') throw KmsError.unauthorized('a peer KMS signs every request (cty JOSE)');
-        request = this.validateRequest(await this.peerVerifier.verify(decoder.decode(opened.plaintext), peerAuthority), trace);
+        request = this.validateRequest(await this.peerVerifier.verify(text(opened.plaintext), peerAuthority), trace);
         peer = { kind: 'peer', authority: peerAuthority, domains: this.deps.peers.byAuthority(peerAuthority)?.domains ?? [], expiresAt: channel.expiresAt };
         principal = this.actingPrincipal(request, peer);
         trace.principal = principalId(principal);
@@ -381,9 +384,19 @@ export class Kms {
   }
 }
 
-function parseJson(plaintext: Uint8Array): unknown {
+/** UTF-8 text of a payload; anything else is the client's error (400), never a 500. */
+function text(plaintext: Uint8Array): string {
   try {
-    return JSON.parse(decoder.decode(plaintext));
+    return decoder.decode(plaintext);
+  } catch {
+    throw KmsError.badRequest('payload is not UTF-8');
+  }
+}
+
+function parseJson(plaintext: Uint8Array): unknown {
+  const decoded = text(plaintext);
+  try {
+    return JSON.parse(decoded);
   } catch {
     throw KmsError.badRequest('payload is not JSON');
   }

@@ -202,6 +202,8 @@ export class Federation {
       },
       content.resource.keys.map((k) => k.uri),
     );
+    // An invalidation that arrived while the copy was being written: it is stale already.
+    if ((this.invalidatedAt.get(content.resource.uri) ?? -1) >= startedAt) await this.o.store.invalidateCopies(peer.authority, [content.resource.uri]);
     return content;
   }
 

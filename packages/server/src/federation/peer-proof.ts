@@ -12,6 +12,8 @@ import type { PeerRegistry } from './peers.js';
 
 /** Largest accepted clock difference between two KMSs (seconds). */
 export const MAX_SKEW_SECONDS = 300;
+/** Remembered requestIds per peer (replay protection), at most. */
+const MAX_SEEN_PER_PEER = 200_000;
 
 const dec = new TextDecoder();
 
@@ -29,6 +31,8 @@ function decodePayload(jws: string): Record<string, unknown> {
 export class PeerVerifier {
   /** Verified static keys of peers, by authority, from their latest handshake. */
   private readonly keys = new Map<string, CryptoKey>();
+  /** requestIds of signed requests already accepted, per peer, until they leave the iat window. */
+  private readonly seen = new Map<string, Map<string, number>>();
 
   constructor(
     private readonly self: string,
@@ -79,6 +83,7 @@ export class PeerVerifier {
     }
     const key = (await importJWK({ kty: 'RSA', n: jwk.n as string, e: jwk.e as string }, 'PS256')) as CryptoKey;
     const request = await this.verifyWith(jws, key);
+    this.checkFresh(authority, request);
     this.keys.set(authority, key);
     return { request, principal: { kind: 'peer', authority, domains: peer.domains, expiresAt: this.now() + channelLifetimeMs } };
   }
@@ -92,7 +97,33 @@ export class PeerVerifier {
     if (!this.peers.byAuthority(authority)) throw KmsError.forbidden(`kms://${authority} is no longer a configured peer`);
     const key = this.keys.get(authority);
     if (!key) throw KmsError.reset('peer key unknown: handshake again');
-    return this.verifyWith(jws, key);
+    const request = await this.verifyWith(jws, key);
+    this.checkFresh(authority, request);
+    return request;
+  }
+
+  /**
+   * A signed request is accepted once. `iat` bounds the window in which a captured message could
+   * be replayed (300 s each way); within it, requestIds already seen from that peer are refused.
+   */
+  private checkFresh(authority: string, payload: Record<string, unknown>): void {
+    const id = payload.requestId;
+    if (typeof id !== 'string' && typeof id !== 'number') throw KmsError.badRequest('invalid field requestId: missing');
+    let seen = this.seen.get(authority);
+    if (!seen) this.seen.set(authority, (seen = new Map()));
+    const now = this.now();
+    const key = `${typeof id}:${id}`;
+    const until = seen.get(key);
+    if (until !== undefined && until > now) throw KmsError.unauthorized('peer request replayed (requestId already seen)');
+    if (seen.size >= MAX_SEEN_PER_PEER) {
+      for (const [k, t] of seen) if (t <= now) seen.delete(k);
+      // Still full: drop the oldest; iat keeps anything older than the window out anyway.
+      for (const k of seen.keys()) {
+        if (seen.size < MAX_SEEN_PER_PEER) break;
+        seen.delete(k);
+      }
+    }
+    seen.set(key, now + 2 * MAX_SKEW_SECONDS * 1000);
   }
 
   private async verifyWith(jws: string, key: CryptoKey): Promise<Record<string, unknown>> {

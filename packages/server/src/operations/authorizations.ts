@@ -40,10 +40,38 @@ export async function normalizeAuthId(deps: Deps, raw: string, field: string, mu
  * resource is this KMS's.
  */
 async function forwardIfRemote(ctx: Context, deps: Deps, resourceUri?: string) {
+  if (ctx.peer) {
+    await refuseAmbiguousAuthIds(ctx);
+    return undefined;
+  }
   const authority = resourceUri === undefined ? ctx.authority : objectRef(resourceUri, 'resources', deps.authority)?.authority;
-  if (authority === undefined || authority === deps.authority || ctx.peer) return undefined;
+  if (authority === undefined || authority === deps.authority) return undefined;
   if (!deps.peers.isPeerAuthority(authority)) throw KmsError.notFound(`unknown KMS authority ${authority}`);
-  return deps.federation.forward(userPrincipal(ctx.principal), ctx.request, authority);
+  // Names are made absolute here, where they mean what the user meant: `bob` is bob@<this KMS's
+  // first domain> and `/resources/<id>` a KRO of this KMS, not of the peer.
+  const request: Record<string, unknown> = { ...ctx.request };
+  for (const field of ['authIds', 'userIds'] as const) {
+    const list = request[field];
+    if (Array.isArray(list)) request[field] = await Promise.all(list.map((v) => normalizeAuthId(deps, String(v), field)));
+  }
+  const raw = ctx.query.get('authId');
+  if (raw !== undefined) {
+    const base = ctx.request.uri.slice(0, ctx.request.uri.indexOf('?'));
+    request.uri = `${base}?authId=${encodeURIComponent(await normalizeAuthId(deps, raw, 'authId'))}`;
+  }
+  return deps.federation.forward(userPrincipal(ctx.principal), request as typeof ctx.request, authority);
+}
+
+/** From a peer, an authId must say whose it is: `local@domain` or an absolute KRO URI. */
+async function refuseAmbiguousAuthIds(ctx: Context): Promise<void> {
+  const given = [...((ctx.request.authIds as unknown[] | undefined) ?? []), ...((ctx.request.userIds as unknown[] | undefined) ?? [])];
+  const query = ctx.query.get('authId');
+  if (query !== undefined) given.push(query);
+  for (const v of given) {
+    if (typeof v === 'string' && !v.includes('@') && !v.startsWith('kms://')) {
+      throw KmsError.badRequest('invalid field authIds: a peer must send local@domain or an absolute kms:// URI');
+    }
+  }
 }
 
 const authIdsOf = (rows: AuthorizationRow[]) => rows.flatMap((r) => (r.authId === null ? [] : [r.authId]));

@@ -313,7 +313,13 @@ export class PostgresStore implements Store {
   }
 
   async bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome> {
-    return this.bindOrRollBack(async (c) => this.bindInTx(c, [bind], bind.resourceId));
+    try {
+      return await this.bindOrRollBack(async (c) => this.bindInTx(c, [bind], bind.resourceId));
+    } catch (err) {
+      // The resource was swept between the caller's check and this bind: as if it never existed.
+      if ((err as { code?: string }).code === '23503') return 'missing';
+      throw err;
+    }
   }
 
   /** Runs `fn` in a transaction that commits only when it returns 'bound'; otherwise returns its outcome. */
