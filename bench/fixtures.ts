@@ -1,0 +1,158 @@
+/**
+ * What the benchmark measures against: a real KMS (`startKms`, real SQLite file, real keys) on an
+ * ephemeral loopback port with a quiet logger, a user with keys bound to resources (made with the
+ * SDK), and messages sealed in advance for the in-process measurements of `kms.handle()`.
+ */
+import { createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  deriveChannelKey,
+  encryptStatic,
+  generateEphemeralKeyPair,
+  importEcPublicKey,
+  joseCodec,
+  segmentCount,
+  verifyStatic,
+  type EphemeralKeyRep,
+  type KmsResponse,
+} from '@openkms/protocol';
+import { KmsClient, type KmsClientOptions } from '@openkms/client';
+import { configPath, devIssuerOf, loadConfig, startKms, type Logger, type RunningKms } from '@openkms/server';
+import { kmsFolder } from '@openkms/server/testing';
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+const AUTHORITY = 'kms.bench.example';
+const DOMAIN = 'bench.example';
+const USER = `alice@${DOMAIN}`;
+const CLIENT_ID = 'bench-client';
+
+export interface Fixture {
+  running: RunningKms;
+  authority: string;
+  token: string;
+  caPem: string;
+  /** The KMS static key (private, for the crypto-limit measurement) and its kid. */
+  staticKey: KeyObject;
+  staticPublic: KeyObject;
+  kid: string;
+  /** Keys bound to resources this user created (so authorized). */
+  keyUris: string[];
+  /** Server problems logged (warn/error) during the run; the dev-issuer notice at start is left out. */
+  problems: string[];
+  /** SDK options for `url`, `token`, `trustAnchors`, `authority`. */
+  clientOptions(extra?: Partial<KmsClientOptions>): KmsClientOptions;
+  /** A fresh channel made through `kms.handle()`. */
+  channel(): Promise<{ uri: string; key: Uint8Array }>;
+  /** A common message under `channel`, as the SDK would send it. */
+  seal(channel: { uri: string; key: Uint8Array }, body: Record<string, unknown>): Promise<{ message: string; plaintext: Uint8Array }>;
+  /** A handshake message under the static key, with a fresh client P-256 key. */
+  sealHandshake(): Promise<{ message: string; plaintext: Uint8Array }>;
+  /** Opens an answer: a JWS under the static key or a JWE under `channel`. */
+  open(answer: string, channel?: { key: Uint8Array }): Promise<KmsResponse>;
+  close(): Promise<void>;
+}
+
+/** A Logger at "warn": debug and info cost nothing, problems are kept to be reported. */
+function quietLogger(problems: string[]): Logger {
+  const keep = (level: string) => (obj: object, msg?: string) => {
+    if (msg?.startsWith('the development token issuer is enabled')) return;
+    if (problems.length < 100) problems.push(`${level}: ${msg ?? ''} ${JSON.stringify(obj).slice(0, 300)}`);
+  };
+  return { debug() {}, info() {}, warn: keep('warn'), error: keep('error') };
+}
+
+export async function setup(): Promise<Fixture> {
+  const dir = await kmsFolder(AUTHORITY, [DOMAIN]);
+  const config = loadConfig(join(dir, 'kms.json'));
+  const dbDir = mkdtempSync(join(tmpdir(), 'kms-bench-db-'));
+  const problems: string[] = [];
+  const running = await startKms(config, {
+    db: `sqlite:${join(dbDir, 'kms.db')}`,
+    port: 0,
+    host: '127.0.0.1',
+    logger: quietLogger(problems),
+    sweeper: false,
+  });
+  const issuer = devIssuerOf(config);
+  if (!issuer) throw new Error('the KMS folder has no development token issuer');
+  const token = await issuer.issue(USER, { ttlSeconds: 3600 });
+  const caPem = readFileSync(join(dir, 'ca.pem'), 'utf8');
+  const staticKey = createPrivateKey(readFileSync(configPath(config, config.staticKey.key), 'utf8'));
+  const staticPublic = createPublicKey(staticKey);
+  const { kms } = running;
+  const kid = kms.staticKid;
+  const authority = kms.authority;
+  const client = { clientId: CLIENT_ID, credential: { bearer: token } };
+
+  const clientOptions = (extra: Partial<KmsClientOptions> = {}): KmsClientOptions => ({
+    url: running.url,
+    token,
+    trustAnchors: [caPem],
+    authority,
+    clientId: CLIENT_ID,
+    ...extra,
+  });
+
+  // Keys bound to resources, made the way an application makes them.
+  const sdk = new KmsClient(clientOptions());
+  const keyUris: string[] = [];
+  try {
+    for (let r = 0; r < 4; r++) {
+      const keys = await sdk.createKeys(8);
+      await sdk.createResource({ keyUris: keys.map((k) => k.uri) });
+      keyUris.push(...keys.map((k) => k.uri));
+    }
+  } finally {
+    await sdk.close();
+  }
+
+  const open = async (answer: string, channel?: { key: Uint8Array }): Promise<KmsResponse> => {
+    if (segmentCount(answer) === 3) return JSON.parse(dec.decode((await verifyStatic(answer, staticPublic)).plaintext)) as KmsResponse;
+    if (!channel) throw new Error('a channel answer without a channel');
+    return JSON.parse(dec.decode((await joseCodec.decryptChannel(answer, channel.key)).plaintext)) as KmsResponse;
+  };
+
+  const sealHandshake = async () => {
+    const pair = await generateEphemeralKeyPair();
+    const body = { requestId: randomUUID(), client, method: 'create', uri: `kms://${authority}/ecdhe`, jwk: pair.publicJwk };
+    const plaintext = enc.encode(JSON.stringify(body));
+    return { message: await encryptStatic(plaintext, staticPublic, kid), plaintext, pair };
+  };
+
+  return {
+    running,
+    authority,
+    token,
+    caPem,
+    staticKey,
+    staticPublic,
+    kid,
+    keyUris,
+    problems,
+    clientOptions,
+    open,
+    async channel() {
+      const { message, pair } = await sealHandshake();
+      const answer = await open(await kms.handle(message));
+      const rep = answer.key as EphemeralKeyRep | undefined;
+      if (answer.status !== 201 || !rep) throw new Error(`handshake refused: ${answer.status} ${answer.reason ?? ''}`);
+      return { uri: rep.uri, key: await deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk)) };
+    },
+    async seal(channel, body) {
+      const plaintext = enc.encode(JSON.stringify({ requestId: randomUUID(), client, ...body }));
+      return { message: await joseCodec.encryptChannel(plaintext, channel.key, channel.uri), plaintext };
+    },
+    sealHandshake: async () => {
+      const { message, plaintext } = await sealHandshake();
+      return { message, plaintext };
+    },
+    async close() {
+      await running.close();
+      rmSync(dbDir, { recursive: true, force: true });
+    },
+  };
+}
