@@ -125,6 +125,27 @@ export class Federation {
    */
   async copyFor(user: UserPrincipal, target: { keyUri: string } | { resourceUri: string }): Promise<CopyContent> {
     const uri = 'keyUri' in target ? target.keyUri : target.resourceUri;
+    const authority = objectRef(uri, 'keyUri' in target ? 'keys' : 'resources', this.o.config.authority)?.authority ?? 'peer';
+    return this.withinDeadline(this.copyForUnbounded(user, target), authority);
+  }
+
+  /**
+   * The user waits at most one peer timeout for a whole federated request, however many steps
+   * (discovery, handshake, pages) it takes; past it the answer is 504. Work under way may still
+   * finish and refresh the copy for the next request.
+   */
+  private withinDeadline<T>(work: Promise<T>, authority: string): Promise<T> {
+    const ms = this.o.config.federation.peerTimeout * 1000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new KmsError(504, `kms://${authority} did not answer in time`)), ms);
+    });
+    work.catch(() => undefined); // a late failure after the deadline is nobody's to handle
+    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+  }
+
+  private async copyForUnbounded(user: UserPrincipal, target: { keyUri: string } | { resourceUri: string }): Promise<CopyContent> {
+    const uri = 'keyUri' in target ? target.keyUri : target.resourceUri;
     const ref = objectRef(uri, 'keyUri' in target ? 'keys' : 'resources', this.o.config.authority)!;
     const peer = this.peerOf(ref.authority);
     const resourceUri = 'resourceUri' in target ? target.resourceUri : await this.o.store.copyOfKey(target.keyUri);
@@ -226,6 +247,10 @@ export class Federation {
    * failures of the peer itself are 502/504.
    */
   async forward(user: UserPrincipal, request: { method: string; uri: string; [member: string]: unknown }, authority: string): Promise<KmsResponse> {
+    return this.withinDeadline(this.forwardUnbounded(user, request, authority), authority);
+  }
+
+  private async forwardUnbounded(user: UserPrincipal, request: { method: string; uri: string; [member: string]: unknown }, authority: string): Promise<KmsResponse> {
     const peer = this.peerOf(authority);
     const { requestId: _id, client: _client, ...body } = request;
     try {
