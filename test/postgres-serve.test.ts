@@ -16,31 +16,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
+import { postgresProblem, shownUrl, TEST_POSTGRES_URL } from '@openkms/server/testing';
 import { KmsClient } from '@openkms/client';
 import { runKms, serve } from './support/cli.js';
 
-const PG_URL = process.env.KMS_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const PG_URL = TEST_POSTGRES_URL;
 const AUTHORITY = 'kms.pg.example';
 const TEST = { timeout: 60_000 };
-/** The URL for messages, without a password. */
-const shown = PG_URL.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
+const shown = shownUrl(PG_URL);
 
-async function unreachable(): Promise<string | undefined> {
-  const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 3000 });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-    await client.query('SELECT 1');
-    return undefined;
-  } catch (err) {
-    const e = err as { code?: string; message?: string; errors?: { code?: string }[] };
-    return `PostgreSQL not reachable at ${shown}: ${e.code ?? e.errors?.[0]?.code ?? e.message}`;
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
 
-const problem = await unreachable();
+const problem = await postgresProblem(PG_URL);
 
 test('an unreachable PostgreSQL is one clear line and a non-zero exit', TEST, () => {
   const dir = mkdtempSync(join(tmpdir(), 'kms-pg-bad-'));

@@ -35,7 +35,7 @@ import { handshake } from './operations/ecdhe.js';
 import { Federation } from './federation/federation.js';
 import { PeerVerifier } from './federation/peer-proof.js';
 import { PeerRegistry } from './federation/peers.js';
-import { mayUseOperation } from './policy.js';
+import { PEER_USER_OPERATIONS, mayUseOperation } from './policy.js';
 import { RateLimiter } from './rate-limit.js';
 import { match } from './routes.js';
 import type { Store, SweepResult } from './store/store.js';
@@ -93,19 +93,6 @@ interface Answered {
   toPeer?: boolean;
 }
 
-/**
- * Operations a user may send here about a peer KMS's objects: reads (draft 3.3 steps 6-9) and
- * authorization management, which the operations forward to the peer (PROTOCOL.md §6).
- */
-const FEDERATED_OPERATIONS: ReadonlySet<string> = new Set([
-  'retrieveKey',
-  'retrieveResourceKeys',
-  'retrieveAuthorizations',
-  'createAuthorizations',
-  'deleteAuthorization',
-  'deleteAuthorizationByAuthId',
-  'bulkDeleteAuthorizations',
-]);
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -317,7 +304,7 @@ export class Kms {
       const found = match(request.method, uri.segments);
       if (!found) throw KmsError.badRequest(`invalid field uri: no operation ${request.method} ${request.uri}`);
       trace.op = found.route.name;
-      if (authority !== this.authority && !FEDERATED_OPERATIONS.has(found.route.name)) throw KmsError.notFound(`kms://${authority} objects are not served through this KMS for ${found.route.name}`);
+      if (authority !== this.authority && !PEER_USER_OPERATIONS.has(found.route.name)) throw KmsError.notFound(`kms://${authority} objects are not served through this KMS for ${found.route.name}`);
       if (!mayUseOperation(principal, found.route.name, peer)) throw KmsError.forbidden('not allowed with this credential');
       const response = await found.route.operation({ request, principal, peer, authority, id: found.id, query: uri.query, channel }, this.deps);
       return { response, channel, toPeer: peer !== undefined };

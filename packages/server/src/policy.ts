@@ -82,7 +82,11 @@ export const ANONYMOUS_OPERATIONS: ReadonlySet<string> = new Set([
   'deleteEphemeralKey',
 ]);
 
-/** What a peer KMS may do for one of its users (PROTOCOL.md §6): federated reads and authorization management. */
+/**
+ * The federated operations (PROTOCOL.md §6): what a peer KMS may do for one of its users here,
+ * and, the same list seen from the other side, what a user may ask of this KMS about a peer's
+ * objects (reads, and authorization management that is forwarded to the peer).
+ */
 export const PEER_USER_OPERATIONS: ReadonlySet<string> = new Set([
   'retrieveKey',
   'retrieveResourceKeys',

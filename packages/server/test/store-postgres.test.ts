@@ -8,32 +8,17 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 import pg from 'pg';
+import { postgresProblem, shownUrl, TEST_POSTGRES_URL } from '../src/testing/harness.js';
 import { PostgresStore } from '../src/store/postgres.js';
 import { migrations } from '../src/store/migrations.js';
 import { storeContract } from './support/store-contract.js';
 
-const URL_ = process.env.KMS_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-/** The URL for messages, without a password. */
-const shown = URL_.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
+const URL_ = TEST_POSTGRES_URL;
+const shown = shownUrl(URL_);
 const schema = `kms_test_${randomBytes(6).toString('hex')}`;
 
-/** Why PostgreSQL cannot be used, or undefined when it answers. */
-async function unreachable(): Promise<string | undefined> {
-  const client = new pg.Client({ connectionString: URL_, connectionTimeoutMillis: 3000 });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-    await client.query('SELECT 1');
-    return undefined;
-  } catch (err) {
-    const e = err as { code?: string; message?: string; errors?: { code?: string }[] };
-    return `PostgreSQL not reachable at ${shown}: ${e.code ?? e.errors?.[0]?.code ?? e.message}`;
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
 
-const problem = await unreachable();
+const problem = await postgresProblem(URL_);
 
 if (problem !== undefined) {
   if (process.env.CI === 'true') {

@@ -27,6 +27,7 @@
 import pg from 'pg';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
+import { auditFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
 import type {
   AuditRow,
   AuthorizationRow,
@@ -42,7 +43,6 @@ import type {
   SweepResult,
 } from './store.js';
 
-type Row = Record<string, unknown>;
 type Queryable = Pick<pg.PoolClient, 'query'>;
 
 export interface PostgresOptions {
@@ -54,71 +54,8 @@ export interface PostgresOptions {
   max?: number;
 }
 
-const num = (v: unknown): number => Number(v);
-const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
-const str = (v: unknown): string | null => (v as string | null) ?? null;
 /** pg sends a Buffer as bytea; a Uint8Array view is wrapped, not copied. */
 const bytes = (u: Uint8Array): Buffer => (Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength));
-
-const keyFromRow = (r: Row): KeyRow => ({
-  id: r.id as string,
-  userId: r.user_id as string,
-  clientId: r.client_id as string,
-  createdAt: num(r.created_at),
-  expiresAt: num(r.expires_at),
-  resourceId: str(r.resource_id),
-  bindDate: numOrNull(r.bind_date),
-  bindSeq: numOrNull(r.bind_seq),
-  cmkId: r.cmk_id as string,
-  sealed: r.sealed as Uint8Array,
-});
-
-const resourceFromRow = (r: Row): ResourceRow => ({
-  id: r.id as string,
-  creator: r.creator as string,
-  createdAt: num(r.created_at),
-  expiresAt: numOrNull(r.expires_at),
-});
-
-const authorizationFromRow = (r: Row): AuthorizationRow => ({
-  id: r.id as string,
-  resourceId: r.resource_id as string,
-  authId: str(r.auth_id),
-  roleUri: str(r.role_uri),
-  createdAt: num(r.created_at),
-});
-
-const channelFromRow = (r: Row): ChannelRow => ({
-  id: r.id as string,
-  owner: r.owner as string,
-  clientId: r.client_id as string,
-  createdAt: num(r.created_at),
-  expiresAt: num(r.expires_at),
-  cmkId: r.cmk_id as string,
-  sealed: r.sealed as Uint8Array,
-});
-
-const cmkFromRow = (r: Row): CmkRow => ({
-  id: r.id as string,
-  state: r.state as CmkRow['state'],
-  assignedOrgId: str(r.assigned_org_id),
-  createdAt: num(r.created_at),
-  sealed: r.sealed as Uint8Array,
-});
-
-const auditFromRow = (r: Row): AuditRow => ({
-  seq: num(r.seq),
-  time: num(r.time),
-  principal: str(r.principal),
-  clientId: str(r.client_id),
-  method: str(r.method),
-  uri: str(r.uri),
-  status: num(r.status),
-  peer: str(r.peer),
-  requestId: str(r.request_id),
-  prevHash: r.prev_hash as string,
-  hash: r.hash as string,
-});
 
 const KEY_COLUMNS = ['id', 'user_id', 'client_id', 'created_at', 'expires_at', 'resource_id', 'bind_date', 'bind_seq', 'cmk_id', 'sealed'];
 const keyValues = (k: KeyRow) => [k.id, k.userId, k.clientId, k.createdAt, k.expiresAt, k.resourceId, k.bindDate, k.bindSeq, k.cmkId, bytes(k.sealed)];
@@ -531,15 +468,7 @@ export class PostgresStore implements Store {
 
   async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
     const r = await this.one('SELECT * FROM federated_copies WHERE resource_uri = $1', [resourceUri]);
-    return (
-      r && {
-        resourceUri: r.resource_uri as string,
-        authority: r.authority as string,
-        fetchedAt: num(r.fetched_at),
-        cmkId: r.cmk_id as string,
-        sealed: r.sealed as Uint8Array,
-      }
-    );
+    return r && copyFromRow(r);
   }
 
   async copyOfKey(keyUri: string): Promise<string | undefined> {

@@ -8,6 +8,7 @@ import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
+import { auditFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, resourceFromRow, type Row } from './rows.js';
 import type {
   AuditRow,
   AuthorizationRow,
@@ -22,51 +23,6 @@ import type {
   Store,
   SweepResult,
 } from './store.js';
-
-type Row = Record<string, unknown>;
-
-const keyFromRow = (r: Row): KeyRow => ({
-  id: r.id as string,
-  userId: r.user_id as string,
-  clientId: r.client_id as string,
-  createdAt: Number(r.created_at),
-  expiresAt: Number(r.expires_at),
-  resourceId: (r.resource_id as string | null) ?? null,
-  bindDate: r.bind_date === null ? null : Number(r.bind_date),
-  bindSeq: r.bind_seq === null ? null : Number(r.bind_seq),
-  cmkId: r.cmk_id as string,
-  sealed: r.sealed as Uint8Array,
-});
-
-const authorizationFromRow = (r: Row): AuthorizationRow => ({
-  id: r.id as string,
-  resourceId: r.resource_id as string,
-  authId: (r.auth_id as string | null) ?? null,
-  roleUri: (r.role_uri as string | null) ?? null,
-  createdAt: Number(r.created_at),
-});
-
-const cmkFromRow = (r: Row): CmkRow => ({
-  id: r.id as string,
-  state: r.state as CmkRow['state'],
-  assignedOrgId: (r.assigned_org_id as string | null) ?? null,
-  createdAt: Number(r.created_at),
-  sealed: r.sealed as Uint8Array,
-});
-
-const auditFromRow = (r: Row): AuditRow => ({
-  seq: Number(r.seq),
-  time: Number(r.time),
-  principal: (r.principal as string | null) ?? null,
-  clientId: (r.client_id as string | null) ?? null,
-  method: (r.method as string | null) ?? null,
-  uri: (r.uri as string | null) ?? null,
-  status: Number(r.status),
-  peer: (r.peer as string | null) ?? null,
-  requestId: (r.request_id as string | null) ?? null,
-  prevHash: r.prev_hash as string,
-  hash: r.hash as string,
-});
 
 /** SQLite spells BYTEA as BLOB; the rest of the shared migration SQL is accepted as is. */
 const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB');
@@ -216,8 +172,9 @@ export class SqliteStore implements Store {
 
   async getResource(id: string): Promise<ResourceRow | undefined> {
     const r = this.stmt.getResource!.get(id) as Row | undefined;
-    return r && { id: r.id as string, creator: r.creator as string, createdAt: Number(r.created_at), expiresAt: r.expires_at === null ? null : Number(r.expires_at) };
+    return r && resourceFromRow(r);
   }
+
 
   async addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'> {
     class OverLimit extends Error {}
@@ -272,18 +229,9 @@ export class SqliteStore implements Store {
 
   async getChannel(id: string): Promise<ChannelRow | undefined> {
     const r = this.stmt.getChannel!.get(id) as Row | undefined;
-    return (
-      r && {
-        id: r.id as string,
-        owner: r.owner as string,
-        clientId: r.client_id as string,
-        createdAt: Number(r.created_at),
-        expiresAt: Number(r.expires_at),
-        cmkId: r.cmk_id as string,
-        sealed: r.sealed as Uint8Array,
-      }
-    );
+    return r && channelFromRow(r);
   }
+
 
   async deleteChannel(id: string): Promise<boolean> {
     return this.stmt.deleteChannel!.run(id).changes === 1;
@@ -344,15 +292,7 @@ export class SqliteStore implements Store {
 
   async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
     const r = this.db.prepare('SELECT * FROM federated_copies WHERE resource_uri = ?').get(resourceUri) as Row | undefined;
-    return (
-      r && {
-        resourceUri: r.resource_uri as string,
-        authority: r.authority as string,
-        fetchedAt: Number(r.fetched_at),
-        cmkId: r.cmk_id as string,
-        sealed: r.sealed as Uint8Array,
-      }
-    );
+    return r && copyFromRow(r);
   }
 
   async copyOfKey(keyUri: string): Promise<string | undefined> {

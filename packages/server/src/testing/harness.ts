@@ -4,6 +4,7 @@
  * key generation is slow; every KMS started gets its own fresh database.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
+import pg from 'pg';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -113,4 +114,26 @@ export function manualClock(start = Date.now()): { now: () => number; advance(ms
       t = ms;
     },
   };
+}
+
+/** The PostgreSQL that tests use (CI runs one on 127.0.0.1:5432, database `test`). */
+export const TEST_POSTGRES_URL = process.env.KMS_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+
+/** A URL for messages: the password, if any, replaced. */
+export const shownUrl = (url: string): string => url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
+
+/** Why PostgreSQL at `url` cannot be used, or undefined when it answers. */
+export async function postgresProblem(url = TEST_POSTGRES_URL): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return undefined;
+  } catch (err) {
+    const e = err as { code?: string; message?: string; errors?: { code?: string }[] };
+    return `PostgreSQL not reachable at ${shownUrl(url)}: ${e.code ?? e.errors?.[0]?.code ?? e.message}`;
+  } finally {
+    await client.end().catch(() => {});
+  }
 }

@@ -1,0 +1,78 @@
+/**
+ * Table rows as the Store contract's objects, shared by both backends. Numbers go through
+ * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
+ */
+import type { AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from './store.js';
+
+export type Row = Record<string, unknown>;
+
+export const num = (v: unknown): number => Number(v);
+export const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+export const str = (v: unknown): string | null => (v as string | null) ?? null;
+export const keyFromRow = (r: Row): KeyRow => ({
+  id: r.id as string,
+  userId: r.user_id as string,
+  clientId: r.client_id as string,
+  createdAt: num(r.created_at),
+  expiresAt: num(r.expires_at),
+  resourceId: str(r.resource_id),
+  bindDate: numOrNull(r.bind_date),
+  bindSeq: numOrNull(r.bind_seq),
+  cmkId: r.cmk_id as string,
+  sealed: r.sealed as Uint8Array,
+});
+
+export const resourceFromRow = (r: Row): ResourceRow => ({
+  id: r.id as string,
+  creator: r.creator as string,
+  createdAt: num(r.created_at),
+  expiresAt: numOrNull(r.expires_at),
+});
+
+export const authorizationFromRow = (r: Row): AuthorizationRow => ({
+  id: r.id as string,
+  resourceId: r.resource_id as string,
+  authId: str(r.auth_id),
+  roleUri: str(r.role_uri),
+  createdAt: num(r.created_at),
+});
+
+export const channelFromRow = (r: Row): ChannelRow => ({
+  id: r.id as string,
+  owner: r.owner as string,
+  clientId: r.client_id as string,
+  createdAt: num(r.created_at),
+  expiresAt: num(r.expires_at),
+  cmkId: r.cmk_id as string,
+  sealed: r.sealed as Uint8Array,
+});
+
+export const cmkFromRow = (r: Row): CmkRow => ({
+  id: r.id as string,
+  state: r.state as CmkRow['state'],
+  assignedOrgId: str(r.assigned_org_id),
+  createdAt: num(r.created_at),
+  sealed: r.sealed as Uint8Array,
+});
+
+export const auditFromRow = (r: Row): AuditRow => ({
+  seq: num(r.seq),
+  time: num(r.time),
+  principal: str(r.principal),
+  clientId: str(r.client_id),
+  method: str(r.method),
+  uri: str(r.uri),
+  status: num(r.status),
+  peer: str(r.peer),
+  requestId: str(r.request_id),
+  prevHash: r.prev_hash as string,
+  hash: r.hash as string,
+});
+
+export const copyFromRow = (r: Row): CopyRow => ({
+  resourceUri: r.resource_uri as string,
+  authority: r.authority as string,
+  fetchedAt: num(r.fetched_at),
+  cmkId: r.cmk_id as string,
+  sealed: r.sealed as Uint8Array,
+});
