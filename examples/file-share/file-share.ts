@@ -119,7 +119,7 @@ export async function run(options: RunOptions = {}): Promise<FileShareResult> {
       const roomKeys: KeyRep[] = await client.retrieveResourceKeys(resourceUri);
       const keyFor = async (uri: string) => {
         const found = roomKeys.find((k) => k.uri === uri);
-        if (!found) throw new KmsError(404, `the file's key ${uri} is not bound to ${resourceUri}`);
+        if (!found) throw new KmsError('NOT_FOUND', `the file's key ${uri} is not bound to ${resourceUri}`);
         return found;
       };
       const out = join(work, `${name}-q3-report.txt`);

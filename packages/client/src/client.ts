@@ -102,7 +102,7 @@ function uuid(): string {
 
 /** Throws unless the answer names the request it answers (the transport is untrusted). */
 function answerFor(answer: Answer, requestId: RequestId): void {
-  if (answer.payload.requestId !== requestId) throw new KmsError(502, 'KMS answer is for another request (replayed or misrouted)', requestId);
+  if (answer.payload.requestId !== requestId) throw new KmsError('ANSWER_INVALID', 'KMS answer is for another request (replayed or misrouted)', { requestId });
 }
 
 function dateString(value: string | Date | undefined): string | undefined {
@@ -127,7 +127,7 @@ export class KmsClient {
     this.now = options.now ?? Date.now;
     // Bound: browsers refuse a fetch called with another `this` ("Illegal invocation").
     const f = options.fetch ?? (globalThis.fetch?.bind(globalThis) as unknown as FetchLike | undefined);
-    if (!f) throw new KmsError(400, 'no fetch available: pass options.fetch');
+    if (!f) throw new KmsError('INVALID_ARGUMENT', 'no fetch available: pass options.fetch');
     this.fetch = f;
   }
 
@@ -161,7 +161,7 @@ export class KmsClient {
     const decode = (compact: string) => this.decode(compact);
     if (this.options.transport === 'websocket') {
       const WebSocketImpl = this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-      if (!WebSocketImpl) throw new KmsError(400, 'no WebSocket available: pass options.WebSocket');
+      if (!WebSocketImpl) throw new KmsError('INVALID_ARGUMENT', 'no WebSocket available: pass options.WebSocket');
       this.transport = new WsTransport({
         url: this.options.url,
         decode,
@@ -189,17 +189,17 @@ export class KmsClient {
     const key = await this.static();
     if (segmentCount(compact) === 3) {
       const { plaintext, header } = await verifyStatic(compact, key.verifyKey);
-      if (header.kid !== key.kid) throw new KmsError(502, 'KMS answer signed under an unexpected kid');
+      if (header.kid !== key.kid) throw new KmsError('ANSWER_INVALID', 'KMS answer signed under an unexpected kid');
       return { payload: JSON.parse(dec.decode(plaintext)) as KmsResponse, signed: true };
     }
     const kid = peekHeader(compact)?.kid;
     const channelKey = typeof kid === 'string' ? this.channelKeys.get(kid) : undefined;
-    if (!channelKey) throw new KmsError(502, 'KMS answer under an unknown channel');
+    if (!channelKey) throw new KmsError('ANSWER_INVALID', 'KMS answer under an unknown channel');
     const { plaintext, header } = await joseCodec.decryptChannel(compact, channelKey);
     if (header.cty === 'JOSE') {
       const proof = dec.decode(plaintext);
       const verified = await verifyStatic(proof, key.verifyKey);
-      if (verified.header.kid !== key.kid) throw new KmsError(502, 'KMS answer signed under an unexpected kid');
+      if (verified.header.kid !== key.kid) throw new KmsError('ANSWER_INVALID', 'KMS answer signed under an unexpected kid');
       return { payload: JSON.parse(dec.decode(verified.plaintext)) as KmsResponse, signed: false, proof };
     }
     return { payload: JSON.parse(dec.decode(plaintext)) as KmsResponse, signed: false };
@@ -215,7 +215,7 @@ export class KmsClient {
 
   private async credential(): Promise<{ bearer: string }> {
     const t = this.options.token;
-    if (t === undefined) throw new KmsError(400, 'no token: pass options.token');
+    if (t === undefined) throw new KmsError('INVALID_ARGUMENT', 'no token: pass options.token');
     return { bearer: typeof t === 'function' ? await t() : t };
   }
 
@@ -242,13 +242,13 @@ export class KmsClient {
     const message = await encryptStatic(plaintext, key.encryptKey, key.kid, cty);
     const answer = await this.getTransport().exchange(message, requestId);
     this.handshakes++;
-    if (!answer.signed) throw new KmsError(502, 'KMS answered the handshake without its signature', requestId);
+    if (!answer.signed) throw new KmsError('ANSWER_INVALID', 'KMS answered the handshake without its signature', { requestId });
     if (answer.payload.status !== 499) answerFor(answer, requestId);
     const payload = answer.payload;
-    if (payload.status !== 201) throw new KmsError(payload.status, `handshake refused: ${payload.reason ?? 'no reason given'}`, requestId);
+    if (payload.status !== 201) throw KmsError.fromWire(payload.status, `handshake refused: ${payload.reason ?? 'no reason given'}`, { requestId, handshake: true });
     const rep = payload.key as EphemeralKeyRep | undefined;
     const expiresAt = rep && parseDate(rep.expirationDate);
-    if (!rep || typeof rep.uri !== 'string' || !rep.jwk || expiresAt === undefined) throw new KmsError(502, 'KMS handshake answer is malformed', requestId);
+    if (!rep || typeof rep.uri !== 'string' || !rep.jwk || expiresAt === undefined) throw new KmsError('ANSWER_INVALID', 'KMS handshake answer is malformed', { requestId });
     const channelKey = await deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk));
     this.channelKeys.set(rep.uri, channelKey);
     // Answers under older channels may still be in flight; older than the last few, none are.
@@ -278,12 +278,12 @@ export class KmsClient {
       // A reset may carry a requestId of its own (the KMS could not read the request); any other
       // answer must be the one to this request, or an old answer was replayed on the transport.
       if (!(signed && payload.status === 499)) answerFor(answer, requestId);
-      if (this.options.peer && !signed && !answer.proof) throw new KmsError(502, 'a peer KMS answers signed (cty JOSE); this answer is not', requestId);
+      if (this.options.peer && !signed && !answer.proof) throw new KmsError('ANSWER_INVALID', 'a peer KMS answers signed (cty JOSE); this answer is not', { requestId });
       if (signed && payload.status === 499) {
         this.dropChannel(channel.uri);
         if (attempt === 0) continue;
       }
-      if (payload.status >= 400) throw new KmsError(payload.status, payload.reason ?? 'request failed', requestId);
+      if (payload.status >= 400) throw KmsError.fromWire(payload.status, payload.reason ?? 'request failed', { requestId });
       return answer;
     }
   }

@@ -18,7 +18,7 @@ const dec = new TextDecoder();
 function rawKey(key: ContentKey): Uint8Array {
   const bin = atob(key.jwk.k.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (key.jwk.k.length % 4)) % 4));
   const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
-  if (bytes.length !== 32) throw new KmsError(400, 'content key is not 256 bits');
+  if (bytes.length !== 32) throw new KmsError('CONTENT_INVALID', 'content key is not 256 bits');
   return bytes;
 }
 
@@ -33,19 +33,19 @@ export function contentKeyUri(jwe: string): string {
   try {
     kid = decodeProtectedHeader(jwe).kid;
   } catch {
-    throw new KmsError(400, 'not a compact JWE');
+    throw new KmsError('CONTENT_INVALID', 'not a compact JWE');
   }
-  if (typeof kid !== 'string' || !kid.startsWith('kms://')) throw new KmsError(400, 'the JWE names no kms:// key');
+  if (typeof kid !== 'string' || !kid.startsWith('kms://')) throw new KmsError('CONTENT_INVALID', 'the JWE names no kms:// key');
   return kid;
 }
 
 export async function decryptContent(jwe: string, key: ContentKey): Promise<Uint8Array> {
-  if (contentKeyUri(jwe) !== key.uri) throw new KmsError(400, 'content was encrypted with another key');
+  if (contentKeyUri(jwe) !== key.uri) throw new KmsError('CONTENT_INVALID', 'content was encrypted with another key');
   try {
     const { plaintext } = await compactDecrypt(jwe, rawKey(key), { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] });
     return plaintext;
   } catch {
-    throw new KmsError(400, 'content does not decrypt with its key (tampered or wrong key)');
+    throw new KmsError('CONTENT_INVALID', 'content does not decrypt with its key (tampered or wrong key)');
   }
 }
 
@@ -95,13 +95,13 @@ export function decryptStream(resolveKey: (uri: string) => Promise<ContentKey>):
   let key: ContentKey | undefined;
   let sid: unknown;
   const line = async (jwe: string, controller: TransformStreamDefaultController<Uint8Array>) => {
-    if (finished) throw new KmsError(400, 'data after the final chunk');
+    if (finished) throw new KmsError('CONTENT_INVALID', 'data after the final chunk');
     const uri = contentKeyUri(jwe); // every line, not only the first: a KmsError 400 for one that is not a JWE
     key ??= await resolveKey(uri);
     const header = decodeProtectedHeader(jwe) as { sid?: unknown; seq?: unknown; fin?: unknown };
     if (expected === 0) sid = header.sid;
-    if (typeof header.sid !== 'string' || header.sid !== sid) throw new KmsError(400, 'a chunk of another stream');
-    if (header.seq !== expected) throw new KmsError(400, `chunk ${expected} missing or out of order`);
+    if (typeof header.sid !== 'string' || header.sid !== sid) throw new KmsError('CONTENT_INVALID', 'a chunk of another stream');
+    if (header.seq !== expected) throw new KmsError('CONTENT_INVALID', `chunk ${expected} missing or out of order`);
     expected++;
     controller.enqueue(await decryptContent(jwe, key));
     finished = header.fin === true;
@@ -110,7 +110,7 @@ export function decryptStream(resolveKey: (uri: string) => Promise<ContentKey>):
     async transform(chunk, controller) {
       text += dec.decode(chunk, { stream: true });
       // A chunk's JWE is about 4/3 of CHUNK: a line far longer is not one of ours.
-      if (text.length > MAX_LINE && !text.slice(0, MAX_LINE).includes('\n')) throw new KmsError(400, 'a line longer than any chunk');
+      if (text.length > MAX_LINE && !text.slice(0, MAX_LINE).includes('\n')) throw new KmsError('CONTENT_INVALID', 'a line longer than any chunk');
       let nl: number;
       while ((nl = text.indexOf('\n')) >= 0) {
         const jwe = text.slice(0, nl).trim();
@@ -120,7 +120,7 @@ export function decryptStream(resolveKey: (uri: string) => Promise<ContentKey>):
     },
     async flush(controller) {
       if (text.trim()) await line(text.trim(), controller);
-      if (!finished) throw new KmsError(400, 'stream truncated: no final chunk');
+      if (!finished) throw new KmsError('CONTENT_INVALID', 'stream truncated: no final chunk');
     },
   });
 }

@@ -34,20 +34,20 @@ export async function discover(options: {
     if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
     doc = (await res.json()) as typeof doc;
   } catch (err) {
-    if (signal.aborted) throw new KmsError(504, `${options.url}/.well-known/kms did not answer in time`);
-    throw new KmsError(503, `cannot read ${options.url}/.well-known/kms: ${(err as Error).message}`);
+    if (signal.aborted) throw new KmsError('KMS_TIMEOUT', `${options.url}/.well-known/kms did not answer in time`);
+    throw new KmsError('KMS_UNREACHABLE', `cannot read ${options.url}/.well-known/kms: ${(err as Error).message}`);
   }
   const jwk = doc?.rsaPublicKey;
   const cluster = typeof doc?.kmsCluster === 'string' ? doc.kmsCluster : '';
   const authority = cluster.startsWith('kms://') ? cluster.slice(6) : '';
-  if (!isAuthority(authority)) throw new KmsError(502, 'KMS discovery document names no valid kmsCluster');
+  if (!isAuthority(authority)) throw new KmsError('DISCOVERY_INVALID', 'KMS discovery document names no valid kmsCluster');
   if (options.authority !== undefined && options.authority.toLowerCase() !== authority) {
-    throw new KmsError(502, `expected KMS ${options.authority}, found ${authority}`);
+    throw new KmsError('DISCOVERY_INVALID', `expected KMS ${options.authority}, found ${authority}`);
   }
   if (!jwk || jwk.kty !== 'RSA' || jwk.kid !== cluster || typeof jwk.n !== 'string' || typeof jwk.e !== 'string' || !Array.isArray(jwk.x5c)) {
-    throw new KmsError(502, 'KMS static key is not an RSA JWK with kid = kmsCluster and an x5c chain');
+    throw new KmsError('DISCOVERY_INVALID', 'KMS static key is not an RSA JWK with kid = kmsCluster and an x5c chain');
   }
-  if (options.trustAnchors.length === 0) throw new KmsError(502, 'no trust anchors configured for the KMS certificate');
+  if (options.trustAnchors.length === 0) throw new KmsError('DISCOVERY_INVALID', 'no trust anchors configured for the KMS certificate');
   try {
     await verifyKmsCertificate({
       jwk: { kty: 'RSA', kid: jwk.kid, n: jwk.n, e: jwk.e, x5c: jwk.x5c as string[] },
@@ -56,7 +56,7 @@ export async function discover(options: {
       now: options.now ? new Date(options.now()) : undefined,
     });
   } catch (err) {
-    if (err instanceof CertificateError) throw new KmsError(502, `KMS certificate refused: ${err.message}`);
+    if (err instanceof CertificateError) throw new KmsError('CERTIFICATE_REFUSED', `KMS certificate refused: ${err.message}`);
     throw err;
   }
   const pub = { kty: 'RSA', n: jwk.n, e: jwk.e };

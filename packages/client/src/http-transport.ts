@@ -34,7 +34,7 @@ export class HttpTransport implements Transport {
   constructor(private readonly options: HttpTransportOptions) {}
 
   exchange(message: string): Promise<Answer> {
-    if (this.closed) return Promise.reject(new KmsError(503, 'client closed'));
+    if (this.closed) return Promise.reject(new KmsError('KMS_UNREACHABLE', 'client closed'));
     return new Promise((resolve, reject) => {
       this.queue.push({ message, resolve, reject });
       if (this.queue.length >= (this.options.maxBatch ?? 50)) this.flush();
@@ -63,15 +63,15 @@ export class HttpTransport implements Transport {
           signal: controller.signal,
         });
       } catch (err) {
-        throw controller.signal.aborted ? new KmsError(504, 'KMS did not answer in time') : new KmsError(503, `KMS unreachable: ${(err as Error).message}`);
+        throw controller.signal.aborted ? new KmsError('KMS_TIMEOUT', 'KMS did not answer in time') : new KmsError('KMS_UNREACHABLE', `KMS unreachable: ${(err as Error).message}`);
       }
       if (res.status !== 200) {
         const text = await res.text().catch(() => '');
-        throw new KmsError(res.status, `KMS refused the batch: ${text.slice(0, 200)}`);
+        throw KmsError.fromWire(res.status, `KMS refused the batch: ${text.slice(0, 200)}`);
       }
       const body = (await res.json()) as { kmsMessages?: unknown };
       const answers = body?.kmsMessages;
-      if (!Array.isArray(answers) || answers.length !== batch.length) throw new KmsError(502, 'KMS answered a batch of the wrong shape');
+      if (!Array.isArray(answers) || answers.length !== batch.length) throw new KmsError('ANSWER_INVALID', 'KMS answered a batch of the wrong shape');
       await Promise.all(
         batch.map(async (p, i) => {
           try {

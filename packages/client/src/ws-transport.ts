@@ -60,7 +60,7 @@ export class WsTransport implements Transport {
       // An endpoint that accepts TCP but never completes the upgrade must not hang the caller.
       const timer = setTimeout(() => {
         if (opened) return;
-        reject(new KmsError(504, 'KMS WebSocket did not open in time'));
+        reject(new KmsError('KMS_TIMEOUT', 'KMS WebSocket did not open in time'));
         ws.close();
       }, this.options.timeoutMs ?? 30_000);
       ws.addEventListener('open', () => {
@@ -69,12 +69,12 @@ export class WsTransport implements Transport {
         resolve(ws);
       });
       ws.addEventListener('error', () => {
-        if (!opened) reject(new KmsError(503, 'KMS unreachable over WebSocket'));
+        if (!opened) reject(new KmsError('KMS_UNREACHABLE', 'KMS unreachable over WebSocket'));
       });
       ws.addEventListener('close', () => {
         if (this.socket === attempt) this.socket = undefined;
-        if (!opened) reject(new KmsError(503, 'KMS closed the WebSocket'));
-        this.failAll(new KmsError(503, 'WebSocket closed before the KMS answered'), ws);
+        if (!opened) reject(new KmsError('KMS_UNREACHABLE', 'KMS closed the WebSocket'));
+        this.failAll(new KmsError('KMS_UNREACHABLE', 'WebSocket closed before the KMS answered'), ws);
       });
       ws.addEventListener('message', (event) => void this.receive(String(event.data)));
     });
@@ -118,7 +118,7 @@ export class WsTransport implements Transport {
   }
 
   async exchange(message: string, requestId: RequestId): Promise<Answer> {
-    if (this.closed) throw new KmsError(503, 'client closed');
+    if (this.closed) throw new KmsError('KMS_UNREACHABLE', 'client closed');
     const current = (this.socket ??= this.connect());
     let ws = await current;
     if (ws.readyState !== OPEN) {
@@ -131,14 +131,14 @@ export class WsTransport implements Transport {
       const key = String(requestId);
       const timer = setTimeout(() => {
         this.pending.delete(key);
-        reject(new KmsError(504, 'KMS did not answer in time', requestId));
+        reject(new KmsError('KMS_TIMEOUT', 'KMS did not answer in time', { requestId }));
       }, this.options.timeoutMs ?? 30_000);
       this.pending.set(key, { resolve, reject, timer, ws, kid });
       if (ws.readyState !== OPEN) {
         this.pending.delete(key);
         clearTimeout(timer);
         this.socket = undefined;
-        reject(new KmsError(503, 'WebSocket not open'));
+        reject(new KmsError('KMS_UNREACHABLE', 'WebSocket not open'));
         return;
       }
       ws.send(message);
@@ -149,7 +149,7 @@ export class WsTransport implements Transport {
     this.closed = true;
     const socket = this.socket;
     this.socket = undefined;
-    this.failAll(new KmsError(503, 'client closed'));
+    this.failAll(new KmsError('KMS_UNREACHABLE', 'client closed'));
     if (socket) (await socket.catch(() => undefined))?.close(1000, 'client closed');
   }
 }

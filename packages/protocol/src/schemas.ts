@@ -92,7 +92,7 @@ export function validate<T>(schema: z.ZodType<T>, value: unknown): T {
   const issue = result.error.issues[0]!;
   const field = issue.path.length ? issue.path.join('.') : 'payload';
   const params = (issue as { params?: { tooLarge?: boolean } }).params;
-  if (params?.tooLarge) throw new KmsError(Status.TOO_LARGE, `${field}: more than ${Limits.maxListLength} entries`);
+  if (params?.tooLarge) throw new KmsError('TOO_LARGE', `${field}: more than ${Limits.maxListLength} entries`);
   const message = issue.code === 'invalid_type' && issue.message.includes('undefined') ? 'missing' : issue.message;
-  throw new KmsError(Status.BAD_REQUEST, `invalid field ${field}: ${message}`);
+  throw new KmsError('INVALID_FIELD', `invalid field ${field}: ${message}`);
 }

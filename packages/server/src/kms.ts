@@ -254,7 +254,7 @@ export class Kms {
         request = onlyEcdhe(this.validateRequest(parseJson(opened.plaintext), trace));
         principal = await this.authenticate(request, trace);
       }
-      if (!this.limiter.allow(principalId(principal))) throw new KmsError(Status.TOO_MANY, 'rate limited');
+      if (!this.limiter.allow(principalId(principal))) throw new KmsError('RATE_LIMITED', 'rate limited');
       return await handshake(request, principal, this.deps);
     } catch (err) {
       return this.failure(err);
@@ -295,7 +295,7 @@ export class Kms {
         principal = await this.authenticate(request, trace);
         if (principalId(principal) !== channel.owner) throw KmsError.forbidden('the ephemeral key belongs to another principal');
       }
-      if (!this.limiter.allow(channel.owner)) throw new KmsError(Status.TOO_MANY, 'rate limited');
+      if (!this.limiter.allow(channel.owner)) throw new KmsError('RATE_LIMITED', 'rate limited');
       const uri = parseKmsUri(request.uri);
       if (!uri) throw KmsError.badRequest('invalid field uri: not a KMS URI');
       const authority = uri.authority ?? this.authority;

@@ -350,7 +350,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     // ---- (10) Bob decrypts ------------------------------------------------------------------
     const decryptedStream = new Response(downloaded).body!.pipeThrough(
       decryptStream(async (uri) => {
-        if (uri !== bobKey.uri) throw new KmsError(400, `the file names ${uri}, not the key Bob has`);
+        if (uri !== bobKey.uri) throw new KmsError('CONTENT_INVALID', `the file names ${uri}, not the key Bob has`);
         return bobKey;
       }),
     );

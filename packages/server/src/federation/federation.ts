@@ -7,7 +7,7 @@
  * is used for `federation.maxStaleness` seconds; a refusal is never cached.
  */
 import { KmsClient, type Answer } from '@openkms/client';
-import { KmsError, isUuid, objectRef, parseDate, type KmsResponse, type MessageCodec } from '@openkms/protocol';
+import { KmsError, hasCode, isUuid, objectRef, parseDate, type ErrorCode, type KmsResponse, type MessageCodec } from '@openkms/protocol';
 import type { KeyObject } from 'node:crypto';
 import type { AuditEntry } from '../audit/audit.js';
 import { domainOf } from '../identity/users.js';
@@ -138,7 +138,7 @@ export class Federation {
     const ms = this.o.config.federation.peerTimeout * 1000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new KmsError(504, `kms://${authority} did not answer in time`)), ms);
+      timer = setTimeout(() => reject(new KmsError('PEER_TIMEOUT', `kms://${authority} did not answer in time`)), ms);
     });
     work.catch(() => undefined); // a late failure after the deadline is nobody's to handle
     return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
@@ -163,7 +163,7 @@ export class Federation {
     const askUri = 'keyUri' in target ? uri : `${uri}/keys`;
     let content = await this.fetch(peer, user, askUri);
     if (content === 'invalidated') content = await this.fetch(peer, user, askUri);
-    if (content === 'invalidated') throw new KmsError(502, `kms://${peer.authority} kept invalidating the KRO while it was fetched`);
+    if (content === 'invalidated') throw new KmsError('PEER_FAILED', `kms://${peer.authority} kept invalidating the KRO while it was fetched`);
     if (!authorizes(content, user.id)) throw KmsError.forbidden('not authorized on this resource');
     return content;
   }
@@ -208,7 +208,7 @@ export class Federation {
     }
     const content: CopyContent = { resource: resource!, proofs };
     if (uri.includes('/keys/') && !content.resource.keys.some((k) => k.uri === uri)) {
-      throw new KmsError(502, `kms://${peer.authority} answered without the key asked for`);
+      throw new KmsError('PEER_FAILED', `kms://${peer.authority} answered without the key asked for`);
     }
     // An invalidation of this KRO that arrived while the fetch was under way makes its answer unusable.
     if ((this.invalidatedAt.get(content.resource.uri) ?? -1) >= startedAt) return 'invalidated';
@@ -362,18 +362,32 @@ function authorizes(content: CopyContent, userId: string): boolean {
   return content.resource.authorizations.some((a) => a.authId === userId);
 }
 
+/** A's verdicts on the user's request that reach the user as they are (a read: 403/404). */
+const READ_VERDICTS: readonly ErrorCode[] = ['NOT_AUTHORIZED', 'NOT_FOUND'];
+/** A forwarded change: any refusal of the request itself reaches the user. */
+const FORWARD_VERDICTS: readonly ErrorCode[] = [
+  'INVALID_FIELD',
+  'PAYLOAD_INVALID',
+  'KEY_EXPIRED',
+  'CREDENTIAL_INVALID',
+  'NOT_AUTHORIZED',
+  'NOT_FOUND',
+  'KEY_ALREADY_BOUND',
+  'TOO_LARGE',
+  'RATE_LIMITED',
+];
+
 /** A peer's failure as this KMS reports it to its user (PROTOCOL.md §6). */
-function peerFailure(err: unknown, peer: Peer, anyClientError = false): KmsError {
+function peerFailure(err: unknown, peer: Peer, forwarded = false): KmsError {
   const who = `kms://${peer.authority}`;
   if (err instanceof KmsError) {
-    const channelRefused = err.reason.startsWith('handshake refused') || err.reason.startsWith('KMS certificate refused');
-    // A's verdict on the user's request reaches the user (a read: 403/404; a forwarded change: any 4xx).
-    const passes = anyClientError ? err.status >= 400 && err.status < 500 && err.status !== 499 : err.status === 403 || err.status === 404;
-    if (!channelRefused && passes) return new KmsError(err.status, `${who}: ${err.reason}`);
-    if (err.status === 504) return new KmsError(504, `${who} did not answer in time`);
-    return new KmsError(502, `${who} failed: ${err.status} ${err.reason}`);
+    // A refusing this KMS's channel is the peer failing this KMS, not a verdict on the user.
+    const channelRefused = err.handshake || err.code === 'CERTIFICATE_REFUSED';
+    if (!channelRefused && (forwarded ? FORWARD_VERDICTS : READ_VERDICTS).includes(err.code)) return new KmsError(err.code, `${who}: ${err.reason}`);
+    if (hasCode(err, 'KMS_TIMEOUT', 'PEER_TIMEOUT')) return new KmsError('PEER_TIMEOUT', `${who} did not answer in time`);
+    return new KmsError('PEER_FAILED', `${who} failed: ${err.status} ${err.reason}`, { cause: err });
   }
-  return new KmsError(502, `${who} failed`);
+  return new KmsError('PEER_FAILED', `${who} failed`, { cause: err });
 }
 
 const ABSOLUTE = (authority: string, collection: 'keys' | 'resources', uri: unknown): boolean => {
@@ -387,7 +401,7 @@ const ABSOLUTE = (authority: string, collection: 'keys' | 'resources', uri: unkn
  * answer naming another authority, or a key of another resource, is refused (502).
  */
 export function checkAnswer(answer: Answer, peer: Peer, askedUri: string): { resource: CopyContent['resource']; next?: string } {
-  const bad = (what: string) => new KmsError(502, `kms://${peer.authority} answered ${what}`);
+  const bad = (what: string) => new KmsError('PEER_FAILED', `kms://${peer.authority} answered ${what}`);
   if (!answer.proof) throw bad('without its signature');
   const resource = answer.payload.resource as { uri?: unknown; keys?: unknown; authorizations?: unknown; next?: unknown } | undefined;
   if (!resource || !ABSOLUTE(peer.authority, 'resources', resource.uri)) throw bad('no resource of its own');

@@ -19,9 +19,9 @@ const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
 export function mapClaims(claims: Record<string, unknown>, mapping: ClaimMapping, expiresAt: number): VerifiedToken {
   const userId = claims[mapping.userClaim];
   if (userId === undefined || userId === null || userId === '') {
-    throw new KmsError(401, 'credential has no user id');
+    throw new KmsError('CREDENTIAL_INVALID', 'credential has no user id');
   }
-  if (!isId(userId)) throw new KmsError(401, 'credential user id invalid');
+  if (!isId(userId)) throw new KmsError('CREDENTIAL_INVALID', 'credential user id invalid');
 
   const result: VerifiedToken = { userId, roles: parseRoles(claims[mapping.rolesClaim]), expiresAt };
   if (mapping.orgClaim !== undefined) {

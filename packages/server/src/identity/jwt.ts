@@ -77,22 +77,22 @@ async function tryCandidates(
  */
 export function toKmsError(err: unknown): KmsError {
   if (err instanceof KmsError) return err;
-  if (err instanceof ProviderError) return new KmsError(401, err.reason);
-  if (err instanceof errors.JWTExpired) return new KmsError(401, 'credential expired');
+  if (err instanceof ProviderError) return new KmsError('CREDENTIAL_INVALID', err.reason);
+  if (err instanceof errors.JWTExpired) return new KmsError('CREDENTIAL_INVALID', 'credential expired');
   if (err instanceof errors.JWTClaimValidationFailed) {
     switch (err.claim) {
       case 'aud':
-        return new KmsError(401, 'credential audience not accepted');
+        return new KmsError('CREDENTIAL_INVALID', 'credential audience not accepted');
       case 'iss':
-        return new KmsError(401, 'credential issuer not accepted');
+        return new KmsError('CREDENTIAL_INVALID', 'credential issuer not accepted');
       case 'nbf':
-        return new KmsError(401, 'credential not yet valid');
+        return new KmsError('CREDENTIAL_INVALID', 'credential not yet valid');
       case 'exp':
-        return new KmsError(401, err.reason === 'missing' ? 'credential has no expiry' : 'credential invalid');
+        return new KmsError('CREDENTIAL_INVALID', err.reason === 'missing' ? 'credential has no expiry' : 'credential invalid');
       default:
-        return new KmsError(401, 'credential invalid');
+        return new KmsError('CREDENTIAL_INVALID', 'credential invalid');
     }
   }
-  if (err instanceof errors.JOSEAlgNotAllowed) return new KmsError(401, 'credential algorithm not accepted');
-  return new KmsError(401, 'credential invalid');
+  if (err instanceof errors.JOSEAlgNotAllowed) return new KmsError('CREDENTIAL_INVALID', 'credential algorithm not accepted');
+  return new KmsError('CREDENTIAL_INVALID', 'credential invalid');
 }

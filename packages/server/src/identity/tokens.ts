@@ -105,7 +105,7 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
     try {
       iss = decodeJwt(bearer).iss;
     } catch {
-      throw new KmsError(401, 'credential invalid');
+      throw new KmsError('CREDENTIAL_INVALID', 'credential invalid');
     }
     if (dev && iss === dev.issuer) {
       const claims = await verifyJwt(bearer, await dev.key(), {
@@ -120,7 +120,7 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
     }
     if (keys && config.issuer !== undefined && config.audience !== undefined) {
       // Refuse foreign issuers before touching the JWKS: they would only trigger key refetches.
-      if (iss !== config.issuer) throw new KmsError(401, 'credential issuer not accepted');
+      if (iss !== config.issuer) throw new KmsError('CREDENTIAL_INVALID', 'credential issuer not accepted');
       const claims = await verifyJwt(bearer, keys, {
         issuer: config.issuer,
         audience: config.audience,
@@ -132,25 +132,25 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
       return { token: mapClaims(claims, mapping, expiresAt), cacheUntil: cacheUntil(expiresAt, at) };
     }
     if (introspect) return checkIntrospected(bearer, introspect, at);
-    throw new KmsError(401, 'credential issuer not accepted');
+    throw new KmsError('CREDENTIAL_INVALID', 'credential issuer not accepted');
   }
 
   async function checkIntrospected(bearer: string, ask: Introspector, at: number): Promise<Checked> {
     const answer = await ask(bearer);
-    if (answer.active !== true) throw new KmsError(401, 'credential invalid');
+    if (answer.active !== true) throw new KmsError('CREDENTIAL_INVALID', 'credential invalid');
 
     const { exp, nbf, iss, aud } = answer;
-    if (exp !== undefined && !isNumericDate(exp)) throw new KmsError(401, 'credential invalid');
-    if (nbf !== undefined && !isNumericDate(nbf)) throw new KmsError(401, 'credential invalid');
+    if (exp !== undefined && !isNumericDate(exp)) throw new KmsError('CREDENTIAL_INVALID', 'credential invalid');
+    if (nbf !== undefined && !isNumericDate(nbf)) throw new KmsError('CREDENTIAL_INVALID', 'credential invalid');
     // Same tolerance rules as jose applies to JWTs.
-    if (exp !== undefined && exp * 1000 <= at - toleranceMs) throw new KmsError(401, 'credential expired');
-    if (nbf !== undefined && nbf * 1000 > at + toleranceMs) throw new KmsError(401, 'credential not yet valid');
+    if (exp !== undefined && exp * 1000 <= at - toleranceMs) throw new KmsError('CREDENTIAL_INVALID', 'credential expired');
+    if (nbf !== undefined && nbf * 1000 > at + toleranceMs) throw new KmsError('CREDENTIAL_INVALID', 'credential not yet valid');
     // `iss` and `aud` are optional in RFC 7662; when the IdP states them they must fit.
     if (iss !== undefined && config.issuer !== undefined && iss !== config.issuer) {
-      throw new KmsError(401, 'credential issuer not accepted');
+      throw new KmsError('CREDENTIAL_INVALID', 'credential issuer not accepted');
     }
     if (aud !== undefined && !audienceIncludes(aud, config.audience)) {
-      throw new KmsError(401, 'credential audience not accepted');
+      throw new KmsError('CREDENTIAL_INVALID', 'credential audience not accepted');
     }
 
     if (exp === undefined) {
@@ -168,7 +168,7 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
     try {
       if (looksLikeJwt(bearer)) checked = await checkJwt(bearer, at);
       else if (introspect) checked = await checkIntrospected(bearer, introspect, at);
-      else throw new KmsError(401, 'credential invalid');
+      else throw new KmsError('CREDENTIAL_INVALID', 'credential invalid');
     } catch (err) {
       report(err);
       throw toKmsError(err);
@@ -179,9 +179,9 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
 
   return {
     async verify(bearer: string): Promise<VerifiedToken> {
-      if (typeof bearer !== 'string' || bearer.length === 0) throw new KmsError(401, 'credential missing');
+      if (typeof bearer !== 'string' || bearer.length === 0) throw new KmsError('CREDENTIAL_INVALID', 'credential missing');
       if (bearer.length > MAX_TOKEN_BYTES || Buffer.byteLength(bearer, 'utf8') > MAX_TOKEN_BYTES) {
-        throw new KmsError(401, 'credential too large');
+        throw new KmsError('CREDENTIAL_INVALID', 'credential too large');
       }
       const key = TokenCache.keyOf(bearer);
       const cached = cache.get(key, now());

@@ -115,7 +115,7 @@ export class Keyring {
       if (orgId !== undefined && row.assignedOrgId === orgId) return row;
       if (row.assignedOrgId === null) global = row;
     }
-    if (!global) throw new KmsError(500, 'no active CMK');
+    if (!global) throw new KmsError('INTERNAL', 'no active CMK');
     return global;
   }
 

@@ -90,7 +90,7 @@ export function bindFailure(outcome: string, field: string): void {
     case 'not-owner':
       throw KmsError.forbidden(`${field}: only the key creator may bind it, from the client that created it`);
     case 'already-bound':
-      throw KmsError.conflict(`${field}: key already bound`);
+      throw new KmsError('KEY_ALREADY_BOUND', `${field}: key already bound`);
     case 'expired':
       throw KmsError.badRequest(`${field}: unbound key expired`);
     default:
