@@ -6,3 +6,4 @@ export * from './ecdhe.js';
 export * from './messages.js';
 export * from './schemas.js';
 export * from './certs.js';
+export * from './operations.js';

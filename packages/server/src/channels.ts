@@ -5,6 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Keyring } from './keyring/keyring.js';
+import { MAX_CACHED_CHANNELS } from './limits.js';
 import type { Secret } from './secret.js';
 import type { Store } from './store/store.js';
 
@@ -18,8 +19,6 @@ export interface Channel {
   createdAt: number;
   expiresAt: number;
 }
-
-const MAX_CACHED = 100_000;
 
 export class Channels {
   private readonly cache = new Map<string, Channel>();
@@ -85,7 +84,7 @@ export class Channels {
   }
 
   private remember(channel: Channel): void {
-    if (this.cache.size >= MAX_CACHED) {
+    if (this.cache.size >= MAX_CACHED_CHANNELS) {
       // Drop the oldest entry; it is re-read from storage if used again.
       const oldest = this.cache.keys().next().value;
       if (oldest !== undefined) this.cache.delete(oldest);

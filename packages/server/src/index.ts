@@ -1,4 +1,5 @@
-export * from './kms.js';
+export * from './core/kms.js';
+export type { Logger } from './logger.js';
 export * from './server.js';
 export * from './config.js';
 export type { Principal } from './identity/principal.js';

@@ -19,6 +19,22 @@ export const REDACT_PATHS = [
   'token',
 ];
 
+/** What the KMS logs through (pino fits it); parts take it as an interface so tests can watch. */
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** An error as a log field: name and message only (messages here never carry secrets). */
+export function describeError(err: unknown): { name: string; message: string; stack?: string } {
+  if (err instanceof Error) return { name: err.name, message: err.message, stack: err.stack };
+  return { name: 'unknown', message: String(err) };
+}
+
 export function createLogger(level: string, destination?: NodeJS.WritableStream): Pino {
   return pino(
     { level, base: { service: 'kms' }, redact: { paths: REDACT_PATHS, censor: '[redacted]' }, timestamp: pino.stdTimeFunctions.isoTime },

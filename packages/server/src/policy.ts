@@ -1,25 +1,20 @@
 /**
- * Who may do what (PROTOCOL.md §5), as plain functions over plain data. The one piece that needs
- * storage, walking KRO authIds, takes the loader as an argument so it stays testable without one.
+ * Who may do what (PROTOCOL.md §5), as plain functions over plain data and the operation table.
+ * The one piece that needs storage, walking KRO authIds, takes the loader as an argument so it
+ * stays testable without one.
  */
+import { operation, type Caller, type OperationName } from '@openkms/protocol';
+import { kroOf, walkKros } from './authorization-graph.js';
 import type { PeerPrincipal, Principal } from './identity/principal.js';
 import type { AuthorizationRow, CmkRow, KeyRow } from './store/store.js';
-
-/** How deep KRO authIds are followed (PROTOCOL.md §1). */
-export const MAX_KRO_DEPTH = 8;
-/**
- * How many resources one check may visit. Depth alone does not bound the work: a user could link
- * thousands of KROs at every level. Past this the answer is "not authorized" (fail closed).
- */
-export const MAX_KRO_VISITS = 256;
 
 export type AuthorizationLoader = (resourceId: string) => Promise<AuthorizationRow[]>;
 
 /**
  * True when `principal` is authorized on the resource: directly by its authId, or through a KRO
  * authId naming another resource of this KMS on which it is authorized (transitively, cycles
- * ignored, at most MAX_KRO_DEPTH hops and MAX_KRO_VISITS resources). An anonymous principal is
- * authorized on its own resource.
+ * ignored, within the bounds of the authorization-graph walk: past them, not authorized). An
+ * anonymous principal is authorized on its own resource.
  */
 export async function isAuthorized(
   principal: Principal,
@@ -29,27 +24,12 @@ export async function isAuthorized(
 ): Promise<boolean> {
   if (principal.kind === 'anonymous') return principal.resourceId === resourceId;
   if (principal.kind !== 'user') return false;
-  const seen = new Set<string>([resourceId]);
-  let frontier = [resourceId];
-  let visits = 0;
-  for (let depth = 0; depth <= MAX_KRO_DEPTH && frontier.length > 0; depth++) {
-    const next: string[] = [];
-    for (const id of frontier) {
-      if (++visits > MAX_KRO_VISITS) return false;
-      for (const auth of await load(id)) {
-        if (auth.authId === principal.id) return true;
-        if (auth.authId?.startsWith(selfResourcePrefix)) {
-          const kro = auth.authId.slice(selfResourcePrefix.length);
-          if (!seen.has(kro)) {
-            seen.add(kro);
-            next.push(kro);
-          }
-        }
-      }
-    }
-    frontier = next;
-  }
-  return false;
+  const end = await walkKros([resourceId], async (id) => {
+    const rows = await load(id);
+    if (rows.some((auth) => auth.authId === principal.id)) return 'stop';
+    return rows.flatMap((auth) => kroOf(auth.authId, selfResourcePrefix) ?? []);
+  });
+  return end === 'stopped';
 }
 
 /** An unbound key is readable (and bindable) only by its creator, from the creating client. */
@@ -74,38 +54,25 @@ export function visibleCmks(principal: Principal, cmks: CmkRow[]): CmkRow[] {
   return cmks.filter((c) => mayAdministerCmks(principal, c.assignedOrgId));
 }
 
-/** What an anonymous bearer may do: read its resource's keys, ping, and close its channel. */
-export const ANONYMOUS_OPERATIONS: ReadonlySet<string> = new Set([
-  'retrieveKey',
-  'retrieveResourceKeys',
-  'ping',
-  'deleteEphemeralKey',
-]);
+/** Who is calling, in the operation table's terms (PROTOCOL.md §5–6). */
+export function callerOf(principal: Principal, via?: PeerPrincipal): Caller | undefined {
+  if (via) return principal.kind === 'user' ? 'peerUser' : principal.kind === 'peer' ? 'peer' : undefined;
+  // A peer principal only ever arrives over its own channel (`via`).
+  return principal.kind === 'peer' ? undefined : principal.kind;
+}
 
 /**
- * The federated operations (PROTOCOL.md §6): what a peer KMS may do for one of its users here,
- * and, the same list seen from the other side, what a user may ask of this KMS about a peer's
- * objects (reads, and authorization management that is forwarded to the peer).
+ * Whether `principal` may use an operation at all, as the operation table names its callers (the
+ * operation then validates the request and applies its own checks, roles included). `via` is the
+ * peer KMS the request came through: a peer channel may only do what §6 lists.
  */
-export const PEER_USER_OPERATIONS: ReadonlySet<string> = new Set([
-  'retrieveKey',
-  'retrieveResourceKeys',
-  'retrieveAuthorizations',
-  'createAuthorizations',
-  'deleteAuthorization',
-  'deleteAuthorizationByAuthId',
-  'bulkDeleteAuthorizations',
-]);
+export function mayUseOperation(principal: Principal, op: OperationName, via?: PeerPrincipal): boolean {
+  const caller = callerOf(principal, via);
+  const spec = operation(op);
+  return caller !== undefined && spec !== undefined && (spec.callers as readonly Caller[]).includes(caller);
+}
 
-/** What a peer KMS may do for itself: keep its channel, push invalidations. */
-export const PEER_OPERATIONS: ReadonlySet<string> = new Set(['ping', 'deleteEphemeralKey', 'receiveInvalidations']);
-
-/**
- * Whether `principal` may use an operation at all (the operation then applies its own checks).
- * `via` is the peer KMS the request came through: a peer channel may only do what §6 lists.
- */
-export function mayUseOperation(principal: Principal, op: string, via?: PeerPrincipal): boolean {
-  if (via) return principal.kind === 'user' ? PEER_USER_OPERATIONS.has(op) : PEER_OPERATIONS.has(op);
-  if (principal.kind === 'anonymous') return ANONYMOUS_OPERATIONS.has(op);
-  return principal.kind === 'user';
+/** Whether a user holds one of the roles the operation table names for an operation. */
+export function hasRoleFor(principal: Principal, op: OperationName): boolean {
+  return principal.kind === 'user' && operation(op).roles.some((role) => principal.roles.includes(role));
 }

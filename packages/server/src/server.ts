@@ -5,20 +5,115 @@
  */
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { joseCodec, type MessageCodec } from '@openkms/protocol';
+import { AuditLog } from './audit/audit.js';
+import { Channels } from './channels.js';
+import { fastCodec } from './codec/fast-codec.js';
 import { configPath, ConfigError, type KmsConfig } from './config.js';
+import { Answerer } from './core/answer.js';
+import { Authentication } from './core/authenticate.js';
+import { Kms, type PublicStaticJwk } from './core/kms.js';
+import { Opener } from './core/open.js';
+import { Resolver } from './core/resolve.js';
+import { Runner } from './core/run.js';
+import { Copies } from './federation/copies.js';
+import { Forwarding } from './federation/forwarding.js';
+import { Invalidations } from './federation/inbox.js';
+import { PeerChannels } from './federation/peer-channels.js';
+import { PeerVerifier } from './federation/peer-proof.js';
+import { PeerRegistry, validatePeers } from './federation/peers.js';
+import { InvalidationPush } from './federation/push.js';
+import { AnonymousBearers } from './identity/anonymous.js';
+import { Authenticator } from './identity/authenticator.js';
 import { loadDevIssuer, type DevIssuer } from './identity/dev-issuer.js';
 import { loadStaticIdentity } from './identity/certificates.js';
-import { validatePeers } from './federation/peers.js';
+import type { TokenVerifier } from './identity/principal.js';
 import { createTokenVerifier } from './identity/tokens.js';
-import { parseRootKey } from './keyring/keyring.js';
-import { Kms, type Logger } from './kms.js';
-import { createLogger } from './logger.js';
+import { Keyring, auditKeyOf, parseRootKey } from './keyring/keyring.js';
+import { createLogger, silentLogger, type Logger } from './logger.js';
+import type { Deps } from './operations/context.js';
+import { handlers } from './operations/handlers.js';
+import { RateLimiter } from './rate-limit.js';
 import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { Metrics } from './transport/metrics.js';
 import { Transport } from './transport/http.js';
-import { fastCodec } from './codec/fast-codec.js';
+
+export interface KmsOptions {
+  config: KmsConfig;
+  store: Store;
+  verifier: TokenVerifier;
+  staticKey: { privateKey: KeyObject; publicJwk: PublicStaticJwk };
+  rootKey: Uint8Array;
+  now?: () => number;
+  codec?: MessageCodec;
+  logger?: Logger;
+}
+
+/**
+ * The composition root: builds every part of a KMS from its configuration and wires them
+ * together. Nothing else in the server constructs parts for another part.
+ */
+export async function assembleKms(options: KmsOptions): Promise<Kms> {
+  const { config, store, staticKey, rootKey } = options;
+  const now = options.now ?? Date.now;
+  const codec = options.codec ?? joseCodec;
+  const logger = options.logger ?? silentLogger;
+  const kid = staticKey.publicJwk.kid;
+  const signing = { privateKey: staticKey.privateKey, kid };
+
+  const keyring = await Keyring.open(rootKey, store, now());
+  const channels = new Channels(config.authority, store, keyring, now);
+  const audit = await AuditLog.open(store, auditKeyOf(rootKey));
+  const peers = new PeerRegistry(config);
+  const bearers = new AnonymousBearers(config.authority, staticKey.privateKey, createPublicKey(staticKey.privateKey), now);
+
+  const peerChannels = new PeerChannels({
+    authority: config.authority,
+    peers,
+    staticKey: { ...signing, publicJwk: { ...staticKey.publicJwk } },
+    codec,
+    timeoutMs: config.federation.peerTimeout * 1000,
+    now,
+    audit: (entry) => audit.record(entry),
+  });
+  const inbox = new Invalidations(store);
+  const push = new InvalidationPush(config.authority, peers, store, peerChannels, logger);
+  const copies = new Copies({ authority: config.authority, store, keyring, channels: peerChannels, inbox, maxStalenessMs: config.federation.maxStaleness * 1000, now });
+  const forwarder = new Forwarding(peerChannels);
+
+  const deps: Deps = { authority: config.authority, config, store, keyring, channels, bearers, changes: push, inbox, now };
+  return new Kms({
+    authority: config.authority,
+    domains: config.domains,
+    staticJwk: staticKey.publicJwk,
+    opener: new Opener(config.authority, signing, channels, codec),
+    authentication: new Authentication(
+      config.authority,
+      new Authenticator(config.domains, options.verifier, bearers, store, now),
+      new PeerVerifier(config.authority, peers, now),
+      peers,
+      config.lifetimes.channel * 1000,
+      new RateLimiter(config.limits.requestsPerMinutePerPrincipal, now),
+    ),
+    resolver: new Resolver(config.authority, peers),
+    runner: new Runner(handlers, deps, { ...deps, copies, forwarder }),
+    answerer: new Answerer(audit, codec, signing, logger, now),
+    channels,
+    store,
+    changes: push,
+    lifetimes: { unboundGraceMs: config.lifetimes.unboundGrace * 1000 },
+    logger,
+    now,
+    async close() {
+      await push.close();
+      await peerChannels.close();
+      await audit.flush();
+    },
+  });
+}
 
 export interface StartOptions {
   /** Overrides storage.url: `sqlite:PATH` or `postgres://…`. */
@@ -156,7 +251,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   });
   let kms: Kms;
   try {
-    kms = await Kms.open({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec });
+    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec });
   } catch (err) {
     await store.close();
     throw err;
@@ -164,7 +259,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   const metrics = new Metrics(() => kms.channels.openCount());
   kms.onRequest = metrics.observe;
   const tls = config.tls ? { cert: read(config, config.tls.cert, 'TLS certificate'), key: read(config, config.tls.key, 'TLS key') } : undefined;
-  const transport = new Transport({ kms, store, metrics, logger, tls, corsOrigins: config.cors.origins });
+  const transport = new Transport({ kms, metrics, logger, tls, corsOrigins: config.cors.origins });
   const host = options.host ?? config.listen.host;
   let bound: { port: number };
   try {

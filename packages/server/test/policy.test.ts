@@ -6,18 +6,18 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import type { AnonymousPrincipal, PeerPrincipal, Principal, UserPrincipal } from '../src/identity/principal.js';
+import { operations, operationsFor, type OperationName } from '@openkms/protocol';
+import { MAX_KRO_DEPTH } from '../src/limits.js';
 import {
-  ANONYMOUS_OPERATIONS,
-  MAX_KRO_DEPTH,
   Roles,
   isAuthorized,
   mayAdministerCmks,
+  hasRoleFor,
   mayUseOperation,
   ownsUnboundKey,
   visibleCmks,
   type AuthorizationLoader,
 } from '../src/policy.js';
-import { routes } from '../src/routes.js';
 import type { AuthorizationRow, CmkRow, KeyRow } from '../src/store/store.js';
 
 const AUTHORITY = 'kms.a.example';
@@ -297,11 +297,14 @@ describe('mayAdministerCmks / visibleCmks', () => {
 });
 
 describe('mayUseOperation', () => {
-  const allowedAnonymous = ['retrieveKey', 'retrieveResourceKeys', 'ping', 'deleteEphemeralKey'];
-  const names = [...new Set(routes.map((r) => r.name))];
+  // The handshake is in the operation table too: a bearer opens its own channel.
+  const allowedAnonymous = ['createEphemeralKey', 'retrieveKey', 'retrieveResourceKeys', 'ping', 'deleteEphemeralKey'];
+  const names: OperationName[] = operations.map((o) => o.name);
+  const admin = user('root@a.example', ['kmsAdmin']);
 
-  test('the routing table has the operations of §5', () => {
+  test('the operation table has the operations of §5', () => {
     for (const name of [
+      'createEphemeralKey',
       'deleteEphemeralKey',
       'createResource',
       'retrieveResource',
@@ -319,32 +322,51 @@ describe('mayUseOperation', () => {
       'updateCmk',
       'listCmks',
     ]) {
-      assert.ok(names.includes(name), name);
+      assert.ok((names as string[]).includes(name), name);
     }
   });
 
-  test('a user may use every operation (the operation then applies its own policy)', () => {
-    for (const name of names) assert.equal(mayUseOperation(alice, name), true, name);
+  test('a user may use every operation but the peers\' inbox (the operation then applies its own policy)', () => {
+    for (const name of names) assert.equal(mayUseOperation(alice, name), name !== 'receiveInvalidations', name);
+  });
+
+  test('the admin API names its roles: a user needs one of them, the rest of the table none', () => {
+    const adminOps = operations.filter((o) => o.roles.length > 0).map((o) => o.name);
+    assert.deepEqual(adminOps, ['createCmk', 'updateCmk', 'listCmks', 'retrieveCmk']);
+    for (const name of adminOps) {
+      assert.equal(hasRoleFor(alice, name), false, name);
+      assert.equal(hasRoleFor(admin, name), true, name);
+      assert.equal(hasRoleFor(user('agent@a.example', ['orgAgent']), name), true, name);
+      assert.equal(hasRoleFor(anonymous('r'), name), false, name);
+    }
+    for (const name of names.filter((n) => !adminOps.includes(n))) assert.equal(hasRoleFor(admin, name), false, name);
   });
 
   test('an anonymous bearer may only read keys, ping and close its channel', () => {
-    assert.deepEqual([...ANONYMOUS_OPERATIONS].sort(), [...allowedAnonymous].sort());
+    assert.deepEqual([...operationsFor('anonymous')].sort(), [...allowedAnonymous].sort());
     for (const name of names) {
       assert.equal(mayUseOperation(anonymous('r'), name), allowedAnonymous.includes(name), name);
     }
   });
 
   test('an anonymous bearer is refused creating keys, resources and authorizations, and the admin API', () => {
-    for (const name of ['createKeys', 'bindKey', 'createResource', 'retrieveResource', 'createAuthorizations', 'retrieveAuthorizations', 'deleteAuthorization', 'deleteAuthorizationByAuthId', 'bulkDeleteAuthorizations', 'createCmk', 'updateCmk', 'listCmks']) {
+    for (const name of ['createKeys', 'bindKey', 'createResource', 'retrieveResource', 'createAuthorizations', 'retrieveAuthorizations', 'deleteAuthorization', 'deleteAuthorizationByAuthId', 'bulkDeleteAuthorizations', 'createCmk', 'updateCmk', 'listCmks'] as const) {
       assert.equal(mayUseOperation(anonymous('r'), name), false, name);
     }
   });
 
   test('an unknown operation name is refused to anonymous bearers', () => {
-    assert.equal(mayUseOperation(anonymous('r'), 'frobnicate'), false);
+    assert.equal(mayUseOperation(anonymous('r'), 'frobnicate' as OperationName), false);
   });
 
   test('a peer may use none of the local operations (its channel only does §6)', () => {
     for (const name of names) assert.equal(mayUseOperation(peer, name), false, name);
+  });
+
+  test('over its channel a peer may keep the channel and push invalidations; for its users, only §6', () => {
+    assert.deepEqual([...operationsFor('peer')].sort(), ['createEphemeralKey', 'deleteEphemeralKey', 'ping', 'receiveInvalidations']);
+    for (const name of names) assert.equal(mayUseOperation(peer, name, peer), operationsFor('peer').has(name), name);
+    const federated = ['retrieveKey', 'retrieveResourceKeys', 'createAuthorizations', 'retrieveAuthorizations', 'deleteAuthorization', 'deleteAuthorizationByAuthId', 'bulkDeleteAuthorizations'];
+    for (const name of names) assert.equal(mayUseOperation(user('bob@b.example'), name, peer), federated.includes(name), name);
   });
 });

@@ -5,53 +5,32 @@
  * created them — and only the authorizations of principals in the peer's domains.
  */
 import { KmsError, Status, absoluteUri, formatDate, parseDate, retrieveKeysSchema, validate, type KmsResponse } from '@openkms/protocol';
+import { kroOf, walkKros } from '../authorization-graph.js';
 import { domainOf } from '../identity/users.js';
-import { MAX_KRO_DEPTH, MAX_KRO_VISITS } from '../policy.js';
+import { MAX_RELEASED_KEYS } from '../limits.js';
 import type { AuthorizationRow, KeyRow } from '../store/store.js';
-import type { Context, Deps } from '../operations/context.js';
+import type { Context, Deps, Handler } from '../operations/context.js';
 import { liveResource, requireAuthorized } from '../operations/guards.js';
+import { keyAad } from '../operations/keys.js';
+import { peerKeyRep } from '../operations/representations.js';
 
-/** Keys in one federated answer; more come with `next` (a boundBefore value). */
-export const MAX_RELEASED_KEYS = 500;
-
-/** The peer's users authorized on the KRO, directly or through KRO authIds, as plain records. */
-async function peerAuthorizations(deps: Deps, resourceId: string, domains: readonly string[]): Promise<{ row: AuthorizationRow; via: string }[]> {
+/** The peer's users authorized on the KRO, directly or through KRO authIds, each once. */
+async function peerAuthorizations(deps: Deps, resourceId: string, domains: readonly string[]): Promise<AuthorizationRow[]> {
   const prefix = `kms://${deps.authority}/resources/`;
-  const found = new Map<string, { row: AuthorizationRow; via: string }>();
-  const seen = new Set([resourceId]);
-  let frontier = [resourceId];
-  let visits = 0;
-  for (let depth = 0; depth <= MAX_KRO_DEPTH && frontier.length > 0; depth++) {
-    const next: string[] = [];
-    for (const id of frontier) {
-      if (++visits > MAX_KRO_VISITS) return [...found.values()];
-      for (const row of await deps.store.listAuthorizations(id)) {
-        if (row.authId === null) continue;
-        if (row.authId.startsWith(prefix)) {
-          const kro = row.authId.slice(prefix.length);
-          if (!seen.has(kro)) seen.add(kro), next.push(kro);
-        } else if (row.authId.includes('@') && domains.includes(domainOf(row.authId)) && !found.has(row.authId)) {
-          found.set(row.authId, { row, via: id });
-        }
-      }
+  const found = new Map<string, AuthorizationRow>();
+  // Past the walk's bounds the peer gets the users found so far: it can only under-authorize.
+  await walkKros([resourceId], async (id) => {
+    const rows = await deps.store.listAuthorizations(id);
+    for (const row of rows) {
+      if (row.authId !== null && row.authId.includes('@') && domains.includes(domainOf(row.authId)) && !found.has(row.authId)) found.set(row.authId, row);
     }
-    frontier = next;
-  }
+    return rows.flatMap((row) => kroOf(row.authId, prefix) ?? []);
+  });
   return [...found.values()];
 }
 
-export async function releaseToPeer(ctx: Context, deps: Deps, target: { keyId: string } | { resourceId: string }): Promise<KmsResponse> {
+async function release(ctx: Context, deps: Deps, resourceId: string): Promise<KmsResponse> {
   const peer = ctx.peer!;
-  let resourceId: string;
-  if ('keyId' in target) {
-    const key = await deps.store.getKey(target.keyId);
-    if (!key) throw KmsError.notFound('no such key');
-    // An unbound key belongs to its creator's client alone: never released.
-    if (key.resourceId === null) throw KmsError.forbidden('the key is not bound to a resource');
-    resourceId = key.resourceId;
-  } else {
-    resourceId = target.resourceId;
-  }
   await liveResource(deps, resourceId);
   await requireAuthorized(deps, ctx.principal, resourceId);
   const { boundBefore } = validate(retrieveKeysSchema, ctx.request);
@@ -75,20 +54,8 @@ export async function releaseToPeer(ctx: Context, deps: Deps, target: { keyId: s
       next = formatDate(cut);
     }
   }
-  const keys = await Promise.all(
-    page.map(async (row) => {
-      const material = await deps.keyring.unseal(row.cmkId, row.sealed, `key:${row.id}`);
-      return {
-        uri: absoluteUri(deps.authority, 'keys', row.id),
-        jwk: { kty: 'oct', kid: row.id, k: Buffer.from(material.reveal()).toString('base64url') },
-        createDate: formatDate(row.createdAt),
-        expirationDate: formatDate(row.expiresAt),
-        resourceUri: absoluteUri(deps.authority, 'resources', resourceId),
-        bindDate: formatDate(row.bindDate!),
-      };
-    }),
-  );
-  const authorizations = (await peerAuthorizations(deps, resourceId, peer.domains)).map(({ row }) => ({
+  const keys = await Promise.all(page.map(async (row) => peerKeyRep(deps.authority, row, await deps.keyring.unseal(row.cmkId, row.sealed, keyAad(row.id)))));
+  const authorizations = (await peerAuthorizations(deps, resourceId, peer.domains)).map((row) => ({
     uri: absoluteUri(deps.authority, 'authorizations', row.id),
     authId: row.authId!,
     createDate: formatDate(row.createdAt),
@@ -99,3 +66,15 @@ export async function releaseToPeer(ctx: Context, deps: Deps, target: { keyId: s
   if (next !== undefined) resource.next = next;
   return { status: Status.OK, resource };
 }
+
+/** retrieve /keys/<id> from a peer for its user: the whole KRO the key is bound to. */
+export const releaseKey: Handler = async (ctx, deps) => {
+  const key = await deps.store.getKey(ctx.id);
+  if (!key) throw KmsError.notFound('no such key');
+  // An unbound key belongs to its creator's client alone: never released.
+  if (key.resourceId === null) throw KmsError.forbidden('the key is not bound to a resource');
+  return release(ctx, deps, key.resourceId);
+};
+
+/** retrieve /resources/<id>/keys from a peer for its user. */
+export const releaseResourceKeys: Handler = (ctx, deps) => release(ctx, deps, ctx.id);

@@ -1,15 +1,15 @@
 /** The draft's Administrative API: CMK rotation, CMK state, CMK listing. */
 import { KmsError, Status, absoluteUri, createCmkSchema, formatDate, listCmksSchema, updateCmkSchema, validate } from '@openkms/protocol';
-import { mayAdministerCmks, visibleCmks } from '../policy.js';
+import { hasRoleFor, mayAdministerCmks, visibleCmks } from '../policy.js';
 import type { CmkRow } from '../store/store.js';
-import type { Deps, Operation } from './context.js';
+import type { Deps, Handler } from './context.js';
 
 function cmkRep(deps: Deps, row: CmkRow) {
   return { uri: absoluteUri(deps.authority, 'cmk', row.id), state: row.state, assignedOrgId: row.assignedOrgId, createDate: formatDate(row.createdAt) };
 }
 
 /** create /cmk: a new active CMK for the scope; the previous one turns inactive but still unseals. */
-export const createCmk: Operation = async (ctx, deps) => {
+export const createCmk: Handler = async (ctx, deps) => {
   const { assignedOrgId } = validate(createCmkSchema, ctx.request);
   if (!mayAdministerCmks(ctx.principal, assignedOrgId ?? null)) throw KmsError.forbidden('requires kmsAdmin, or orgAgent of the assigned organisation');
   const rep = cmkRep(deps, await deps.keyring.createCmk(assignedOrgId ?? null, deps.now()));
@@ -17,7 +17,7 @@ export const createCmk: Operation = async (ctx, deps) => {
 };
 
 /** update /cmk/<id> with `state`. */
-export const updateCmk: Operation = async (ctx, deps) => {
+export const updateCmk: Handler = async (ctx, deps) => {
   const { state } = validate(updateCmkSchema, ctx.request);
   const row = await deps.store.getCmk(ctx.id);
   if (!row) throw KmsError.notFound('no such CMK');
@@ -33,11 +33,9 @@ export const updateCmk: Operation = async (ctx, deps) => {
 };
 
 /** retrieve /cmk (optionally `assignedOrgId`), or retrieve /cmk/<id>. */
-export const listCmks: Operation = async (ctx, deps) => {
+export const listCmks: Handler = async (ctx, deps) => {
   const { assignedOrgId } = validate(listCmksSchema, ctx.request);
-  if (ctx.principal.kind !== 'user' || !ctx.principal.roles.some((r) => r === 'kmsAdmin' || r === 'orgAgent')) {
-    throw KmsError.forbidden('requires kmsAdmin or orgAgent');
-  }
+  if (!hasRoleFor(ctx.principal, 'listCmks')) throw KmsError.forbidden('requires kmsAdmin or orgAgent');
   let rows = visibleCmks(ctx.principal, await deps.store.listCmks(assignedOrgId));
   if (ctx.id) rows = rows.filter((r) => r.id === ctx.id);
   return { status: Status.OK, keys: rows.map((r) => cmkRep(deps, r)) };

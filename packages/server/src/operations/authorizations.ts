@@ -9,9 +9,9 @@ import {
   objectRef,
   validate,
 } from '@openkms/protocol';
-import { domainOf, isUserId, normalizeUserId } from '../identity/users.js';
+import { isUserId, normalizeUserId } from '../identity/users.js';
 import type { AuthorizationRow } from '../store/store.js';
-import type { Context, Deps, Operation } from './context.js';
+import type { Context, Deps, Handler } from './context.js';
 import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
 import { authorizationRep } from './representations.js';
 
@@ -32,46 +32,6 @@ export async function normalizeAuthId(deps: Deps, raw: string, field: string, mu
   const id = normalizeUserId(raw, deps.config.domains[0]!);
   if (!isUserId(id)) throw KmsError.badRequest(`invalid field ${field}: not a user id`);
   return id;
-}
-
-/**
- * A request about a peer's KRO (PROTOCOL.md §6, federated authorization management) is forwarded
- * to that peer on behalf of the user, and the peer applies its own policy. Undefined when the
- * resource is this KMS's.
- */
-async function forwardIfRemote(ctx: Context, deps: Deps, resourceUri?: string) {
-  if (ctx.peer) {
-    await refuseAmbiguousAuthIds(ctx);
-    return undefined;
-  }
-  const authority = resourceUri === undefined ? ctx.authority : objectRef(resourceUri, 'resources', deps.authority)?.authority;
-  if (authority === undefined || authority === deps.authority) return undefined;
-  if (!deps.peers.isPeerAuthority(authority)) throw KmsError.notFound(`unknown KMS authority ${authority}`);
-  // Names are made absolute here, where they mean what the user meant: `bob` is bob@<this KMS's
-  // first domain> and `/resources/<id>` a KRO of this KMS, not of the peer.
-  const request: Record<string, unknown> = { ...ctx.request };
-  for (const field of ['authIds', 'userIds'] as const) {
-    const list = request[field];
-    if (Array.isArray(list)) request[field] = await Promise.all(list.map((v) => normalizeAuthId(deps, String(v), field)));
-  }
-  const raw = ctx.query.get('authId');
-  if (raw !== undefined) {
-    const base = ctx.request.uri.slice(0, ctx.request.uri.indexOf('?'));
-    request.uri = `${base}?authId=${encodeURIComponent(await normalizeAuthId(deps, raw, 'authId'))}`;
-  }
-  return deps.federation.forward(userPrincipal(ctx.principal), request as typeof ctx.request, authority);
-}
-
-/** From a peer, an authId must say whose it is: `local@domain` or an absolute KRO URI. */
-async function refuseAmbiguousAuthIds(ctx: Context): Promise<void> {
-  const given = [...((ctx.request.authIds as unknown[] | undefined) ?? []), ...((ctx.request.userIds as unknown[] | undefined) ?? [])];
-  const query = ctx.query.get('authId');
-  if (query !== undefined) given.push(query);
-  for (const v of given) {
-    if (typeof v === 'string' && !v.includes('@') && !v.startsWith('kms://')) {
-      throw KmsError.badRequest('invalid field authIds: a peer must send local@domain or an absolute kms:// URI');
-    }
-  }
 }
 
 const authIdsOf = (rows: AuthorizationRow[]) => rows.flatMap((r) => (r.authId === null ? [] : [r.authId]));
@@ -101,15 +61,13 @@ export async function newAuthorizations(
   for (let i = 0; i < anonymous; i++) {
     const row: AuthorizationRow = { id: randomUUID(), resourceId: resource.id, authId: null, roleUri, createdAt: now };
     rows.push(row);
-    bearers.set(row.id, await deps.anonymous.issue({ authorizationId: row.id, resourceId: resource.id, expiresAt: bearerExpiry }));
+    bearers.set(row.id, await deps.bearers.issue({ authorizationId: row.id, resourceId: resource.id, expiresAt: bearerExpiry }));
   }
   return { rows, bearers };
 }
 
-export const createAuthorizations: Operation = async (ctx, deps) => {
+export const createAuthorizations: Handler = async (ctx, deps) => {
   const body = validate(createAuthorizationsSchema, ctx.request);
-  const forwarded = await forwardIfRemote(ctx, deps, body.resourceUri);
-  if (forwarded) return forwarded;
   const user = userPrincipal(ctx.principal);
   const resourceId = localId(deps, body.resourceUri, 'resources', 'resourceUri');
   const resource = await liveResource(deps, resourceId, 'resourceUri');
@@ -121,22 +79,17 @@ export const createAuthorizations: Operation = async (ctx, deps) => {
   const max = deps.config.limits.maxAuthorizationsPerResource;
   const rows = await deps.store.addAuthorizations(resourceId, created.rows, max);
   if (rows === 'over-limit') throw KmsError.tooLarge(`${field}: a resource holds at most ${max} authorizations`);
-  deps.federation.notify([resourceId], authIdsOf(rows));
+  deps.changes.changed([resourceId], authIdsOf(rows));
   return {
     status: Status.CREATED,
     authorizations: rows.map((row) => authorizationRep(deps.authority, row, created.bearers.get(row.id))),
   };
 };
 
-export const retrieveAuthorizations: Operation = async (ctx, deps) => {
-  const forwarded = await forwardIfRemote(ctx, deps);
-  if (forwarded) return forwarded;
+export const retrieveAuthorizations: Handler = async (ctx, deps) => {
   await liveResource(deps, ctx.id);
   await requireAuthorized(deps, ctx.principal, ctx.id);
   let rows = await deps.store.listAuthorizations(ctx.id);
-  // A peer learns only about principals of its own domains: this KMS never reveals its other users.
-  const peer = ctx.peer;
-  if (peer) rows = rows.filter((r) => r.authId !== null && r.authId.includes('@') && peer.domains.includes(domainOf(r.authId)));
   const authId = ctx.query.get('authId');
   if (authId !== undefined) {
     const wanted = await normalizeAuthId(deps, authId, 'authId');
@@ -150,14 +103,12 @@ async function deleteFrom(ctx: Context, deps: Deps, resourceId: string, rows: Au
   await requireAuthorized(deps, ctx.principal, resourceId);
   const deleted = await deps.store.deleteAuthorizations(resourceId, rows.map((r) => r.id));
   // Revocation must reach peers holding copies now, not at their staleness bound.
-  if (deleted.length > 0) deps.federation.notify([resourceId], authIdsOf(deleted));
+  if (deleted.length > 0) deps.changes.changed([resourceId], authIdsOf(deleted));
   return deleted.map((row) => authorizationRep(deps.authority, row));
 }
 
 /** delete /authorizations/<id> */
-export const deleteAuthorization: Operation = async (ctx, deps) => {
-  const forwarded = await forwardIfRemote(ctx, deps);
-  if (forwarded) return forwarded;
+export const deleteAuthorization: Handler = async (ctx, deps) => {
   const row = await deps.store.getAuthorization(ctx.id);
   if (!row) throw KmsError.notFound('no such authorization');
   const [deleted] = await deleteFrom(ctx, deps, row.resourceId, [row]);
@@ -167,9 +118,7 @@ export const deleteAuthorization: Operation = async (ctx, deps) => {
 };
 
 /** delete /resources/<id>/authorizations?authId=<x> */
-export const deleteAuthorizationByAuthId: Operation = async (ctx, deps) => {
-  const forwarded = await forwardIfRemote(ctx, deps);
-  if (forwarded) return forwarded;
+export const deleteAuthorizationByAuthId: Handler = async (ctx, deps) => {
   const raw = ctx.query.get('authId');
   if (raw === undefined) throw KmsError.badRequest('invalid field uri: authId query parameter missing');
   const authId = await normalizeAuthId(deps, raw, 'authId');
@@ -183,10 +132,8 @@ export const deleteAuthorizationByAuthId: Operation = async (ctx, deps) => {
 };
 
 /** delete /authorizations with resourceUri + authIds (bulk) */
-export const bulkDeleteAuthorizations: Operation = async (ctx, deps) => {
+export const bulkDeleteAuthorizations: Handler = async (ctx, deps) => {
   const body = validate(bulkDeleteAuthorizationsSchema, ctx.request);
-  const forwarded = await forwardIfRemote(ctx, deps, body.resourceUri);
-  if (forwarded) return forwarded;
   const resourceId = localId(deps, body.resourceUri, 'resources', 'resourceUri');
   await liveResource(deps, resourceId, 'resourceUri');
   await requireAuthorized(deps, ctx.principal, resourceId);

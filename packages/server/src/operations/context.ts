@@ -1,14 +1,31 @@
-/** What every operation receives: the validated request, who sent it, and the KMS's parts. */
-import type { KeyObject } from 'node:crypto';
+/**
+ * What every operation handler receives: the validated request, who sent it, and the narrow
+ * parts of the KMS it may use. The interfaces below are declared here, where they are used, so
+ * that operations depend on what they need and not on the classes that provide it (federation,
+ * the bearer issuer): the assembly module (server.ts) hands in the implementations.
+ */
 import type { KmsRequest, KmsResponse } from '@openkms/protocol';
 import type { Channel, Channels } from '../channels.js';
 import type { KmsConfig } from '../config.js';
-import type { AnonymousBearers } from '../identity/anonymous.js';
+import type { AnonymousClaims } from '../identity/anonymous.js';
 import type { PeerPrincipal, Principal } from '../identity/principal.js';
-import type { PeerRegistry } from '../federation/peers.js';
-import type { Federation } from '../federation/federation.js';
 import type { Keyring } from '../keyring/keyring.js';
 import type { Store } from '../store/store.js';
+
+/** Something changed on these KROs (authorizations, bound keys, expiry): peers holding copies are told. */
+export interface ChangeNotifier {
+  changed(resourceIds: readonly string[], userIds?: readonly string[]): void;
+}
+
+/** Where a peer's invalidations are recorded (PROTOCOL.md §6): its copies here become stale. */
+export interface InvalidationInbox {
+  invalidated(authority: string, resourceUris: readonly string[]): Promise<number>;
+}
+
+/** Issues the bearers of anonymous authorizations (PROTOCOL.md §5). */
+export interface BearerIssuer {
+  issue(claims: AnonymousClaims): Promise<string>;
+}
 
 export interface Deps {
   authority: string;
@@ -16,10 +33,9 @@ export interface Deps {
   store: Store;
   keyring: Keyring;
   channels: Channels;
-  anonymous: AnonymousBearers;
-  staticKey: { privateKey: KeyObject; kid: string };
-  peers: PeerRegistry;
-  federation: Federation;
+  bearers: BearerIssuer;
+  changes: ChangeNotifier;
+  inbox: InvalidationInbox;
   now: () => number;
 }
 
@@ -29,14 +45,14 @@ export interface Context {
   principal: Principal;
   /** The peer KMS the request came through, if any. */
   peer?: PeerPrincipal;
-  /** The authority the request's URI names: this KMS, or a peer's (served through federation). */
+  /** The authority of the object the request acts on: this KMS, or a peer's (served through federation). */
   authority: string;
-  /** The `{id}` of the route's pattern, when it has one. */
+  /** The `{id}` of the operation's path pattern, when it has one. */
   id: string;
   query: Map<string, string>;
-  /** The channel the request came on. */
-  channel: Channel;
+  /** The channel the request came on (none for the handshake, which creates one). */
+  channel?: Channel;
 }
 
-/** An operation answers with its status and members; the core adds requestId and wraps it. */
-export type Operation = (ctx: Context, deps: Deps) => Promise<KmsResponse>;
+/** A handler answers with its status and members; the core adds requestId and seals it. */
+export type Handler<D = Deps> = (ctx: Context, deps: D) => Promise<KmsResponse>;

@@ -1,7 +1,6 @@
 /**
  * Draft 4.7.1–4.7.2: create an ephemeral key (the ECDHE handshake) and delete one. The handshake
- * arrives under the static key, before any channel exists, so the core calls `handshake` directly
- * rather than through the routing table.
+ * arrives under the static key, before any channel exists; its answer is signed, not sealed.
  */
 import {
   KmsError,
@@ -12,14 +11,12 @@ import {
   generateEphemeralKeyPair,
   importEcPublicKey,
   validate,
-  type KmsRequest,
-  type KmsResponse,
 } from '@openkms/protocol';
-import { principalId, type Principal } from '../identity/principal.js';
+import { principalId } from '../identity/principal.js';
 import { Secret } from '../secret.js';
-import type { Deps, Operation } from './context.js';
+import type { Deps, Handler } from './context.js';
 
-export async function handshake(request: KmsRequest, principal: Principal, deps: Deps): Promise<KmsResponse> {
+export const createEphemeralKey: Handler = async ({ request, principal }, deps) => {
   const { jwk } = validate(ecdheSchema, request);
   if (jwk.kty !== 'EC') throw KmsError.badRequest('invalid field jwk.kty: must be EC');
   if (jwk.crv !== 'P-256') throw KmsError.badRequest('invalid field jwk.crv: only P-256 is supported');
@@ -50,10 +47,10 @@ export async function handshake(request: KmsRequest, principal: Principal, deps:
       expirationDate: formatDate(channel.expiresAt),
     },
   };
-}
+};
 
 /** delete /ecdhe/<id>: own channels only; the answer still travels under the channel it came on. */
-export const deleteEphemeralKey: Operation = async (ctx, deps) => {
+export const deleteEphemeralKey: Handler = async (ctx, deps) => {
   const channel = await deps.channels.get(ctx.id);
   if (!channel) throw KmsError.notFound('no such ephemeral key');
   if (channel.owner !== principalId(ctx.principal)) throw KmsError.forbidden('not your ephemeral key');

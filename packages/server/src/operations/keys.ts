@@ -13,21 +13,19 @@ import {
 import { ownsUnboundKey } from '../policy.js';
 import { Secret } from '../secret.js';
 import type { KeyRow } from '../store/store.js';
-import { releaseToPeer } from '../federation/release.js';
-import type { Deps, Operation } from './context.js';
+import { MAX_KEYS_PER_ANSWER } from '../limits.js';
+import type { Deps, Handler } from './context.js';
 import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
 import { keyRep } from './representations.js';
 
-const aad = (id: string) => `key:${id}`;
-
-/** Keys in one answer to retrieve /resources/<id>/keys; older ones are read with boundBefore. */
-export const MAX_KEYS_PER_ANSWER = 1000;
+/** The additional authenticated data a key is sealed under: a sealed key cannot pass for another. */
+export const keyAad = (id: string) => `key:${id}`;
 
 async function reveal(deps: Deps, row: KeyRow) {
-  return keyRep(deps.authority, row, await deps.keyring.unseal(row.cmkId, row.sealed, aad(row.id)));
+  return keyRep(deps.authority, row, await deps.keyring.unseal(row.cmkId, row.sealed, keyAad(row.id)));
 }
 
-export const createKeys: Operation = async (ctx, deps) => {
+export const createKeys: Handler = async (ctx, deps) => {
   const { count } = validate(createKeysSchema, ctx.request);
   if (count > Limits.maxKeyCount) throw KmsError.tooLarge(`count: at most ${Limits.maxKeyCount} keys per request`);
   const user = userPrincipal(ctx.principal);
@@ -49,14 +47,14 @@ export const createKeys: Operation = async (ctx, deps) => {
       bindDate: null,
       bindSeq: null,
       cmkId: cmk.id,
-      sealed: deps.keyring.seal(cmk.id, material.reveal(), aad(id)),
+      sealed: deps.keyring.seal(cmk.id, material.reveal(), keyAad(id)),
     });
   }
   await deps.store.insertKeys(rows);
   return { status: Status.CREATED, keys: rows.map((row, i) => keyRep(deps.authority, row, materials[i]!)) };
 };
 
-export const bindKey: Operation = async (ctx, deps) => {
+export const bindKey: Handler = async (ctx, deps) => {
   const { resourceUri } = validate(bindKeySchema, ctx.request);
   const user = userPrincipal(ctx.principal);
   const resourceId = localId(deps, resourceUri, 'resources', 'resourceUri');
@@ -76,7 +74,7 @@ export const bindKey: Operation = async (ctx, deps) => {
     now,
   });
   bindFailure(outcome, 'key');
-  deps.federation.notify([resourceId]);
+  deps.changes.changed([resourceId]);
   return { status: Status.OK, key: await reveal(deps, (await deps.store.getKey(key.id))!) };
 };
 
@@ -98,15 +96,7 @@ export function bindFailure(outcome: string, field: string): void {
   }
 }
 
-export const retrieveKey: Operation = async (ctx, deps) => {
-  if (ctx.peer) return releaseToPeer(ctx, deps, { keyId: ctx.id });
-  if (ctx.authority !== deps.authority) {
-    const keyUri = `kms://${ctx.authority}/keys/${ctx.id}`;
-    const copy = await deps.federation.copyFor(userPrincipal(ctx.principal), { keyUri });
-    const key = copy.resource.keys.find((k) => k.uri === keyUri);
-    if (!key) throw KmsError.notFound('no such key');
-    return { status: Status.OK, key };
-  }
+export const retrieveKey: Handler = async (ctx, deps) => {
   const key = await deps.store.getKey(ctx.id);
   const now = deps.now();
   if (!key) throw KmsError.notFound('no such key');
@@ -123,20 +113,8 @@ export const retrieveKey: Operation = async (ctx, deps) => {
   return { status: Status.OK, key: await reveal(deps, key) };
 };
 
-export const retrieveResourceKeys: Operation = async (ctx, deps) => {
-  if (ctx.peer) return releaseToPeer(ctx, deps, { resourceId: ctx.id });
+export const retrieveResourceKeys: Handler = async (ctx, deps) => {
   const filter = validate(retrieveKeysSchema, ctx.request);
-  if (ctx.authority !== deps.authority) {
-    // Draft 3.3 step 9: this KMS serves its user from the copy, applying the filters itself.
-    const copy = await deps.federation.copyFor(userPrincipal(ctx.principal), { resourceUri: `kms://${ctx.authority}/resources/${ctx.id}` });
-    const after = filter.boundAfter === undefined ? undefined : parseDate(filter.boundAfter)!;
-    const before = filter.boundBefore === undefined ? undefined : parseDate(filter.boundBefore)!;
-    const keys = copy.resource.keys.filter((k) => {
-      const bound = parseDate(k.bindDate)!;
-      return (after === undefined || bound >= after) && (before === undefined || bound < before);
-    });
-    return { status: Status.OK, keys: keys.slice(0, Math.min(filter.count ?? MAX_KEYS_PER_ANSWER, MAX_KEYS_PER_ANSWER)) };
-  }
   await liveResource(deps, ctx.id);
   await requireAuthorized(deps, ctx.principal, ctx.id);
   const rows = await deps.store.listResourceKeys(ctx.id, {

@@ -1,5 +1,5 @@
 /** Draft 4.7.12: ping proves the channel works and does nothing else. */
 import { Status } from '@openkms/protocol';
-import type { Operation } from './context.js';
+import type { Handler } from './context.js';
 
-export const ping: Operation = async () => ({ status: Status.OK });
+export const ping: Handler = async () => ({ status: Status.OK });

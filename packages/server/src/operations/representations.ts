@@ -3,12 +3,23 @@ import { absoluteUri, formatDate, type AuthorizationRep, type KeyRep, type Resou
 import type { Secret } from '../secret.js';
 import type { AuthorizationRow, KeyRow, ResourceRow } from '../store/store.js';
 
+/** A key as its own KMS's users see it. */
 export function keyRep(authority: string, row: KeyRow, material: Secret): KeyRep {
-  const rep: KeyRep = {
+  const { uri, jwk, createDate, expirationDate, resourceUri, bindDate } = peerKeyRep(authority, row, material);
+  const rep: KeyRep = { uri, jwk, userId: row.userId, clientId: row.clientId, createDate, expirationDate };
+  if (resourceUri !== undefined) rep.resourceUri = resourceUri;
+  if (bindDate !== undefined) rep.bindDate = bindDate;
+  return rep;
+}
+
+/**
+ * A key as released to a peer KMS (PROTOCOL.md §6): the same representation without who created
+ * it (`userId`, `clientId`): this KMS never reveals its users to a peer.
+ */
+export function peerKeyRep(authority: string, row: KeyRow, material: Secret): Omit<KeyRep, 'userId' | 'clientId'> {
+  const rep: Omit<KeyRep, 'userId' | 'clientId'> = {
     uri: absoluteUri(authority, 'keys', row.id),
     jwk: { kty: 'oct', kid: row.id, k: Buffer.from(material.reveal()).toString('base64url') },
-    userId: row.userId,
-    clientId: row.clientId,
     createDate: formatDate(row.createdAt),
     expirationDate: formatDate(row.expiresAt),
   };

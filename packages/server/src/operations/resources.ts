@@ -3,15 +3,13 @@ import { randomUUID } from 'node:crypto';
 import { KmsError, Status, createResourceSchema, validate } from '@openkms/protocol';
 import type { KeyBind, ResourceRow } from '../store/store.js';
 import { newAuthorizations } from './authorizations.js';
-import type { Operation } from './context.js';
+import type { Handler } from './context.js';
 import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
 import { bindFailure } from './keys.js';
+import { MAX_TTL_SECONDS } from '../limits.js';
 import { authorizationRep, resourceRep } from './representations.js';
 
-/** Without a configured maximum, a TTL still has to be a date: at most 100 years. */
-const MAX_TTL_SECONDS = 100 * 365 * 24 * 3600;
-
-export const createResource: Operation = async (ctx, deps) => {
+export const createResource: Handler = async (ctx, deps) => {
   const body = validate(createResourceSchema, ctx.request);
   const user = userPrincipal(ctx.principal);
   const now = deps.now();
@@ -48,7 +46,7 @@ export const createResource: Operation = async (ctx, deps) => {
   return response as { status: number };
 };
 
-export const retrieveResource: Operation = async (ctx, deps) => {
+export const retrieveResource: Handler = async (ctx, deps) => {
   const resource = await liveResource(deps, ctx.id);
   await requireAuthorized(deps, ctx.principal, ctx.id);
   const [keys, authorizations] = await Promise.all([deps.store.listResourceKeys(ctx.id), deps.store.listAuthorizations(ctx.id)]);

@@ -1,29 +1,35 @@
 /**
- * The HTTP and WebSocket transports (PROTOCOL.md §3): thin adapters over kms.handle. The
- * transport is untrusted and only ever carries JOSE objects; per-message failures travel inside
- * a 200 as KMS error or reset messages, HTTP errors are only for a body that is not a batch.
+ * The HTTP transport (PROTOCOL.md §3): a thin adapter over the core's message handler, plus the
+ * discovery, health, readiness and metrics endpoints; WebSocket upgrades go to `websocket.ts`.
+ * The transport is untrusted and only ever carries JOSE objects; per-message failures travel
+ * inside a 200 as KMS error or reset messages, HTTP errors are only for a body that is not a batch.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
-import { WebSocketServer, type WebSocket } from 'ws';
 import { Limits } from '@openkms/protocol';
-import type { Kms, Logger } from '../kms.js';
-import type { Store } from '../store/store.js';
+import type { Logger } from '../logger.js';
 import type { Metrics } from './metrics.js';
+import { WebSocketEndpoint } from './websocket.js';
+
+/** What a transport needs of the KMS: nothing but this. */
+export interface MessageHandler {
+  /** One compact JWE/JWS in, one out (errors travel inside the answer). */
+  handle(compact: string): Promise<string>;
+  /** The document served at /.well-known/kms. */
+  wellKnown(): unknown;
+  /** Whether this node can serve requests now (its storage answers). */
+  ready(): Promise<boolean>;
+}
 
 export interface TransportOptions {
-  kms: Kms;
-  store: Store;
+  kms: MessageHandler;
   metrics: Metrics;
   logger: Logger;
   tls?: { cert: string; key: string };
   /** Origins allowed by CORS (exact match, e.g. https://app.a.example). */
   corsOrigins?: readonly string[];
 }
-
-/** WebSocket frames one socket may have under way at once. */
-const MAX_IN_FLIGHT_PER_SOCKET = 256;
 
 class HttpError extends Error {
   constructor(
@@ -71,11 +77,10 @@ function parseBatch(body: Buffer): string[] {
 
 export class Transport {
   readonly server: Server;
-  private readonly wss: WebSocketServer;
+  private readonly websocket: WebSocketEndpoint;
   private readonly sockets = new Set<Socket>();
   private inFlight = 0;
   private idle: (() => void) | undefined;
-  private closing = false;
 
   constructor(private readonly options: TransportOptions) {
     const handler = (req: IncomingMessage, res: ServerResponse) => void this.route(req, res);
@@ -84,14 +89,13 @@ export class Transport {
       this.sockets.add(socket);
       socket.on('close', () => this.sockets.delete(socket));
     });
-    // maxPayload: a larger frame closes the socket with 1009 (PROTOCOL.md §3).
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: Limits.maxBodyBytes });
+    this.websocket = new WebSocketEndpoint(options.kms, options.logger, (work) => this.track(work));
     this.server.on('upgrade', (req, socket, head) => {
       if (new URL(req.url ?? '/', 'http://x').pathname !== '/kms/ws') {
         socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n');
         return;
       }
-      this.wss.handleUpgrade(req, socket, head, (ws) => this.serveSocket(ws));
+      this.websocket.upgrade(req, socket, head);
     });
   }
 
@@ -108,15 +112,15 @@ export class Transport {
 
   /** Stops accepting, lets in-flight requests finish, then closes every connection. */
   async close(): Promise<void> {
-    this.closing = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const ws of this.wss.clients) ws.close(1001, 'server shutting down');
+    this.websocket.close();
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.idle = resolve));
     this.server.closeIdleConnections();
     setTimeout(() => this.sockets.forEach((s) => s.destroy()), 2000).unref();
     await closed;
   }
 
+  /** Counts work under way, so that close() waits for it. */
   private track<T>(work: Promise<T>): Promise<T> {
     this.inFlight++;
     return work.finally(() => {
@@ -166,12 +170,7 @@ export class Transport {
           case '/healthz':
             return send(res, 200, { status: 'ok' });
           case '/readyz':
-            try {
-              await this.options.store.ping();
-              return send(res, 200, { status: 'ready' });
-            } catch {
-              return send(res, 503, { status: 'storage unreachable' });
-            }
+            return (await this.options.kms.ready()) ? send(res, 200, { status: 'ready' }) : send(res, 503, { status: 'storage unreachable' });
           case '/metrics':
             return send(res, 200, await this.options.metrics.registry.metrics(), this.options.metrics.registry.contentType);
         }
@@ -182,24 +181,5 @@ export class Transport {
       this.options.logger.error({ err: { message: (err as Error).message } }, 'http transport error');
       if (!res.headersSent) send(res, 500, { error: 'internal error' });
     }
-  }
-
-  private serveSocket(ws: WebSocket): void {
-    let inFlight = 0;
-    ws.on('message', (data, isBinary) => {
-      if (this.closing) return;
-      if (isBinary) return ws.close(1003, 'text frames only');
-      // One socket may not queue unbounded work: past the limit it is closed (policy violation).
-      if (inFlight >= MAX_IN_FLIGHT_PER_SOCKET) return ws.close(1008, 'too many requests in flight');
-      inFlight++;
-      const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
-      void this.track(this.options.kms.handle(text))
-        .then(
-          (answer) => ws.readyState === ws.OPEN && ws.send(answer),
-          (err) => this.options.logger.error({ err: { message: (err as Error).message } }, 'websocket handler error'),
-        )
-        .finally(() => inFlight--);
-    });
-    ws.on('error', () => ws.terminate());
   }
 }

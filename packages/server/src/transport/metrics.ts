@@ -1,6 +1,6 @@
 /** Prometheus metrics: requests by operation and status, latency, channels open. */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { RequestEvent } from '../kms.js';
+import type { RequestEvent } from '../core/answer.js';
 
 export class Metrics {
   readonly registry = new Registry();

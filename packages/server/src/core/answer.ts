@@ -1,0 +1,73 @@
+/**
+ * Stage 5, answer (PROTOCOL.md §4, §7): every request, failed or not, is recorded in the audit
+ * log before it is answered; then the answer is sealed — under the channel key for a user, under
+ * the channel key around a signature for a peer KMS (so its copies can prove what this KMS
+ * released), and signed by the static key when there is no channel (handshakes, resets).
+ */
+import { randomUUID, type KeyObject } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { Status, type KmsResponse, type MessageCodec, type OperationName } from '@openkms/protocol';
+import type { AuditEntry } from '../audit/audit.js';
+import type { Channel } from '../channels.js';
+import { describeError, type Logger } from '../logger.js';
+import type { RequestRecord } from './record.js';
+
+export interface RequestEvent {
+  op: OperationName | 'reset' | 'unknown';
+  status: number;
+  seconds: number;
+}
+
+/** Where an answer goes: on a channel (to a user or to a peer KMS), or nowhere yet. */
+export interface Destination {
+  channel?: Channel;
+  toPeer: boolean;
+}
+
+const encoder = new TextEncoder();
+
+export class Answerer {
+  /** Told of every answered request (metrics). */
+  onRequest: ((event: RequestEvent) => void) | undefined;
+
+  constructor(
+    private readonly audit: { record(entry: AuditEntry): Promise<void> },
+    private readonly codec: MessageCodec,
+    private readonly staticKey: { privateKey: KeyObject; kid: string },
+    private readonly logger: Logger,
+    private readonly now: () => number,
+  ) {}
+
+  async answer(response: KmsResponse, record: RequestRecord, to: Destination, startedAt: number): Promise<string> {
+    const requestId = response.status === Status.RESET && record.requestId === undefined ? randomUUID() : record.requestId;
+    let out: KmsResponse = { ...response, requestId };
+    try {
+      await this.audit.record({
+        time: this.now(),
+        principal: record.principal,
+        clientId: record.clientId,
+        method: record.method,
+        uri: record.uri,
+        status: out.status,
+        peer: record.peer,
+        requestId: requestId === undefined ? null : String(requestId),
+      });
+    } catch (err) {
+      // An answer that could not be audited is not given: the client gets a 500 and nothing else.
+      this.logger.error({ err: describeError(err) }, 'audit log write failed');
+      out = { status: Status.INTERNAL, reason: 'internal error', requestId };
+    }
+    this.onRequest?.({ op: record.op, status: out.status, seconds: (performance.now() - startedAt) / 1000 });
+    this.logger.debug({ op: record.op, status: out.status, requestId: out.requestId }, 'request');
+    return this.seal(encoder.encode(JSON.stringify(out)), out.status, to);
+  }
+
+  private async seal(payload: Uint8Array, status: number, to: Destination): Promise<string> {
+    const { privateKey, kid } = this.staticKey;
+    // A reset says the channel is unusable, so it cannot travel under it.
+    if (!to.channel || status === Status.RESET) return this.codec.signStatic(payload, privateKey, kid);
+    if (!to.toPeer) return this.codec.encryptChannel(payload, to.channel.key.reveal(), to.channel.uri);
+    const proof = await this.codec.signStatic(payload, privateKey, kid);
+    return this.codec.encryptChannel(encoder.encode(proof), to.channel.key.reveal(), to.channel.uri, 'JOSE');
+  }
+}

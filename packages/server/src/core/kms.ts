@@ -1,0 +1,123 @@
+/**
+ * The core: handle(compact message) -> compact message, as the draft's steps, each a stage of its
+ * own: open (static or channel key) -> authenticate (bearer or peer proof, channel owner) ->
+ * resolve (authority, operation, access) -> run (local, answer a peer, ask a peer) -> answer
+ * (audit, seal for a user or a peer). It knows no transport and takes time from an injected clock;
+ * its parts are handed in by the assembly module (server.ts). Every failure becomes an answer in
+ * one place, and every request is audited before it is answered.
+ */
+import { performance } from 'node:perf_hooks';
+import { KmsError, Status, type KmsResponse } from '@openkms/protocol';
+import type { Channels } from '../channels.js';
+import { describeError, type Logger } from '../logger.js';
+import type { ChangeNotifier } from '../operations/context.js';
+import type { Store, SweepResult } from '../store/store.js';
+import type { Answerer, Destination, RequestEvent } from './answer.js';
+import type { Authentication } from './authenticate.js';
+import { peerOwning, type Opener } from './open.js';
+import { newRecord } from './record.js';
+import type { Resolver } from './resolve.js';
+import type { Runner } from './run.js';
+
+export type { RequestEvent } from './answer.js';
+
+export interface PublicStaticJwk {
+  kty: 'RSA';
+  kid: string;
+  n: string;
+  e: string;
+  x5c: string[];
+}
+
+/** The parts of a KMS, wired together by the assembly module. */
+export interface KmsParts {
+  authority: string;
+  domains: readonly string[];
+  staticJwk: PublicStaticJwk;
+  opener: Opener;
+  authentication: Authentication;
+  resolver: Resolver;
+  runner: Runner;
+  answerer: Answerer;
+  channels: Channels;
+  store: Store;
+  changes: ChangeNotifier;
+  lifetimes: { unboundGraceMs: number };
+  logger: Logger;
+  now: () => number;
+  /** Closes what the parts hold open (peer channels, pushes under way, the audit log). */
+  close(): Promise<void>;
+}
+
+export class Kms {
+  readonly authority: string;
+  readonly staticKid: string;
+  readonly channels: Channels;
+
+  constructor(private readonly parts: KmsParts) {
+    this.authority = parts.authority;
+    this.staticKid = parts.staticJwk.kid;
+    this.channels = parts.channels;
+  }
+
+  /** Told of every answered request (metrics). */
+  set onRequest(listener: ((event: RequestEvent) => void) | undefined) {
+    this.parts.answerer.onRequest = listener;
+  }
+
+  /** The document served at /.well-known/kms (PROTOCOL.md §2): public members only. */
+  wellKnown(): { kmsCluster: string; rsaPublicKey: PublicStaticJwk; domains: string[] } {
+    const { kty, kid, n, e, x5c } = this.parts.staticJwk;
+    return { kmsCluster: `kms://${this.authority}`, rsaPublicKey: { kty, kid, n, e, x5c }, domains: [...this.parts.domains] };
+  }
+
+  /** Whether this node can serve now: its storage answers. */
+  async ready(): Promise<boolean> {
+    try {
+      await this.parts.store.ping();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async handle(compact: string): Promise<string> {
+    const startedAt = performance.now();
+    const { opener, authentication, resolver, runner, answerer } = this.parts;
+    const record = newRecord();
+    const to: Destination = { toPeer: false };
+    let response: KmsResponse;
+    try {
+      const opened = await opener.open(compact);
+      to.channel = opened.channel;
+      to.toPeer = opened.channel !== undefined && peerOwning(opened.channel) !== undefined;
+      const authenticated = await authentication.authenticate(opened, record);
+      const resolved = resolver.resolve(authenticated, opened.channel ? 'channel' : 'static', record);
+      response = await runner.run(authenticated, resolved, opened.channel);
+    } catch (err) {
+      response = this.failure(err);
+    }
+    return answerer.answer(response, record, to, startedAt);
+  }
+
+  private failure(err: unknown): KmsResponse {
+    if (err instanceof KmsError) return { status: err.status, reason: err.reason };
+    this.parts.logger.error({ err: describeError(err) }, 'internal error');
+    return { status: Status.INTERNAL, reason: 'internal error' };
+  }
+
+  /** Destroys what expired (resources past TTL, unbound keys past the grace, dead channels). */
+  async sweep(): Promise<SweepResult> {
+    const result = await this.parts.store.sweep(this.parts.now(), this.parts.lifetimes.unboundGraceMs);
+    // Peers holding copies of expired KROs must stop using them now, not at their staleness bound.
+    if (result.resourceIds.length > 0) this.parts.changes.changed(result.resourceIds);
+    if (result.resources || result.keys || result.channels) {
+      this.parts.logger.info({ resources: result.resources, keys: result.keys, channels: result.channels }, 'sweeper destroyed expired objects');
+    }
+    return result;
+  }
+
+  close(): Promise<void> {
+    return this.parts.close();
+  }
+}
