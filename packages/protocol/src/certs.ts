@@ -8,6 +8,7 @@
  * the project that needs `@peculiar/x509` at runtime obtains it through `loadX509()`.
  */
 import type * as X509 from '@peculiar/x509';
+import { Limits } from './limits.js';
 
 /** A certificate (or chain) was refused. The message says which check failed; it carries no key material. */
 export class CertificateError extends Error {
@@ -36,10 +37,7 @@ export interface VerifyKmsCertificateInput {
   now?: Date;
 }
 
-/** Most certificates an x5c may carry (leaf first). */
-export const MAX_CHAIN_LENGTH = 10;
-/** Largest DER certificate accepted (a guard against oversized input, far above any real one). */
-const MAX_CERT_BYTES = 64 * 1024;
+/** Smallest RSA modulus accepted for a KMS static key. */
 const MIN_RSA_BITS = 2048;
 
 const OID_BASIC_CONSTRAINTS = '2.5.29.19';
@@ -168,7 +166,7 @@ function derLength(der: Bytes): number {
 
 async function parseDer(der: Bytes, what: string): Promise<ParsedCert> {
   const x509 = await loadX509();
-  if (der.length > MAX_CERT_BYTES) throw new CertificateError(`${what} is too large`);
+  if (der.length > Limits.maxCertBytes) throw new CertificateError(`${what} is too large`);
   let cert: X509.X509Certificate;
   try {
     cert = new x509.X509Certificate(der);
@@ -193,8 +191,8 @@ async function parseX5c(x5c: unknown): Promise<ParsedCert[]> {
   if (!Array.isArray(x5c) || x5c.length === 0) {
     throw new CertificateError('x5c must be a non-empty array of base64 DER certificates');
   }
-  if (x5c.length > MAX_CHAIN_LENGTH) {
-    throw new CertificateError(`x5c has more than ${MAX_CHAIN_LENGTH} certificates`);
+  if (x5c.length > Limits.maxChainLength) {
+    throw new CertificateError(`x5c has more than ${Limits.maxChainLength} certificates`);
   }
   const out: ParsedCert[] = [];
   for (let i = 0; i < x5c.length; i++) {

@@ -7,3 +7,4 @@ export * from './messages.js';
 export * from './schemas.js';
 export * from './certs.js';
 export * from './operations.js';
+export * from './limits.js';

@@ -80,23 +80,3 @@ export interface CmkRep {
   assignedOrgId: string | null;
   createDate?: string;
 }
-
-/** Limits every implementation of this profile enforces (counts over them → 413). */
-export const Limits = {
-  /** Keys per create-keys request. */
-  maxKeyCount: 100,
-  /** authIds or keyUris per request, and authIds per bulk delete. */
-  maxListLength: 100,
-  /** Anonymous authorizations per request. */
-  maxAnonymous: 100,
-  /** Messages per HTTP batch. */
-  maxBatch: 100,
-  /** Bytes of an HTTP batch body or one WebSocket frame. */
-  maxBodyBytes: 1024 * 1024,
-  /** Characters of one compact message. */
-  maxMessageChars: 1024 * 1024,
-  /** Characters of an identifier such as a clientId or an authId. */
-  maxIdChars: 256,
-  /** Characters of a bearer token. */
-  maxBearerChars: 16 * 1024,
-} as const;

@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { KmsError, Status } from './errors.js';
 import { parseDate } from './dates.js';
-import { Limits } from './messages.js';
+import { Limits } from './limits.js';
 
 const id = z.string().min(1).max(Limits.maxIdChars);
 /**

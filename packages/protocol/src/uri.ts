@@ -2,6 +2,8 @@
  * KMS object URIs (PROTOCOL.md §1): absolute `kms://<authority>/<collection>/<uuid>`, or relative
  * `/<collection>/<uuid>` meaning "this KMS". Responses always carry the absolute form.
  */
+import { Limits } from './limits.js';
+
 export type Collection = 'keys' | 'resources' | 'authorizations' | 'ecdhe' | 'cmk';
 
 export interface ParsedUri {
@@ -16,7 +18,6 @@ export interface ParsedUri {
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** A DNS-like authority; may carry a port only for development setups ("kms.localhost"). */
 const AUTHORITY = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
-const MAX_URI = 2048;
 
 export function isUuid(value: string): boolean {
   return UUID.test(value);
@@ -28,7 +29,7 @@ export function isAuthority(value: string): boolean {
 
 /** Parses an absolute or relative KMS URI; returns undefined when it is not one. */
 export function parseKmsUri(uri: string): ParsedUri | undefined {
-  if (typeof uri !== 'string' || uri.length === 0 || uri.length > MAX_URI) return undefined;
+  if (typeof uri !== 'string' || uri.length === 0 || uri.length > Limits.maxUriChars) return undefined;
   let authority: string | undefined;
   let rest = uri;
   if (uri.startsWith('kms://')) {

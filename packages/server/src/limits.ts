@@ -1,7 +1,9 @@
 /**
  * The server's bounds, each in one place with why it is what it is. Limits of the protocol itself
- * (counts, sizes and lengths every implementation enforces) are the protocol package's `Limits`.
+ * (counts, sizes and lengths every implementation enforces) are the protocol package's `Limits`;
+ * what an operator may set is in the configuration's defaults.
  */
+import { Limits } from '@openkms/protocol';
 
 /** How deep KRO authIds are followed (PROTOCOL.md §1). */
 export const MAX_KRO_DEPTH = 8;
@@ -33,3 +35,29 @@ export const MAX_INVALIDATIONS_PER_PUSH = 100;
 export const MAX_CACHED_CHANNELS = 100_000;
 /** WebSocket frames one socket may have under way at once. */
 export const MAX_IN_FLIGHT_PER_SOCKET = 256;
+
+// Identity (bearer tokens, the IdP).
+/** Bearers beyond this many UTF-8 bytes are refused before any parsing (a JWT with a few roles is ~1–2 KiB). */
+export const MAX_TOKEN_BYTES = Limits.maxBearerChars;
+/** Upper bound on how long a verification result is reused, whatever the token's lifetime. */
+export const MAX_CACHE_MS = 10 * 60_000;
+/** An introspection answer without `exp` is trusted this long, then asked again. */
+export const NO_EXP_CACHE_MS = 60_000;
+/** Verified tokens remembered at most. */
+export const CACHE_MAX_ENTRIES = 10_000;
+/** A slow IdP must not hold a KMS request for long; jose's remote JWKS uses the same 5 s. */
+export const PROVIDER_TIMEOUT_MS = 5_000;
+/** Discovery documents and introspection answers are small; refuse to buffer a runaway body. */
+export const MAX_PROVIDER_RESPONSE_BYTES = 256 * 1024;
+/** After a failed discovery, wait this long before asking the IdP again (failing fast meanwhile). */
+export const DISCOVERY_RETRY_MS = 5_000;
+/** `kms token` lifetime unless --ttl says otherwise (s). */
+export const DEV_TOKEN_TTL_SECONDS = 3600;
+/** Even development tokens should not live for ever: a leaked one stays useful at most this long (s). */
+export const DEV_TOKEN_MAX_TTL_SECONDS = 30 * 24 * 3600;
+
+// Peer proofs (PROTOCOL.md §6).
+/** Largest accepted clock difference between two KMSs (seconds). */
+export const MAX_SKEW_SECONDS = 300;
+/** Remembered requestIds per peer (replay protection), at most. */
+export const MAX_SEEN_PER_PEER = 200_000;

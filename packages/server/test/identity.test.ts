@@ -13,11 +13,11 @@ import { SignJWT, UnsecuredJWT, decodeProtectedHeader, exportJWK, exportSPKI, ge
 import type { CryptoKey, JWK } from 'jose';
 import { KmsError } from '@openkms/protocol';
 import type { IdentityConfig } from '../src/identity/principal.js';
-import { createTokenVerifier, MAX_CACHE_MS, MAX_TOKEN_BYTES, NO_EXP_CACHE_MS } from '../src/identity/tokens.js';
+import { createTokenVerifier } from '../src/identity/tokens.js';
+import { DISCOVERY_RETRY_MS, MAX_CACHE_MS, MAX_TOKEN_BYTES, NO_EXP_CACHE_MS } from '../src/limits.js';
 import type { TokenVerifierOptions } from '../src/identity/tokens.js';
 import { generateDevIssuerKey, loadDevIssuer } from '../src/identity/dev-issuer.js';
 import { TokenCache } from '../src/identity/token-cache.js';
-import { DISCOVERY_RETRY_MS } from '../src/identity/jwks.js';
 
 const ISSUER = 'https://idp.example';
 const AUDIENCE = 'kms.example';

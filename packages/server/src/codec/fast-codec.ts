@@ -40,7 +40,7 @@ import {
   sign as cryptoSign,
   webcrypto,
 } from 'node:crypto';
-import type { AsymmetricKey, Decrypted, MessageCodec, ProtectedHeader } from '@openkms/protocol';
+import { STATIC_KEY_ALGS, type AsymmetricKey, type Decrypted, type MessageCodec, type ProtectedHeader } from '@openkms/protocol';
 
 const ENC = 'A256GCM';
 const IV_BYTES = 12;
@@ -193,13 +193,12 @@ function privateKeyObject(input: AsymmetricKey, usage: Usage): KeyObject {
   return key;
 }
 
-const STATIC_ALGS = ['RSA-OAEP', 'RSA-OAEP-256'] as const;
 
 // --- the codec -------------------------------------------------------------------------------------
 
 function decryptStatic(compact: string, privateKey: AsymmetricKey): Decrypted {
   const [h, ek, iv, ct, tag] = splitJwe(compact) as [string, string, string, string, string];
-  const header = parseHeader(h, STATIC_ALGS);
+  const header = parseHeader(h, STATIC_KEY_ALGS);
   const key = privateKeyObject(privateKey, 'decrypt');
   const sha256 = header.alg === 'RSA-OAEP-256';
   if (isCryptoKey(privateKey)) checkCryptoKey(privateKey, 'RSA-OAEP', sha256 ? 'SHA-256' : 'SHA-1', 'decrypt');

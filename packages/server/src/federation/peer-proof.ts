@@ -9,11 +9,8 @@ import { compactVerify, decodeProtectedHeader, importJWK, type CryptoKey } from 
 import { CertificateError, KmsError, verifyKmsCertificate } from '@openkms/protocol';
 import type { PeerPrincipal } from '../identity/principal.js';
 import type { PeerRegistry } from './peers.js';
+import { MAX_SEEN_PER_PEER, MAX_SKEW_SECONDS } from '../limits.js';
 
-/** Largest accepted clock difference between two KMSs (seconds). */
-export const MAX_SKEW_SECONDS = 300;
-/** Remembered requestIds per peer (replay protection), at most. */
-const MAX_SEEN_PER_PEER = 200_000;
 
 const dec = new TextDecoder();
 

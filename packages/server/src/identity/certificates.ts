@@ -10,7 +10,7 @@
 import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, webcrypto } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
-import { CertificateError, checkOwnCertificateChain, loadX509, parsePemCertificates } from '@openkms/protocol';
+import { CertificateError, Limits, checkOwnCertificateChain, loadX509, parsePemCertificates } from '@openkms/protocol';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 const crypto = webcrypto as unknown as Crypto;
@@ -23,7 +23,6 @@ const DEFAULT_LEAF_DAYS = 825;
 const DAY_MS = 86_400_000;
 /** Backdating of notBefore, so a peer whose clock is slightly behind accepts a fresh certificate. */
 const CLOCK_SKEW_MS = 5 * 60_000;
-const MAX_CHAIN = 10;
 
 /** A DNS name (what an authority is): labels of letters, digits and hyphens, no wildcard. */
 const DNS_NAME = /^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$/;
@@ -229,7 +228,7 @@ export async function loadStaticIdentity(input: {
     throw new Error(`static certificate chain: ${(err as Error).message}`);
   }
   if (x5c.length === 0) throw new Error('static certificate chain holds no CERTIFICATE block');
-  if (x5c.length > MAX_CHAIN) throw new Error(`static certificate chain has more than ${MAX_CHAIN} certificates`);
+  if (x5c.length > Limits.maxChainLength) throw new Error(`static certificate chain has more than ${Limits.maxChainLength} certificates`);
 
   try {
     await checkOwnCertificateChain({ x5c, authority, jwk: { n: jwk.n, e: jwk.e } });

@@ -1,4 +1,4 @@
-import { KmsError } from '@openkms/protocol';
+import { KmsError, Limits } from '@openkms/protocol';
 import type { VerifiedToken } from './principal.js';
 
 /** Which claims of a verified token (or introspection answer) carry the user, roles and org. */
@@ -9,7 +9,6 @@ export interface ClaimMapping {
 }
 
 /** Ids end up in channel ownership, ACLs and the audit log: keep them short and printable. */
-const MAX_ID_LENGTH = 256;
 const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
 
 /**
@@ -42,5 +41,5 @@ export function parseRoles(value: unknown): string[] {
 }
 
 function isId(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0 && value.length <= MAX_ID_LENGTH && !CONTROL_CHARS.test(value);
+  return typeof value === 'string' && value.length > 0 && value.length <= Limits.maxIdChars && !CONTROL_CHARS.test(value);
 }

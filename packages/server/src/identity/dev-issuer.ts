@@ -2,6 +2,8 @@ import { createHash, createPrivateKey, createPublicKey, randomUUID } from 'node:
 import type { JsonWebKey, KeyObject } from 'node:crypto';
 import { SignJWT, calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
 import type { JWK } from 'jose';
+import { Limits } from '@openkms/protocol';
+import { DEV_TOKEN_MAX_TTL_SECONDS, DEV_TOKEN_TTL_SECONDS } from '../limits.js';
 
 /**
  * The built-in development issuer behind `kms token`: a local RSA key that mints access tokens
@@ -10,11 +12,7 @@ import type { JWK } from 'jose';
  * production: whoever can read the key file can be anyone.
  */
 
-export const DEV_TOKEN_TTL_SECONDS = 3600;
-/** Even development tokens should not live for ever: a leaked one stays useful at most this long. */
-export const DEV_TOKEN_MAX_TTL_SECONDS = 30 * 24 * 3600;
 const ALGORITHMS = ['PS256', 'RS256'];
-const MAX_ID_LENGTH = 256;
 
 export interface DevIssueOptions {
   roles?: string[];
@@ -59,8 +57,8 @@ export function loadDevIssuer(keyFileContents: string, issuer: string, audience:
   return {
     publicJwk,
     async issue(user: string, opts: DevIssueOptions = {}): Promise<string> {
-      if (typeof user !== 'string' || user.length === 0 || user.length > MAX_ID_LENGTH) {
-        throw new Error(`dev issuer: user must be a non-empty string of at most ${MAX_ID_LENGTH} characters`);
+      if (typeof user !== 'string' || user.length === 0 || user.length > Limits.maxIdChars) {
+        throw new Error(`dev issuer: user must be a non-empty string of at most ${Limits.maxIdChars} characters`);
       }
       const ttl = opts.ttlSeconds ?? DEV_TOKEN_TTL_SECONDS;
       if (!Number.isInteger(ttl) || ttl <= 0 || ttl > DEV_TOKEN_MAX_TTL_SECONDS) {

@@ -4,9 +4,8 @@ import { createLocalJWKSet, createRemoteJWKSet, errors } from 'jose';
 import type { JWTVerifyGetKey } from 'jose';
 import type { IdentityConfig } from './principal.js';
 import { ProviderError, isRecord, providerFetch, providerUrl } from './provider.js';
+import { DISCOVERY_RETRY_MS } from '../limits.js';
 
-/** After a failed discovery, wait this long before asking the IdP again (failing fast meanwhile). */
-export const DISCOVERY_RETRY_MS = 5_000;
 
 /**
  * Where the IdP's signing keys come from: a file, a URL, or OIDC discovery. Returns undefined when

@@ -2,6 +2,7 @@
  * Talking to the organisation's identity provider (IdP): small, bounded HTTP helpers and the error
  * that says "the IdP, not the token, is the problem".
  */
+import { MAX_PROVIDER_RESPONSE_BYTES, PROVIDER_TIMEOUT_MS } from '../limits.js';
 
 /** What the client is told when the IdP cannot be used. Both are 401s (see tokens.ts). */
 export type ProviderReason = 'identity provider unreachable' | 'identity provider misconfigured';
@@ -20,10 +21,6 @@ export class ProviderError extends Error {
   }
 }
 
-/** A slow IdP must not hold a KMS request for long; jose's remote JWKS uses the same 5 s. */
-export const PROVIDER_TIMEOUT_MS = 5_000;
-/** Discovery documents and introspection answers are small; refuse to buffer a runaway body. */
-const MAX_RESPONSE_BYTES = 256 * 1024;
 
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]', 'localhost']);
 
@@ -80,7 +77,7 @@ export async function providerFetch(url: URL, init: RequestInit, what: string): 
 
 async function readBounded(res: Response): Promise<string> {
   const declared = Number(res.headers.get('content-length'));
-  if (Number.isFinite(declared) && declared > MAX_RESPONSE_BYTES) {
+  if (Number.isFinite(declared) && declared > MAX_PROVIDER_RESPONSE_BYTES) {
     await res.body?.cancel();
     throw new Error('too large');
   }
@@ -92,7 +89,7 @@ async function readBounded(res: Response): Promise<string> {
     const { done, value } = await reader.read();
     if (done) break;
     total += value.byteLength;
-    if (total > MAX_RESPONSE_BYTES) {
+    if (total > MAX_PROVIDER_RESPONSE_BYTES) {
       await reader.cancel();
       throw new Error('too large');
     }

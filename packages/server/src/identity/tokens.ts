@@ -8,6 +8,7 @@ import { IDP_ALGORITHMS, looksLikeJwt, toKmsError, verifyJwt } from './jwt.js';
 import type { IdentityConfig, TokenVerifier, VerifiedToken } from './principal.js';
 import { ProviderError } from './provider.js';
 import { TokenCache } from './token-cache.js';
+import { CACHE_MAX_ENTRIES, MAX_CACHE_MS, MAX_TOKEN_BYTES, NO_EXP_CACHE_MS } from '../limits.js';
 
 export interface TokenVerifierOptions {
   /** Directory of kms.json: `jwksFile` is relative to it. */
@@ -25,13 +26,6 @@ export interface TokenVerifierOptions {
   onProviderError?: (detail: string) => void;
 }
 
-/** Bearers beyond this are refused before any parsing (a JWT with a few roles is ~1–2 KiB). */
-export const MAX_TOKEN_BYTES = 16 * 1024;
-/** Upper bound on how long a verification result is reused, whatever the token's lifetime. */
-export const MAX_CACHE_MS = 10 * 60_000;
-/** An introspection answer without `exp` is trusted this long, then asked again. */
-export const NO_EXP_CACHE_MS = 60_000;
-export const CACHE_MAX_ENTRIES = 10_000;
 
 const DEFAULT_CLOCK_TOLERANCE_SECONDS = 30;
 const DEV_ALGORITHMS = ['PS256', 'RS256'];

@@ -1,4 +1,9 @@
-/** Prometheus metrics: requests by operation and status, latency, channels open. */
+/**
+ * Prometheus metrics: requests by operation and status, latency, channels open. The `op` label
+ * takes the operation table's names (plus `reset` and `unknown` for messages that never reached
+ * an operation); every operation's latency series exists from the start, at zero.
+ */
+import { operations } from '@openkms/protocol';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestEvent } from '../core/answer.js';
 
@@ -22,6 +27,7 @@ export class Metrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [this.registry],
     });
+    for (const { name } of operations) this.latency.zero({ op: name });
     new Gauge({
       name: 'kms_channels_open',
       help: 'Ephemeral-key channels held open (not expired) by this process',
