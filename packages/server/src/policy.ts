@@ -3,7 +3,7 @@
  * storage, walking KRO authIds, takes the loader as an argument so it stays testable without one.
  */
 import type { PeerPrincipal, Principal } from './identity/principal.js';
-import type { AuthorizationRow, CmkRow, KeyRow } from './store/store.js';
+import type { AuthorizationRow, CmkRow, KeyRow } from './model.js';
 
 /** How deep KRO authIds are followed (PROTOCOL.md §1). */
 export const MAX_KRO_DEPTH = 8;

@@ -1,112 +1,14 @@
 /**
  * The storage contract. Every method is atomic on its own: anything concurrency-sensitive (bind
  * races, all-or-nothing creates) is one transaction with the right constraint inside the
- * implementation, never a read-then-write in the caller. Times are epoch milliseconds; sealed
- * columns hold key material encrypted by the keyring, never plaintext.
+ * implementation, never a read-then-write in the caller. The rows themselves are the plain types
+ * of model.ts. Times are epoch milliseconds; sealed columns hold key material encrypted by the
+ * keyring, never plaintext.
  */
-export interface KeyRow {
-  id: string;
-  userId: string;
-  clientId: string;
-  createdAt: number;
-  expiresAt: number;
-  resourceId: string | null;
-  bindDate: number | null;
-  /** Monotonic bind order, breaking ties between equal bindDates. */
-  bindSeq: number | null;
-  cmkId: string;
-  sealed: Uint8Array;
-}
+import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
 
-export interface ResourceRow {
-  id: string;
-  creator: string;
-  createdAt: number;
-  expiresAt: number | null;
-}
-
-export interface AuthorizationRow {
-  id: string;
-  resourceId: string;
-  /** A user id, or an absolute KRO URI; null for an anonymous authorization. */
-  authId: string | null;
-  roleUri: string | null;
-  createdAt: number;
-}
-
-export interface ChannelRow {
-  id: string;
-  /** principalId() of the principal that created it. */
-  owner: string;
-  clientId: string;
-  createdAt: number;
-  expiresAt: number;
-  cmkId: string;
-  sealed: Uint8Array;
-}
-
-export interface CmkRow {
-  id: string;
-  state: 'active' | 'inactive';
-  assignedOrgId: string | null;
-  createdAt: number;
-  /** The CMK sealed under the root key. */
-  sealed: Uint8Array;
-}
-
-/** One audited request: who, from which client, what, how it ended. Never a secret. */
-export interface AuditEntry {
-  time: number;
-  principal: string | null;
-  clientId: string | null;
-  method: string | null;
-  uri: string | null;
-  status: number;
-  peer: string | null;
-  requestId: string | null;
-}
-
-export interface AuditRow extends AuditEntry {
-  seq: number;
-  prevHash: string;
-  hash: string;
-}
-
-/** A copy of another KMS's KRO, as released to this KMS (sealed: it holds key material). */
-export interface CopyRow {
-  resourceUri: string;
-  authority: string;
-  /** When it was received; 0 once invalidated (kept for the archive, re-fetched before use). */
-  fetchedAt: number;
-  cmkId: string;
-  sealed: Uint8Array;
-}
-
-export interface KeyBind {
-  id: string;
-  userId: string;
-  clientId: string;
-  bindDate: number;
-  expiresAt: number;
-  /** The bind must fail if the unbound key expired before this instant. */
-  now: number;
-}
-
-export type BindOutcome = 'bound' | 'missing' | 'already-bound' | 'expired' | 'not-owner';
-
-export interface KeyFilter {
-  boundAfter?: number;
-  boundBefore?: number;
-  limit?: number;
-}
-
-export interface SweepResult {
-  resources: number;
-  /** The expired resources destroyed (their peers are told). */
-  resourceIds: string[];
-  keys: number;
-  channels: number;
-}
+// The model's types, re-exported while their users move to importing ../model.js.
+export type { AuditEntry, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
 
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
