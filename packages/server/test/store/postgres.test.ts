@@ -8,10 +8,10 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 import pg from 'pg';
-import { postgresProblem, shownUrl, TEST_POSTGRES_URL } from '../src/testing/harness.js';
-import { PostgresStore } from '../src/store/postgres.js';
-import { migrations } from '../src/store/migrations.js';
-import { storeContract } from './support/store-contract.js';
+import { postgresProblem, shownUrl, TEST_POSTGRES_URL } from '../../src/testing/harness.js';
+import { PostgresStore } from '../../src/store/postgres.js';
+import { migrations } from '../../src/store/migrations.js';
+import { storeContract } from './contract.js';
 
 const URL_ = TEST_POSTGRES_URL;
 const shown = shownUrl(URL_);
