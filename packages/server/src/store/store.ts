@@ -1,9 +1,11 @@
 /**
  * The storage contract. Every method is atomic on its own: anything concurrency-sensitive (bind
  * races, all-or-nothing creates) is one transaction with the right constraint inside the
- * implementation, never a read-then-write in the caller. The rows themselves are the plain types
- * of model.ts. Times are epoch milliseconds; sealed columns hold key material encrypted by the
- * keyring, never plaintext.
+ * implementation, never a read-then-write in the caller. What a method decides (may this key be
+ * bound, which authorizations are new, what a sweep destroys, which inputs are refused) is
+ * decided by the shared rules (rules.ts), so both backends answer alike; the rows themselves are
+ * the plain types of model.ts. Times are epoch milliseconds; sealed columns hold key material
+ * encrypted by the keyring, never plaintext.
  */
 import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
 
@@ -15,9 +17,12 @@ export interface Store {
 
   insertKeys(rows: KeyRow[]): Promise<void>;
   getKey(id: string): Promise<KeyRow | undefined>;
-  /** Binds one key; exactly one of concurrent binds of the same key wins. */
+  /**
+   * Binds one key (rules.ts bindOutcome decides); exactly one of concurrent binds of the same key
+   * wins. A resource that no longer exists (swept since the caller looked) is 'missing'.
+   */
   bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome>;
-  /** The resource's keys, newest bindDate first (ties: latest bind first). */
+  /** The resource's keys, newest bindDate first (ties: latest bind first). A malformed filter is a RangeError. */
   listResourceKeys(resourceId: string, filter?: KeyFilter): Promise<KeyRow[]>;
 
   /**
@@ -34,7 +39,7 @@ export interface Store {
    */
   addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'>;
   listAuthorizations(resourceId: string): Promise<AuthorizationRow[]>;
-  /** Resources with an authorization whose authId is exactly `authId` (e.g. a KRO URI). */
+  /** Resources with an authorization whose authId is exactly `authId` (e.g. a KRO URI), in id order. */
   resourcesWithAuthId(authId: string): Promise<string[]>;
   getAuthorization(id: string): Promise<AuthorizationRow | undefined>;
   /** Deletes the given authorizations of one resource; returns those that existed. */
@@ -58,7 +63,7 @@ export interface Store {
   putCopy(row: CopyRow, keyUris: string[]): Promise<void>;
   getCopy(resourceUri: string): Promise<CopyRow | undefined>;
   copyOfKey(keyUri: string): Promise<string | undefined>;
-  /** Marks copies stale (they stay, for the archive); only those under `authority`. */
+  /** Marks copies stale (they stay, for the archive); only those under `authority`. Returns how many, each once. */
   invalidateCopies(authority: string, resourceUris: string[]): Promise<number>;
 
   /** Appends audit records after the current head; each carries its own prevHash/hash. */
