@@ -6,7 +6,7 @@
 import { operation, type Caller, type OperationName } from '@openkms/protocol';
 import { kroOf, walkKros } from './authorization-graph.js';
 import type { PeerPrincipal, Principal } from './identity/principal.js';
-import type { AuthorizationRow, CmkRow, KeyRow } from './store/store.js';
+import type { AuthorizationRow, CmkRow, KeyRow } from './model.js';
 
 export type AuthorizationLoader = (resourceId: string) => Promise<AuthorizationRow[]>;
 

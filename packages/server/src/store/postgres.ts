@@ -5,15 +5,17 @@
  * decide and then writes is one transaction on one pooled connection holding row locks:
  *
  * - bindKey / createResource: the keys are locked `FOR UPDATE` (in id order, so two creates
- *   sharing keys cannot deadlock), checked, and only then is `bind_seq` taken from the counters
- *   row (`UPDATE … RETURNING`, which holds that row until COMMIT: bind order = commit order); the
- *   UPDATE keeps `resource_id IS NULL` in its WHERE as a second guard.
+ *   sharing keys cannot deadlock), then bindKey's resource `FOR KEY SHARE` (after the keys, in the
+ *   order a sweep takes them: a sweep destroying it first makes the bind 'missing'); the shared
+ *   rules decide, and only then is `bind_seq` taken from the counters row (`UPDATE … RETURNING`,
+ *   which holds that row until COMMIT: bind order = commit order); the UPDATE keeps
+ *   `resource_id IS NULL` in its WHERE as a second guard.
  * - addAuthorizations: the resource row is locked `FOR UPDATE` before counting, so concurrent
  *   adds to one resource queue up and the limit holds.
  * - insertCmk / setCmkState: a transaction-scoped advisory lock per CMK scope, so the
  *   deactivate-then-activate pair of two concurrent activations never trips the one-active index.
  * - sweep: the expired resources are locked `FOR UPDATE` first; a concurrent bind into one of them
- *   waits on its foreign-key check and then fails, as it would after the sweep.
+ *   waits on its `FOR KEY SHARE` and then finds the resource gone: 'missing', as after the sweep.
  * - migrations: one transaction each, under `pg_advisory_xact_lock`, re-reading
  *   `schema_migrations` inside the lock, so instances starting together apply each exactly once.
  *
@@ -25,23 +27,13 @@
  * connection's whole search_path. NAME must be a lower-case SQL identifier.
  */
 import pg from 'pg';
+import { COPY_INVALIDATED } from '../model.js';
+import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
 import { auditFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
-import type {
-  AuditRow,
-  AuthorizationRow,
-  BindOutcome,
-  ChannelRow,
-  CmkRow,
-  CopyRow,
-  KeyBind,
-  KeyFilter,
-  KeyRow,
-  ResourceRow,
-  Store,
-  SweepResult,
-} from './store.js';
+import * as rules from './rules.js';
+import type { Store } from './store.js';
 
 type Queryable = Pick<pg.PoolClient, 'query'>;
 
@@ -60,7 +52,7 @@ const bytes = (u: Uint8Array): Buffer => (Buffer.isBuffer(u) ? u : Buffer.from(u
 const KEY_COLUMNS = ['id', 'user_id', 'client_id', 'created_at', 'expires_at', 'resource_id', 'bind_date', 'bind_seq', 'cmk_id', 'sealed'];
 const keyValues = (k: KeyRow) => [k.id, k.userId, k.clientId, k.createdAt, k.expiresAt, k.resourceId, k.bindDate, k.bindSeq, k.cmkId, bytes(k.sealed)];
 const AUTHORIZATION_COLUMNS = ['id', 'resource_id', 'auth_id', 'role_uri', 'created_at'];
-const authorizationValues = (a: AuthorizationRow, resourceId = a.resourceId) => [a.id, resourceId, a.authId, a.roleUri, a.createdAt];
+const authorizationValues = (a: AuthorizationRow) => [a.id, a.resourceId, a.authId, a.roleUri, a.createdAt];
 const CHANNEL_COLUMNS = ['id', 'owner', 'client_id', 'created_at', 'expires_at', 'cmk_id', 'sealed'];
 const channelValues = (c: ChannelRow) => [c.id, c.owner, c.clientId, c.createdAt, c.expiresAt, c.cmkId, bytes(c.sealed)];
 const AUDIT_COLUMNS = ['seq', 'time', 'principal', 'client_id', 'method', 'uri', 'status', 'peer', 'request_id', 'prev_hash', 'hash'];
@@ -91,13 +83,6 @@ const LOCK_MIGRATE = 1;
 
 /** Transient failures after which a transaction is simply run again. */
 const RETRYABLE = new Set(['40P01' /* deadlock_detected */, '40001' /* serialization_failure */]);
-
-/** Thrown inside a transaction to roll it back and answer a bind outcome. */
-class BindFailed extends Error {
-  constructor(readonly outcome: BindOutcome) {
-    super(outcome);
-  }
-}
 
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
@@ -208,6 +193,7 @@ export class PostgresStore implements Store {
   }
 
   async insertKeys(rows: KeyRow[]): Promise<void> {
+    rows.forEach(rules.checkKeyRow);
     await this.insertAll('keys', KEY_COLUMNS, rows.map(keyValues));
   }
 
@@ -217,46 +203,32 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * Checks and binds inside the caller's transaction, all or nothing: writes only when every bind
-   * passes, and returns the first failure in the given order otherwise (the same precedence as
-   * SQLite: missing, not-owner, already-bound, expired).
+   * Decides and binds inside the caller's transaction, all or nothing: the caller rolls back
+   * unless this returns 'bound'. `resourceIsNew`: this transaction inserted the resource, so it
+   * exists and nobody else sees it yet; otherwise (bindKey) it is locked against a sweep.
    */
-  private async bindInTx(c: pg.PoolClient, binds: KeyBind[], resourceId: string): Promise<BindOutcome> {
-    if (binds.length === 0) return 'bound';
+  private async bindInTx(c: pg.PoolClient, binds: KeyBind[], resourceId: string, resourceIsNew: boolean): Promise<BindOutcome> {
     const ids = [...new Set(binds.map((b) => b.id))];
-    const locked = await c.query<Row>('SELECT * FROM keys WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE', [ids]);
-    const keys = new Map(locked.rows.map((r) => [r.id as string, keyFromRow(r)]));
-    const seen = new Set<string>();
-    for (const b of binds) {
-      const key = keys.get(b.id);
-      if (!key) return 'missing';
-      // Ownership first, so that nobody but the creator learns whether a key is bound.
-      if (key.userId !== b.userId || key.clientId !== b.clientId) return 'not-owner';
-      if (key.resourceId !== null || seen.has(b.id)) return 'already-bound';
-      if (key.expiresAt <= b.now) return 'expired';
-      seen.add(b.id);
-    }
+    const locked = ids.length === 0 ? [] : (await c.query<Row>('SELECT * FROM keys WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE', [ids])).rows;
+    const keys = new Map(locked.map((r) => [r.id as string, keyFromRow(r)]));
+    const resource = resourceIsNew || ((await c.query('SELECT 1 FROM resources WHERE id = $1 FOR KEY SHARE', [resourceId])).rowCount ?? 0) === 1;
+    const outcome = rules.bindOutcome(binds, { resource, keys });
+    if (outcome !== 'bound' || binds.length === 0) return outcome;
     // Reserves binds.length numbers at once; the counters row stays locked until COMMIT.
     const counter = await c.query<Row>(`UPDATE counters SET value = value + $1 WHERE name = 'bind_seq' RETURNING value`, [binds.length]);
-    const first = num(counter.rows[0]!.value) - binds.length + 1;
+    const writes = rules.bindWrites(binds, resourceId, num(counter.rows[0]!.value));
     const updated = await c.query(
       `UPDATE keys AS k SET resource_id = $1, bind_date = u.bind_date, bind_seq = u.bind_seq, expires_at = u.expires_at
        FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u (id, bind_date, bind_seq, expires_at)
        WHERE k.id = u.id AND k.resource_id IS NULL`,
-      [resourceId, binds.map((b) => b.id), binds.map((b) => b.bindDate), binds.map((_, i) => first + i), binds.map((b) => b.expiresAt)],
+      [resourceId, writes.map((w) => w.id), writes.map((w) => w.bindDate), writes.map((w) => w.bindSeq), writes.map((w) => w.expiresAt)],
     );
     // Cannot differ while the rows are locked; kept as the contract's guard.
     return updated.rowCount === binds.length ? 'bound' : 'already-bound';
   }
 
   async bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome> {
-    try {
-      return await this.bindOrRollBack(async (c) => this.bindInTx(c, [bind], bind.resourceId));
-    } catch (err) {
-      // The resource was swept between the caller's check and this bind: as if it never existed.
-      if ((err as { code?: string }).code === '23503') return 'missing';
-      throw err;
-    }
+    return this.bindOrRollBack(async (c) => this.bindInTx(c, [bind], bind.resourceId, false));
   }
 
   /** Runs `fn` in a transaction that commits only when it returns 'bound'; otherwise returns its outcome. */
@@ -264,16 +236,17 @@ export class PostgresStore implements Store {
     try {
       return await this.tx(async (c) => {
         const outcome = await fn(c);
-        if (outcome !== 'bound') throw new BindFailed(outcome);
+        if (outcome !== 'bound') throw new rules.BindRefused(outcome);
         return outcome;
       });
     } catch (err) {
-      if (err instanceof BindFailed) return err.outcome;
+      if (err instanceof rules.BindRefused) return err.outcome;
       throw err;
     }
   }
 
   async listResourceKeys(resourceId: string, filter: KeyFilter = {}): Promise<KeyRow[]> {
+    rules.checkKeyFilter(filter);
     const args: unknown[] = [resourceId];
     const where = ['resource_id = $1'];
     if (filter.boundAfter !== undefined) {
@@ -293,6 +266,8 @@ export class PostgresStore implements Store {
   }
 
   async createResource(resource: ResourceRow, authorizations: AuthorizationRow[], binds: KeyBind[]): Promise<BindOutcome> {
+    rules.checkResourceRow(resource);
+    authorizations.forEach(rules.checkAuthorizationRow);
     return this.bindOrRollBack(async (c) => {
       await c.query('INSERT INTO resources (id, creator, created_at, expires_at) VALUES ($1, $2, $3, $4)', [
         resource.id,
@@ -300,8 +275,8 @@ export class PostgresStore implements Store {
         resource.createdAt,
         resource.expiresAt,
       ]);
-      await insertRows(c, 'authorizations', AUTHORIZATION_COLUMNS, authorizations.map((a) => authorizationValues(a)));
-      return this.bindInTx(c, binds, resource.id);
+      await insertRows(c, 'authorizations', AUTHORIZATION_COLUMNS, authorizations.map(authorizationValues));
+      return this.bindInTx(c, binds, resource.id, true);
     });
   }
 
@@ -311,37 +286,21 @@ export class PostgresStore implements Store {
   }
 
   async addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'> {
-    class OverLimit extends Error {}
-    try {
-      return await this.tx(async (c) => {
-        // Concurrent adds to this resource wait here, so each counts what the previous one wrote.
-        await c.query('SELECT id FROM resources WHERE id = $1 FOR UPDATE', [resourceId]);
-        let count = num((await c.query<Row>('SELECT COUNT(*) AS n FROM authorizations WHERE resource_id = $1', [resourceId])).rows[0]!.n);
-        const authIds = [...new Set(rows.flatMap((r) => (r.authId === null ? [] : [r.authId])))];
-        const existing = new Map<string, AuthorizationRow>();
-        if (authIds.length > 0) {
-          const found = await c.query<Row>('SELECT * FROM authorizations WHERE resource_id = $1 AND auth_id = ANY($2::text[])', [resourceId, authIds]);
-          for (const r of found.rows) existing.set(r.auth_id as string, authorizationFromRow(r));
-        }
-        const inserts: unknown[][] = [];
-        const result = rows.map((row) => {
-          if (row.authId !== null) {
-            const there = existing.get(row.authId);
-            if (there) return there;
-          }
-          if (++count > limit) throw new OverLimit();
-          inserts.push(authorizationValues(row, resourceId));
-          // A second row for the same authId in this batch gets this one, as it would from the table.
-          if (row.authId !== null) existing.set(row.authId, { ...row, resourceId });
-          return row;
-        });
-        await insertRows(c, 'authorizations', AUTHORIZATION_COLUMNS, inserts);
-        return result;
-      });
-    } catch (err) {
-      if (err instanceof OverLimit) return 'over-limit';
-      throw err;
-    }
+    return this.tx(async (c) => {
+      // Concurrent adds to this resource wait here, so each counts what the previous one wrote.
+      await c.query('SELECT id FROM resources WHERE id = $1 FOR UPDATE', [resourceId]);
+      const count = num((await c.query<Row>('SELECT COUNT(*) AS n FROM authorizations WHERE resource_id = $1', [resourceId])).rows[0]!.n);
+      const authIds = rules.authIdsOf(rows);
+      const byAuthId = new Map<string, AuthorizationRow>();
+      if (authIds.length > 0) {
+        const found = await c.query<Row>('SELECT * FROM authorizations WHERE resource_id = $1 AND auth_id = ANY($2::text[])', [resourceId, authIds]);
+        for (const r of found.rows) byAuthId.set(r.auth_id as string, authorizationFromRow(r));
+      }
+      const plan = rules.planAuthorizations(resourceId, rows, { count, byAuthId }, limit);
+      if (plan === 'over-limit') return plan;
+      await insertRows(c, 'authorizations', AUTHORIZATION_COLUMNS, plan.inserts.map(authorizationValues));
+      return plan.answer;
+    });
   }
 
   async listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
@@ -351,7 +310,8 @@ export class PostgresStore implements Store {
   }
 
   async resourcesWithAuthId(authId: string): Promise<string[]> {
-    const r = await this.pool.query<Row>('SELECT DISTINCT resource_id FROM authorizations WHERE auth_id = $1', [authId]);
+    // One row per resource at most: authorizations_unique (resource_id, auth_id).
+    const r = await this.pool.query<Row>('SELECT resource_id FROM authorizations WHERE auth_id = $1 ORDER BY resource_id COLLATE "C"', [authId]);
     return r.rows.map((x) => x.resource_id as string);
   }
 
@@ -371,7 +331,9 @@ export class PostgresStore implements Store {
     });
   }
 
-  insertChannel(row: ChannelRow): Promise<void> {
+  async insertChannel(row: ChannelRow): Promise<void> {
+    // Refused here, not in the batch: one bad row must not fail the others' commit.
+    rules.checkChannelRow(row);
     return this.channelCommits.add(row);
   }
 
@@ -394,6 +356,7 @@ export class PostgresStore implements Store {
   }
 
   async insertCmk(row: CmkRow): Promise<void> {
+    rules.checkCmkRow(row);
     await this.tx(async (c) => {
       await this.lockCmkScope(c, row.assignedOrgId);
       if (row.state === 'active') await this.deactivateCmks(c, row.assignedOrgId);
@@ -435,6 +398,7 @@ export class PostgresStore implements Store {
   }
 
   async recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void> {
+    rules.checkInstant('at', at);
     await this.pool.query(
       'INSERT INTO peer_fetches (resource_id, peer, fetched_at) VALUES ($1, $2, $3) ON CONFLICT (resource_id, peer) DO UPDATE SET fetched_at = excluded.fetched_at',
       [resourceId, peer, at],
@@ -447,6 +411,7 @@ export class PostgresStore implements Store {
   }
 
   async putCopy(row: CopyRow, keyUris: string[]): Promise<void> {
+    rules.checkCopyRow(row);
     await this.tx(async (c) => {
       await c.query(
         `INSERT INTO federated_copies (resource_uri, authority, fetched_at, cmk_id, sealed) VALUES ($1, $2, $3, $4, $5)
@@ -478,11 +443,16 @@ export class PostgresStore implements Store {
 
   async invalidateCopies(authority: string, resourceUris: string[]): Promise<number> {
     if (resourceUris.length === 0) return 0;
-    const r = await this.pool.query('UPDATE federated_copies SET fetched_at = 0 WHERE authority = $1 AND resource_uri = ANY($2::text[])', [authority, resourceUris]);
+    const r = await this.pool.query('UPDATE federated_copies SET fetched_at = $1 WHERE authority = $2 AND resource_uri = ANY($3::text[])', [
+      COPY_INVALIDATED,
+      authority,
+      resourceUris,
+    ]);
     return r.rowCount ?? 0;
   }
 
   async appendAudit(rows: AuditRow[]): Promise<void> {
+    rows.forEach(rules.checkAuditRow);
     // One statement per chunk (one transaction beyond that): a seq already taken refuses them all.
     await this.insertAll('audit', AUDIT_COLUMNS, rows.map(auditValues));
   }
@@ -493,16 +463,21 @@ export class PostgresStore implements Store {
   }
 
   async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
+    rules.checkCount('afterSeq', afterSeq);
+    rules.checkCount('limit', limit);
     return (await this.pool.query<Row>('SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2', [afterSeq, limit])).rows.map(auditFromRow);
   }
 
   async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
+    const cutoff = rules.sweepCutoffs(now, unboundGraceMs);
     return this.tx(async (c) => {
       // Unbound keys and channels first: they hold no lock a bind into a resource could wait on.
-      const unbound = await c.query('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= $1', [now - unboundGraceMs]);
-      const channels = await c.query('DELETE FROM channels WHERE expires_at <= $1', [now]);
+      const unbound = await c.query('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= $1', [cutoff.unboundKeys]);
+      const channels = await c.query('DELETE FROM channels WHERE expires_at <= $1', [cutoff.channels]);
       // Locked in id order (two sweepers cannot deadlock); binds and adds into them now wait.
-      const expired = await c.query<Row>('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY id FOR UPDATE', [now]);
+      const expired = await c.query<Row>('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY id COLLATE "C" FOR UPDATE', [
+        cutoff.resources,
+      ]);
       const ids = expired.rows.map((r) => r.id as string);
       let bound = 0;
       if (ids.length > 0) {

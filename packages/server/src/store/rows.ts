@@ -2,7 +2,7 @@
  * Table rows as the Store contract's objects, shared by both backends. Numbers go through
  * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
  */
-import type { AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from './store.js';
+import type { AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from '../model.js';
 
 export type Row = Record<string, unknown>;
 

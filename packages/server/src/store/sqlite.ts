@@ -6,23 +6,13 @@
  */
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
+import { COPY_INVALIDATED } from '../model.js';
+import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
 import { auditFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, resourceFromRow, type Row } from './rows.js';
-import type {
-  AuditRow,
-  AuthorizationRow,
-  BindOutcome,
-  CopyRow,
-  ChannelRow,
-  CmkRow,
-  KeyBind,
-  KeyFilter,
-  KeyRow,
-  ResourceRow,
-  Store,
-  SweepResult,
-} from './store.js';
+import * as rules from './rules.js';
+import type { Store } from './store.js';
 
 /** SQLite spells BYTEA as BLOB; the rest of the shared migration SQL is accepted as is. */
 const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB');
@@ -53,11 +43,12 @@ export class SqliteStore implements Store {
       insertKey: p(`INSERT INTO keys (id, user_id, client_id, created_at, expires_at, resource_id, bind_date, bind_seq, cmk_id, sealed)
                     VALUES (@id, @userId, @clientId, @createdAt, @expiresAt, @resourceId, @bindDate, @bindSeq, @cmkId, @sealed)`),
       getKey: p('SELECT * FROM keys WHERE id = ?'),
-      nextBindSeq: p(`UPDATE counters SET value = value + 1 WHERE name = 'bind_seq' RETURNING value`),
+      reserveBindSeqs: p(`UPDATE counters SET value = value + ? WHERE name = 'bind_seq' RETURNING value`),
       bindKey: p(`UPDATE keys SET resource_id = @resourceId, bind_date = @bindDate, bind_seq = @bindSeq, expires_at = @expiresAt
                   WHERE id = @id AND resource_id IS NULL`),
       insertResource: p('INSERT INTO resources (id, creator, created_at, expires_at) VALUES (@id, @creator, @createdAt, @expiresAt)'),
       getResource: p('SELECT * FROM resources WHERE id = ?'),
+      resourceExists: p('SELECT 1 FROM resources WHERE id = ?'),
       insertAuthorization: p(`INSERT INTO authorizations (id, resource_id, auth_id, role_uri, created_at)
                               VALUES (@id, @resourceId, @authId, @roleUri, @createdAt)`),
       findAuthorization: p('SELECT * FROM authorizations WHERE resource_id = ? AND auth_id = ?'),
@@ -95,6 +86,7 @@ export class SqliteStore implements Store {
   }
 
   async insertKeys(rows: KeyRow[]): Promise<void> {
+    rows.forEach(rules.checkKeyRow);
     this.db.transaction(() => {
       for (const row of rows) this.stmt.insertKey!.run(row);
     })();
@@ -105,31 +97,46 @@ export class SqliteStore implements Store {
     return r && keyFromRow(r);
   }
 
-  /** Checks and binds inside the caller's transaction; the UPDATE's WHERE makes the race safe. */
-  private bindInTx(bind: KeyBind, resourceId: string): BindOutcome {
-    const r = this.stmt.getKey!.get(bind.id) as Row | undefined;
-    if (!r) return 'missing';
-    const key = keyFromRow(r);
-    // Ownership first, so that nobody but the creator learns whether a key is bound.
-    if (key.userId !== bind.userId || key.clientId !== bind.clientId) return 'not-owner';
-    if (key.resourceId !== null) return 'already-bound';
-    if (key.expiresAt <= bind.now) return 'expired';
-    const seq = Number((this.stmt.nextBindSeq!.get() as Row).value);
-    const changed = this.stmt.bindKey!.run({
-      id: bind.id,
-      resourceId,
-      bindDate: bind.bindDate,
-      bindSeq: seq,
-      expiresAt: bind.expiresAt,
-    }).changes;
-    return changed === 1 ? 'bound' : 'already-bound';
+  /**
+   * Decides and binds inside the caller's transaction (which no other request can interleave
+   * with), all or nothing: the caller rolls back unless this returns 'bound'.
+   */
+  private bindInTx(binds: KeyBind[], resourceId: string): BindOutcome {
+    const keys = new Map<string, KeyRow>();
+    for (const b of binds) {
+      const r = this.stmt.getKey!.get(b.id) as Row | undefined;
+      if (r) keys.set(b.id, keyFromRow(r));
+    }
+    const outcome = rules.bindOutcome(binds, { resource: this.stmt.resourceExists!.get(resourceId) !== undefined, keys });
+    if (outcome !== 'bound' || binds.length === 0) return outcome;
+    const lastSeq = Number((this.stmt.reserveBindSeqs!.get(binds.length) as Row).value);
+    for (const write of rules.bindWrites(binds, resourceId, lastSeq)) {
+      // The WHERE keeps resource_id IS NULL: a second guard, as in PostgreSQL.
+      if (this.stmt.bindKey!.run(write).changes !== 1) return 'already-bound';
+    }
+    return 'bound';
+  }
+
+  /** Runs `bind` in a transaction that commits only when it returns 'bound'; otherwise returns its outcome. */
+  private bindOrRollBack(bind: () => BindOutcome): BindOutcome {
+    try {
+      return this.db.transaction(() => {
+        const outcome = bind();
+        if (outcome !== 'bound') throw new rules.BindRefused(outcome);
+        return outcome;
+      })();
+    } catch (err) {
+      if (err instanceof rules.BindRefused) return err.outcome;
+      throw err;
+    }
   }
 
   async bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome> {
-    return this.db.transaction(() => this.bindInTx(bind, bind.resourceId))();
+    return this.bindOrRollBack(() => this.bindInTx([bind], bind.resourceId));
   }
 
   async listResourceKeys(resourceId: string, filter: KeyFilter = {}): Promise<KeyRow[]> {
+    rules.checkKeyFilter(filter);
     const where = ['resource_id = ?'];
     const args: unknown[] = [resourceId];
     if (filter.boundAfter !== undefined) {
@@ -149,25 +156,13 @@ export class SqliteStore implements Store {
   }
 
   async createResource(resource: ResourceRow, authorizations: AuthorizationRow[], binds: KeyBind[]): Promise<BindOutcome> {
-    class Abort extends Error {
-      constructor(readonly outcome: BindOutcome) {
-        super(outcome);
-      }
-    }
-    try {
-      this.db.transaction(() => {
-        this.stmt.insertResource!.run(resource);
-        for (const a of authorizations) this.stmt.insertAuthorization!.run(a);
-        for (const b of binds) {
-          const outcome = this.bindInTx(b, resource.id);
-          if (outcome !== 'bound') throw new Abort(outcome);
-        }
-      })();
-      return 'bound';
-    } catch (err) {
-      if (err instanceof Abort) return err.outcome;
-      throw err;
-    }
+    rules.checkResourceRow(resource);
+    authorizations.forEach(rules.checkAuthorizationRow);
+    return this.bindOrRollBack(() => {
+      this.stmt.insertResource!.run(resource);
+      for (const a of authorizations) this.stmt.insertAuthorization!.run(a);
+      return this.bindInTx(binds, resource.id);
+    });
   }
 
   async getResource(id: string): Promise<ResourceRow | undefined> {
@@ -175,26 +170,19 @@ export class SqliteStore implements Store {
     return r && resourceFromRow(r);
   }
 
-
   async addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'> {
-    class OverLimit extends Error {}
-    try {
-      return this.db.transaction(() => {
-        let count = Number((this.stmt.countAuthorizations!.get(resourceId) as Row).n);
-        return rows.map((row) => {
-          if (row.authId !== null) {
-            const existing = this.stmt.findAuthorization!.get(resourceId, row.authId) as Row | undefined;
-            if (existing) return authorizationFromRow(existing);
-          }
-          if (++count > limit) throw new OverLimit();
-          this.stmt.insertAuthorization!.run({ ...row, resourceId });
-          return row;
-        });
-      })();
-    } catch (err) {
-      if (err instanceof OverLimit) return 'over-limit';
-      throw err;
-    }
+    return this.db.transaction(() => {
+      const count = Number((this.stmt.countAuthorizations!.get(resourceId) as Row).n);
+      const byAuthId = new Map<string, AuthorizationRow>();
+      for (const authId of rules.authIdsOf(rows)) {
+        const existing = this.stmt.findAuthorization!.get(resourceId, authId) as Row | undefined;
+        if (existing) byAuthId.set(authId, authorizationFromRow(existing));
+      }
+      const plan = rules.planAuthorizations(resourceId, rows, { count, byAuthId }, limit);
+      if (plan === 'over-limit') return plan;
+      for (const row of plan.inserts) this.stmt.insertAuthorization!.run(row);
+      return plan.answer;
+    })();
   }
 
   async listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
@@ -202,7 +190,8 @@ export class SqliteStore implements Store {
   }
 
   async resourcesWithAuthId(authId: string): Promise<string[]> {
-    return (this.db.prepare('SELECT DISTINCT resource_id FROM authorizations WHERE auth_id = ?').all(authId) as Row[]).map((r) => r.resource_id as string);
+    // One row per resource at most: authorizations_unique (resource_id, auth_id).
+    return (this.db.prepare('SELECT resource_id FROM authorizations WHERE auth_id = ? ORDER BY resource_id').all(authId) as Row[]).map((r) => r.resource_id as string);
   }
 
   async getAuthorization(id: string): Promise<AuthorizationRow | undefined> {
@@ -223,7 +212,9 @@ export class SqliteStore implements Store {
     })();
   }
 
-  insertChannel(row: ChannelRow): Promise<void> {
+  async insertChannel(row: ChannelRow): Promise<void> {
+    // Refused here, not in the batch: one bad row must not fail the others' commit.
+    rules.checkChannelRow(row);
     return this.channelCommits.add(row);
   }
 
@@ -232,12 +223,12 @@ export class SqliteStore implements Store {
     return r && channelFromRow(r);
   }
 
-
   async deleteChannel(id: string): Promise<boolean> {
     return this.stmt.deleteChannel!.run(id).changes === 1;
   }
 
   async insertCmk(row: CmkRow): Promise<void> {
+    rules.checkCmkRow(row);
     this.db.transaction(() => {
       if (row.state === 'active') this.stmt.deactivateCmks!.run(row.assignedOrgId);
       this.stmt.insertCmk!.run(row);
@@ -267,6 +258,7 @@ export class SqliteStore implements Store {
   }
 
   async recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void> {
+    rules.checkInstant('at', at);
     this.db
       .prepare('INSERT INTO peer_fetches (resource_id, peer, fetched_at) VALUES (?, ?, ?) ON CONFLICT (resource_id, peer) DO UPDATE SET fetched_at = excluded.fetched_at')
       .run(resourceId, peer, at);
@@ -277,6 +269,7 @@ export class SqliteStore implements Store {
   }
 
   async putCopy(row: CopyRow, keyUris: string[]): Promise<void> {
+    rules.checkCopyRow(row);
     this.db.transaction(() => {
       this.db
         .prepare(
@@ -301,11 +294,13 @@ export class SqliteStore implements Store {
   }
 
   async invalidateCopies(authority: string, resourceUris: string[]): Promise<number> {
-    const stmt = this.db.prepare('UPDATE federated_copies SET fetched_at = 0 WHERE resource_uri = ? AND authority = ?');
-    return this.db.transaction(() => resourceUris.reduce((n, uri) => n + stmt.run(uri, authority).changes, 0))();
+    const stmt = this.db.prepare('UPDATE federated_copies SET fetched_at = ? WHERE resource_uri = ? AND authority = ?');
+    // A URI named twice is one copy: counted once.
+    return this.db.transaction(() => [...new Set(resourceUris)].reduce((n, uri) => n + stmt.run(COPY_INVALIDATED, uri, authority).changes, 0))();
   }
 
   async appendAudit(rows: AuditRow[]): Promise<void> {
+    rows.forEach(rules.checkAuditRow);
     this.db.transaction(() => {
       for (const row of rows) this.stmt.insertAudit!.run(row);
     })();
@@ -317,20 +312,23 @@ export class SqliteStore implements Store {
   }
 
   async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
+    rules.checkCount('afterSeq', afterSeq);
+    rules.checkCount('limit', limit);
     return (this.stmt.readAudit!.all(afterSeq, limit) as Row[]).map(auditFromRow);
   }
 
   async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
+    const cutoff = rules.sweepCutoffs(now, unboundGraceMs);
     const result = this.db.transaction(() => {
-      const expired = this.db.prepare('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= ?').all(now) as Row[];
+      const expired = this.db.prepare('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY id').all(cutoff.resources) as Row[];
       let keys = 0;
       for (const { id } of expired) {
         keys += this.db.prepare('DELETE FROM keys WHERE resource_id = ?').run(id).changes;
         this.db.prepare('DELETE FROM authorizations WHERE resource_id = ?').run(id);
         this.db.prepare('DELETE FROM resources WHERE id = ?').run(id);
       }
-      keys += this.db.prepare('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= ?').run(now - unboundGraceMs).changes;
-      const channels = this.db.prepare('DELETE FROM channels WHERE expires_at <= ?').run(now).changes;
+      keys += this.db.prepare('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= ?').run(cutoff.unboundKeys).changes;
+      const channels = this.db.prepare('DELETE FROM channels WHERE expires_at <= ?').run(cutoff.channels).changes;
       return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels };
     })();
     // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL

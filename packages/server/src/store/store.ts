@@ -1,121 +1,28 @@
 /**
  * The storage contract. Every method is atomic on its own: anything concurrency-sensitive (bind
  * races, all-or-nothing creates) is one transaction with the right constraint inside the
- * implementation, never a read-then-write in the caller. Times are epoch milliseconds; sealed
- * columns hold key material encrypted by the keyring, never plaintext.
+ * implementation, never a read-then-write in the caller. What a method decides (may this key be
+ * bound, which authorizations are new, what a sweep destroys, which inputs are refused) is
+ * decided by the shared rules (rules.ts), so both backends answer alike; the rows themselves are
+ * the plain types of model.ts. Times are epoch milliseconds; sealed columns hold key material
+ * encrypted by the keyring, never plaintext.
  */
-export interface KeyRow {
-  id: string;
-  userId: string;
-  clientId: string;
-  createdAt: number;
-  expiresAt: number;
-  resourceId: string | null;
-  bindDate: number | null;
-  /** Monotonic bind order, breaking ties between equal bindDates. */
-  bindSeq: number | null;
-  cmkId: string;
-  sealed: Uint8Array;
-}
+import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
 
-export interface ResourceRow {
-  id: string;
-  creator: string;
-  createdAt: number;
-  expiresAt: number | null;
-}
-
-export interface AuthorizationRow {
-  id: string;
-  resourceId: string;
-  /** A user id, or an absolute KRO URI; null for an anonymous authorization. */
-  authId: string | null;
-  roleUri: string | null;
-  createdAt: number;
-}
-
-export interface ChannelRow {
-  id: string;
-  /** principalId() of the principal that created it. */
-  owner: string;
-  clientId: string;
-  createdAt: number;
-  expiresAt: number;
-  cmkId: string;
-  sealed: Uint8Array;
-}
-
-export interface CmkRow {
-  id: string;
-  state: 'active' | 'inactive';
-  assignedOrgId: string | null;
-  createdAt: number;
-  /** The CMK sealed under the root key. */
-  sealed: Uint8Array;
-}
-
-/** One audited request: who, from which client, what, how it ended. Never a secret. */
-export interface AuditEntry {
-  time: number;
-  principal: string | null;
-  clientId: string | null;
-  method: string | null;
-  uri: string | null;
-  status: number;
-  peer: string | null;
-  requestId: string | null;
-}
-
-export interface AuditRow extends AuditEntry {
-  seq: number;
-  prevHash: string;
-  hash: string;
-}
-
-/** A copy of another KMS's KRO, as released to this KMS (sealed: it holds key material). */
-export interface CopyRow {
-  resourceUri: string;
-  authority: string;
-  /** When it was received; 0 once invalidated (kept for the archive, re-fetched before use). */
-  fetchedAt: number;
-  cmkId: string;
-  sealed: Uint8Array;
-}
-
-export interface KeyBind {
-  id: string;
-  userId: string;
-  clientId: string;
-  bindDate: number;
-  expiresAt: number;
-  /** The bind must fail if the unbound key expired before this instant. */
-  now: number;
-}
-
-export type BindOutcome = 'bound' | 'missing' | 'already-bound' | 'expired' | 'not-owner';
-
-export interface KeyFilter {
-  boundAfter?: number;
-  boundBefore?: number;
-  limit?: number;
-}
-
-export interface SweepResult {
-  resources: number;
-  /** The expired resources destroyed (their peers are told). */
-  resourceIds: string[];
-  keys: number;
-  channels: number;
-}
+// The model's types, re-exported while their users move to importing ../model.js.
+export type { AuditEntry, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
 
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
 
   insertKeys(rows: KeyRow[]): Promise<void>;
   getKey(id: string): Promise<KeyRow | undefined>;
-  /** Binds one key; exactly one of concurrent binds of the same key wins. */
+  /**
+   * Binds one key (rules.ts bindOutcome decides); exactly one of concurrent binds of the same key
+   * wins. A resource that no longer exists (swept since the caller looked) is 'missing'.
+   */
   bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome>;
-  /** The resource's keys, newest bindDate first (ties: latest bind first). */
+  /** The resource's keys, newest bindDate first (ties: latest bind first). A malformed filter is a RangeError. */
   listResourceKeys(resourceId: string, filter?: KeyFilter): Promise<KeyRow[]>;
 
   /**
@@ -132,7 +39,7 @@ export interface Store {
    */
   addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'>;
   listAuthorizations(resourceId: string): Promise<AuthorizationRow[]>;
-  /** Resources with an authorization whose authId is exactly `authId` (e.g. a KRO URI). */
+  /** Resources with an authorization whose authId is exactly `authId` (e.g. a KRO URI), in id order. */
   resourcesWithAuthId(authId: string): Promise<string[]>;
   getAuthorization(id: string): Promise<AuthorizationRow | undefined>;
   /** Deletes the given authorizations of one resource; returns those that existed. */
@@ -156,7 +63,7 @@ export interface Store {
   putCopy(row: CopyRow, keyUris: string[]): Promise<void>;
   getCopy(resourceUri: string): Promise<CopyRow | undefined>;
   copyOfKey(keyUri: string): Promise<string | undefined>;
-  /** Marks copies stale (they stay, for the archive); only those under `authority`. */
+  /** Marks copies stale (they stay, for the archive); only those under `authority`. Returns how many, each once. */
   invalidateCopies(authority: string, resourceUris: string[]): Promise<number>;
 
   /** Appends audit records after the current head; each carries its own prevHash/hash. */

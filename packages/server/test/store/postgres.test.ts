@@ -8,15 +8,14 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 import pg from 'pg';
-import { postgresProblem, shownUrl, TEST_POSTGRES_URL } from '../src/testing/harness.js';
-import { PostgresStore } from '../src/store/postgres.js';
-import { migrations } from '../src/store/migrations.js';
-import { storeContract } from './support/store-contract.js';
+import { postgresProblem, shownUrl, TEST_POSTGRES_URL } from '../../src/testing/harness.js';
+import { postgresConnection, PostgresStore } from '../../src/store/postgres.js';
+import { migrations } from '../../src/store/migrations.js';
+import { storeContract } from './contract.js';
 
 const URL_ = TEST_POSTGRES_URL;
 const shown = shownUrl(URL_);
 const schema = `kms_test_${randomBytes(6).toString('hex')}`;
-
 
 const problem = await postgresProblem(URL_);
 
@@ -95,6 +94,40 @@ if (problem !== undefined) {
         await Promise.all(ids.map((id) => store.setCmkState(id, 'active')));
         assert.equal((await store.listCmks('pg-races')).filter((c) => c.state === 'active').length, 1);
       } finally {
+        await store.close();
+      }
+    });
+
+    test('a bind waiting on a sweep that destroys its resource is missing, and binds nothing', async () => {
+      const store = await PostgresStore.open(URL_, { schema });
+      // Another session of the same schema, playing the sweep: it locks the resource as sweep() does.
+      const sweeper = new pg.Client({ connectionString: postgresConnection(URL_, schema).connectionString });
+      await sweeper.connect();
+      try {
+        const now = 1_900_000_000_000;
+        const cmk = randomUUID();
+        await store.insertCmk({ id: cmk, state: 'inactive', assignedOrgId: 'pg-sweep-race', createdAt: now, sealed: new Uint8Array([1]) });
+        const key = {
+          id: randomUUID(), userId: 'alice@a.example', clientId: 'c1', createdAt: now, expiresAt: now + 3600_000,
+          resourceId: null, bindDate: null, bindSeq: null, cmkId: cmk, sealed: new Uint8Array([7]),
+        };
+        await store.insertKeys([key]);
+        const resource = { id: randomUUID(), creator: 'alice@a.example', createdAt: now, expiresAt: now };
+        await store.createResource(resource, [], []);
+        await sweeper.query('BEGIN');
+        await sweeper.query('SELECT id FROM resources WHERE id = $1 FOR UPDATE', [resource.id]);
+        const sweeperPid = (await sweeper.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+        const binding = store.bindKey({ id: key.id, userId: key.userId, clientId: key.clientId, bindDate: now, expiresAt: now + 1000, now, resourceId: resource.id });
+        // Until the bind waits on the sweeper's lock (it cannot get past it before COMMIT).
+        while ((await sweeper.query('SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))', [sweeperPid])).rowCount === 0) {
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        await sweeper.query('DELETE FROM resources WHERE id = $1', [resource.id]);
+        await sweeper.query('COMMIT');
+        assert.equal(await binding, 'missing');
+        assert.equal((await store.getKey(key.id))!.resourceId, null);
+      } finally {
+        await sweeper.end();
         await store.close();
       }
     });

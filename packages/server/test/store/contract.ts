@@ -1,12 +1,15 @@
 /**
  * The Store contract: every backend runs this same suite. It pins the atomic behaviours callers
  * rely on — one winner among concurrent binds, all-or-nothing resource creation, idempotent
- * authorizations, one active CMK per scope, the audit append order, the sweeper.
+ * authorizations, one active CMK per scope, the audit append order, the sweeper, federated copies —
+ * and that both backends refuse the same malformed inputs. The decisions themselves are unit-tested
+ * in rules.test.ts; here they are checked as each backend applies them.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import type { AuthorizationRow, KeyRow, ResourceRow, Store } from '../../src/store/store.js';
+import { COPY_INVALIDATED, type AuthorizationRow, type KeyRow, type ResourceRow } from '../../src/model.js';
+import type { Store } from '../../src/store/store.js';
 
 export function storeContract(name: string, open: () => Promise<Store>): void {
   describe(`Store contract: ${name}`, () => {
@@ -64,7 +67,40 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.equal(await store.bindKey({ ...bind(k.id), clientId: 'c2', resourceId: r.id }), 'not-owner');
       assert.equal(await store.bindKey({ ...bind(k.id, now + 3600_000), resourceId: r.id }), 'expired');
       assert.equal(await store.bindKey({ ...bind(randomUUID()), resourceId: r.id }), 'missing');
+      assert.equal((await store.getKey(k.id))!.resourceId, null, 'no refusal bound it');
       assert.equal(await store.bindKey({ ...bind(k.id), resourceId: r.id }), 'bound');
+      assert.equal(await store.bindKey({ ...bind(k.id), userId: 'bob@a.example', resourceId: r.id }), 'not-owner', 'bound or not is the creator\'s to learn');
+      assert.equal(await store.bindKey({ ...bind(k.id), resourceId: r.id }), 'already-bound', 'even to the same resource');
+    });
+
+    test('a bind into a resource that does not exist (swept since the caller looked) is missing', async () => {
+      const k = key();
+      await store.insertKeys([k]);
+      assert.equal(await store.bindKey({ ...bind(k.id), resourceId: randomUUID() }), 'missing');
+      assert.equal((await store.getKey(k.id))!.resourceId, null);
+    });
+
+    test('a bind writes bindDate, the new expiry and the bind order; one create binds in the order given', async () => {
+      const r = resource();
+      const [a, b, c] = [key(), key(), key()];
+      await store.insertKeys([a, b, c]);
+      assert.equal(await store.createResource(r, [], [bind(b.id, now + 5), bind(a.id, now + 5)]), 'bound');
+      assert.equal(await store.bindKey({ ...bind(c.id, now + 5), resourceId: r.id }), 'bound');
+      const [ga, gb, gc] = await Promise.all([a, b, c].map((k) => store.getKey(k.id)));
+      assert.deepEqual([gb, ga, gc].map((k) => [k!.resourceId, k!.bindDate, k!.expiresAt]), Array(3).fill([r.id, now + 5, now + 1005]));
+      assert.ok(gb!.bindSeq! < ga!.bindSeq! && ga!.bindSeq! < gc!.bindSeq!, 'b, then a, then c');
+      assert.deepEqual((await store.listResourceKeys(r.id)).map((k) => k.id), [c.id, a.id, b.id]);
+    });
+
+    test('createResource refuses a key named twice, and writes nothing', async () => {
+      const k = key();
+      await store.insertKeys([k]);
+      const r = resource();
+      assert.equal(await store.createResource(r, [], [bind(k.id), bind(k.id)]), 'already-bound');
+      assert.equal(await store.getResource(r.id), undefined);
+      assert.equal((await store.getKey(k.id))!.resourceId, null);
+      const other = resource();
+      assert.equal(await store.createResource(other, [], [bind(k.id), { ...bind(k.id), clientId: 'c2' }]), 'not-owner', 'ownership before the bound state');
     });
 
     test('createResource is all or nothing', async () => {
@@ -113,6 +149,28 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.equal(await store.getAuthorization(bob.id), undefined);
     });
 
+    test('authorizations: an authId twice in one add is one row; the limit counts what is written', async () => {
+      const r = resource();
+      await store.createResource(r, [auth(r.id, 'alice@a.example')], []);
+      const added = await store.addAuthorizations(r.id, [auth(r.id, 'bob@a.example'), auth(r.id, 'bob@a.example'), auth(r.id, 'alice@a.example')], 2);
+      assert.notEqual(added, 'over-limit', 'one row written: two in all');
+      const [bob, bobAgain, alice] = added as AuthorizationRow[];
+      assert.equal(bobAgain!.id, bob!.id);
+      assert.deepEqual((await store.listAuthorizations(r.id)).map((a) => a.id).sort(), [alice!.id, bob!.id].sort());
+      assert.equal(await store.addAuthorizations(r.id, [auth(r.id, null)], 2), 'over-limit');
+      assert.deepEqual(await store.addAuthorizations(r.id, [auth(r.id, 'bob@a.example')], 2), [bob], 'nothing new: within the limit');
+    });
+
+    test('resourcesWithAuthId: the resources naming exactly that authId, in id order', async () => {
+      const kro = `kms://a.example/resources/${randomUUID()}`;
+      const ids = Array.from({ length: 4 }, () => randomUUID());
+      for (const id of ids) await store.createResource(resource({ id }), [auth(id, kro)], []);
+      const unrelated = resource();
+      await store.createResource(unrelated, [auth(unrelated.id, `${kro}x`)], []);
+      assert.deepEqual(await store.resourcesWithAuthId(kro), [...ids].sort());
+      assert.deepEqual(await store.resourcesWithAuthId(randomUUID()), []);
+    });
+
     test('the authorization limit holds under concurrent adds', async () => {
       const r = resource();
       await store.createResource(r, [auth(r.id, 'alice@a.example')], []);
@@ -150,6 +208,63 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.deepEqual(await store.auditHead(), { seq: seq + 1, hash: 'h2' });
       assert.equal((await store.readAudit(seq - 1, 10)).length, 2);
       await assert.rejects(store.appendAudit([{ ...row, seq: seq + 1, hash: 'fork' }]));
+    });
+
+    test('peer fetches: one row per resource and peer, the latest time kept; peers listed in order', async () => {
+      const r = randomUUID();
+      await store.recordPeerFetch(r, 'kms://c.example', now);
+      await store.recordPeerFetch(r, 'kms://b.example', now);
+      await store.recordPeerFetch(r, 'kms://c.example', now + 1);
+      assert.deepEqual(await store.peersThatFetched(r), ['kms://b.example', 'kms://c.example']);
+      assert.deepEqual(await store.peersThatFetched(randomUUID()), []);
+    });
+
+    test('copies: replaced whole with their key URIs; invalidated only by their authority, each counted once', async () => {
+      const uri = `kms://b.example/resources/${randomUUID()}`;
+      const copy = { resourceUri: uri, authority: 'b.example', fetchedAt: now, cmkId, sealed: new Uint8Array([4, 2]) };
+      await store.putCopy(copy, [`${uri}/k1`, `${uri}/k2`]);
+      const got = await store.getCopy(uri);
+      assert.deepEqual({ ...got, sealed: Buffer.from(got!.sealed) }, { ...copy, sealed: Buffer.from(copy.sealed) });
+      assert.equal(await store.copyOfKey(`${uri}/k1`), uri);
+      await store.putCopy({ ...copy, fetchedAt: now + 1 }, [`${uri}/k2`, `${uri}/k3`, `${uri}/k3`]);
+      assert.equal(await store.copyOfKey(`${uri}/k1`), undefined, 'a key the new copy does not hold');
+      assert.equal(await store.copyOfKey(`${uri}/k3`), uri);
+      assert.equal((await store.getCopy(uri))!.fetchedAt, now + 1);
+      assert.equal(await store.invalidateCopies('c.example', [uri]), 0, 'not by another authority');
+      assert.equal((await store.getCopy(uri))!.fetchedAt, now + 1);
+      assert.equal(await store.invalidateCopies('b.example', [uri, uri, `kms://b.example/resources/${randomUUID()}`]), 1);
+      assert.equal((await store.getCopy(uri))!.fetchedAt, COPY_INVALIDATED, 'kept, marked stale');
+      assert.equal(await store.invalidateCopies('b.example', []), 0);
+      assert.equal(await store.getCopy(`kms://b.example/resources/${randomUUID()}`), undefined);
+    });
+
+    test('both backends refuse the same malformed inputs, before writing anything', async () => {
+      const r = resource();
+      await store.createResource(r, [], []);
+      await assert.rejects(store.listResourceKeys(r.id, { limit: -1 }), RangeError, 'SQLite would read LIMIT -1 as no limit');
+      await assert.rejects(store.listResourceKeys(r.id, { limit: 1.5 }), RangeError);
+      await assert.rejects(store.listResourceKeys(r.id, { boundBefore: Number.NaN }), RangeError);
+      await assert.rejects(store.readAudit(0, -1), RangeError);
+      await assert.rejects(store.sweep(now, -1), RangeError);
+      const k = key({ createdAt: now + 0.5 });
+      await assert.rejects(store.insertKeys([key(), k]), RangeError);
+      assert.equal(await store.getKey(k.id), undefined);
+      const fresh = key();
+      await store.insertKeys([fresh]);
+      await assert.rejects(store.bindKey({ ...bind(fresh.id), bindDate: now + 0.5, resourceId: r.id }), RangeError);
+      assert.equal((await store.getKey(fresh.id))!.resourceId, null);
+      const half = resource({ expiresAt: now + 0.5 });
+      await assert.rejects(store.createResource(half, [], []), RangeError);
+      assert.equal(await store.getResource(half.id), undefined);
+      await assert.rejects(store.addAuthorizations(r.id, [{ ...auth(r.id, 'bob@a.example'), createdAt: Number.NaN }], 10), RangeError);
+      await assert.rejects(store.addAuthorizations(r.id, [auth(r.id, 'bob@a.example')], -1), RangeError);
+      assert.deepEqual(await store.listAuthorizations(r.id), []);
+      const channel = randomUUID();
+      const endless = { id: channel, owner: 'alice@a.example', clientId: 'c', createdAt: now, expiresAt: Infinity, cmkId, sealed: new Uint8Array([5]) };
+      await assert.rejects(store.insertChannel(endless), RangeError);
+      assert.equal(await store.getChannel(channel), undefined);
+      await assert.rejects(store.recordPeerFetch(r.id, 'kms://b.example', now + 0.5), RangeError);
+      assert.deepEqual(await store.peersThatFetched(r.id), []);
     });
 
     test('sweep destroys expired resources with their keys, old unbound keys, dead channels', async () => {

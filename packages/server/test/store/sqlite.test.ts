@@ -1,7 +1,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SqliteStore } from '../src/store/sqlite.js';
-import { storeContract } from './support/store-contract.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+import { storeContract } from './contract.js';
 
 storeContract('sqlite', async () => new SqliteStore(join(mkdtempSync(join(tmpdir(), 'kms-store-')), 'kms.db')));

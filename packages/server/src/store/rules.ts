@@ -1,0 +1,177 @@
+/**
+ * What the stores decide, written once: both backends read the rows a decision needs inside their
+ * own transaction (under lock where requests interleave), call these pure functions and write
+ * what they return. So SQLite and PostgreSQL accept and refuse exactly the same inputs, and the
+ * rules are unit-tested without a database (test/store/rules.test.ts). Atomicity stays with each
+ * store: nothing here reads or writes.
+ */
+import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow } from '../model.js';
+
+// ---- Binding keys (Store.bindKey, Store.createResource) ----
+
+/** The rows a bind decision reads, as found in the transaction. */
+export interface BindState {
+  /** Whether the resource the keys go to still exists (a sweep may have destroyed it meanwhile). */
+  resource: boolean;
+  /** Those of the named keys that exist, by id. */
+  keys: ReadonlyMap<string, KeyRow>;
+}
+
+/**
+ * Whether `binds` may all be bound into one resource: 'bound', or the first refusal in their
+ * order ('missing' first if the resource is gone). Per key: missing, then not-owner, then
+ * already-bound, then expired. Ownership comes
+ * before the bound state so that nobody but the creator learns whether a key is bound; a key
+ * named twice is already bound the second time.
+ */
+export function bindOutcome(binds: readonly KeyBind[], state: BindState): BindOutcome {
+  binds.forEach(checkKeyBind);
+  if (!state.resource) return 'missing';
+  const named = new Set<string>();
+  for (const bind of binds) {
+    const key = state.keys.get(bind.id);
+    if (!key) return 'missing';
+    if (key.userId !== bind.userId || key.clientId !== bind.clientId) return 'not-owner';
+    if (key.resourceId !== null || named.has(bind.id)) return 'already-bound';
+    if (key.expiresAt <= bind.now) return 'expired';
+    named.add(bind.id);
+  }
+  return 'bound';
+}
+
+/** The columns one accepted bind writes on its key's row. */
+export interface BindWrite {
+  id: string;
+  resourceId: string;
+  bindDate: number;
+  bindSeq: number;
+  expiresAt: number;
+}
+
+/**
+ * What accepted binds write. A store reserves `binds.length` bind sequence numbers at once (the
+ * counter's new value is `lastSeq`) and the binds take them in their order, so that of two keys
+ * bound by one request the one named later counts as bound later.
+ */
+export function bindWrites(binds: readonly KeyBind[], resourceId: string, lastSeq: number): BindWrite[] {
+  const first = lastSeq - binds.length + 1;
+  return binds.map((b, i) => ({ id: b.id, resourceId, bindDate: b.bindDate, bindSeq: first + i, expiresAt: b.expiresAt }));
+}
+
+/**
+ * Thrown inside a store's transaction to roll back what it wrote (the resource a create
+ * inserted) and answer a refused bind's outcome instead.
+ */
+export class BindRefused extends Error {
+  constructor(readonly outcome: Exclude<BindOutcome, 'bound'>) {
+    super(`bind refused: ${outcome}`);
+  }
+}
+
+// ---- Adding authorizations (Store.addAuthorizations) ----
+
+/** A resource's authorizations as found in the transaction, before an add. */
+export interface AuthorizationState {
+  /** How many authorizations the resource holds. */
+  count: number;
+  /** Those of its authorizations whose authId is among the ones being added, by authId. */
+  byAuthId: ReadonlyMap<string, AuthorizationRow>;
+}
+
+/** What an add answers (one row per row asked for, in order) and what it writes. */
+export interface AuthorizationPlan {
+  answer: AuthorizationRow[];
+  inserts: AuthorizationRow[];
+}
+
+/** The non-null authIds among `rows`, once each: those whose rows an add must read first. */
+export function authIdsOf(rows: readonly AuthorizationRow[]): string[] {
+  return [...new Set(rows.flatMap((r) => (r.authId === null ? [] : [r.authId])))];
+}
+
+/**
+ * Plans an add of authorizations to `resourceId`: a row whose authId the resource already holds
+ * (or that an earlier row of the same add brings) is answered by that row and not written
+ * again; anonymous rows (authId null) are never merged. When the rows to write would take the
+ * resource over `limit`, nothing is written: 'over-limit'.
+ */
+export function planAuthorizations(
+  resourceId: string,
+  rows: readonly AuthorizationRow[],
+  state: AuthorizationState,
+  limit: number,
+): AuthorizationPlan | 'over-limit' {
+  checkCount('limit', limit);
+  rows.forEach(checkAuthorizationRow);
+  const held = new Map(state.byAuthId);
+  const inserts: AuthorizationRow[] = [];
+  const answer = rows.map((asked) => {
+    const there = asked.authId === null ? undefined : held.get(asked.authId);
+    if (there) return there;
+    const row = { ...asked, resourceId };
+    inserts.push(row);
+    if (row.authId !== null) held.set(row.authId, row);
+    return row;
+  });
+  return state.count + inserts.length > limit ? 'over-limit' : { answer, inserts };
+}
+
+// ---- Sweeping (Store.sweep) ----
+
+/** Up to which instant (inclusive: expiresAt <= cutoff) a sweep destroys each kind of row. */
+export interface SweepCutoffs {
+  /** Resources whose TTL ended, with their keys and authorizations. */
+  resources: number;
+  /** Unbound keys, kept `unboundGraceMs` past their expiry (their creator may still read them). */
+  unboundKeys: number;
+  channels: number;
+}
+
+export function sweepCutoffs(now: number, unboundGraceMs: number): SweepCutoffs {
+  checkInstant('now', now);
+  checkCount('unboundGraceMs', unboundGraceMs);
+  return { resources: now, unboundKeys: now - unboundGraceMs, channels: now };
+}
+
+// ---- Inputs both backends must read alike ----
+// Callers never send these; the checks keep a bug from being stored by one backend and refused
+// by the other. A refusal is a RangeError, before anything is written.
+
+/**
+ * Refuses a count that is not a non-negative safe integer: SQLite reads `LIMIT -1` as "no limit"
+ * where PostgreSQL refuses it, and the two treat fractions differently.
+ */
+export function checkCount(name: string, n: number): void {
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${name} must be a non-negative integer, got ${n}`);
+}
+
+type IntegerField<T> = { [K in keyof T]-?: T[K] extends number | null | undefined ? K : never }[keyof T];
+
+/**
+ * Refuses an integer column (a time in epoch ms, a sequence number, a status) holding anything
+ * but a safe integer: both backends declare BIGINT, and PostgreSQL refuses 1.5 or NaN where
+ * SQLite would keep them. Null and undefined are the types' business (both store NULL).
+ */
+function checkIntegers<T extends object>(what: string, row: T, fields: readonly IntegerField<T>[]): void {
+  for (const field of fields) {
+    const value = row[field] as number | null | undefined;
+    if (value !== null && value !== undefined && !Number.isSafeInteger(value)) {
+      throw new RangeError(`${what}.${String(field)} must be an integer, got ${value}`);
+    }
+  }
+}
+
+export const checkInstant = (name: string, at: number) => checkIntegers('instant', { [name]: at }, [name]);
+export const checkKeyRow = (row: KeyRow) => checkIntegers('key', row, ['createdAt', 'expiresAt', 'bindDate', 'bindSeq']);
+export const checkResourceRow = (row: ResourceRow) => checkIntegers('resource', row, ['createdAt', 'expiresAt']);
+export const checkAuthorizationRow = (row: AuthorizationRow) => checkIntegers('authorization', row, ['createdAt']);
+export const checkChannelRow = (row: ChannelRow) => checkIntegers('channel', row, ['createdAt', 'expiresAt']);
+export const checkCmkRow = (row: CmkRow) => checkIntegers('cmk', row, ['createdAt']);
+export const checkCopyRow = (row: CopyRow) => checkIntegers('copy', row, ['fetchedAt']);
+export const checkAuditRow = (row: AuditRow) => checkIntegers('audit', row, ['seq', 'time', 'status']);
+export const checkKeyBind = (bind: KeyBind) => checkIntegers('bind', bind, ['bindDate', 'expiresAt', 'now']);
+
+export function checkKeyFilter(filter: KeyFilter): void {
+  checkIntegers('filter', filter, ['boundAfter', 'boundBefore']);
+  if (filter.limit !== undefined) checkCount('limit', filter.limit);
+}

@@ -1,0 +1,184 @@
+/**
+ * The decisions both stores share (src/store/rules.ts), without a database: every bind outcome
+ * and its precedence, what binds write, how adds of authorizations merge and count, the sweep's
+ * cutoffs and the inputs refused. contract.ts checks each backend applies them.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import type { AuthorizationRow, KeyBind, KeyRow } from '../../src/model.js';
+import {
+  authIdsOf,
+  bindOutcome,
+  bindWrites,
+  checkAuditRow,
+  checkCount,
+  checkKeyFilter,
+  checkKeyRow,
+  planAuthorizations,
+  sweepCutoffs,
+} from '../../src/store/rules.js';
+
+const now = 1_800_000_000_000;
+const key = (id: string, over: Partial<KeyRow> = {}): KeyRow => ({
+  id,
+  userId: 'alice@a.example',
+  clientId: 'c1',
+  createdAt: now - 1000,
+  expiresAt: now + 1000,
+  resourceId: null,
+  bindDate: null,
+  bindSeq: null,
+  cmkId: 'cmk',
+  sealed: new Uint8Array([1]),
+  ...over,
+});
+const bind = (id: string, over: Partial<KeyBind> = {}): KeyBind => ({ id, userId: 'alice@a.example', clientId: 'c1', bindDate: now, expiresAt: now + 5000, now, ...over });
+const keys = (...rows: KeyRow[]) => new Map(rows.map((k) => [k.id, k]));
+const found = (...rows: KeyRow[]) => ({ resource: true, keys: keys(...rows) });
+
+describe('bindOutcome', () => {
+  test('bound: an unbound, unexpired key of the same user and client, into an existing resource', () => {
+    assert.equal(bindOutcome([bind('k')], found(key('k'))), 'bound');
+    assert.equal(bindOutcome([bind('a'), bind('b')], found(key('a'), key('b'))), 'bound');
+    assert.equal(bindOutcome([], found()), 'bound', 'nothing to bind');
+  });
+
+  test('missing: no such key, or no such resource', () => {
+    assert.equal(bindOutcome([bind('k')], found()), 'missing');
+    assert.equal(bindOutcome([bind('a'), bind('b')], found(key('a'))), 'missing', 'one of two');
+    assert.equal(bindOutcome([bind('k')], { resource: false, keys: keys(key('k')) }), 'missing', 'resource swept');
+    assert.equal(bindOutcome([], { resource: false, keys: keys() }), 'missing', 'even with nothing to bind');
+  });
+
+  test('not-owner: another user, or the same user from another client', () => {
+    assert.equal(bindOutcome([bind('k', { userId: 'bob@a.example' })], found(key('k'))), 'not-owner');
+    assert.equal(bindOutcome([bind('k', { clientId: 'c2' })], found(key('k'))), 'not-owner');
+    assert.equal(bindOutcome([bind('k')], found(key('k', { userId: 'bob@a.example' }))), 'not-owner');
+  });
+
+  test('already-bound: a bound key (to any resource), or a key named twice', () => {
+    assert.equal(bindOutcome([bind('k')], found(key('k', { resourceId: 'r', bindDate: now, bindSeq: 1 }))), 'already-bound');
+    assert.equal(bindOutcome([bind('k'), bind('k')], found(key('k'))), 'already-bound');
+  });
+
+  test('expired: the unbound key expired at or before `now`, not a millisecond later', () => {
+    assert.equal(bindOutcome([bind('k')], found(key('k', { expiresAt: now }))), 'expired');
+    assert.equal(bindOutcome([bind('k')], found(key('k', { expiresAt: now - 1 }))), 'expired');
+    assert.equal(bindOutcome([bind('k')], found(key('k', { expiresAt: now + 1 }))), 'bound');
+  });
+
+  test('precedence per key: missing, not-owner, already-bound, expired', () => {
+    const boundExpired = key('k', { resourceId: 'r', expiresAt: now - 1 });
+    assert.equal(bindOutcome([bind('k', { userId: 'bob@a.example' })], found(boundExpired)), 'not-owner', 'nobody else learns it is bound');
+    assert.equal(bindOutcome([bind('k')], found(boundExpired)), 'already-bound', 'bound before expired');
+    assert.equal(bindOutcome([bind('k'), bind('k', { clientId: 'c2' })], found(key('k'))), 'not-owner', 'a second naming by another client');
+    assert.equal(bindOutcome([bind('k')], { resource: false, keys: keys(key('k', { userId: 'bob@a.example' })) }), 'missing');
+  });
+
+  test('the first refusal in the order given decides', () => {
+    const state = found(key('expired', { expiresAt: now }), key('theirs', { userId: 'bob@a.example' }));
+    assert.equal(bindOutcome([bind('expired'), bind('theirs'), bind('gone')], state), 'expired');
+    assert.equal(bindOutcome([bind('theirs'), bind('expired'), bind('gone')], state), 'not-owner');
+    assert.equal(bindOutcome([bind('gone'), bind('theirs'), bind('expired')], state), 'missing');
+  });
+
+  test('a bind whose times are not integers is refused, whatever the key', () => {
+    assert.throws(() => bindOutcome([bind('k', { bindDate: now + 0.5 })], found(key('k'))), RangeError);
+    assert.throws(() => bindOutcome([bind('k', { now: Number.NaN })], found()), /bind\.now must be an integer/);
+    assert.throws(() => bindOutcome([bind('k', { expiresAt: Infinity })], found(key('k'))), RangeError);
+  });
+});
+
+describe('bindWrites', () => {
+  test('each key takes its bind date, new expiry and the reserved sequence numbers in the order given', () => {
+    const writes = bindWrites([bind('b', { bindDate: now + 1, expiresAt: now + 9 }), bind('a')], 'r', 42);
+    assert.deepEqual(writes, [
+      { id: 'b', resourceId: 'r', bindDate: now + 1, bindSeq: 41, expiresAt: now + 9 },
+      { id: 'a', resourceId: 'r', bindDate: now, bindSeq: 42, expiresAt: now + 5000 },
+    ]);
+    assert.deepEqual(bindWrites([], 'r', 7), []);
+  });
+});
+
+describe('planAuthorizations', () => {
+  const row = (authId: string | null, id = `new-${authId}`): AuthorizationRow => ({ id, resourceId: 'asked', authId, roleUri: null, createdAt: now });
+  const held = (authId: string): AuthorizationRow => ({ ...row(authId, `old-${authId}`), resourceId: 'r' });
+  const none = { count: 0, byAuthId: new Map<string, AuthorizationRow>() };
+
+  test('new rows are written to the resource and answered as written', () => {
+    const plan = planAuthorizations('r', [row('bob@a.example'), row(null)], none, 10);
+    assert.notEqual(plan, 'over-limit');
+    if (plan === 'over-limit') return;
+    assert.deepEqual(plan.inserts, [{ ...row('bob@a.example'), resourceId: 'r' }, { ...row(null), resourceId: 'r' }]);
+    assert.deepEqual(plan.answer, plan.inserts);
+  });
+
+  test('an authId the resource holds is answered by its row and not written', () => {
+    const plan = planAuthorizations('r', [row('alice@a.example'), row('bob@a.example')], { count: 1, byAuthId: new Map([['alice@a.example', held('alice@a.example')]]) }, 10);
+    if (plan === 'over-limit') return assert.fail('within the limit');
+    assert.deepEqual(plan.answer.map((a) => a.id), ['old-alice@a.example', 'new-bob@a.example']);
+    assert.deepEqual(plan.inserts.map((a) => a.id), ['new-bob@a.example']);
+  });
+
+  test('an authId twice in one add is one row; anonymous rows are never merged', () => {
+    const plan = planAuthorizations('r', [row('bob@a.example', 'b1'), row('bob@a.example', 'b2'), row(null, 'n1'), row(null, 'n2')], none, 10);
+    if (plan === 'over-limit') return assert.fail('within the limit');
+    assert.deepEqual(plan.answer.map((a) => a.id), ['b1', 'b1', 'n1', 'n2']);
+    assert.deepEqual(plan.inserts.map((a) => a.id), ['b1', 'n1', 'n2']);
+  });
+
+  test('over-limit when what would be written takes the resource past the limit; what exists does not count twice', () => {
+    assert.equal(planAuthorizations('r', [row('bob@a.example'), row('carol@a.example')], { ...none, count: 3 }, 4), 'over-limit');
+    assert.notEqual(planAuthorizations('r', [row('bob@a.example')], { ...none, count: 3 }, 4), 'over-limit', 'exactly at the limit');
+    const full = { count: 4, byAuthId: new Map([['alice@a.example', held('alice@a.example')]]) };
+    assert.notEqual(planAuthorizations('r', [row('alice@a.example')], full, 4), 'over-limit', 'nothing new to write');
+    assert.equal(planAuthorizations('r', [row(null)], full, 4), 'over-limit');
+  });
+
+  test('a malformed limit or row is refused', () => {
+    assert.throws(() => planAuthorizations('r', [], none, -1), RangeError);
+    assert.throws(() => planAuthorizations('r', [{ ...row(null), createdAt: 1.5 }], none, 10), /authorization\.createdAt/);
+  });
+
+  test('authIdsOf: the non-null authIds, once each, in order', () => {
+    assert.deepEqual(authIdsOf([row('b'), row(null), row('a'), row('b')]), ['b', 'a']);
+    assert.deepEqual(authIdsOf([row(null)]), []);
+  });
+});
+
+describe('sweepCutoffs', () => {
+  test('resources and channels up to now, unbound keys up to the grace before it', () => {
+    assert.deepEqual(sweepCutoffs(now, 86_400_000), { resources: now, unboundKeys: now - 86_400_000, channels: now });
+    assert.deepEqual(sweepCutoffs(now, 0), { resources: now, unboundKeys: now, channels: now });
+  });
+
+  test('a negative grace or a fractional now is refused', () => {
+    assert.throws(() => sweepCutoffs(now, -1), /unboundGraceMs must be a non-negative integer/);
+    assert.throws(() => sweepCutoffs(now + 0.5, 0), RangeError);
+  });
+});
+
+describe('input checks', () => {
+  test('counts: non-negative safe integers only', () => {
+    for (const n of [0, 1, Number.MAX_SAFE_INTEGER]) assert.doesNotThrow(() => checkCount('limit', n));
+    for (const n of [-1, 1.5, Number.NaN, Infinity, 2 ** 53]) assert.throws(() => checkCount('limit', n), RangeError, String(n));
+  });
+
+  test('key filters: integer instants, a count as limit, every member optional', () => {
+    assert.doesNotThrow(() => checkKeyFilter({}));
+    assert.doesNotThrow(() => checkKeyFilter({ boundAfter: -5, boundBefore: now, limit: 0 }));
+    assert.throws(() => checkKeyFilter({ boundAfter: now + 0.1 }), /filter\.boundAfter/);
+    assert.throws(() => checkKeyFilter({ boundBefore: Number.NaN }), /filter\.boundBefore/);
+    assert.throws(() => checkKeyFilter({ limit: -1 }), /limit/);
+  });
+
+  test('rows: integer columns must hold integers, nullable ones may be null', () => {
+    assert.doesNotThrow(() => checkKeyRow(key('k')));
+    assert.doesNotThrow(() => checkKeyRow(key('k', { resourceId: 'r', bindDate: now, bindSeq: 3 })));
+    assert.throws(() => checkKeyRow(key('k', { bindSeq: 0.5 })), /key\.bindSeq must be an integer, got 0\.5/);
+    assert.throws(() => checkKeyRow(key('k', { expiresAt: Number.NaN })), /key\.expiresAt/);
+    const audit = { seq: 1, time: now, principal: null, clientId: null, method: null, uri: null, status: 200, peer: null, requestId: null, prevHash: '0', hash: 'h' };
+    assert.doesNotThrow(() => checkAuditRow(audit));
+    assert.throws(() => checkAuditRow({ ...audit, status: 200.5 }), /audit\.status/);
+  });
+});
