@@ -8,7 +8,7 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { importJWK, jwtVerify } from 'jose';
-import type { KeyRep } from '@openkms/protocol';
+import type { AuthorizationRep, KeyRep, ResourceRep } from '@openkms/protocol';
 import { TestClient } from '../support/client.js';
 import { manualClock, type TestKms } from '../../src/testing/harness.js';
 import {
@@ -29,8 +29,6 @@ import {
   send,
   uriRe,
   type Answer,
-  type AuthorizationRep,
-  type ResourceRep,
 } from '../support/operations.js';
 
 const clock = manualClock();

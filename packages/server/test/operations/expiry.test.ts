@@ -8,6 +8,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { importJWK, jwtVerify } from 'jose';
+import type { AuthorizationRep, ResourceRep } from '@openkms/protocol';
 import { TestClient } from '../support/client.js';
 import { manualClock, startTestKms, type TestKms } from '../../src/testing/harness.js';
 import {
@@ -32,8 +33,6 @@ import {
   SECOND,
   send,
   type Answer,
-  type AuthorizationRep,
-  type ResourceRep,
 } from '../support/operations.js';
 
 describe('expiry (manual clock): tokens, channels, unbound keys, resource TTL', () => {

@@ -8,7 +8,7 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import type { KeyRep } from '@openkms/protocol';
+import type { KeyRep, ResourceRep } from '@openkms/protocol';
 import type { TestClient } from '../support/client.js';
 import { manualClock, type TestKms } from '../../src/testing/harness.js';
 import {
@@ -32,7 +32,6 @@ import {
   send,
   unknownUri,
   type Answer,
-  type ResourceRep,
 } from '../support/operations.js';
 
 const clock = manualClock();

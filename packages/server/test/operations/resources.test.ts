@@ -7,7 +7,7 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { KeyRep } from '@openkms/protocol';
+import type { AuthorizationRep, KeyRep, ResourceRep } from '@openkms/protocol';
 import type { TestClient } from '../support/client.js';
 import { manualClock, type TestKms } from '../../src/testing/harness.js';
 import {
@@ -30,8 +30,6 @@ import {
   send,
   unknownUri,
   uriRe,
-  type AuthorizationRep,
-  type ResourceRep,
 } from '../support/operations.js';
 
 const clock = manualClock();

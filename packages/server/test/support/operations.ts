@@ -7,7 +7,7 @@ import { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
-import type { KeyRep } from '@openkms/protocol';
+import type { KeyRep, ResourceRep } from '@openkms/protocol';
 import { TestClient } from './client.js';
 import { startTestKms, type manualClock, type TestKms } from '../../src/testing/harness.js';
 
@@ -22,22 +22,6 @@ export const DAY = 24 * HOUR;
 export const iso = (ms: number) => new Date(ms).toISOString();
 export const idOf = (uri: string) => uri.slice(uri.lastIndexOf('/') + 1);
 export const unknownUri = (collection: string) => `kms://${AUTHORITY}/${collection}/${randomUUID()}`;
-
-export interface AuthorizationRep {
-  uri: string;
-  authId?: string;
-  bearer?: string;
-  createDate: string;
-  resourceUri: string;
-}
-
-export interface ResourceRep {
-  uri: string;
-  keyUris: string[];
-  authorizationUris: string[];
-  createDate?: string;
-  expirationDate?: string;
-}
 
 export type Answer = { status: number; reason?: string; requestId?: unknown; _signed?: boolean; [member: string]: any };
 
