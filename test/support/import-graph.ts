@@ -88,9 +88,12 @@ export type Resolution = { kind: 'file'; path: string } | { kind: 'external' } |
 export function resolveSpecifier(fromFile: string, specifier: string, packages: WorkspacePackage[], isFile: (path: string) => boolean): Resolution {
   if (specifier.startsWith('./') || specifier.startsWith('../')) {
     const target = posix.normalize(posix.join(posix.dirname(fromFile), specifier));
-    const candidates = [target.replace(/\.js$/, '.ts'), target.replace(/\.js$/, '.tsx'), target.replace(/\.mjs$/, '.mts'), target, `${target}.ts`, `${target}/index.ts`];
+    const candidates = [target.replace(/\.js$/, '.ts'), target.replace(/\.js$/, '.tsx'), target.replace(/\.js$/, '.d.ts'), target.replace(/\.mjs$/, '.mts'), target, `${target}.ts`, `${target}/index.ts`];
     const found = candidates.find((c) => !c.endsWith('.js') && !c.endsWith('.mjs') && isFile(c));
-    return found ? { kind: 'file', path: found } : { kind: 'unresolved', why: `no source file for ${target}` };
+    if (found) return { kind: 'file', path: found };
+    // the compiled output of a package has no source beside it: say so rather than "missing"
+    if (/(^|\/)dist(-[^/]*)?\//.test(target)) return { kind: 'unresolved', why: `${target} is compiled output; import the package by its name (or, inside it, the source)` };
+    return { kind: 'unresolved', why: `no source file for ${target}` };
   }
   const owner = packages.find((p) => specifier === p.name || specifier.startsWith(`${p.name}/`));
   if (!owner) return { kind: 'external' };
