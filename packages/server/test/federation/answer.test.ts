@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { test } from 'node:test';
 import { KmsError } from '@openkms/protocol';
-import { checkAnswer } from '../src/federation/copies.js';
-import type { Peer } from '../src/federation/peers.js';
+import { checkAnswer } from '../../src/federation/copies.js';
+import type { Peer } from '../../src/federation/peers.js';
 
 const peer = { authority: 'kms.a.example', domains: ['a.example'], endpoint: 'http://127.0.0.1:1', trustAnchors: [] } as Peer;
 const resourceUri = `kms://kms.a.example/resources/${randomUUID()}`;

@@ -6,9 +6,9 @@
  */
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConfigError, parseConfig, type KmsConfig } from '../src/config.js';
-import { PeerRegistry, validatePeers } from '../src/federation/peers.js';
-import { createCa } from '../src/identity/certificates.js';
+import { ConfigError, parseConfig, type KmsConfig } from '../../src/config.js';
+import { PeerRegistry, validatePeers } from '../../src/federation/peers.js';
+import { createCa } from '../../src/identity/certificates.js';
 
 let caB: string;
 let caC: string;

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { KmsClient, KmsError } from '@openkms/client';
-import { runKms, serve, type Served } from './support/cli.js';
+import { runKms, serve, type Served } from '../support/cli.js';
 
 const freePort = () =>
   new Promise<number>((resolve) => {
