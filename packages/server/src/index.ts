@@ -5,4 +5,3 @@ export type { Principal } from './identity/principal.js';
 export type { Store } from './store/store.js';
 export { initKmsDir, type InitOptions } from './cli/init.js';
 export { createCa, issueKmsCertificate, generateStaticKeyPem, loadStaticIdentity } from './identity/certificates.js';
-export { startFileService, runDemo, type FileService, type StoredFile, type DemoOptions, type DemoResult } from './demo/index.js';

@@ -1,5 +1,6 @@
 /**
- * `kms demo` / `npm run demo`: the seed scenario — draft-abiggs-saag-key-management-service §3.3,
+ * `kms demo` / `npm run demo` (the `kms` command loads this module from a clone's dist-examples):
+ * the seed scenario — draft-abiggs-saag-key-management-service §3.3,
  * "KMS Key Federation" — end to end on loopback, printing each of its ten steps and what crossed
  * which wire.
  *
@@ -21,7 +22,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { KmsClient, KmsError, contentKeyUri, decryptStream, encryptStream, type KeyRep } from '@openkms/client';
-import { startFileService, type FileService } from './file-service.js';
+import { startFileService, type FileService } from '../common/file-service.js';
 import { freePorts, kms, serveKms, type ServedKms } from './processes.js';
 import { Wire, formatBytes, recordingFetch, requestNote, responseNote, startWireTap, type WireRecord, type WireTap } from './wire.js';
 
