@@ -10,7 +10,7 @@ import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { KmsClient } from '@openkms/client';
 import { FILES } from '../src/cli/init.js';
-import type { Logger } from '../src/kms.js';
+import type { Logger } from '../src/index.js';
 import { kmsFolder, manualClock, startDevKms } from '../src/testing/harness.js';
 
 const DEV_ISSUER_NOTICE = 'the development token issuer is enabled';

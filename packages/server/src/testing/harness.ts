@@ -13,9 +13,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { FILES, initKmsDir } from '../cli/init.js';
 import { loadConfig, parseConfig, type KmsConfig } from '../config.js';
-import type { Logger } from '../kms.js';
 import { createLogger } from '../logger.js';
-import { devIssuerOf, startKms, type RunningKms } from '../server.js';
+import { devIssuerOf, startKms, type RunningKms, type StartOptions } from '../server.js';
 
 const folders = new Map<string, Promise<string>>();
 const scratch: string[] = [];
@@ -72,7 +71,7 @@ export interface DevKmsOptions {
   /** Where the kept log lines are also written (e.g. process.stdout); default nowhere. */
   logTo?: NodeJS.WritableStream;
   /** A logger of one's own instead of the kept lines (the benchmark's costs nothing below warn). */
-  logger?: Logger;
+  logger?: StartOptions['logger'];
 }
 
 function merge(base: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
