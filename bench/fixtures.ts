@@ -1,12 +1,10 @@
 /**
- * What the benchmark measures against: a real KMS (`startKms`, real SQLite file, real keys) on an
- * ephemeral loopback port with a quiet logger, a user with keys bound to resources (made with the
+ * What the benchmark measures against: a real KMS (`startDevKms`: `startKms` with a real SQLite
+ * file and real keys) on an ephemeral loopback port with a quiet logger, a user with keys bound to resources (made with the
  * SDK), and messages sealed in advance for the in-process measurements of `kms.handle()`.
  */
 import { createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import {
   deriveChannelKey,
   encryptStatic,
@@ -19,8 +17,8 @@ import {
   type KmsResponse,
 } from '@openkms/protocol';
 import { KmsClient, type KmsClientOptions } from '@openkms/client';
-import { configPath, devIssuerOf, loadConfig, startKms, type Logger, type RunningKms } from '@openkms/server';
-import { kmsFolder } from '@openkms/server/testing';
+import { configPath, type Logger, type RunningKms } from '@openkms/server';
+import { startDevKms } from '@openkms/server/testing';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -66,21 +64,11 @@ function quietLogger(problems: string[]): Logger {
 }
 
 export async function setup(): Promise<Fixture> {
-  const dir = await kmsFolder(AUTHORITY, [DOMAIN]);
-  const config = loadConfig(join(dir, 'kms.json'));
-  const dbDir = mkdtempSync(join(tmpdir(), 'kms-bench-db-'));
   const problems: string[] = [];
-  const running = await startKms(config, {
-    db: `sqlite:${join(dbDir, 'kms.db')}`,
-    port: 0,
-    host: '127.0.0.1',
-    logger: quietLogger(problems),
-    sweeper: false,
-  });
-  const issuer = devIssuerOf(config);
-  if (!issuer) throw new Error('the KMS folder has no development token issuer');
-  const token = await issuer.issue(USER, { ttlSeconds: 3600 });
-  const caPem = readFileSync(join(dir, 'ca.pem'), 'utf8');
+  const running = await startDevKms({ authority: AUTHORITY, domains: [DOMAIN], logger: quietLogger(problems) });
+  const token = await running.token(USER, { ttlSeconds: 3600 });
+  const caPem = running.trustAnchors[0]!;
+  const { config } = running;
   const staticKey = createPrivateKey(readFileSync(configPath(config, config.staticKey.key), 'utf8'));
   const staticPublic = createPublicKey(staticKey);
   const { kms } = running;
@@ -150,9 +138,6 @@ export async function setup(): Promise<Fixture> {
       const { message, plaintext } = await sealHandshake();
       return { message, plaintext };
     },
-    async close() {
-      await running.close();
-      rmSync(dbDir, { recursive: true, force: true });
-    },
+    close: () => running.close(),
   };
 }

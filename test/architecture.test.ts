@@ -76,12 +76,18 @@ const RULES: readonly DependencyRule[] = [
   {
     name: 'the server ships no demo',
     from: ['packages/server/src/**'],
-    // a demo's own files may import each other; the command that runs it may import it
-    except: ['packages/server/src/cli/**', '**/demo/**'],
-    forbidden: ['**/demo/**'],
-    why: 'the demo is an example; only the `kms demo` command may reach it, not the product or its index',
+    forbidden: ['examples/federation-demo/**', 'examples/common/**'],
+    why: 'the demo and its file service are examples; `kms demo` finds the clone\'s built demo at run time (see OPAQUE_IMPORTS)',
   },
 ];
+
+/**
+ * Dynamic imports of a computed path, each allowed here with the reason no rule needs to see it.
+ * Anything else that no rule can place fails the test below.
+ */
+const OPAQUE_IMPORTS: Readonly<Record<string, string>> = {
+  'packages/server/src/cli/demo.ts': 'runs the demo built in a clone (dist-examples/federation-demo); the package itself ships no demo',
+};
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const isFile = (path: string) => {
@@ -127,7 +133,9 @@ describe('the dependency rules hold in this repository', () => {
   });
 
   test('every import resolves to a file the rules can check', () => {
-    if (graph.problems.length > 0) assert.fail(`imports the rules cannot place:\n${graph.problems.map((p) => `  ${p}`).join('\n')}`);
+    const problems = graph.problems.filter((p) => !(p.split(':')[0]! in OPAQUE_IMPORTS && p.includes('is not a string literal')));
+    if (problems.length > 0) assert.fail(`imports the rules cannot place:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+    for (const file of Object.keys(OPAQUE_IMPORTS)) assert.ok(graph.problems.some((p) => p.startsWith(`${file}:`)), `${file} no longer needs its OPAQUE_IMPORTS entry: remove it`);
   });
 
   test('every rule applies to at least one file', () => {

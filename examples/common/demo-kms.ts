@@ -1,17 +1,11 @@
 /**
  * The KMS both examples run against: a real server (real keys, certificate, SQLite database, HTTP
  * and WebSocket endpoints) on a loopback ephemeral port, with its development token issuer
- * standing in for the organisation's identity provider.
- *
- * It is what `kms init` + `kms serve` do, in-process: `initKmsDir` writes a KMS folder (config,
- * static key and certificate, the CA users trust as `ca.pem`, the root key, the dev issuer key)
- * into a temporary folder, and `startKms` serves it. The folder is removed on close.
+ * standing in for the organisation's identity provider: `startDevKms` of the server's testing
+ * entry point, which does what `kms init` + `kms serve` do, in-process.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { KmsClient, KmsError, type KmsClientOptions } from '@openkms/client';
-import { devIssuerOf, initKmsDir, loadConfig, startKms } from '@openkms/server';
+import { startDevKms } from '@openkms/server/testing';
 
 export interface DemoKms {
   /** http://127.0.0.1:<port> */
@@ -28,42 +22,30 @@ export interface DemoKms {
 export const DOMAIN = 'example.com';
 
 export async function startDemoKms(): Promise<DemoKms> {
-  const dir = mkdtempSync(join(tmpdir(), 'kms-example-'));
-  try {
-    const configFile = await initKmsDir({ dir, authority: `kms.${DOMAIN}`, domains: [DOMAIN] });
-    // Quiet server logs, so the example's own lines are what one reads.
-    const config = { ...loadConfig(configFile), log: { level: 'warn' as const } };
-    const running = await startKms(config, { port: 0, host: '127.0.0.1', db: `sqlite:${join(dir, 'kms.db')}` });
-    const issuer = devIssuerOf(config);
-    if (!issuer) throw new Error('the KMS folder has no development token issuer');
-    const trustAnchors = [readFileSync(join(dir, 'ca.pem'), 'utf8')];
-    const clients: KmsClient[] = [];
-    return {
-      url: running.url,
-      authority: config.authority,
-      trustAnchors,
-      async client(user, extra = {}) {
-        const client = new KmsClient({
-          url: running.url,
-          authority: config.authority,
-          trustAnchors,
-          token: await issuer.issue(user),
-          clientId: `${user.split('@')[0]}-laptop`,
-          ...extra,
-        });
-        clients.push(client);
-        return client;
-      },
-      async close() {
-        await Promise.allSettled(clients.map((c) => c.close()));
-        await running.close();
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
-  } catch (err) {
-    rmSync(dir, { recursive: true, force: true });
-    throw err;
-  }
+  // Server warnings only, on stdout, so that the example's own lines are what one reads.
+  const kms = await startDevKms({ authority: `kms.${DOMAIN}`, domains: [DOMAIN], logLevel: 'warn', logTo: process.stdout });
+  const clients: KmsClient[] = [];
+  return {
+    url: kms.url,
+    authority: kms.authority,
+    trustAnchors: kms.trustAnchors,
+    async client(user, extra = {}) {
+      const client = new KmsClient({
+        url: kms.url,
+        authority: kms.authority,
+        trustAnchors: kms.trustAnchors,
+        token: await kms.token(user),
+        clientId: `${user.split('@')[0]}-laptop`,
+        ...extra,
+      });
+      clients.push(client);
+      return client;
+    },
+    async close() {
+      await Promise.allSettled(clients.map((c) => c.close()));
+      await kms.close();
+    },
+  };
 }
 
 /** The status of the KmsError a call fails with, or 'ok'. */

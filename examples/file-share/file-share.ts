@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { contentKeyUri, decryptStream, encryptStream, KmsError, type KeyRep, type KmsClient } from '@openkms/client';
 import { DOMAIN, startDemoKms, statusOf } from '../common/demo-kms.js';
-import { startFileService } from '@openkms/server';
+import { startFileService } from '../common/file-service.js';
 
 export interface RunOptions {
   log?: (line: string) => void;

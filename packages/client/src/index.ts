@@ -1,7 +1,11 @@
+/**
+ * @openkms/client: the SDK an application uses to talk to its KMS, and the content encryption
+ * that uses the keys it gets. Besides the names the server, the examples, the benchmark and the
+ * tests use, the types an application needs to write its options and read its answers.
+ */
 export { KmsClient, type KmsClientOptions, type PeerCredential, type TokenProvider, type KeyFilter, type CreateResourceOptions } from './client.js';
 export { encryptContent, decryptContent, decryptContentText, contentKeyUri, encryptStream, decryptStream, type ContentKey } from './content.js';
 export { KmsError } from '@openkms/protocol';
 export type { KeyRep, ResourceRep, AuthorizationRep, CmkRep } from '@openkms/protocol';
 export type { WebSocketConstructor, WebSocketLike } from './ws-transport.js';
-export type { FetchLike } from './transport.js';
-export type { Answer } from './transport.js';
+export type { FetchLike, Answer } from './transport.js';

@@ -1,10 +1,51 @@
-export * from './errors.js';
-export * from './dates.js';
-export * from './uri.js';
-export * from './codec.js';
-export * from './ecdhe.js';
-export * from './messages.js';
-export * from './schemas.js';
-export * from './certs.js';
-export * from './operations.js';
-export * from './limits.js';
+/**
+ * @openkms/protocol: the wire, shared by the SDK and the server (browser-safe). The names listed
+ * here are the ones the SDK, the server, the examples, the benchmark and the tests use; anything
+ * else in this package is internal to it.
+ */
+export { Status, ErrorCodes, KmsError, hasCode, type StatusCode, type ErrorCode, type KmsErrorOptions } from './errors.js';
+export { formatDate, parseDate } from './dates.js';
+export { absoluteUri, isAuthority, isUuid, objectRef, parseKmsUri, type Collection } from './uri.js';
+export {
+  STATIC_KEY_ALGS,
+  encryptStatic,
+  joseCodec,
+  peekHeader,
+  segmentCount,
+  verifyStatic,
+  type AsymmetricKey,
+  type Decrypted,
+  type MessageCodec,
+  type ProtectedHeader,
+} from './codec.js';
+export { deriveChannelKey, generateEphemeralKeyPair, importEcPublicKey } from './ecdhe.js';
+export {
+  type AuthorizationRep,
+  type CmkRep,
+  type Credential,
+  type EphemeralKeyRep,
+  type KeyRep,
+  type KmsRequest,
+  type KmsResponse,
+  type Method,
+  type RequestId,
+  type ResourceRep,
+} from './messages.js';
+export {
+  basicRequestSchema,
+  bindKeySchema,
+  bulkDeleteAuthorizationsSchema,
+  createAuthorizationsSchema,
+  createCmkSchema,
+  createKeysSchema,
+  createResourceSchema,
+  ecdheSchema,
+  invalidationsSchema,
+  listCmksSchema,
+  retrieveKeysSchema,
+  updateCmkSchema,
+  validate,
+} from './schemas.js';
+export { CertificateError, checkOwnCertificateChain, loadX509, parsePemCertificates, verifyKmsCertificate } from './certs.js';
+export { Limits } from './limits.js';
+export { matchOperation, operation, operations, operationsFor, type Caller, type FederationMode, type Operation, type OperationName, type OperationSpec } from './operations.js';

@@ -1,17 +1,20 @@
 /**
- * Test harness, also exported as `@openkms/server/testing` for integration tests of applications:
- * a real KMS (real SQLite file, real keys and certificates, real sockets) on an ephemeral port. The KMS folder (keys, CA, dev issuer) is made once per test process because RSA
- * key generation is slow; every KMS started gets its own fresh database.
+ * The testing entry point, exported as `@openkms/server/testing` for integration tests of
+ * applications (and used by this project's tests, examples and benchmark): a real KMS (real
+ * SQLite file, real keys and certificates, real sockets) on a loopback port, with its development
+ * token issuer standing in for an identity provider. It is what `kms init` + `kms serve` do,
+ * in-process. The KMS folder (keys, CA, dev issuer) is made once per process and authority,
+ * because RSA key generation is slow; every KMS started gets its own fresh database.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import pg from 'pg';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { initKmsDir } from '../cli/init.js';
+import { FILES, initKmsDir } from '../cli/init.js';
 import { loadConfig, parseConfig, type KmsConfig } from '../config.js';
 import { createLogger } from '../logger.js';
-import { devIssuerOf, startKms, type RunningKms } from '../server.js';
+import { devIssuerOf, startKms, type RunningKms, type StartOptions } from '../server.js';
 
 const folders = new Map<string, Promise<string>>();
 const scratch: string[] = [];
@@ -21,7 +24,7 @@ function removeAtExit(dir: string): void {
   scratch.push(dir);
 }
 
-/** A KMS folder for `authority`/`domains`, made once per process. */
+/** A KMS folder for `authority`/`domains`, made once per process (removed when it exits). */
 export function kmsFolder(authority = 'kms.a.example', domains = ['a.example']): Promise<string> {
   const key = `${authority}|${domains.join(',')}`;
   let folder = folders.get(key);
@@ -34,25 +37,41 @@ export function kmsFolder(authority = 'kms.a.example', domains = ['a.example']):
   return folder;
 }
 
-export interface TestKms extends RunningKms {
+export interface DevKms extends RunningKms {
+  /** e.g. kms.a.example */
+  authority: string;
+  /** The KMS folder's ca.pem: what every user's client trusts. */
+  trustAnchors: string[];
+  /** The configuration it runs with (the folder's kms.json, with `config` merged in). */
   config: KmsConfig;
+  /** The KMS folder (shared by every KMS of this authority in the process). */
   dir: string;
   dbPath: string;
-  /** Every log line the server wrote. */
+  /** Every log line the server wrote (empty when a `logger` of one's own was given). */
   logs: string[];
+  /** A development token for `user` (e.g. alice@a.example), issued at the KMS's clock. */
   token(user: string, opts?: { roles?: string[]; ttlSeconds?: number }): Promise<string>;
 }
 
-export interface TestKmsOptions {
+export interface DevKmsOptions {
+  /** Default kms.a.example. */
   authority?: string;
+  /** The user domains it serves; default a.example. */
   domains?: string[];
+  /** The KMS's clock (and the tokens'); default Date.now. */
   now?: () => number;
   /** Deep-merged into the folder's kms.json. */
   config?: Record<string, unknown>;
-  /** Reuse a database file (restart tests). */
+  /** Reuse a database file (restart tests); default a fresh one, removed when the process exits. */
   dbPath?: string;
-  /** A fixed port (default: any free one). */
+  /** A fixed port (default: any free one); the KMS listens on 127.0.0.1. */
   port?: number;
+  /** The lowest level kept in `logs` (default debug: tests check that no level leaks a secret). */
+  logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** Where the kept log lines are also written (e.g. process.stdout); default nowhere. */
+  logTo?: NodeJS.WritableStream;
+  /** A logger of one's own instead of the kept lines (the benchmark's costs nothing below warn). */
+  logger?: StartOptions['logger'];
 }
 
 function merge(base: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
@@ -64,36 +83,44 @@ function merge(base: Record<string, unknown>, patch: Record<string, unknown>): R
   return out;
 }
 
-export async function startTestKms(options: TestKmsOptions = {}): Promise<TestKms> {
+/**
+ * Starts a development KMS. The sweeper is off: whoever needs expired channels and keys gone calls
+ * `kms.sweep()` at the moment it chooses. close() stops it; the folder and database stay until the
+ * process exits (a test may restart a KMS on the same database).
+ */
+export async function startDevKms(options: DevKmsOptions = {}): Promise<DevKms> {
   const dir = await kmsFolder(options.authority, options.domains);
-  const base = loadConfig(join(dir, 'kms.json'));
+  const base = loadConfig(join(dir, FILES.config));
   const { baseDir, ...raw } = base;
   const config = options.config ? parseConfig(merge(raw as Record<string, unknown>, options.config), baseDir) : base;
   let dbPath = options.dbPath;
   if (dbPath === undefined) {
-    const dir = mkdtempSync(join(tmpdir(), 'kms-db-'));
-    dbPath = join(dir, 'kms.db');
-    // Removed when the process ends, not at close(): a test may restart a KMS on the same file.
-    removeAtExit(dir);
+    const dbDir = mkdtempSync(join(tmpdir(), 'kms-db-'));
+    dbPath = join(dbDir, 'kms.db');
+    removeAtExit(dbDir);
   }
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, done) {
       logs.push(String(chunk));
-      done();
+      if (options.logTo) options.logTo.write(chunk, done);
+      else done();
     },
   });
+  const issuer = devIssuerOf(config);
+  if (!issuer) throw new Error(`the KMS folder ${dir} has no development token issuer (identity.dev.enabled is false)`);
   const running = await startKms(config, {
     db: `sqlite:${dbPath}`,
     port: options.port ?? 0,
     host: '127.0.0.1',
     now: options.now,
-    logger: createLogger('debug', sink),
+    logger: options.logger ?? createLogger(options.logLevel ?? 'debug', sink),
     sweeper: false,
   });
-  const issuer = devIssuerOf(config)!;
   return {
     ...running,
+    authority: config.authority,
+    trustAnchors: [readFileSync(join(dir, FILES.ca), 'utf8')],
     config,
     dir,
     dbPath,
@@ -101,6 +128,13 @@ export async function startTestKms(options: TestKmsOptions = {}): Promise<TestKm
     token: (user, opts) => issuer.issue(user, { roles: opts?.roles, ttlSeconds: opts?.ttlSeconds, now: options.now?.() }),
   };
 }
+
+/** @deprecated The tests' earlier name of {@link startDevKms}. */
+export const startTestKms = startDevKms;
+/** @deprecated The tests' earlier name of {@link DevKms}. */
+export type TestKms = DevKms;
+/** @deprecated The tests' earlier name of {@link DevKmsOptions}. */
+export type TestKmsOptions = DevKmsOptions;
 
 /** A clock the test moves by hand. */
 export function manualClock(start = Date.now()): { now: () => number; advance(ms: number): void; set(ms: number): void } {

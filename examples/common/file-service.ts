@@ -1,7 +1,7 @@
 /**
  * The file-sharing service of draft §3.1 (the "resource server"): a plain node:http service that
- * stores whatever bytes it is given (used by `kms demo` and by examples/file-share, which imports
- * it from '@openkms/server'). It is trusted to store and serve files, not to keep them secret: it
+ * stores whatever bytes it is given (used by examples/file-share and by the federation demo,
+ * `kms demo`). It is trusted to store and serve files, not to keep them secret: it
  * only ever receives ciphertext (JWE chunks), the kms:// URIs of the key and of the KMS resource
  * object (KRO) that stands for the file. It never talks to the KMS and never holds a key.
  *

@@ -7,8 +7,11 @@ import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
-/** packages/server/bin/kms.js, from packages/server/dist/src/demo/processes.js. */
-export const KMS_BIN = fileURLToPath(new URL('../../../bin/kms.js', import.meta.url));
+/**
+ * The `kms` command of the @openkms/server package the demo is built with: its bin/kms.js, two
+ * folders up from the package's entry (dist/src/index.js).
+ */
+export const KMS_BIN = fileURLToPath(new URL('../../bin/kms.js', import.meta.resolve('@openkms/server')));
 
 /** The children's environment: ours, without KMS_* variables, which would override their flags' defaults. */
 function childEnv(): NodeJS.ProcessEnv {
@@ -28,8 +31,8 @@ export interface Finished {
   stderr: string;
 }
 
-/** Runs `kms <args>` to completion; fails with its stderr's last line unless it exits 0. */
-export async function kms(args: string[], timeoutMs = 30_000): Promise<Finished> {
+/** Runs `kms <args>` to completion, whatever its exit code (killed after `timeoutMs`). */
+export async function runKms(args: string[], timeoutMs = 30_000): Promise<Finished> {
   const child = spawnKms(args);
   let stdout = '';
   let stderr = '';
@@ -49,8 +52,14 @@ export async function kms(args: string[], timeoutMs = 30_000): Promise<Finished>
       resolve(c);
     });
   });
-  if (code !== 0) throw new Error(`kms ${args.slice(0, 2).join(' ')} failed (exit ${code}): ${stderr.trim().split('\n').pop() ?? ''}`);
   return { code, stdout, stderr };
+}
+
+/** Runs `kms <args>` to completion; fails with its stderr's last line unless it exits 0. */
+export async function kms(args: string[], timeoutMs = 30_000): Promise<Finished> {
+  const r = await runKms(args, timeoutMs);
+  if (r.code !== 0) throw new Error(`kms ${args.slice(0, 2).join(' ')} failed (exit ${r.code}): ${r.stderr.trim().split('\n').pop() ?? ''}`);
+  return r;
 }
 
 export interface ServedKms {

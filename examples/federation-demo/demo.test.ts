@@ -6,11 +6,11 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { test } from 'node:test';
-import { runDemo } from '@openkms/server';
-import { runKms } from './support/cli.js';
+import { runDemo } from './demo.js';
+import { runKms } from './processes.js';
 
-test('kms demo: the ten steps, Bob decrypts through his own KMS, and is refused after the revocation', { timeout: 70_000 }, () => {
-  const r = runKms(['demo']);
+test('kms demo: the ten steps, Bob decrypts through his own KMS, and is refused after the revocation', { timeout: 70_000 }, async () => {
+  const r = await runKms(['demo'], 60_000);
   assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}\n${r.stdout}`);
   const lines = r.stdout.split('\n');
   for (let step = 1; step <= 10; step++) assert.ok(lines.some((l) => l.startsWith(`(${step}) `)), `step (${step}) is printed`);

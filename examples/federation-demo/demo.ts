@@ -1,5 +1,6 @@
 /**
- * `kms demo` / `npm run demo`: the seed scenario — draft-abiggs-saag-key-management-service §3.3,
+ * `kms demo` / `npm run demo` (the `kms` command loads this module from a clone's dist-examples):
+ * the seed scenario — draft-abiggs-saag-key-management-service §3.3,
  * "KMS Key Federation" — end to end on loopback, printing each of its ten steps and what crossed
  * which wire.
  *
@@ -21,7 +22,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { KmsClient, KmsError, contentKeyUri, decryptStream, encryptStream, type KeyRep } from '@openkms/client';
-import { startFileService, type FileService } from './file-service.js';
+import { startFileService, type FileService } from '../common/file-service.js';
 import { freePorts, kms, serveKms, type ServedKms } from './processes.js';
 import { Wire, formatBytes, recordingFetch, requestNote, responseNote, startWireTap, type WireRecord, type WireTap } from './wire.js';
 
@@ -225,22 +226,11 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
     log(`  kms token: Alice (${alice}) gets a token from A's development issuer, Bob (${bob}) from B's`);
     service = await startFileService();
     log(`  file-sharing service (stores only what it is given) on ${service.url}`);
-    const aliceKms = new KmsClient({
-      url: servedA.url,
-      authority: A.authority,
-      trustAnchors: [readFileSync(A.ca, 'utf8')],
-      token: aliceToken,
-      clientId: 'alice-laptop',
-      fetch: recordingFetch(wire, 'Alice', 'KMS A'),
-    });
-    const bobKms = new KmsClient({
-      url: servedB.url,
-      authority: B.authority,
-      trustAnchors: [readFileSync(B.ca, 'utf8')],
-      token: bobToken,
-      clientId: 'bob-laptop',
-      fetch: recordingFetch(wire, 'Bob', 'KMS B'),
-    });
+    // Each user's client trusts its own KMS's CA and goes through a fetch that records the wire.
+    const userClient = (who: 'Alice' | 'Bob', s: Side, at: ServedKms, token: string) =>
+      new KmsClient({ url: at.url, authority: s.authority, trustAnchors: [readFileSync(s.ca, 'utf8')], token, clientId: `${who.toLowerCase()}-laptop`, fetch: recordingFetch(wire, who, s.name) });
+    const aliceKms = userClient('Alice', A, servedA, aliceToken);
+    const bobKms = userClient('Bob', B, servedB, bobToken);
     clients.push(aliceKms, bobKms);
     check();
     log('');
