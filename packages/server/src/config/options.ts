@@ -10,8 +10,8 @@
  * entry of the `peers` array. Only leaves are listed: a section (`tls`, `identity.dev`) is present
  * when one of its members is.
  *
- * Numeric LIMITS of the protocol and the server (answer sizes, walk depths) are not options: they
- * are bounds of the implementation and live with their code.
+ * The numeric limits of the protocol and the server (answer sizes, walk depths) are not options:
+ * they bound what the implementation accepts, whatever a deployment prefers.
  */
 
 /** pino's levels, most to least severe; `silent` logs nothing. */
