@@ -10,7 +10,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { runKms } from './support/cli.js';
+import { oneClearLine, runKms } from './support/cli.js';
 
 let root: string;
 let dirA: string;
@@ -35,14 +35,6 @@ before(() => {
   original = JSON.parse(readFileSync(configA, 'utf8'));
 });
 after(() => rmSync(root, { recursive: true, force: true }));
-
-/** One line on stderr, no stack trace. */
-function oneClearLine(stderr: string): void {
-  const lines = stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `expected one line, got: ${stderr}`);
-  assert.match(lines[0]!, /^kms: /);
-  assert.doesNotMatch(stderr, /\n\s+at |Error: /);
-}
 
 function readA(): Record<string, unknown> & { peers: Array<{ authority: string; domains: string[]; endpoint: string; trustAnchors: string[] }> } {
   return JSON.parse(readFileSync(configA, 'utf8'));

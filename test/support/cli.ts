@@ -1,6 +1,8 @@
 /** Runs the real `kms` command (the package bin) as a child process. */
+import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
 
 export const KMS_BIN = fileURLToPath(new URL('../../packages/server/bin/kms.js', import.meta.url));
 
@@ -10,9 +12,30 @@ export interface RunResult {
   stderr: string;
 }
 
-export function runKms(args: string[], env: Record<string, string> = {}): RunResult {
-  const r = spawnSync(process.execPath, [KMS_BIN, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 });
+export function runKms(args: string[], env: Record<string, string> = {}, options: { cwd?: string } = {}): RunResult {
+  const r = spawnSync(process.execPath, [KMS_BIN, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000, cwd: options.cwd });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** What OPERATING.md promises for bad input: one `kms: …` line on stderr, no stack trace. */
+export function oneClearLine(stderr: string): void {
+  const lines = stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `expected one line, got: ${stderr}`);
+  assert.match(lines[0]!, /^kms: /);
+  assert.doesNotMatch(stderr, /\n\s+at |Error: /);
+}
+
+/**
+ * How many requests a KMS has answered, from its SQLite database: every request is in the audit
+ * log before it is answered, so an unchanged count means the KMS was not asked anything.
+ */
+export function auditedRequests(dbPath: string): number {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    return (db.prepare('SELECT count(*) AS n FROM audit').get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
 }
 
 export interface Served {

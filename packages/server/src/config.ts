@@ -1,11 +1,13 @@
 /**
  * kms.json: the one configuration file, written by `kms init`, read by every other command.
- * Paths inside it are relative to the file, so a KMS folder can be moved as a whole.
+ * Paths inside it are relative to the file, so a KMS folder can be moved as a whole. What each
+ * option means and its default: config/options.ts.
  */
 import { readFileSync, realpathSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { isAuthority } from '@openkms/protocol';
+import { LOG_LEVELS, OPTIONS, defaultOf } from './config/options.js';
 
 const domain = z
   .string()
@@ -14,61 +16,72 @@ const domain = z
   .transform((d) => d.toLowerCase())
   .refine((d) => isAuthority(d), 'not a domain name');
 
-const peerSchema = z.object({
+/** A browser origin as the Origin header carries it: a path or trailing slash would never match. */
+const origin = z.string().refine((o) => URL.canParse(o) && new URL(o).origin === o, 'not an origin (scheme://host[:port], no path or trailing slash)');
+
+const peerSchema = z.strictObject({
   authority: z.string().refine(isAuthority, 'not an authority name'),
   domains: z.array(domain).min(1),
   endpoint: z.string().url(),
   trustAnchors: z.array(z.string().includes('BEGIN CERTIFICATE')).min(1),
 });
 
-const seconds = (def: number) => z.number().int().positive().default(def);
+const seconds = z.number().int().positive();
 
-export const configSchema = z.object({
+/**
+ * kms.json. Every object is strict, so a misspelt key is refused instead of silently meaning its
+ * default; every section with defaults is a `prefault({})`, so an absent section gets each member's
+ * default from options.ts (the only place defaults are written).
+ */
+export const configSchema = z.strictObject({
   authority: z.string().refine(isAuthority, 'not an authority name (e.g. kms.a.example)'),
   domains: z.array(domain).min(1),
-  listen: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(7001) }).default({ host: '127.0.0.1', port: 7001 }),
-  storage: z.object({ url: z.string().default('sqlite:kms.db') }).default({ url: 'sqlite:kms.db' }),
-  staticKey: z.object({ key: z.string(), cert: z.string() }),
-  ca: z.object({ cert: z.string(), key: z.string().optional() }).optional(),
-  rootKey: z.object({ file: z.string().optional() }).default({}),
-  tls: z.object({ cert: z.string(), key: z.string() }).optional(),
-  /** Browser origins allowed to call the KMS directly (CORS); none by default. */
-  cors: z.object({ origins: z.array(z.string().url()).default([]) }).default({ origins: [] }),
+  listen: z
+    .strictObject({ host: z.string().min(1).default(defaultOf('listen.host')), port: z.number().int().min(0).max(65535).default(defaultOf('listen.port')) })
+    .prefault({}),
+  storage: z.strictObject({ url: z.string().min(1).default(defaultOf('storage.url')) }).prefault({}),
+  staticKey: z.strictObject({ key: z.string(), cert: z.string() }),
+  ca: z.strictObject({ cert: z.string(), key: z.string().optional() }).optional(),
+  rootKey: z.strictObject({ file: z.string().optional() }).prefault({}),
+  tls: z.strictObject({ cert: z.string(), key: z.string() }).optional(),
+  cors: z.strictObject({ origins: z.array(origin).default(() => defaultOf('cors.origins')) }).prefault({}),
   identity: z
-    .object({
+    .strictObject({
       issuer: z.string().optional(),
       audience: z.string().optional(),
       jwksUri: z.string().url().optional(),
       jwksFile: z.string().optional(),
-      discovery: z.boolean().optional(),
-      introspection: z.object({ endpoint: z.string().url(), clientId: z.string(), clientSecret: z.string() }).optional(),
-      userClaim: z.string().optional(),
-      rolesClaim: z.string().optional(),
-      orgClaim: z.string().optional(),
-      clockToleranceSeconds: z.number().int().min(0).max(300).optional(),
-      dev: z.object({ enabled: z.boolean(), keyFile: z.string() }).optional(),
+      discovery: z.boolean().default(defaultOf('identity.discovery')),
+      introspection: z.strictObject({ endpoint: z.string().url(), clientId: z.string(), clientSecret: z.string() }).optional(),
+      userClaim: z.string().min(1).default(defaultOf('identity.userClaim')),
+      rolesClaim: z.string().min(1).default(defaultOf('identity.rolesClaim')),
+      orgClaim: z.string().min(1).optional(),
+      clockToleranceSeconds: z.number().int().min(0).max(300).default(defaultOf('identity.clockToleranceSeconds')),
+      dev: z.strictObject({ enabled: z.boolean(), keyFile: z.string() }).optional(),
     })
-    .default({}),
+    .prefault({}),
   lifetimes: z
-    .object({
-      channel: seconds(3600),
-      unboundKey: seconds(3600),
-      boundKey: seconds(365 * 24 * 3600),
-      unboundGrace: seconds(24 * 3600),
-      anonymousBearerMax: seconds(30 * 24 * 3600),
-      maxResourceTtl: z.number().int().min(0).default(0),
+    .strictObject({
+      channel: seconds.default(defaultOf('lifetimes.channel')),
+      unboundKey: seconds.default(defaultOf('lifetimes.unboundKey')),
+      boundKey: seconds.default(defaultOf('lifetimes.boundKey')),
+      unboundGrace: seconds.default(defaultOf('lifetimes.unboundGrace')),
+      anonymousBearerMax: seconds.default(defaultOf('lifetimes.anonymousBearerMax')),
+      maxResourceTtl: z.number().int().min(0).default(defaultOf('lifetimes.maxResourceTtl')),
     })
-    .default({ channel: 3600, unboundKey: 3600, boundKey: 365 * 24 * 3600, unboundGrace: 24 * 3600, anonymousBearerMax: 30 * 24 * 3600, maxResourceTtl: 0 }),
-  sweeper: z.object({ intervalSeconds: seconds(60) }).default({ intervalSeconds: 60 }),
+    .prefault({}),
+  sweeper: z.strictObject({ intervalSeconds: seconds.default(defaultOf('sweeper.intervalSeconds')) }).prefault({}),
   limits: z
-    .object({
-      maxAuthorizationsPerResource: z.number().int().positive().default(10_000),
-      requestsPerMinutePerPrincipal: z.number().int().min(0).default(0),
+    .strictObject({
+      maxAuthorizationsPerResource: z.number().int().positive().default(defaultOf('limits.maxAuthorizationsPerResource')),
+      requestsPerMinutePerPrincipal: z.number().int().min(0).default(defaultOf('limits.requestsPerMinutePerPrincipal')),
     })
-    .default({ maxAuthorizationsPerResource: 10_000, requestsPerMinutePerPrincipal: 0 }),
-  peers: z.array(peerSchema).default([]),
-  federation: z.object({ maxStaleness: seconds(30), peerTimeout: seconds(5) }).default({ maxStaleness: 30, peerTimeout: 5 }),
-  log: z.object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).default({ level: 'info' }),
+    .prefault({}),
+  peers: z.array(peerSchema).default(() => []),
+  federation: z
+    .strictObject({ maxStaleness: seconds.default(defaultOf('federation.maxStaleness')), peerTimeout: seconds.default(defaultOf('federation.peerTimeout')) })
+    .prefault({}),
+  log: z.strictObject({ level: z.enum(LOG_LEVELS).default(defaultOf('log.level')) }).prefault({}),
 });
 
 export type KmsConfig = z.infer<typeof configSchema> & {
@@ -82,11 +95,40 @@ export class ConfigError extends Error {
 
 export function parseConfig(raw: unknown, baseDir: string, source = 'config'): KmsConfig {
   const result = configSchema.safeParse(raw);
-  if (!result.success) {
-    const issue = result.error.issues[0]!;
-    throw new ConfigError(`${source}: ${issue.path.join('.') || '(root)'}: ${issue.message}`);
-  }
+  if (!result.success) throw new ConfigError(`${source}: ${describeIssues(result.error.issues)}`);
   return { ...result.data, baseDir };
+}
+
+/** `peers[0].endpoint`: where in kms.json a problem is, as an operator would write it. */
+function pathText(path: readonly PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i > 0 ? '.' : ''}${String(p)}`)).join('');
+}
+
+/** The members an object at `path` may have, from the documented options. */
+function knownKeysAt(path: readonly PropertyKey[]): string[] {
+  const prefix = path.map((p) => (typeof p === 'number' ? '[]' : `.${String(p)}`)).join('').replace(/^\./, '');
+  const keys = new Set<string>();
+  for (const option of Object.keys(OPTIONS)) {
+    const rest = prefix === '' ? option : option.startsWith(`${prefix}.`) ? option.slice(prefix.length + 1) : undefined;
+    if (rest !== undefined) keys.add(rest.split(/[.[]/)[0]!);
+  }
+  return [...keys];
+}
+
+/**
+ * One line for the first problem. Unknown keys come first: a misspelt key usually also makes a
+ * required one look missing, and the misspelling is what the operator has to fix.
+ */
+function describeIssues(issues: readonly z.core.$ZodIssue[]): string {
+  const unknown = issues.filter((i): i is z.core.$ZodIssueUnrecognizedKeys => i.code === 'unrecognized_keys');
+  if (unknown.length > 0) {
+    const names = unknown.flatMap((i) => i.keys.map((k) => pathText([...i.path, k])));
+    if (names.length > 1) return `unknown keys ${names.join(', ')}`;
+    const at = unknown[0]!.path;
+    return `unknown key ${names[0]} (${at.length ? `${pathText(at)} takes` : 'known keys:'} ${knownKeysAt(at).join(', ')})`;
+  }
+  const issue = issues[0]!;
+  return `${pathText(issue.path) || '(root)'}: ${issue.message}`;
 }
 
 /** The JSON of a config file as written (no defaults), and the real path it was read from. */
@@ -97,12 +139,14 @@ export function readConfigJson(path: string): { raw: unknown; text: string; real
     realPath = realpathSync(path);
     text = readFileSync(realPath, 'utf8');
   } catch (err) {
-    throw new ConfigError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new ConfigError(`${path} does not exist (kms init writes one; --config or KMS_CONFIG names another)`);
+    throw new ConfigError(`cannot read ${path}: ${code ?? 'error'}`);
   }
   try {
     return { raw: JSON.parse(text) as unknown, text, realPath };
-  } catch {
-    throw new ConfigError(`${path} is not valid JSON`);
+  } catch (err) {
+    throw new ConfigError(`${path} is not valid JSON (${(err as Error).message})`);
   }
 }
 

@@ -7,6 +7,7 @@ import { createPublicKey } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { isAuthority } from '@openkms/protocol';
+import { defaultOf } from '../config/options.js';
 import { createCa, generateStaticKeyPem, issueKmsCertificate } from '../identity/certificates.js';
 import { generateDevIssuerKey } from '../identity/dev-issuer.js';
 import { generateRootKey } from '../keyring/keyring.js';
@@ -61,8 +62,9 @@ export async function initKmsDir(o: InitOptions): Promise<string> {
   const config = {
     authority: o.authority.toLowerCase(),
     domains: o.domains.map((d) => d.toLowerCase()),
-    listen: { host: '127.0.0.1', port: o.port ?? 7001 },
-    storage: { url: 'sqlite:kms.db' },
+    // Written out although they are the defaults, so an operator sees where to change them.
+    listen: { host: defaultOf('listen.host'), port: o.port ?? defaultOf('listen.port') },
+    storage: { url: defaultOf('storage.url') },
     staticKey: { key: FILES.staticKey, cert: FILES.staticCert },
     ca: ca.own ? { cert: FILES.ca, key: FILES.caKey } : { cert: FILES.ca },
     rootKey: { file: FILES.rootKey },
@@ -82,20 +84,26 @@ function readPem(path: string | undefined, flag: string): string | undefined {
   }
 }
 
+const USAGE = `usage: kms init --dir D --authority A --domain X [--domain Y…] [--port P] [--ca-cert F --ca-key F] [--force]
+  writes D/kms.json, the static key and certificate (issued by a CA of its own, ca.pem, unless
+  --ca-cert and --ca-key give one), root.key and the development issuer key; secrets owner-only.
+  --port: listen.port in kms.json (default ${defaultOf('listen.port')}); --force: overwrite an existing D/kms.json
+Environment: KMS_DIR, KMS_AUTHORITY, KMS_DOMAINS (comma-separated), KMS_PORT.`;
+
 export async function initCommand(argv: string[]): Promise<void> {
-  const { values } = parse(argv, {
-    dir: { type: 'string' },
-    authority: { type: 'string' },
-    domain: { type: 'string', multiple: true },
-    port: { type: 'string' },
-    'ca-cert': { type: 'string' },
-    'ca-key': { type: 'string' },
-    force: { type: 'boolean' },
-  });
-  if (values.bool('help')) {
-    process.stderr.write('usage: kms init --dir D --authority A --domain X [--domain Y…] [--port P] [--ca-cert F --ca-key F] [--force]\n');
-    return;
-  }
+  const { values } = parse(
+    argv,
+    {
+      dir: { type: 'string' },
+      authority: { type: 'string' },
+      domain: { type: 'string', multiple: true },
+      port: { type: 'string' },
+      'ca-cert': { type: 'string' },
+      'ca-key': { type: 'string' },
+      force: { type: 'boolean' },
+    },
+    { usage: USAGE },
+  );
   const dir = flagOrEnv(values.str('dir'), 'KMS_DIR');
   const authority = flagOrEnv(values.str('authority'), 'KMS_AUTHORITY');
   const domains = values.list('domain') ?? (process.env.KMS_DOMAINS ? process.env.KMS_DOMAINS.split(',') : []);

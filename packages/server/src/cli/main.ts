@@ -2,9 +2,10 @@
  * The `kms` command. Bad input of any kind gets one clear line on stderr and a non-zero exit,
  * never a stack trace (OPERATING.md).
  */
+import { readFileSync } from 'node:fs';
 import { KmsError } from '@openkms/protocol';
 import { ConfigError } from '../config.js';
-import { UsageError } from './args.js';
+import { HelpRequested, UsageError } from './args.js';
 import { auditCommand } from './audit.js';
 import { clientCommand } from './client.js';
 import { demoCommand } from './demo.js';
@@ -31,14 +32,27 @@ const USAGE = `usage: kms <command> [options]
   audit verify  check the audit log's hash chain
   client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)
   demo          the federation scenario end to end: two KMSs, a file service, Alice and Bob
-Run 'kms <command> --help' for a command's options.
+  version       print the version of this kms
+Run 'kms <command> --help' (or 'kms help <command>') for a command's options.
 `;
 
+/** The server package's version, from its package.json (bin/ and dist/ ship beside it). */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
 export async function main(argv: string[]): Promise<void> {
-  const [name, ...rest] = argv;
+  let [name, ...rest] = argv;
+  if (name === 'help' && rest[0] && rest[0] in commands) [name, rest] = [rest[0], ['--help']];
   if (!name || name === '--help' || name === '-h' || name === 'help') {
-    process.stderr.write(USAGE);
+    // Asked for, help goes to stdout (kms --help | less); a bare `kms` is a usage error.
+    (name ? process.stdout : process.stderr).write(USAGE);
     if (!name) process.exitCode = 2;
+    return;
+  }
+  if (name === 'version' || name === '--version' || name === '-v') {
+    process.stdout.write(`kms ${version()}\n`);
     return;
   }
   const command = commands[name];
@@ -46,6 +60,10 @@ export async function main(argv: string[]): Promise<void> {
     if (!command) throw new UsageError(`unknown command '${name}'; run 'kms --help'`);
     await command(rest);
   } catch (err) {
+    if (err instanceof HelpRequested) {
+      process.stdout.write(err.usage.endsWith('\n') ? err.usage : `${err.usage}\n`);
+      return;
+    }
     const known = err instanceof UsageError || err instanceof ConfigError || err instanceof KmsError;
     const message = known ? (err as Error).message : `unexpected error: ${(err as Error)?.message ?? String(err)}`;
     process.stderr.write(`kms: ${message}\n`);

@@ -11,7 +11,7 @@ import { basename, dirname, join } from 'node:path';
 import { isAuthority } from '@openkms/protocol';
 import { ConfigError, loadConfig, parseConfig, readConfigJson, type KmsConfig } from '../config.js';
 import { trustAnchorCertificates, validatePeers } from '../federation/peers.js';
-import { DEFAULT_CONFIG, UsageError, flagOrEnv, parse } from './args.js';
+import { DEFAULT_CONFIG, HelpRequested, UsageError, asksForHelp, flagOrEnv, parse } from './args.js';
 
 const USAGE = `usage: kms peer add --config D/kms.json --authority A --domain X [--domain Y…] --endpoint URL --ca PEMFILE [--ca PEMFILE…]
        kms peer list --config D/kms.json [--json]
@@ -28,10 +28,7 @@ const subcommands: Record<string, (argv: string[]) => Promise<void>> = {
 
 export async function peerCommand(argv: string[]): Promise<void> {
   const [name, ...rest] = argv;
-  if (name === '--help' || name === '-h' || name === 'help') {
-    process.stderr.write(USAGE);
-    return;
-  }
+  if (name === 'help' || asksForHelp(argv.slice(0, 1))) throw new HelpRequested(USAGE);
   if (!name) throw new UsageError("kms peer needs a subcommand: add, list or remove; run 'kms peer --help'");
   const sub = subcommands[name];
   if (!sub) throw new UsageError(`unknown subcommand 'peer ${name}'; expected add, list or remove`);
@@ -167,17 +164,17 @@ function trustAnchorsFrom(files: string[]): string[] {
 // Subcommands
 
 async function peerAdd(argv: string[]): Promise<void> {
-  const { values } = parse(argv, {
-    config: { type: 'string' },
-    authority: { type: 'string' },
-    domain: { type: 'string', multiple: true },
-    endpoint: { type: 'string' },
-    ca: { type: 'string', multiple: true },
-  });
-  if (values.bool('help')) {
-    process.stderr.write(USAGE);
-    return;
-  }
+  const { values } = parse(
+    argv,
+    {
+      config: { type: 'string' },
+      authority: { type: 'string' },
+      domain: { type: 'string', multiple: true },
+      endpoint: { type: 'string' },
+      ca: { type: 'string', multiple: true },
+    },
+    { usage: USAGE },
+  );
   const authority = authorityOf(flagOrEnv(values.str('authority'), 'KMS_PEER_AUTHORITY'), 'add');
   const domainsIn = values.list('domain') ?? splitEnv('KMS_PEER_DOMAINS');
   if (domainsIn.length === 0) throw new UsageError('kms peer add needs at least one --domain');
@@ -212,11 +209,7 @@ async function peerAdd(argv: string[]): Promise<void> {
 }
 
 async function peerList(argv: string[]): Promise<void> {
-  const { values } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' } });
-  if (values.bool('help')) {
-    process.stderr.write(USAGE);
-    return;
-  }
+  const { values } = parse(argv, { config: { type: 'string' }, json: { type: 'boolean' } }, { usage: USAGE });
   const config = loadConfig(configFileOf(values.str('config')));
   if (values.bool('json')) {
     process.stdout.write(JSON.stringify(config.peers, null, 2) + '\n');
@@ -233,11 +226,7 @@ async function peerList(argv: string[]): Promise<void> {
 }
 
 async function peerRemove(argv: string[]): Promise<void> {
-  const { values } = parse(argv, { config: { type: 'string' }, authority: { type: 'string' } });
-  if (values.bool('help')) {
-    process.stderr.write(USAGE);
-    return;
-  }
+  const { values } = parse(argv, { config: { type: 'string' }, authority: { type: 'string' } }, { usage: USAGE });
   const authority = authorityOf(flagOrEnv(values.str('authority'), 'KMS_PEER_AUTHORITY'), 'remove');
   const file = readRawConfig(configFileOf(values.str('config')));
   const peers = rawPeers(file);

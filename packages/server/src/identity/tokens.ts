@@ -1,6 +1,7 @@
 import { KmsError } from '@openkms/protocol';
 import { decodeJwt, importJWK } from 'jose';
 import type { CryptoKey, JWK, JWTVerifyGetKey } from 'jose';
+import { defaultOf } from '../config/options.js';
 import { mapClaims, type ClaimMapping } from './claims.js';
 import { createIntrospector, type Introspector } from './introspection.js';
 import { createKeySource } from './jwks.js';
@@ -27,7 +28,6 @@ export interface TokenVerifierOptions {
 }
 
 
-const DEFAULT_CLOCK_TOLERANCE_SECONDS = 30;
 const DEV_ALGORITHMS = ['PS256', 'RS256'];
 /** Tokens of the development issuer are minted by dev-issuer.ts, whose layout is fixed. */
 const DEV_CLAIMS: ClaimMapping = { userClaim: 'sub', rolesClaim: 'roles' };
@@ -65,7 +65,7 @@ interface DevIssuer {
  */
 export function createTokenVerifier(config: IdentityConfig, options: TokenVerifierOptions): TokenVerifier {
   const now = options.now ?? Date.now;
-  const tolerance = config.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
+  const tolerance = config.clockToleranceSeconds ?? defaultOf('identity.clockToleranceSeconds');
   const toleranceMs = tolerance * 1000;
   const mapping = claimMapping(config);
   validate(config, tolerance);
@@ -217,7 +217,7 @@ function claimMapping(config: IdentityConfig): ClaimMapping {
       throw new Error(`identity: ${name} must be a non-empty string`);
     }
   }
-  const mapping: ClaimMapping = { userClaim: config.userClaim ?? 'sub', rolesClaim: config.rolesClaim ?? 'roles' };
+  const mapping: ClaimMapping = { userClaim: config.userClaim ?? defaultOf('identity.userClaim'), rolesClaim: config.rolesClaim ?? defaultOf('identity.rolesClaim') };
   if (config.orgClaim !== undefined) mapping.orgClaim = config.orgClaim;
   return mapping;
 }
