@@ -1,6 +1,6 @@
 /** `kms token`: a development access token, alone on stdout, so TOKEN=$(npx kms token …) works. */
 import { loadConfig } from '../config.js';
-import { DEV_TOKEN_MAX_TTL_SECONDS, DEV_TOKEN_TTL_SECONDS } from '../identity/dev-issuer.js';
+import { DEV_TOKEN_MAX_TTL_SECONDS, DEV_TOKEN_TTL_SECONDS } from '../limits.js';
 import { devIssuerOf } from '../server.js';
 import { DEFAULT_CONFIG, UsageError, flagOrEnv, intFlag, parse } from './args.js';
 
