@@ -52,7 +52,7 @@ test('kms demo from an installed package (no clone around it): one line naming w
   assert.match(help.stderr, /^usage: kms demo \[--federation-max-staleness S\] \[--without-push\]/);
   const bad = spawnSync(process.execPath, [join(installed, 'bin', 'kms.js'), 'demo', '--federation-max-staleness', '0'], { cwd: app, encoding: 'utf8', timeout: 30_000 });
   assert.equal(bad.status, 2);
-  assert.match(bad.stderr, /^kms: --federation-max-staleness must be between 1 and 300\n$/);
+  assert.match(bad.stderr, /^kms: --federation-max-staleness must be a whole number, from 1 to 300, got 0\n$/);
 });
 
 test('loadDemo: a folder that is no clone of the repository is refused with the same line', async () => {

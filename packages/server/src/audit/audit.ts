@@ -9,7 +9,8 @@
  */
 import { createHmac } from 'node:crypto';
 import { GroupCommit } from '../store/group-commit.js';
-import type { AuditEntry, AuditRow, Store } from '../store/store.js';
+import type { AuditEntry, AuditRow } from '../model.js';
+import type { Store } from '../store/store.js';
 
 export type { AuditEntry };
 

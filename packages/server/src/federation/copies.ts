@@ -9,6 +9,7 @@ import type { Answer } from '@openkms/client';
 import { KmsError, Status, isUuid, objectRef, parseDate, retrieveKeysSchema, validate } from '@openkms/protocol';
 import type { UserPrincipal } from '../identity/principal.js';
 import type { Keyring } from '../keyring/keyring.js';
+import { COPY_INVALIDATED } from '../model.js';
 import { MAX_FEDERATED_PAGES, MAX_KEYS_PER_ANSWER, MAX_TRACKED_KROS, REFETCH_INTERVAL_MS } from '../limits.js';
 import type { Handler } from '../operations/context.js';
 import { userPrincipal } from '../operations/guards.js';
@@ -76,7 +77,7 @@ export class Copies implements CopySource {
   }
 
   private fresh(fetchedAt: number): boolean {
-    return fetchedAt > 0 && this.o.now() - fetchedAt < this.o.maxStalenessMs;
+    return fetchedAt !== COPY_INVALIDATED && this.o.now() - fetchedAt < this.o.maxStalenessMs;
   }
 
   /**

@@ -8,7 +8,7 @@ import { KmsError, Status, absoluteUri, formatDate, parseDate, retrieveKeysSchem
 import { kroOf, walkKros } from '../authorization-graph.js';
 import { domainOf } from '../identity/users.js';
 import { MAX_RELEASED_KEYS } from '../limits.js';
-import type { AuthorizationRow, KeyRow } from '../store/store.js';
+import type { AuthorizationRow, KeyRow } from '../model.js';
 import type { Context, Deps, Handler } from '../operations/context.js';
 import { liveResource, requireAuthorized } from '../operations/guards.js';
 import { keyAad } from '../operations/keys.js';

@@ -8,7 +8,8 @@
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, randomUUID } from 'node:crypto';
 import { KmsError } from '@openkms/protocol';
 import { Secret } from '../secret.js';
-import type { CmkRow, Store } from '../store/store.js';
+import type { CmkRow } from '../model.js';
+import type { Store } from '../store/store.js';
 
 const VERSION = 1;
 const IV = 12;

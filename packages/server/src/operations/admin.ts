@@ -1,7 +1,7 @@
 /** The draft's Administrative API: CMK rotation, CMK state, CMK listing. */
 import { KmsError, Status, absoluteUri, createCmkSchema, formatDate, listCmksSchema, updateCmkSchema, validate } from '@openkms/protocol';
 import { hasRoleFor, mayAdministerCmks, visibleCmks } from '../policy.js';
-import type { CmkRow } from '../store/store.js';
+import type { CmkRow } from '../model.js';
 import type { Deps, Handler } from './context.js';
 
 function cmkRep(deps: Deps, row: CmkRow) {

@@ -10,7 +10,7 @@ import {
   validate,
 } from '@openkms/protocol';
 import { isUserId, normalizeUserId } from '../identity/users.js';
-import type { AuthorizationRow } from '../store/store.js';
+import type { AuthorizationRow } from '../model.js';
 import type { Context, Deps, Handler } from './context.js';
 import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
 import { authorizationRep } from './representations.js';

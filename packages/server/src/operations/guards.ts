@@ -2,7 +2,7 @@
 import { KmsError, objectRef, type Collection } from '@openkms/protocol';
 import { isAuthorized } from '../policy.js';
 import type { Principal } from '../identity/principal.js';
-import type { ResourceRow } from '../store/store.js';
+import type { ResourceRow } from '../model.js';
 import type { Deps } from './context.js';
 
 /** A live resource (past its TTL it is gone for everyone: 404). */

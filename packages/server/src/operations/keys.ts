@@ -12,7 +12,7 @@ import {
 } from '@openkms/protocol';
 import { ownsUnboundKey } from '../policy.js';
 import { Secret } from '../secret.js';
-import type { KeyRow } from '../store/store.js';
+import type { KeyRow } from '../model.js';
 import { MAX_KEYS_PER_ANSWER } from '../limits.js';
 import type { Deps, Handler } from './context.js';
 import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
@@ -90,7 +90,7 @@ export function bindFailure(outcome: string, field: string): void {
     case 'already-bound':
       throw new KmsError('KEY_ALREADY_BOUND', `${field}: key already bound`);
     case 'expired':
-      throw KmsError.badRequest(`${field}: unbound key expired`);
+      throw new KmsError('KEY_EXPIRED', `${field}: unbound key expired`);
     default:
       throw new Error(`unexpected bind outcome ${outcome}`);
   }

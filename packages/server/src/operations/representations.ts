@@ -1,7 +1,7 @@
 /** Draft 4.4 object representations, always with absolute URIs (PROTOCOL.md §1). */
 import { absoluteUri, formatDate, type AuthorizationRep, type KeyRep, type ResourceRep } from '@openkms/protocol';
 import type { Secret } from '../secret.js';
-import type { AuthorizationRow, KeyRow, ResourceRow } from '../store/store.js';
+import type { AuthorizationRow, KeyRow, ResourceRow } from '../model.js';
 
 /** A key as its own KMS's users see it. */
 export function keyRep(authority: string, row: KeyRow, material: Secret): KeyRep {

@@ -1,7 +1,7 @@
 /** Draft 4.7.3–4.7.4: create a resource (KRO) and retrieve it. */
 import { randomUUID } from 'node:crypto';
 import { KmsError, Status, createResourceSchema, validate } from '@openkms/protocol';
-import type { KeyBind, ResourceRow } from '../store/store.js';
+import type { KeyBind, ResourceRow } from '../model.js';
 import { newAuthorizations } from './authorizations.js';
 import type { Handler } from './context.js';
 import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
