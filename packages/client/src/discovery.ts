@@ -32,14 +32,17 @@ export async function discover(options: {
   if (options.trustAnchors.length === 0) throw new KmsError('CERTIFICATE_REFUSED', 'no trust anchors configured for the KMS certificate');
   const what = `GET ${options.url}/.well-known/kms`;
   const timeoutMs = options.timeoutMs ?? 30_000;
-  const signal = AbortSignal.timeout(timeoutMs);
+  const controller = new AbortController();
+  const timeout = setTimeout(() => controller.abort(), timeoutMs);
   let res: Awaited<ReturnType<FetchLike>>;
   let text: string;
   try {
-    res = await options.fetch(`${options.url}/.well-known/kms`, { method: 'GET', headers: {}, signal });
+    res = await options.fetch(`${options.url}/.well-known/kms`, { method: 'GET', headers: {}, signal: controller.signal });
     text = await res.text();
   } catch (err) {
-    throw signal.aborted ? timedOut(what, timeoutMs, err) : unreachable(what, err);
+    throw controller.signal.aborted ? timedOut(what, timeoutMs, err) : unreachable(what, err);
+  } finally {
+    clearTimeout(timeout);
   }
   if (res.status !== 200) throw httpFailure(what, res.status, text, 'DISCOVERY_INVALID');
   let doc: { kmsCluster?: unknown; rsaPublicKey?: { kty?: unknown; kid?: unknown; n?: unknown; e?: unknown; x5c?: unknown }; domains?: unknown };
