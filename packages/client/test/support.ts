@@ -19,3 +19,4 @@ export async function refusal(promise: Promise<unknown> | (() => unknown), code:
   return caught;
 }
 
+
