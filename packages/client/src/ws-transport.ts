@@ -163,17 +163,19 @@ export class WsTransport implements Transport {
         reject(timedOut(`a message on WebSocket ${this.url}`, timeoutMs, undefined, requestId));
       }, timeoutMs);
       this.pending.set(key, { resolve, reject, timer, ws, kid, requestId });
-      const unsent = (cause: unknown) => {
+      const unsent = (err: KmsError) => {
         this.pending.delete(key);
         clearTimeout(timer);
         this.socket = undefined; // the next request opens a new socket
-        reject(unreachable(`WebSocket ${this.url}`, cause, requestId));
+        reject(err);
       };
-      if (ws.readyState !== OPEN) return unsent(new Error(`socket not open (readyState ${ws.readyState})`));
+      if (ws.readyState !== OPEN) {
+        return unsent(new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${this.url} is no longer open (readyState ${ws.readyState})`, { requestId }));
+      }
       try {
         ws.send(message);
       } catch (err) {
-        unsent(err);
+        unsent(unreachable(`WebSocket ${this.url}`, err, requestId));
       }
     });
   }
