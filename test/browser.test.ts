@@ -2,7 +2,8 @@
  * The client SDK in a real browser: the package is bundled for the browser with esbuild (which
  * fails on any Node-only import), loaded by headless Chromium from a page of another origin (so
  * the KMS's CORS answer is exercised), and run against a real KMS: Alice over batched HTTP, Bob
- * over the browser's own WebSocket, Carol refused, a wrong CA refused before any message.
+ * over the browser's own WebSocket, Carol refused, a wrong CA refused before any message, and a
+ * KMS nobody answers for reported as unreachable with the browser's own error as cause.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -15,6 +16,7 @@ import { test } from 'node:test';
 import { build } from 'esbuild';
 import { createCa } from '@openkms/server';
 import { startTestKms } from '@openkms/server/testing';
+import { closedPort } from './support/ports.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const skip = existsSync(CHROMIUM) ? false : process.env.CI === 'true' ? false : `no browser at ${CHROMIUM} (apt-get install chromium)`;
@@ -24,7 +26,13 @@ import { KmsClient, KmsError } from '/client.js';
 const cfg = JSON.parse(document.getElementById('cfg').textContent);
 const out = { userAgent: navigator.userAgent };
 const client = (token, extra = {}) => new KmsClient({ url: cfg.kms, token, trustAnchors: [cfg.ca], ...extra });
-const status = async (promise) => { try { await promise; return 'allowed'; } catch (e) { return e instanceof KmsError ? e.status + ' ' + e.reason : 'other: ' + e; } };
+const codes = {};
+const status = async (name, promise) => {
+  try { await promise; return 'allowed'; } catch (e) {
+    codes[name] = { code: e && e.code, cause: e && e.cause ? String(e.cause) : undefined };
+    return e instanceof KmsError ? e.status + ' ' + e.reason : 'other: ' + e;
+  }
+};
 try {
   const alice = client(cfg.alice);
   const [key] = await alice.createKeys(1);
@@ -33,8 +41,10 @@ try {
   const jwe = await alice.encrypt(key, 'hello from the browser');
   const bob = client(cfg.bob, { transport: 'websocket' });
   out.bobRead = new TextDecoder().decode(await bob.decrypt(jwe));
-  out.carol = await status(client(cfg.carol).decrypt(jwe));
-  out.wrongCa = await status(new KmsClient({ url: cfg.kms, token: cfg.alice, trustAnchors: [cfg.otherCa] }).ping());
+  out.carol = await status('carol', client(cfg.carol).decrypt(jwe));
+  out.wrongCa = await status('wrongCa', new KmsClient({ url: cfg.kms, token: cfg.alice, trustAnchors: [cfg.otherCa] }).ping());
+  out.down = await status('down', new KmsClient({ url: cfg.down, token: cfg.alice, trustAnchors: [cfg.ca] }).ping());
+  out.codes = codes;
   await Promise.all([alice.close(), bob.close()]);
 } catch (e) {
   out.error = String((e && e.stack) || e);
@@ -82,6 +92,7 @@ test('the client SDK runs in headless Chromium against a real KMS', { skip, time
       alice: await kms.token('alice@a.example'),
       bob: await kms.token('bob@a.example'),
       carol: await kms.token('carol@a.example'),
+      down: `http://127.0.0.1:${await closedPort()}`,
     };
     html = `<!doctype html><meta charset="utf-8"><script type="application/json" id="cfg">${JSON.stringify(cfg)}</script><script type="module">${PAGE_SCRIPT}</script>`;
     const browser = spawn(
@@ -97,6 +108,14 @@ test('the client SDK runs in headless Chromium against a real KMS', { skip, time
       assert.equal(out.bobRead, 'hello from the browser');
       assert.match(out.carol!, /^403 /);
       assert.match(out.wrongCa!, /^502 KMS certificate refused/);
+      // The codes, and the browser's own error kept as the cause of an unreachable KMS.
+      const codes = out.codes as unknown as Record<string, { code?: string; cause?: string }>;
+      assert.equal(codes.carol?.code, 'NOT_AUTHORIZED');
+      assert.equal(codes.wrongCa?.code, 'CERTIFICATE_REFUSED');
+      assert.match(codes.wrongCa?.cause ?? '', /CertificateError/);
+      assert.match(out.down!, /^503 KMS unreachable: GET http:\/\/127\.0\.0\.1:\d+\/\.well-known\/kms: /);
+      assert.equal(codes.down?.code, 'KMS_UNREACHABLE');
+      assert.match(codes.down?.cause ?? '', /^TypeError/);
     } finally {
       const exited = new Promise((r) => browser.once('exit', r));
       browser.kill('SIGKILL');

@@ -18,6 +18,7 @@ import {
   decryptStream,
   encryptContent,
   encryptStream,
+  type ErrorCode,
   type KeyRep,
 } from '@openkms/client';
 import { startTestKms, type TestKms } from '@openkms/server/testing';
@@ -54,10 +55,11 @@ async function collect(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> 
   return new Uint8Array(Buffer.concat(parts));
 }
 
-async function expectKmsError(promise: Promise<unknown>, status: number, reason?: RegExp): Promise<void> {
+async function expectKmsError(promise: Promise<unknown>, status: number, code: ErrorCode, reason?: RegExp): Promise<void> {
   await assert.rejects(promise, (err: unknown) => {
     assert.ok(err instanceof KmsError, `expected a KmsError, got ${String(err)}`);
     assert.equal(err.status, status, err.message);
+    assert.equal(err.code, code, err.message);
     if (reason) assert.match(err.reason, reason);
     return true;
   });
@@ -111,19 +113,19 @@ describe('content encryption with KMS keys', () => {
     });
 
     test('contentKeyUri refuses what is not a JWE naming a kms:// key', TEST, async () => {
-      await expectKmsError(Promise.resolve().then(() => contentKeyUri('garbage')), 400, /JWE/);
+      await expectKmsError(Promise.resolve().then(() => contentKeyUri('garbage')), 400, 'CONTENT_INVALID', /JWE/);
       const noKms = `${b64url({ alg: 'dir', enc: 'A256GCM', kid: 'https://evil.example/k' })}....`;
-      await expectKmsError(Promise.resolve().then(() => contentKeyUri(noKms)), 400, /kms:\/\//);
+      await expectKmsError(Promise.resolve().then(() => contentKeyUri(noKms)), 400, 'CONTENT_INVALID', /kms:\/\//);
       const noKid = `${b64url({ alg: 'dir', enc: 'A256GCM' })}....`;
-      await expectKmsError(Promise.resolve().then(() => contentKeyUri(noKid)), 400);
+      await expectKmsError(Promise.resolve().then(() => contentKeyUri(noKid)), 400, 'CONTENT_INVALID');
     });
 
     test('a wrong key or a tampered JWE → KmsError 400', TEST, async () => {
       const jwe = await encryptContent(key, 'secret');
       // Another key: refused by name before any decryption.
-      await expectKmsError(decryptContent(jwe, other), 400, /another key/);
+      await expectKmsError(decryptContent(jwe, other), 400, 'CONTENT_INVALID', /another key/);
       // Another key's material under this key's name (a lying key source): does not decrypt.
-      await expectKmsError(decryptContent(jwe, { uri: key.uri, jwk: other.jwk }), 400, /tampered or wrong key/);
+      await expectKmsError(decryptContent(jwe, { uri: key.uri, jwk: other.jwk }), 400, 'CONTENT_INVALID', /tampered or wrong key/);
       const parts = jwe.split('.');
       const flip = (segment: string) => {
         const bytes = Buffer.from(segment, 'base64url');
@@ -132,19 +134,19 @@ describe('content encryption with KMS keys', () => {
       };
       for (const i of [2, 3, 4]) {
         const tampered = parts.map((p, j) => (j === i ? flip(p) : p)).join('.');
-        await expectKmsError(decryptContent(tampered, key), 400, /tampered/);
+        await expectKmsError(decryptContent(tampered, key), 400, 'CONTENT_INVALID', /tampered/);
       }
       // The protected header is authenticated: change it and nothing decrypts.
       const header = b64url({ alg: 'dir', enc: 'A256GCM', kid: key.uri, extra: 1 });
-      await expectKmsError(decryptContent([header, ...parts.slice(1)].join('.'), key), 400, /tampered/);
-      await expectKmsError(decryptContent(parts.slice(0, 4).join('.'), key), 400);
+      await expectKmsError(decryptContent([header, ...parts.slice(1)].join('.'), key), 400, 'CONTENT_INVALID', /tampered/);
+      await expectKmsError(decryptContent(parts.slice(0, 4).join('.'), key), 400, 'CONTENT_INVALID');
       // A key that is not 256 bits.
-      await expectKmsError(encryptContent({ uri: key.uri, jwk: { k: Buffer.alloc(16).toString('base64url') } }, 'x'), 400, /256/);
+      await expectKmsError(encryptContent({ uri: key.uri, jwk: { k: Buffer.alloc(16).toString('base64url') } }, 'x'), 400, 'INVALID_ARGUMENT', /256/);
     });
 
     test('Bob cannot fetch a key he is not authorized for, so he cannot decrypt', TEST, async () => {
       const jwe = await alice.encrypt(unbound, 'not for bob');
-      await expectKmsError(bob.decrypt(jwe), 403);
+      await expectKmsError(bob.decrypt(jwe), 403, 'NOT_AUTHORIZED');
       assert.equal(Buffer.from(await alice.decrypt(jwe)).toString(), 'not for bob');
     });
   });
@@ -200,35 +202,35 @@ describe('content encryption with KMS keys', () => {
     test('reordered chunks are refused', TEST, async () => {
       const lines = await encrypted(new Uint8Array(randomBytes(chunkSize * 3 + 2)));
       const swapped = [lines[0]!, lines[2]!, lines[1]!, lines[3]!];
-      await expectKmsError(decrypt(swapped), 400, /chunk 1 missing or out of order/);
-      await expectKmsError(decrypt([...lines].reverse()), 400, /out of order/);
+      await expectKmsError(decrypt(swapped), 400, 'CONTENT_INVALID', /chunk 1 missing or out of order/);
+      await expectKmsError(decrypt([...lines].reverse()), 400, 'CONTENT_INVALID', /out of order/);
     });
 
     test('a dropped chunk is refused', TEST, async () => {
       const lines = await encrypted(new Uint8Array(randomBytes(chunkSize * 3 + 2)));
-      await expectKmsError(decrypt([lines[0]!, lines[2]!, lines[3]!]), 400, /chunk 1 missing/);
-      await expectKmsError(decrypt(lines.slice(1)), 400, /chunk 0 missing/);
+      await expectKmsError(decrypt([lines[0]!, lines[2]!, lines[3]!]), 400, 'CONTENT_INVALID', /chunk 1 missing/);
+      await expectKmsError(decrypt(lines.slice(1)), 400, 'CONTENT_INVALID', /chunk 0 missing/);
       // Dropping a chunk and renumbering is impossible: seq is in the authenticated header.
       const h = headerOf(lines[2]!);
       const renumbered = [b64url({ ...h, seq: 1 }), ...lines[2]!.split('.').slice(1)].join('.');
-      await expectKmsError(decrypt([lines[0]!, renumbered, lines[3]!]), 400, /tampered/);
+      await expectKmsError(decrypt([lines[0]!, renumbered, lines[3]!]), 400, 'CONTENT_INVALID', /tampered/);
     });
 
     test('truncation (no final chunk) is refused', TEST, async () => {
       const lines = await encrypted(new Uint8Array(randomBytes(chunkSize * 3 + 2)));
-      await expectKmsError(decrypt(lines.slice(0, 3)), 400, /truncated/);
-      await expectKmsError(decrypt(lines.slice(0, 1)), 400, /truncated/);
-      await expectKmsError(collect(source(new Uint8Array(0)).pipeThrough(decryptStream(resolveKey))), 400, /truncated/);
+      await expectKmsError(decrypt(lines.slice(0, 3)), 400, 'CONTENT_INVALID', /truncated/);
+      await expectKmsError(decrypt(lines.slice(0, 1)), 400, 'CONTENT_INVALID', /truncated/);
+      await expectKmsError(collect(source(new Uint8Array(0)).pipeThrough(decryptStream(resolveKey))), 400, 'CONTENT_INVALID', /truncated/);
       // Claiming fin early by editing the header breaks its authentication.
       const h = headerOf(lines[1]!);
       const early = [b64url({ ...h, fin: true }), ...lines[1]!.split('.').slice(1)].join('.');
-      await expectKmsError(decrypt([lines[0]!, early]), 400, /tampered/);
+      await expectKmsError(decrypt([lines[0]!, early]), 400, 'CONTENT_INVALID', /tampered/);
     });
 
     test('data after the final chunk is refused', TEST, async () => {
       const first = await encrypted(new Uint8Array(randomBytes(5)));
       const second = await encrypted(new Uint8Array(randomBytes(5)));
-      await expectKmsError(decrypt([...first, ...second]), 400, /after the final chunk/);
+      await expectKmsError(decrypt([...first, ...second]), 400, 'CONTENT_INVALID', /after the final chunk/);
     });
 
     test('a chunk under a different key is refused', TEST, async () => {
@@ -237,7 +239,7 @@ describe('content encryption with KMS keys', () => {
       // The same chunk, with the right seq and fin, but under another (equally authorized) key.
       const sid = decodeProtectedHeader(lines[0]!).sid;
       const foreign = await encryptContent(other, bytes.subarray(chunkSize, 2 * chunkSize), { sid, seq: 1, fin: false });
-      await expectKmsError(decrypt([lines[0]!, foreign, lines[2]!]), 400, /another key/);
+      await expectKmsError(decrypt([lines[0]!, foreign, lines[2]!]), 400, 'CONTENT_INVALID', /another key/);
       // A whole stream under another key decrypts fine (the key it names is fetched).
       asked.length = 0;
       assert.deepEqual(await decrypt(await encrypted(bytes, other)), bytes);
@@ -247,15 +249,15 @@ describe('content encryption with KMS keys', () => {
     test('a chunk of another stream under the same key (spliced) is refused', TEST, async () => {
       const bytes = new Uint8Array(randomBytes(chunkSize * 3));
       const [first, second] = [await encrypted(bytes), await encrypted(bytes)];
-      await expectKmsError(decrypt([first[0]!, second[1]!, first[2]!]), 400, /another stream/);
-      await expectKmsError(decrypt([first[0]!, first[1]!, second[2]!]), 400, /another stream/);
+      await expectKmsError(decrypt([first[0]!, second[1]!, first[2]!]), 400, 'CONTENT_INVALID', /another stream/);
+      await expectKmsError(decrypt([first[0]!, first[1]!, second[2]!]), 400, 'CONTENT_INVALID', /another stream/);
     });
 
     test('a line that is not a JWE is refused with a KmsError 400, first or later', TEST, async () => {
       const lines = await encrypted(new Uint8Array(randomBytes(chunkSize * 2 + 1)));
-      await expectKmsError(decrypt(['not a jwe', ...lines]), 400);
-      await expectKmsError(decrypt([lines[0]!, 'not a jwe', ...lines.slice(1)]), 400);
-      await expectKmsError(decrypt([lines[0]!, '%%%.%%%.%%%.%%%.%%%', ...lines.slice(1)]), 400);
+      await expectKmsError(decrypt(['not a jwe', ...lines]), 400, 'CONTENT_INVALID');
+      await expectKmsError(decrypt([lines[0]!, 'not a jwe', ...lines.slice(1)]), 400, 'CONTENT_INVALID');
+      await expectKmsError(decrypt([lines[0]!, '%%%.%%%.%%%.%%%.%%%', ...lines.slice(1)]), 400, 'CONTENT_INVALID');
     });
 
     test('a tampered chunk is refused, and a key the reader may not fetch fails the stream', TEST, async () => {
@@ -264,9 +266,9 @@ describe('content encryption with KMS keys', () => {
       const ct = Buffer.from(parts[3]!, 'base64url');
       ct[0] = ct[0]! ^ 0x80;
       parts[3] = ct.toString('base64url');
-      await expectKmsError(decrypt([lines[0]!, parts.join('.'), lines[2]!]), 400, /tampered/);
+      await expectKmsError(decrypt([lines[0]!, parts.join('.'), lines[2]!]), 400, 'CONTENT_INVALID', /tampered/);
       const forbidden = await encrypted(new Uint8Array(randomBytes(3)), unbound);
-      await expectKmsError(decrypt(forbidden), 403);
+      await expectKmsError(decrypt(forbidden), 403, 'NOT_AUTHORIZED');
     });
   });
 });

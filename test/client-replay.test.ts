@@ -30,7 +30,7 @@ test('a replayed answer is refused (502), the genuine one accepted', async () =>
     await alice.ping(); // the handshake, then the ping: both genuine
     await alice.ping();
     replay = true; // from now on the transport answers with the last ping's answer
-    await assert.rejects(alice.ping(), (err: unknown) => err instanceof KmsError && err.status === 502 && /another request/.test(err.reason));
+    await assert.rejects(alice.ping(), (err: unknown) => err instanceof KmsError && err.status === 502 && err.code === 'ANSWER_INVALID' && /another request/.test(err.reason));
     replay = false;
     await alice.ping();
   } finally {

@@ -14,9 +14,10 @@ import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
-import { KmsClient, KmsError, type FetchLike, type KeyRep, type KmsClientOptions, type WebSocketConstructor } from '@openkms/client';
-import { loadX509 } from '@openkms/protocol';
+import { KmsClient, KmsError, type ErrorCode, type FetchLike, type KeyRep, type KmsClientOptions, type WebSocketConstructor } from '@openkms/client';
+import { CertificateError, loadX509 } from '@openkms/protocol';
 import { manualClock, startTestKms, type TestKms } from '@openkms/server/testing';
+import { closedPort } from './support/ports.js';
 
 const AUTHORITY = 'kms.a.example';
 const DAY = 86_400_000;
@@ -91,7 +92,7 @@ function trackedWebSocket(): { WebSocket: WebSocketConstructor; sockets: WebSock
   return { WebSocket: Tracked as unknown as WebSocketConstructor, sockets };
 }
 
-async function rejectsWith(promise: Promise<unknown>, status: number, reason?: RegExp): Promise<KmsError> {
+async function rejectsWith(promise: Promise<unknown>, status: number, code: ErrorCode, reason?: RegExp): Promise<KmsError> {
   let caught: unknown;
   await assert.rejects(promise, (err: unknown) => {
     caught = err;
@@ -99,6 +100,7 @@ async function rejectsWith(promise: Promise<unknown>, status: number, reason?: R
   });
   assert.ok(caught instanceof KmsError, `expected a KmsError, got ${String(caught)}`);
   assert.equal(caught.status, status, `status of: ${caught.message}`);
+  assert.equal(caught.code, code, `code of: ${caught.message}`);
   if (reason) assert.match(caught.reason, reason);
   return caught;
 }
@@ -109,6 +111,15 @@ async function waitFor(condition: () => boolean, what: string): Promise<void> {
     if (i > 5000) throw new Error(`gave up waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 1));
   }
+}
+
+/** The system error code (ECONNREFUSED…) of an error or of the first of its causes that has one. */
+function errorCode(err: unknown): string | undefined {
+  for (let e = err, depth = 0; typeof e === 'object' && e !== null && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+  }
+  return undefined;
 }
 
 const idOf = (uri: string) => uri.slice(uri.lastIndexOf('/') + 1);
@@ -182,8 +193,8 @@ describe('every SDK method against the real KMS (HTTP)', () => {
       assert.ok(Date.parse(key.expirationDate) > Date.parse(key.createDate));
     }
     assert.equal(new Set([one!, ...three].map((k) => k.uri)).size, 4);
-    await rejectsWith(alice.createKeys(101), 413);
-    await rejectsWith(alice.createKeys(0), 400, /count/);
+    await rejectsWith(alice.createKeys(101), 413, 'TOO_LARGE');
+    await rejectsWith(alice.createKeys(0), 400, 'INVALID_FIELD', /count/);
   });
 
   test('retrieveKey: an unbound key only for its creator on the same client', TEST, async () => {
@@ -191,27 +202,27 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     assert.deepEqual(await alice.retrieveKey(key!.uri), key);
     // The relative form means this KMS; the answer is absolute.
     assert.equal((await alice.retrieveKey(`/keys/${idOf(key!.uri)}`)).uri, key!.uri);
-    await rejectsWith(bob.retrieveKey(key!.uri), 403);
+    await rejectsWith(bob.retrieveKey(key!.uri), 403, 'NOT_AUTHORIZED');
     const aliceElsewhere = clients.make(await kms.token('alice@a.example'), { clientId: 'alice-tablet' });
-    await rejectsWith(aliceElsewhere.retrieveKey(key!.uri), 403);
-    await rejectsWith(alice.retrieveKey(`kms://${AUTHORITY}/keys/${randomUUID()}`), 404);
+    await rejectsWith(aliceElsewhere.retrieveKey(key!.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(alice.retrieveKey(`kms://${AUTHORITY}/keys/${randomUUID()}`), 404, 'NOT_FOUND');
   });
 
   test('bindKey: binds once (409 after), only by its creator, and opens the key to the resource', TEST, async () => {
     const [key] = await alice.createKeys(1);
     const { resource } = await alice.createResource({ authIds: ['bob@a.example'] });
-    await rejectsWith(bob.bindKey(key!.uri, resource.uri), 403);
-    await rejectsWith(bob.retrieveKey(key!.uri), 403);
+    await rejectsWith(bob.bindKey(key!.uri, resource.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(bob.retrieveKey(key!.uri), 403, 'NOT_AUTHORIZED');
     const bound = await alice.bindKey(key!.uri, resource.uri);
     assert.equal(bound.uri, key!.uri);
     assert.equal(bound.jwk.k, key!.jwk.k);
     assert.equal(bound.resourceUri, resource.uri);
     assert.equal(bound.bindDate, new Date(clock.now()).toISOString());
     assert.equal(Date.parse(bound.expirationDate) - Date.parse(bound.bindDate!), 365 * DAY);
-    const again = await rejectsWith(alice.bindKey(key!.uri, resource.uri), 409);
+    const again = await rejectsWith(alice.bindKey(key!.uri, resource.uri), 409, 'KEY_ALREADY_BOUND');
     assert.ok(again.requestId !== undefined);
     assert.deepEqual(await bob.retrieveKey(key!.uri), bound);
-    await rejectsWith(carol.retrieveKey(key!.uri), 403);
+    await rejectsWith(carol.retrieveKey(key!.uri), 403, 'NOT_AUTHORIZED');
     assert.deepEqual((await alice.retrieveResource(resource.uri)).keyUris, [key!.uri]);
   });
 
@@ -250,9 +261,9 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     assert.equal(Date.parse(short.resource.expirationDate!) - clock.now(), 60_000);
     assert.equal((await bob.retrieveResource(short.resource.uri)).uri, short.resource.uri);
     clock.advance(61_000);
-    await rejectsWith(alice.retrieveResource(short.resource.uri), 404);
-    await rejectsWith(bob.retrieveKey(k!.uri), 404);
-    await rejectsWith(alice.createResource({ keyUris: ['/keys/not-a-uuid'] }), 400, /keyUris/);
+    await rejectsWith(alice.retrieveResource(short.resource.uri), 404, 'NOT_FOUND');
+    await rejectsWith(bob.retrieveKey(k!.uri), 404, 'NOT_FOUND');
+    await rejectsWith(alice.createResource({ keyUris: ['/keys/not-a-uuid'] }), 400, 'INVALID_FIELD', /keyUris/);
   });
 
   test('retrieveResource: authorized principals only', TEST, async () => {
@@ -261,8 +272,8 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     assert.equal(seen.uri, resource.uri);
     assert.equal(seen.authorizationUris.length, 2);
     assert.deepEqual(seen.keyUris, []);
-    await rejectsWith(carol.retrieveResource(resource.uri), 403);
-    await rejectsWith(alice.retrieveResource(`kms://${AUTHORITY}/resources/${randomUUID()}`), 404);
+    await rejectsWith(carol.retrieveResource(resource.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(alice.retrieveResource(`kms://${AUTHORITY}/resources/${randomUUID()}`), 404, 'NOT_FOUND');
   });
 
   test('retrieveResourceKeys: newest bindDate first, boundAfter/boundBefore/count as Date or string', TEST, async () => {
@@ -289,15 +300,15 @@ describe('every SDK method against the real KMS (HTTP)', () => {
       assert.deepEqual(uris(await bob.retrieveResourceKeys(resource.uri, { boundAfter: form(mid(0)), boundBefore: form(mid(2)), count: 1 })), [k3]);
       assert.deepEqual(uris(await bob.retrieveResourceKeys(resource.uri, { boundAfter: form(mid(3)) })), []);
     }
-    await rejectsWith(bob.retrieveResourceKeys(resource.uri, { boundAfter: 'yesterday' }), 400, /boundAfter/);
-    await rejectsWith(bob.retrieveResourceKeys(resource.uri, { count: 0 }), 400, /count/);
-    await rejectsWith(carol.retrieveResourceKeys(resource.uri), 403);
+    await rejectsWith(bob.retrieveResourceKeys(resource.uri, { boundAfter: 'yesterday' }), 400, 'INVALID_FIELD', /boundAfter/);
+    await rejectsWith(bob.retrieveResourceKeys(resource.uri, { count: 0 }), 400, 'INVALID_FIELD', /count/);
+    await rejectsWith(carol.retrieveResourceKeys(resource.uri), 403, 'NOT_AUTHORIZED');
   });
 
   test('authorize (users and anonymous), listAuthorizations (all and by authId)', TEST, async () => {
     const [key] = await alice.createKeys(1);
     const { resource } = await alice.createResource({ keyUris: [key!.uri] });
-    await rejectsWith(bob.authorize(resource.uri, ['bob@a.example']), 403);
+    await rejectsWith(bob.authorize(resource.uri, ['bob@a.example']), 403, 'NOT_AUTHORIZED');
     const added = await alice.authorize(resource.uri, ['bob@a.example', 'carol@a.example']);
     assert.deepEqual(added.map((a) => a.authId).sort(), ['bob@a.example', 'carol@a.example']);
     for (const a of added) {
@@ -324,10 +335,10 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     assert.deepEqual(await alice.listAuthorizations(resource.uri, 'zoe@a.example'), []);
     // An authId that must be URL-encoded in the query.
     assert.deepEqual(await alice.listAuthorizations(resource.uri, 'a+b&c@a.example'), []);
-    await rejectsWith(alice.authorize(resource.uri, []), 400, /authIds/);
-    await rejectsWith(alice.authorize(resource.uri, ['not a user@@']), 400, /authIds/);
+    await rejectsWith(alice.authorize(resource.uri, []), 400, 'INVALID_FIELD', /authIds/);
+    await rejectsWith(alice.authorize(resource.uri, ['not a user@@']), 400, 'INVALID_FIELD', /authIds/);
     const stranger = clients.make(await kms.token('erin@a.example'));
-    await rejectsWith(stranger.listAuthorizations(resource.uri), 403);
+    await rejectsWith(stranger.listAuthorizations(resource.uri), 403, 'NOT_AUTHORIZED');
   });
 
   test('deauthorize, deleteAuthorization, deauthorizeMany', TEST, async () => {
@@ -338,15 +349,15 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     const removed = await alice.deauthorize(resource.uri, 'bob@a.example');
     assert.equal(removed.authId, 'bob@a.example');
     assert.equal(removed.resourceUri, resource.uri);
-    await rejectsWith(bob.retrieveKey(key!.uri), 403);
-    await rejectsWith(alice.deauthorize(resource.uri, 'bob@a.example'), 404);
+    await rejectsWith(bob.retrieveKey(key!.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(alice.deauthorize(resource.uri, 'bob@a.example'), 404, 'NOT_FOUND');
 
     const [carols] = await alice.listAuthorizations(resource.uri, 'carol@a.example');
     const deleted = await alice.deleteAuthorization(carols!.uri);
     assert.equal(deleted.uri, carols!.uri);
     assert.equal(deleted.authId, 'carol@a.example');
-    await rejectsWith(carol.retrieveKey(key!.uri), 403);
-    await rejectsWith(alice.deleteAuthorization(carols!.uri), 404);
+    await rejectsWith(carol.retrieveKey(key!.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(alice.deleteAuthorization(carols!.uri), 404, 'NOT_FOUND');
 
     const many = await alice.deauthorizeMany(resource.uri, ['dave@a.example', 'erin@a.example', 'nobody@a.example']);
     assert.deepEqual(many.map((a) => a.authId).sort(), ['dave@a.example', 'erin@a.example']);
@@ -387,7 +398,7 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     assert.equal(listed.filter((c) => c.state === 'active' && c.assignedOrgId === null).length, 1);
     assert.equal(listed.find((c) => c.uri === global.uri)?.state, 'active');
     // The global active CMK is retired by creating a new one, not by a state change.
-    await rejectsWith(admin.updateCmk(global.uri, 'inactive'), 400, /state/);
+    await rejectsWith(admin.updateCmk(global.uri, 'inactive'), 400, 'INVALID_FIELD', /state/);
 
     const org = await admin.createCmk('org-1');
     assert.equal(org.assignedOrgId, 'org-1');
@@ -398,11 +409,11 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     assert.equal(retired.state, 'inactive');
     assert.equal((await admin.listCmks('org-1'))[0]!.state, 'inactive');
     assert.equal((await admin.updateCmk(org.uri, 'active')).state, 'active');
-    await rejectsWith(admin.updateCmk(`kms://${AUTHORITY}/cmk/${randomUUID()}`, 'active'), 404);
+    await rejectsWith(admin.updateCmk(`kms://${AUTHORITY}/cmk/${randomUUID()}`, 'active'), 404, 'NOT_FOUND');
 
-    await rejectsWith(alice.createCmk(), 403);
-    await rejectsWith(alice.listCmks(), 403);
-    await rejectsWith(alice.updateCmk(org.uri, 'inactive'), 403);
+    await rejectsWith(alice.createCmk(), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(alice.listCmks(), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(alice.updateCmk(org.uri, 'inactive'), 403, 'NOT_AUTHORIZED');
     // Keys made before and after the rotation stay readable.
     const [key] = await alice.createKeys(1);
     assert.equal((await alice.retrieveKey(key!.uri)).jwk.k, key!.jwk.k);
@@ -416,29 +427,29 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     assert.equal(Buffer.from(await bob.decrypt(jwe)).toString('utf8'), 'meet at noon ✓');
     const bytes = new Uint8Array([0, 1, 2, 254, 255]);
     assert.deepEqual(await bob.decrypt(await alice.encrypt(key!, bytes)), bytes);
-    const err = await rejectsWith(carol.decrypt(jwe), 403);
+    const err = await rejectsWith(carol.decrypt(jwe), 403, 'NOT_AUTHORIZED');
     assert.ok(err.reason.length > 0);
     assert.equal(typeof err.requestId, 'string');
     assert.match(String(err.requestId), UUID);
     assert.equal(err.name, 'KmsError');
     assert.ok(err instanceof Error);
-    await rejectsWith(bob.decrypt('not a jwe'), 400);
+    await rejectsWith(bob.decrypt('not a jwe'), 400, 'CONTENT_INVALID');
   });
 
   test('errors are KmsError instances with status, reason and requestId', TEST, async () => {
-    const missing = await rejectsWith(alice.retrieveKey(`kms://${AUTHORITY}/keys/${randomUUID()}`), 404);
+    const missing = await rejectsWith(alice.retrieveKey(`kms://${AUTHORITY}/keys/${randomUUID()}`), 404, 'NOT_FOUND');
     assert.ok(missing.reason);
     assert.match(String(missing.requestId), UUID);
     assert.equal(missing.message, `404 ${missing.reason}`);
-    await rejectsWith(alice.request({ method: 'frobnicate', uri: '/keys' }), 400);
-    await rejectsWith(alice.request({ method: 'retrieve', uri: '/nothing/here' }), 400, /uri/);
+    await rejectsWith(alice.request({ method: 'frobnicate', uri: '/keys' }), 400, 'INVALID_FIELD');
+    await rejectsWith(alice.request({ method: 'retrieve', uri: '/nothing/here' }), 400, 'INVALID_FIELD', /uri/);
     // A bad credential is refused at the handshake (the ECDHE failure is signed, not encrypted).
     const forged = clients.make('not-a-token');
-    const bad = await rejectsWith(forged.ping(), 401);
+    const bad = await rejectsWith(forged.ping(), 401, 'CREDENTIAL_INVALID');
     assert.match(String(bad.requestId), UUID);
     // A user of a domain this KMS does not serve.
     const outsider = clients.make(await kms.token('eve@b.example'));
-    await rejectsWith(outsider.ping(), 403);
+    await rejectsWith(outsider.ping(), 403, 'NOT_AUTHORIZED');
     // A token provider function is asked again for every request.
     let asked = 0;
     const fresh = clients.make(async () => {
@@ -448,6 +459,36 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     await fresh.ping();
     await fresh.ping();
     assert.equal(asked, 3, 'one token for the handshake, one per request');
+  });
+
+  test('a token function that fails, or gives no token, is INVALID_ARGUMENT with its error as cause; nothing is sent for it', TEST, async () => {
+    const wire = traffic();
+    const idpDown = new Error('identity provider unreachable');
+    const failing = clients.make(
+      async () => {
+        throw idpDown;
+      },
+      { fetch: wire.fetch },
+    );
+    const err = await rejectsWith(failing.ping(), 400, 'INVALID_ARGUMENT', /^options\.token failed: identity provider unreachable$/);
+    assert.equal(err.cause, idpDown);
+    await rejectsWith(clients.make(() => '', { fetch: wire.fetch }).ping(), 400, 'INVALID_ARGUMENT', /gave no token/);
+    assert.equal(wire.posts(), 0, 'no handshake without a token');
+  });
+
+  test('a closed client refuses every later call with CLIENT_CLOSED and opens nothing new (HTTP and WebSocket)', TEST, async () => {
+    const wire = traffic();
+    const { WebSocket: Ws, sockets } = trackedWebSocket();
+    for (const transport of ['http', 'websocket'] as const) {
+      const client = clients.make(await kms.token('alice@a.example'), { fetch: wire.fetch, transport, WebSocket: Ws });
+      await client.ping();
+      await client.close();
+      const [posts, opened] = [wire.posts(), sockets.length];
+      await rejectsWith(client.ping(), 503, 'CLIENT_CLOSED');
+      await rejectsWith(client.createKeys(1), 503, 'CLIENT_CLOSED');
+      assert.equal(wire.posts(), posts, `no POST after close (${transport})`);
+      assert.equal(sockets.length, opened, `no socket after close (${transport})`);
+    }
   });
 
   test('an anonymous bearer used as the token reads its resource keys and nothing else', TEST, async () => {
@@ -464,19 +505,19 @@ describe('every SDK method against the real KMS (HTTP)', () => {
     const jwe = await alice.encrypt(keys[1]!, 'for the guest');
     assert.equal(Buffer.from(await guest.decrypt(jwe)).toString(), 'for the guest');
 
-    await rejectsWith(guest.retrieveKey(other[0]!.uri), 403);
-    await rejectsWith(guest.retrieveResourceKeys(otherResource.resource.uri), 403);
-    await rejectsWith(guest.retrieveResource(resource.uri), 403);
-    await rejectsWith(guest.listAuthorizations(resource.uri), 403);
-    await rejectsWith(guest.authorize(resource.uri, ['mallory@a.example']), 403);
-    await rejectsWith(guest.createKeys(1), 403);
-    await rejectsWith(guest.createResource(), 403);
-    await rejectsWith(guest.deauthorize(resource.uri, 'alice@a.example'), 403);
-    await rejectsWith(guest.listCmks(), 403);
+    await rejectsWith(guest.retrieveKey(other[0]!.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(guest.retrieveResourceKeys(otherResource.resource.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(guest.retrieveResource(resource.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(guest.listAuthorizations(resource.uri), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(guest.authorize(resource.uri, ['mallory@a.example']), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(guest.createKeys(1), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(guest.createResource(), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(guest.deauthorize(resource.uri, 'alice@a.example'), 403, 'NOT_AUTHORIZED');
+    await rejectsWith(guest.listCmks(), 403, 'NOT_AUTHORIZED');
 
     // Deleting the authorization revokes the bearer.
     await alice.deleteAuthorization(bearer.uri);
-    await rejectsWith(guest.retrieveResourceKeys(resource.uri), 401);
+    await rejectsWith(guest.retrieveResourceKeys(resource.uri), 401, 'CREDENTIAL_INVALID');
   });
 });
 
@@ -570,7 +611,7 @@ describe('channel renewal and resets', () => {
     await client.ping();
     serverClock.advance(lifetimeMs + 1000);
     slow = true;
-    const err = await rejectsWith(client.ping(), 499);
+    const err = await rejectsWith(client.ping(), 499, 'CHANNEL_RESET');
     assert.ok(err.requestId !== undefined);
     assert.equal(wire.resets(), 2, 'the first attempt and the single retry');
     assert.equal(client.handshakes, 2);
@@ -621,6 +662,7 @@ describe('HTTP batching', () => {
       const err = (r as PromiseRejectedResult).reason as unknown;
       assert.ok(err instanceof KmsError);
       assert.equal(err.status, 413);
+      assert.equal(err.code, 'TOO_LARGE');
       assert.match(err.reason, /100 messages/);
     }
     await client.ping(); // a batch of one is fine again
@@ -637,19 +679,41 @@ describe('HTTP batching', () => {
     try {
       const port = (hanging.address() as { port: number }).port;
       const client = clients.make(await kms.token('alice@a.example'), { url: `http://127.0.0.1:${port}`, timeoutMs: 150 });
-      await rejectsWith(client.ping(), 504);
+      await rejectsWith(client.ping(), 504, 'KMS_TIMEOUT');
       assert.equal(held.length, 1);
     } finally {
       hanging.closeAllConnections();
       await new Promise<void>((resolve) => hanging.close(() => resolve()));
     }
+    const refusedConnection = new Error('connection refused');
     const down = clients.make(await kms.token('alice@a.example'), {
       fetch: async (input, init) => {
-        if (init.method === 'POST') throw new Error('connection refused');
+        if (init.method === 'POST') throw refusedConnection;
         return fetch(input, init);
       },
     });
-    await rejectsWith(down.ping(), 503, /unreachable/);
+    const unreachable = await rejectsWith(down.ping(), 503, 'KMS_UNREACHABLE', /unreachable/);
+    assert.equal(unreachable.cause, refusedConnection, 'the fetch error is kept as the cause');
+    assert.match(unreachable.reason, /POST http:\/\/127\.0\.0\.1:\d+\/kms\/messages: connection refused$/);
+  });
+
+  test('nobody listening: KMS_UNREACHABLE naming the request and ECONNREFUSED, the socket error under its cause (HTTP, WebSocket, discovery)', TEST, async () => {
+    const port = await closedPort();
+    const nowhere = `http://127.0.0.1:${port}`;
+    // The discovery document comes from the real KMS; the messages go where nobody listens.
+    const discoveryFromKms: FetchLike = (input, init) => fetch(new URL(input).pathname === '/.well-known/kms' ? kms.url + '/.well-known/kms' : input, init);
+    const token = await kms.token('alice@a.example');
+    const overHttp = await rejectsWith(clients.make(token, { url: nowhere, fetch: discoveryFromKms }).ping(), 503, 'KMS_UNREACHABLE');
+    assert.match(overHttp.reason, new RegExp(`^KMS unreachable: POST ${nowhere}/kms/messages: connect ECONNREFUSED 127\\.0\\.0\\.1:${port}$`));
+    assert.ok(overHttp.cause instanceof TypeError, `the fetch error: ${String(overHttp.cause)}`);
+    assert.equal(errorCode(overHttp.cause), 'ECONNREFUSED');
+    assert.match(String(overHttp.requestId), UUID, 'the handshake that was not sent');
+    const overWs = await rejectsWith(clients.make(token, { url: nowhere, fetch: discoveryFromKms, transport: 'websocket', WebSocket }).ping(), 503, 'KMS_UNREACHABLE');
+    assert.match(overWs.reason, new RegExp(`^KMS unreachable: WebSocket ws://127\\.0\\.0\\.1:${port}/kms/ws: connect ECONNREFUSED`));
+    assert.equal(errorCode(overWs.cause), 'ECONNREFUSED');
+    const discovery = await rejectsWith(clients.make(token, { url: nowhere }).ping(), 503, 'KMS_UNREACHABLE', /well-known/);
+    assert.match(discovery.reason, new RegExp(`^KMS unreachable: GET ${nowhere}/\\.well-known/kms: connect ECONNREFUSED`));
+    assert.equal(errorCode(discovery.cause), 'ECONNREFUSED');
   });
 });
 
@@ -806,10 +870,10 @@ describe('WebSocket transport', () => {
     const [daves] = await alice.listAuthorizations(made.resource.uri, 'dave@a.example');
     assert.equal((await alice.deleteAuthorization(daves!.uri)).uri, daves!.uri);
     assert.deepEqual((await alice.deauthorizeMany(made.resource.uri, ['bob@a.example'])).map((a) => a.authId), ['bob@a.example']);
-    await rejectsWith(bob.retrieveKey(keys[0]!.uri), 403);
+    await rejectsWith(bob.retrieveKey(keys[0]!.uri), 403, 'NOT_AUTHORIZED');
     const jwe = await alice.encrypt(keys[0]!, 'over ws');
     assert.equal(Buffer.from(await alice.decrypt(jwe)).toString(), 'over ws');
-    await rejectsWith(bob.decrypt(jwe), 403);
+    await rejectsWith(bob.decrypt(jwe), 403, 'NOT_AUTHORIZED');
     const cmk = await admin.createCmk('org-ws');
     assert.equal((await admin.updateCmk(cmk.uri, 'inactive')).state, 'inactive');
     assert.ok((await admin.listCmks('org-ws')).some((c) => c.uri === cmk.uri));
@@ -819,7 +883,7 @@ describe('WebSocket transport', () => {
 
     const guest = clients.make(made.authorizations.find((a) => a.bearer)!.bearer!, wsOptions());
     assert.equal((await guest.retrieveResourceKeys(made.resource.uri)).length, 2);
-    await rejectsWith(guest.createKeys(1), 403);
+    await rejectsWith(guest.createKeys(1), 403, 'NOT_AUTHORIZED');
 
     assert.equal(sockets.length, 1, 'one socket carried all of Alice\'s traffic');
     assert.deepEqual(wire.calls, ['GET /.well-known/kms'], 'fetch is only used for discovery');
@@ -854,13 +918,13 @@ describe('WebSocket transport', () => {
     relays.push(r);
     const client = clients.make(await kms.token('alice@a.example'), { ...wsOptions(), url: r.url, timeoutMs: 150 });
     r.mode = 'silent';
-    await rejectsWith(client.ping(), 504); // the handshake itself gets no answer
+    await rejectsWith(client.ping(), 504, 'KMS_TIMEOUT'); // the handshake itself gets no answer
     assert.equal(client.handshakes, 0);
     r.mode = 'forward';
     await client.ping();
     assert.equal(client.handshakes, 1);
     r.mode = 'silent';
-    const timedOut = await rejectsWith(client.retrieveKey(`kms://${AUTHORITY}/keys/${randomUUID()}`), 504);
+    const timedOut = await rejectsWith(client.retrieveKey(`kms://${AUTHORITY}/keys/${randomUUID()}`), 504, 'KMS_TIMEOUT');
     assert.ok(timedOut.requestId !== undefined);
     r.mode = 'forward';
     await client.ping(); // the channel is still good: no new handshake
@@ -1012,16 +1076,18 @@ describe('certificate validation refuses to connect before any message is sent',
   });
 
   type Doc = { kmsCluster: string; rsaPublicKey: { kid: string; n: string; x5c: string[] } };
-  async function refused(options: Partial<KmsClientOptions>, reason: RegExp, rewrite?: (doc: Doc) => Doc): Promise<void> {
+  async function refused(options: Partial<KmsClientOptions>, code: 'CERTIFICATE_REFUSED' | 'DISCOVERY_INVALID', reason: RegExp, rewrite?: (doc: Doc) => Doc): Promise<void> {
     for (const transport of ['http', 'websocket'] as const) {
       const wire = traffic(rewrite && ((path, body) => (path === '/.well-known/kms' ? rewrite(body as Doc) : body)));
       const { WebSocket: Ws, sockets } = trackedWebSocket();
       const client = clients.make(token, { fetch: wire.fetch, transport, WebSocket: Ws, ...options });
-      const err = await rejectsWith(client.createKeys(1), 502, reason);
+      const err = await rejectsWith(client.createKeys(1), 502, code, reason);
       assert.doesNotMatch(err.reason, /-----BEGIN|"n"|"d"/, 'the reason carries no key material');
+      // A certificate that was checked and refused: the check's own error is the cause.
+      if (code === 'CERTIFICATE_REFUSED' && options.trustAnchors?.length !== 0) assert.ok(err.cause instanceof CertificateError, `cause of: ${err.message}`);
       // Every later call is refused the same way, and nothing but discovery ever left.
-      await rejectsWith(client.ping(), 502, reason);
-      await rejectsWith(client.authority(), 502, reason);
+      await rejectsWith(client.ping(), 502, code, reason);
+      await rejectsWith(client.authority(), 502, code, reason);
       assert.equal(wire.posts(), 0, `no POST /kms/messages (${transport})`);
       assert.ok(wire.calls.every((c) => c === 'GET /.well-known/kms'));
       assert.equal(sockets.length, 0, `no WebSocket opened (${transport})`);
@@ -1037,19 +1103,19 @@ describe('certificate validation refuses to connect before any message is sent',
   });
 
   test('wrong CA (same subject name, another key)', TEST, async () => {
-    await refused({ trustAnchors: [await impostorCa(caOf(kms)[0]!)] }, /certificate refused/);
+    await refused({ trustAnchors: [await impostorCa(caOf(kms)[0]!)] }, 'CERTIFICATE_REFUSED', /certificate refused/);
   });
 
   test('no trust anchors at all', TEST, async () => {
-    await refused({ trustAnchors: [] }, /trust anchor/);
+    await refused({ trustAnchors: [] }, 'CERTIFICATE_REFUSED', /trust anchor/);
   });
 
   test('wrong name: the client expects kms.b.example', TEST, async () => {
-    await refused({ authority: 'kms.b.example' }, /kms\.b\.example/);
+    await refused({ authority: 'kms.b.example' }, 'DISCOVERY_INVALID', /kms\.b\.example/);
   });
 
   test('wrong name: the KMS claims kms.b.example but its certificate names kms.a.example', TEST, async () => {
-    await refused({ authority: undefined }, /certificate refused/, (doc) => ({
+    await refused({ authority: undefined }, 'CERTIFICATE_REFUSED', /certificate refused/, (doc) => ({
       ...doc,
       kmsCluster: 'kms://kms.b.example',
       rsaPublicKey: { ...doc.rsaPublicKey, kid: 'kms://kms.b.example' },
@@ -1058,16 +1124,16 @@ describe('certificate validation refuses to connect before any message is sent',
 
   test('key mismatch: the published n is another RSA key\'s', TEST, async () => {
     const other = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ format: 'jwk' });
-    await refused({}, /certificate refused/, (doc) => ({ ...doc, rsaPublicKey: { ...doc.rsaPublicKey, n: other.n! } }));
+    await refused({}, 'CERTIFICATE_REFUSED', /certificate refused/, (doc) => ({ ...doc, rsaPublicKey: { ...doc.rsaPublicKey, n: other.n! } }));
   });
 
   test('a static key without its x5c chain', TEST, async () => {
-    await refused({}, /x5c/, (doc) => ({ ...doc, rsaPublicKey: { ...doc.rsaPublicKey, x5c: undefined as unknown as string[] } }));
+    await refused({}, 'DISCOVERY_INVALID', /x5c/, (doc) => ({ ...doc, rsaPublicKey: { ...doc.rsaPublicKey, x5c: undefined as unknown as string[] } }));
   });
 
   test('expired certificate (client clock years ahead) and not yet valid (clock behind)', TEST, async () => {
-    await refused({ now: () => Date.now() + 5 * 365 * DAY }, /certificate refused/);
-    await refused({ now: () => Date.now() - 30 * DAY }, /certificate refused/);
+    await refused({ now: () => Date.now() + 5 * 365 * DAY }, 'CERTIFICATE_REFUSED', /certificate refused/);
+    await refused({ now: () => Date.now() - 30 * DAY }, 'CERTIFICATE_REFUSED', /certificate refused/);
   });
 
   test('an unreachable discovery document is a 503, and a later call tries again', TEST, async () => {
@@ -1078,7 +1144,7 @@ describe('certificate validation refuses to connect before any message is sent',
         return fetch(input, init);
       },
     });
-    await rejectsWith(client.ping(), 503, /well-known/);
+    await rejectsWith(client.ping(), 503, 'KMS_UNREACHABLE', /well-known/);
     down = false;
     await client.ping();
     assert.equal(await client.authority(), AUTHORITY);

@@ -23,55 +23,14 @@ import {
   type RequestId,
   type ResourceRep,
 } from '@openkms/protocol';
+import { answerFor, checkStatus, readPayload } from './answers.js';
 import { decryptContent, contentKeyUri, encryptContent } from './content.js';
 import { discover, type StaticKey } from './discovery.js';
+import { answerStep, failureDetail } from './failures.js';
 import { HttpTransport } from './http-transport.js';
+import { checkOptions, type KmsClientOptions } from './options.js';
 import type { Answer, FetchLike, Transport } from './transport.js';
 import { WsTransport, type WebSocketConstructor } from './ws-transport.js';
-
-export type TokenProvider = string | (() => string | Promise<string>);
-
-export interface KmsClientOptions {
-  /** Base URL of the KMS endpoint, e.g. `https://kms.a.example` or `http://127.0.0.1:7001`. */
-  url: string;
-  /** The user's access token, or a function returning a fresh one for every request. */
-  token?: TokenProvider;
-  /** PEM text(s) of the CA certificates the KMS certificate must chain to. */
-  trustAnchors: string[];
-  /** When given, the KMS must be this authority (e.g. `kms.a.example`). */
-  authority?: string;
-  /** Identifies this client among the user's clients (unbound keys belong to one). Default: random. */
-  clientId?: string;
-  /** `http` (batched, default) or `websocket`. */
-  transport?: 'http' | 'websocket';
-  /** WebSocket constructor where there is no global one (Node 20: pass the `ws` package's). */
-  WebSocket?: WebSocketConstructor;
-  fetch?: FetchLike;
-  /** HTTP coalescing: wait this long for companions (default 5 ms), at most `maxBatch` (50) a request. */
-  debounceMs?: number;
-  maxBatch?: number;
-  /** Per-request timeout in ms (default 30 s). */
-  timeoutMs?: number;
-  /** Re-handshake this many ms before the channel expires (default 60 s). */
-  renewBeforeMs?: number;
-  /** Clock (epoch ms), injectable for tests. */
-  now?: () => number;
-  /**
-   * Speak as a peer KMS instead of a user (PROTOCOL.md §6): the credential is the peer's static
-   * public JWK with its x5c chain, and every request is signed by the peer's static key (a JWS
-   * with `aud` and `iat`) inside the channel JWE. `token` is then unused.
-   */
-  peer?: PeerCredential;
-}
-
-export interface PeerCredential {
-  /** `kms://<this KMS's authority>`: the JWS kid, equal to `jwk.kid`. */
-  kid: string;
-  /** The public static JWK with x5c. */
-  jwk: Record<string, unknown>;
-  /** Signs `payload` as a compact JWS PS256 with header kid = `kid`. */
-  sign(payload: Uint8Array): Promise<string>;
-}
 
 interface ChannelState {
   uri: string;
@@ -100,11 +59,6 @@ function uuid(): string {
   return globalThis.crypto.randomUUID();
 }
 
-/** Throws unless the answer names the request it answers (the transport is untrusted). */
-function answerFor(answer: Answer, requestId: RequestId): void {
-  if (answer.payload.requestId !== requestId) throw new KmsError('ANSWER_INVALID', 'KMS answer is for another request (replayed or misrouted)', { requestId });
-}
-
 function dateString(value: string | Date | undefined): string | undefined {
   return value instanceof Date ? value.toISOString() : value;
 }
@@ -119,21 +73,33 @@ export class KmsClient {
   private handshaking: Promise<ChannelState> | undefined;
   /** Channel keys by kid: answers are decrypted under the key they name (old channels included). */
   private readonly channelKeys = new Map<string, Uint8Array>();
+  private readonly WebSocket: WebSocketConstructor | undefined;
+  /** Set by close(): every later call is refused (a closed client opens no new connection). */
+  private closed = false;
   /** Handshakes performed (for tests and diagnostics). */
   handshakes = 0;
 
+  /** Throws INVALID_ARGUMENT, naming the option, for options the client cannot work with. */
   constructor(private readonly options: KmsClientOptions) {
+    checkOptions(options);
     this.clientId = options.clientId ?? `openkms-${uuid()}`;
     this.now = options.now ?? Date.now;
     // Bound: browsers refuse a fetch called with another `this` ("Illegal invocation").
     const f = options.fetch ?? (globalThis.fetch?.bind(globalThis) as unknown as FetchLike | undefined);
     if (!f) throw new KmsError('INVALID_ARGUMENT', 'no fetch available: pass options.fetch');
     this.fetch = f;
+    this.WebSocket = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (options.transport === 'websocket' && !this.WebSocket) throw new KmsError('INVALID_ARGUMENT', 'no WebSocket available: pass options.WebSocket');
   }
 
   /** The authority of the KMS, after discovery. */
   async authority(): Promise<string> {
+    this.refuseIfClosed();
     return (await this.static()).authority;
+  }
+
+  private refuseIfClosed(requestId?: RequestId): void {
+    if (this.closed) throw new KmsError('CLIENT_CLOSED', 'this KmsClient was closed: make a new one', { requestId });
   }
 
   /** HTTP requests sent so far (HTTP transport only). */
@@ -156,16 +122,15 @@ export class KmsClient {
     return this.staticKey;
   }
 
-  private getTransport(): Transport {
+  private getTransport(requestId: RequestId): Transport {
+    this.refuseIfClosed(requestId);
     if (this.transport) return this.transport;
     const decode = (compact: string) => this.decode(compact);
     if (this.options.transport === 'websocket') {
-      const WebSocketImpl = this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-      if (!WebSocketImpl) throw new KmsError('INVALID_ARGUMENT', 'no WebSocket available: pass options.WebSocket');
       this.transport = new WsTransport({
         url: this.options.url,
         decode,
-        WebSocket: WebSocketImpl,
+        WebSocket: this.WebSocket!,
         timeoutMs: this.options.timeoutMs,
         onReset: () => this.dropChannel(),
         // Channels this client made and no longer uses (the current one was just dropped, if any).
@@ -184,25 +149,28 @@ export class KmsClient {
     return this.transport;
   }
 
-  /** Verifies a JWS under the static key, or decrypts a JWE under the channel key it names. */
+  /**
+   * Verifies a JWS under the static key, or decrypts a JWE under the channel key it names. Whatever
+   * does not verify, decrypt or read as an answer is ANSWER_INVALID, with the JOSE error as cause.
+   */
   private async decode(compact: string): Promise<Answer> {
     const key = await this.static();
     if (segmentCount(compact) === 3) {
-      const { plaintext, header } = await verifyStatic(compact, key.verifyKey);
+      const { plaintext, header } = await answerStep('KMS answer does not verify under its static key', () => verifyStatic(compact, key.verifyKey));
       if (header.kid !== key.kid) throw new KmsError('ANSWER_INVALID', 'KMS answer signed under an unexpected kid');
-      return { payload: JSON.parse(dec.decode(plaintext)) as KmsResponse, signed: true };
+      return { payload: readPayload(plaintext), signed: true };
     }
     const kid = peekHeader(compact)?.kid;
     const channelKey = typeof kid === 'string' ? this.channelKeys.get(kid) : undefined;
     if (!channelKey) throw new KmsError('ANSWER_INVALID', 'KMS answer under an unknown channel');
-    const { plaintext, header } = await joseCodec.decryptChannel(compact, channelKey);
+    const { plaintext, header } = await answerStep('KMS answer does not decrypt under its channel key', () => joseCodec.decryptChannel(compact, channelKey));
     if (header.cty === 'JOSE') {
       const proof = dec.decode(plaintext);
-      const verified = await verifyStatic(proof, key.verifyKey);
+      const verified = await answerStep('KMS answer\'s nested signature does not verify under its static key', () => verifyStatic(proof, key.verifyKey));
       if (verified.header.kid !== key.kid) throw new KmsError('ANSWER_INVALID', 'KMS answer signed under an unexpected kid');
-      return { payload: JSON.parse(dec.decode(verified.plaintext)) as KmsResponse, signed: false, proof };
+      return { payload: readPayload(verified.plaintext), signed: false, proof };
     }
-    return { payload: JSON.parse(dec.decode(plaintext)) as KmsResponse, signed: false };
+    return { payload: readPayload(plaintext), signed: false };
   }
 
   /** The request member `client`, and the message plaintext (nested and signed for a peer). */
@@ -210,13 +178,33 @@ export class KmsClient {
     const peer = this.options.peer;
     if (!peer) return { plaintext: enc.encode(JSON.stringify({ ...body, client: { clientId: this.clientId, credential: await this.credential() } })) };
     const signed = { ...body, client: { clientId: peer.kid, credential: { jwk: peer.jwk } }, aud: `kms://${authority}`, iat: Math.floor(this.now() / 1000) };
-    return { plaintext: enc.encode(await peer.sign(enc.encode(JSON.stringify(signed)))), cty: 'JOSE' };
+    let jws: unknown;
+    try {
+      jws = await peer.sign(enc.encode(JSON.stringify(signed)));
+    } catch (err) {
+      throw new KmsError('INVALID_ARGUMENT', `options.peer.sign failed: ${failureDetail(err)}`, { cause: err });
+    }
+    if (typeof jws !== 'string') throw new KmsError('INVALID_ARGUMENT', 'options.peer.sign did not return a compact JWS');
+    return { plaintext: enc.encode(jws), cty: 'JOSE' };
   }
 
+  /**
+   * The bearer of this request. A token function is the application's: when it fails, its error
+   * is kept as the cause of an INVALID_ARGUMENT (the SDK rejects with KmsErrors only).
+   */
   private async credential(): Promise<{ bearer: string }> {
     const t = this.options.token;
     if (t === undefined) throw new KmsError('INVALID_ARGUMENT', 'no token: pass options.token');
-    return { bearer: typeof t === 'function' ? await t() : t };
+    let bearer: unknown = t;
+    if (typeof t === 'function') {
+      try {
+        bearer = await t();
+      } catch (err) {
+        throw new KmsError('INVALID_ARGUMENT', `options.token failed: ${failureDetail(err)}`, { cause: err });
+      }
+    }
+    if (typeof bearer !== 'string' || bearer === '') throw new KmsError('INVALID_ARGUMENT', 'options.token gave no token (not a non-empty string)');
+    return { bearer };
   }
 
   private dropChannel(uri?: string): void {
@@ -240,16 +228,17 @@ export class KmsClient {
     const body = { requestId, method: 'create', uri: `kms://${key.authority}/ecdhe`, jwk: pair.publicJwk };
     const { plaintext, cty } = await this.sealable(body, key.authority);
     const message = await encryptStatic(plaintext, key.encryptKey, key.kid, cty);
-    const answer = await this.getTransport().exchange(message, requestId);
+    const answer = await this.getTransport(requestId).exchange(message, requestId);
     this.handshakes++;
     if (!answer.signed) throw new KmsError('ANSWER_INVALID', 'KMS answered the handshake without its signature', { requestId });
+    // A reset may carry a requestId of its own (the KMS could not read the handshake).
     if (answer.payload.status !== 499) answerFor(answer, requestId);
     const payload = answer.payload;
-    if (payload.status !== 201) throw KmsError.fromWire(payload.status, `handshake refused: ${payload.reason ?? 'no reason given'}`, { requestId, handshake: true });
+    checkStatus(payload, requestId, true);
     const rep = payload.key as EphemeralKeyRep | undefined;
     const expiresAt = rep && parseDate(rep.expirationDate);
     if (!rep || typeof rep.uri !== 'string' || !rep.jwk || expiresAt === undefined) throw new KmsError('ANSWER_INVALID', 'KMS handshake answer is malformed', { requestId });
-    const channelKey = await deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk));
+    const channelKey = await answerStep('KMS handshake answer has an unusable key', async () => deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk)));
     this.channelKeys.set(rep.uri, channelKey);
     // Answers under older channels may still be in flight; older than the last few, none are.
     for (const old of this.channelKeys.keys()) if (this.channelKeys.size > 4) this.channelKeys.delete(old);
@@ -269,11 +258,12 @@ export class KmsClient {
   /** As `request`, also returning the KMS's signature over the answer when it nested one. */
   async exchange(body: { method: string; uri: string; [member: string]: unknown }): Promise<Answer> {
     for (let attempt = 0; ; attempt++) {
+      this.refuseIfClosed();
       const channel = await this.ensureChannel();
       const requestId: RequestId = uuid();
       const { plaintext, cty } = await this.sealable({ ...body, requestId }, (await this.static()).authority);
       const message = await joseCodec.encryptChannel(plaintext, channel.key, channel.uri, cty);
-      const answer = await this.getTransport().exchange(message, requestId);
+      const answer = await this.getTransport(requestId).exchange(message, requestId);
       const { payload, signed } = answer;
       // A reset may carry a requestId of its own (the KMS could not read the request); any other
       // answer must be the one to this request, or an old answer was replayed on the transport.
@@ -283,7 +273,7 @@ export class KmsClient {
         this.dropChannel(channel.uri);
         if (attempt === 0) continue;
       }
-      if (payload.status >= 400) throw KmsError.fromWire(payload.status, payload.reason ?? 'request failed', { requestId });
+      checkStatus(payload, requestId);
       return answer;
     }
   }
@@ -399,7 +389,9 @@ export class KmsClient {
     return decryptContent(jwe, await this.retrieveKey(contentKeyUri(jwe)));
   }
 
+  /** Closes the connection; every later call of this client fails with CLIENT_CLOSED. */
   async close(): Promise<void> {
+    this.closed = true;
     await this.transport?.close();
     this.transport = undefined;
     this.channel = undefined;

@@ -15,16 +15,22 @@ export interface ContentKey {
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
+/** The key's 32 bytes. A key the SDK cannot use is the caller's argument: INVALID_ARGUMENT. */
 function rawKey(key: ContentKey): Uint8Array {
-  const bin = atob(key.jwk.k.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (key.jwk.k.length % 4)) % 4));
+  const k: unknown = key?.jwk?.k;
+  if (typeof key?.uri !== 'string' || !key.uri.startsWith('kms://')) throw new KmsError('INVALID_ARGUMENT', 'content key has no kms:// uri');
+  if (typeof k !== 'string' || !/^[A-Za-z0-9_-]*$/.test(k)) throw new KmsError('INVALID_ARGUMENT', 'content key jwk.k is not base64url');
+  const bin = atob(k.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (k.length % 4)) % 4));
   const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
-  if (bytes.length !== 32) throw new KmsError('CONTENT_INVALID', 'content key is not 256 bits');
+  if (bytes.length !== 32) throw new KmsError('INVALID_ARGUMENT', 'content key is not 256 bits');
   return bytes;
 }
 
 export async function encryptContent(key: ContentKey, plaintext: Uint8Array | string, extraHeader: Record<string, unknown> = {}): Promise<string> {
+  const raw = rawKey(key);
+  if (typeof plaintext !== 'string' && !(plaintext instanceof Uint8Array)) throw new KmsError('INVALID_ARGUMENT', 'content to encrypt must be a string or a Uint8Array');
   const bytes = typeof plaintext === 'string' ? enc.encode(plaintext) : plaintext;
-  return new CompactEncrypt(bytes).setProtectedHeader({ ...extraHeader, alg: 'dir', enc: 'A256GCM', kid: key.uri }).encrypt(rawKey(key));
+  return new CompactEncrypt(bytes).setProtectedHeader({ ...extraHeader, alg: 'dir', enc: 'A256GCM', kid: key.uri }).encrypt(raw);
 }
 
 /** The `kms://` URI of the key a JWE was encrypted with. */
@@ -32,20 +38,21 @@ export function contentKeyUri(jwe: string): string {
   let kid: unknown;
   try {
     kid = decodeProtectedHeader(jwe).kid;
-  } catch {
-    throw new KmsError('CONTENT_INVALID', 'not a compact JWE');
+  } catch (err) {
+    throw new KmsError('CONTENT_INVALID', 'not a compact JWE', { cause: err });
   }
   if (typeof kid !== 'string' || !kid.startsWith('kms://')) throw new KmsError('CONTENT_INVALID', 'the JWE names no kms:// key');
   return kid;
 }
 
 export async function decryptContent(jwe: string, key: ContentKey): Promise<Uint8Array> {
+  const raw = rawKey(key); // outside the try: an unusable key is not tampered content
   if (contentKeyUri(jwe) !== key.uri) throw new KmsError('CONTENT_INVALID', 'content was encrypted with another key');
   try {
-    const { plaintext } = await compactDecrypt(jwe, rawKey(key), { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] });
+    const { plaintext } = await compactDecrypt(jwe, raw, { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] });
     return plaintext;
-  } catch {
-    throw new KmsError('CONTENT_INVALID', 'content does not decrypt with its key (tampered or wrong key)');
+  } catch (err) {
+    throw new KmsError('CONTENT_INVALID', 'content does not decrypt with its key (tampered or wrong key)', { cause: err });
   }
 }
 
@@ -58,6 +65,9 @@ const MAX_LINE = 4 * 1024 * 1024;
 
 /** Encrypts a byte stream into newline-separated chunk JWEs. */
 export function encryptStream(key: ContentKey, chunkSize = CHUNK): TransformStream<Uint8Array, Uint8Array> {
+  rawKey(key);
+  // A chunk over the line bound could not be read back by decryptStream.
+  if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > CHUNK * 16) throw new KmsError('INVALID_ARGUMENT', `chunkSize must be an integer from 1 to ${CHUNK * 16} bytes`);
   let pending = new Uint8Array(0);
   let seq = 0;
   // Names this stream in every chunk, so chunks of two streams under one key cannot be spliced.
@@ -67,6 +77,7 @@ export function encryptStream(key: ContentKey, chunkSize = CHUNK): TransformStre
   };
   return new TransformStream({
     async transform(chunk, controller) {
+      if (!(chunk instanceof Uint8Array)) throw new KmsError('INVALID_ARGUMENT', 'encryptStream takes Uint8Array chunks');
       const joined = new Uint8Array(pending.length + chunk.length);
       joined.set(pending);
       joined.set(chunk, pending.length);
@@ -108,6 +119,7 @@ export function decryptStream(resolveKey: (uri: string) => Promise<ContentKey>):
   };
   return new TransformStream({
     async transform(chunk, controller) {
+      if (!ArrayBuffer.isView(chunk)) throw new KmsError('INVALID_ARGUMENT', 'decryptStream takes Uint8Array chunks');
       text += dec.decode(chunk, { stream: true });
       // A chunk's JWE is about 4/3 of CHUNK: a line far longer is not one of ours.
       if (text.length > MAX_LINE && !text.slice(0, MAX_LINE).includes('\n')) throw new KmsError('CONTENT_INVALID', 'a line longer than any chunk');

@@ -6,6 +6,7 @@
  */
 import { importJWK, type CryptoKey } from 'jose';
 import { CertificateError, KmsError, isAuthority, verifyKmsCertificate } from '@openkms/protocol';
+import { failureDetail, httpFailure, timedOut, unreachable } from './failures.js';
 import type { FetchLike } from './transport.js';
 
 export interface StaticKey {
@@ -27,18 +28,32 @@ export async function discover(options: {
   now?: () => number;
   timeoutMs?: number;
 }): Promise<StaticKey> {
-  let doc: { kmsCluster?: unknown; rsaPublicKey?: { kty?: unknown; kid?: unknown; n?: unknown; e?: unknown; x5c?: unknown }; domains?: unknown };
-  const signal = AbortSignal.timeout(options.timeoutMs ?? 30_000);
+  // Without an anchor no certificate can be accepted: refused before anything is sent.
+  if (options.trustAnchors.length === 0) throw new KmsError('CERTIFICATE_REFUSED', 'no trust anchors configured for the KMS certificate');
+  const what = `GET ${options.url}/.well-known/kms`;
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const controller = new AbortController();
+  const timeout = setTimeout(() => controller.abort(), timeoutMs);
+  let res: Awaited<ReturnType<FetchLike>>;
+  let text: string;
   try {
-    const res = await options.fetch(`${options.url}/.well-known/kms`, { method: 'GET', headers: {}, signal });
-    if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
-    doc = (await res.json()) as typeof doc;
+    res = await options.fetch(`${options.url}/.well-known/kms`, { method: 'GET', headers: {}, signal: controller.signal });
+    text = await res.text();
   } catch (err) {
-    if (signal.aborted) throw new KmsError('KMS_TIMEOUT', `${options.url}/.well-known/kms did not answer in time`);
-    throw new KmsError('KMS_UNREACHABLE', `cannot read ${options.url}/.well-known/kms: ${(err as Error).message}`);
+    throw controller.signal.aborted ? timedOut(what, timeoutMs, err) : unreachable(what, err);
+  } finally {
+    clearTimeout(timeout);
   }
-  const jwk = doc?.rsaPublicKey;
-  const cluster = typeof doc?.kmsCluster === 'string' ? doc.kmsCluster : '';
+  if (res.status !== 200) throw httpFailure(what, res.status, text, 'DISCOVERY_INVALID');
+  let doc: { kmsCluster?: unknown; rsaPublicKey?: { kty?: unknown; kid?: unknown; n?: unknown; e?: unknown; x5c?: unknown }; domains?: unknown };
+  try {
+    doc = JSON.parse(text) as typeof doc;
+  } catch (err) {
+    throw new KmsError('DISCOVERY_INVALID', `${what} answered a document that is not JSON`, { cause: err });
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new KmsError('DISCOVERY_INVALID', `${what} answered a document that is not a JSON object`);
+  const jwk = doc.rsaPublicKey;
+  const cluster = typeof doc.kmsCluster === 'string' ? doc.kmsCluster : '';
   const authority = cluster.startsWith('kms://') ? cluster.slice(6) : '';
   if (!isAuthority(authority)) throw new KmsError('DISCOVERY_INVALID', 'KMS discovery document names no valid kmsCluster');
   if (options.authority !== undefined && options.authority.toLowerCase() !== authority) {
@@ -47,7 +62,6 @@ export async function discover(options: {
   if (!jwk || jwk.kty !== 'RSA' || jwk.kid !== cluster || typeof jwk.n !== 'string' || typeof jwk.e !== 'string' || !Array.isArray(jwk.x5c)) {
     throw new KmsError('DISCOVERY_INVALID', 'KMS static key is not an RSA JWK with kid = kmsCluster and an x5c chain');
   }
-  if (options.trustAnchors.length === 0) throw new KmsError('DISCOVERY_INVALID', 'no trust anchors configured for the KMS certificate');
   try {
     await verifyKmsCertificate({
       jwk: { kty: 'RSA', kid: jwk.kid, n: jwk.n, e: jwk.e, x5c: jwk.x5c as string[] },
@@ -56,15 +70,21 @@ export async function discover(options: {
       now: options.now ? new Date(options.now()) : undefined,
     });
   } catch (err) {
-    if (err instanceof CertificateError) throw new KmsError('CERTIFICATE_REFUSED', `KMS certificate refused: ${err.message}`);
-    throw err;
+    if (err instanceof CertificateError) throw new KmsError('CERTIFICATE_REFUSED', `KMS certificate refused: ${err.message}`, { cause: err });
+    throw new KmsError('CERTIFICATE_REFUSED', 'KMS certificate could not be checked', { cause: err });
   }
   const pub = { kty: 'RSA', n: jwk.n, e: jwk.e };
+  let keys: CryptoKey[];
+  try {
+    keys = (await Promise.all([importJWK(pub, 'RSA-OAEP'), importJWK(pub, 'PS256')])) as CryptoKey[];
+  } catch (err) {
+    throw new KmsError('DISCOVERY_INVALID', `KMS static key cannot be imported: ${failureDetail(err)}`, { cause: err });
+  }
   return {
     authority,
     kid: cluster,
-    encryptKey: (await importJWK(pub, 'RSA-OAEP')) as CryptoKey,
-    verifyKey: (await importJWK(pub, 'PS256')) as CryptoKey,
+    encryptKey: keys[0]!,
+    verifyKey: keys[1]!,
     domains: Array.isArray(doc.domains) ? doc.domains.filter((d): d is string => typeof d === 'string') : [],
   };
 }

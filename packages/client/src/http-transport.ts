@@ -3,7 +3,8 @@
  * `debounceMs` of each other travel in one HTTP request of at most `maxBatch` messages, as the Webex
  * client does. Answers come back in request order.
  */
-import { KmsError } from '@openkms/protocol';
+import { KmsError, type RequestId } from '@openkms/protocol';
+import { httpFailure, timedOut, unreachable } from './failures.js';
 import type { Answer, Decoder, FetchLike, Transport } from './transport.js';
 
 export interface HttpTransportOptions {
@@ -18,8 +19,12 @@ export interface HttpTransportOptions {
   timeoutMs?: number;
 }
 
+/** The statuses the KMS itself answers a batch with, besides 200 (PROTOCOL.md §3, and its 500). */
+const BATCH_STATUSES = [413, 500] as const;
+
 interface Pending {
   message: string;
+  requestId: RequestId | undefined;
   resolve(answer: Answer): void;
   reject(err: unknown): void;
 }
@@ -33,10 +38,10 @@ export class HttpTransport implements Transport {
 
   constructor(private readonly options: HttpTransportOptions) {}
 
-  exchange(message: string): Promise<Answer> {
-    if (this.closed) return Promise.reject(new KmsError('KMS_UNREACHABLE', 'client closed'));
+  exchange(message: string, requestId?: RequestId): Promise<Answer> {
+    if (this.closed) return Promise.reject(new KmsError('CLIENT_CLOSED', 'client closed', { requestId }));
     return new Promise((resolve, reject) => {
-      this.queue.push({ message, resolve, reject });
+      this.queue.push({ message, requestId, resolve, reject });
       if (this.queue.length >= (this.options.maxBatch ?? 50)) this.flush();
       else this.timer ??= setTimeout(() => this.flush(), this.options.debounceMs ?? 5);
     });
@@ -49,12 +54,21 @@ export class HttpTransport implements Transport {
     while (this.queue.length > 0) void this.send(this.queue.splice(0, max));
   }
 
+  /**
+   * One HTTP request for the batch. A failure of the request itself fails every message of it, each
+   * with its own requestId; a message whose answer is unusable fails alone.
+   */
   private async send(batch: Pending[]): Promise<void> {
     this.requests++;
+    const what = `POST ${this.options.url}/kms/messages`;
+    const timeoutMs = this.options.timeoutMs ?? 30_000;
     const controller = new AbortController();
-    const timeout = setTimeout(() => controller.abort(), this.options.timeoutMs ?? 30_000);
+    const timeout = setTimeout(() => controller.abort(), timeoutMs);
+    // The timeout covers the whole exchange, the body included; a network error is kept as cause.
+    const lost = (err: unknown) => (controller.signal.aborted ? timedOut(what, timeoutMs, err) : unreachable(what, err));
     try {
       let res: Awaited<ReturnType<FetchLike>>;
+      let text: string;
       try {
         res = await this.options.fetch(`${this.options.url}/kms/messages`, {
           method: 'POST',
@@ -62,27 +76,34 @@ export class HttpTransport implements Transport {
           body: JSON.stringify({ kmsMessages: batch.map((p) => p.message) }),
           signal: controller.signal,
         });
+        text = await res.text();
       } catch (err) {
-        throw controller.signal.aborted ? new KmsError('KMS_TIMEOUT', 'KMS did not answer in time') : new KmsError('KMS_UNREACHABLE', `KMS unreachable: ${(err as Error).message}`);
+        throw lost(err);
       }
-      if (res.status !== 200) {
-        const text = await res.text().catch(() => '');
-        throw KmsError.fromWire(res.status, `KMS refused the batch: ${text.slice(0, 200)}`);
+      // PROTOCOL.md §3: per-message failures come inside a 200; the KMS refuses a batch over its
+      // limit with HTTP 413. A 400 (not the batch shape) cannot be an answer to this transport's
+      // own batches: whatever answered is not a KMS of the profile.
+      if (res.status !== 200) throw httpFailure(what, res.status, text, 'ANSWER_INVALID', BATCH_STATUSES);
+      let answers: unknown;
+      try {
+        answers = (JSON.parse(text) as { kmsMessages?: unknown } | null)?.kmsMessages;
+      } catch (err) {
+        throw new KmsError('ANSWER_INVALID', `${what} answered a body that is not JSON`, { cause: err });
       }
-      const body = (await res.json()) as { kmsMessages?: unknown };
-      const answers = body?.kmsMessages;
       if (!Array.isArray(answers) || answers.length !== batch.length) throw new KmsError('ANSWER_INVALID', 'KMS answered a batch of the wrong shape');
       await Promise.all(
         batch.map(async (p, i) => {
           try {
-            p.resolve(await this.options.decode(String(answers[i])));
+            const compact = answers[i];
+            if (typeof compact !== 'string') throw new KmsError('ANSWER_INVALID', 'KMS answered a batch member that is not a compact message', { requestId: p.requestId });
+            p.resolve(await this.options.decode(compact));
           } catch (err) {
             p.reject(err);
           }
         }),
       );
     } catch (err) {
-      for (const p of batch) p.reject(err);
+      for (const p of batch) p.reject(forRequest(err, p.requestId));
     } finally {
       clearTimeout(timeout);
     }
@@ -92,4 +113,10 @@ export class HttpTransport implements Transport {
     this.flush();
     this.closed = true;
   }
+}
+
+/** One batch's failure as the failure of one of its requests (the same code, reason and cause). */
+function forRequest(err: unknown, requestId: RequestId | undefined): unknown {
+  if (!(err instanceof KmsError) || requestId === undefined) return err;
+  return new KmsError(err.code, err.reason, { requestId, cause: err.cause, handshake: err.handshake });
 }

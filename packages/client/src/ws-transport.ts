@@ -4,6 +4,7 @@
  * pushed by the KMS are passed to `onReset`.
  */
 import { KmsError, peekHeader, type RequestId } from '@openkms/protocol';
+import { failureDetail, timedOut, unreachable } from './failures.js';
 import type { Answer, Decoder, Transport } from './transport.js';
 
 /** The subset of the WHATWG WebSocket the transport uses (browsers, Node 22+, or the `ws` package). */
@@ -12,7 +13,10 @@ export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
   addEventListener(type: 'message', listener: (event: { data: unknown }) => void): void;
-  addEventListener(type: 'open' | 'close' | 'error', listener: () => void): void;
+  /** The close code (1006: the connection dropped) and reason. */
+  addEventListener(type: 'close', listener: (event: { code?: number; reason?: string }) => void): void;
+  /** Browsers say nothing about the failure; the `ws` package passes the socket error as `error`. */
+  addEventListener(type: 'open' | 'error', listener: (event: unknown) => void): void;
 }
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
@@ -40,6 +44,13 @@ interface Pending {
   ws: WebSocketLike;
   /** The kid of the message (a channel URI, or the static kid for a handshake). */
   kid: unknown;
+  requestId: RequestId;
+}
+
+/** What an `error` event says: the `ws` package's socket error, else the event itself. */
+function socketError(event: unknown): unknown {
+  const error = (event as { error?: unknown } | null)?.error;
+  return error ?? event;
 }
 
 export class WsTransport implements Transport {
@@ -51,30 +62,46 @@ export class WsTransport implements Transport {
 
   constructor(private readonly options: WsTransportOptions) {}
 
+  private get url(): string {
+    return `${this.options.url.replace(/^http/, 'ws')}/kms/ws`;
+  }
+
   private connect(): Promise<WebSocketLike> {
-    const url = `${this.options.url.replace(/^http/, 'ws')}/kms/ws`;
+    const url = this.url;
+    const timeoutMs = this.options.timeoutMs ?? 30_000;
     const attempt = new Promise<WebSocketLike>((resolve, reject) => {
-      const ws = new this.options.WebSocket(url);
+      let ws: WebSocketLike;
+      try {
+        ws = new this.options.WebSocket(url);
+      } catch (err) {
+        return reject(unreachable(`WebSocket ${url}`, err));
+      }
       this.connections++;
       let opened = false;
+      /** The socket's last error, kept as the cause of the failures its closing brings. */
+      let lastError: unknown;
       // An endpoint that accepts TCP but never completes the upgrade must not hang the caller.
       const timer = setTimeout(() => {
         if (opened) return;
-        reject(new KmsError('KMS_TIMEOUT', 'KMS WebSocket did not open in time'));
+        reject(timedOut(`opening WebSocket ${url}`, timeoutMs));
         ws.close();
-      }, this.options.timeoutMs ?? 30_000);
+      }, timeoutMs);
       ws.addEventListener('open', () => {
         clearTimeout(timer);
         opened = true;
         resolve(ws);
       });
-      ws.addEventListener('error', () => {
-        if (!opened) reject(new KmsError('KMS_UNREACHABLE', 'KMS unreachable over WebSocket'));
+      ws.addEventListener('error', (event) => {
+        lastError = socketError(event);
+        if (!opened) reject(unreachable(`WebSocket ${url}`, lastError));
       });
-      ws.addEventListener('close', () => {
+      ws.addEventListener('close', (event) => {
+        clearTimeout(timer);
         if (this.socket === attempt) this.socket = undefined;
-        if (!opened) reject(new KmsError('KMS_UNREACHABLE', 'KMS closed the WebSocket'));
-        this.failAll(new KmsError('KMS_UNREACHABLE', 'WebSocket closed before the KMS answered'), ws);
+        const closed = `code ${event?.code ?? 'unknown'}${event?.reason ? `, ${event.reason}` : ''}`;
+        const detail = lastError === undefined ? closed : `${failureDetail(lastError)}; ${closed}`;
+        if (!opened) reject(new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${url} closed before it opened (${detail})`, { cause: lastError }));
+        this.failAll((requestId) => new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${url} closed before the KMS answered (${detail})`, { cause: lastError, requestId }), ws);
       });
       ws.addEventListener('message', (event) => void this.receive(String(event.data)));
     });
@@ -108,17 +135,18 @@ export class WsTransport implements Transport {
     }
   }
 
-  private failAll(err: KmsError, ws?: WebSocketLike): void {
+  /** Fails every request waiting (on `ws` only, when given), each with its own requestId. */
+  private failAll(failure: (requestId: RequestId) => KmsError, ws?: WebSocketLike): void {
     for (const [id, p] of this.pending) {
       if (ws && p.ws !== ws) continue;
       clearTimeout(p.timer);
-      p.reject(err);
+      p.reject(failure(p.requestId));
       this.pending.delete(id);
     }
   }
 
   async exchange(message: string, requestId: RequestId): Promise<Answer> {
-    if (this.closed) throw new KmsError('KMS_UNREACHABLE', 'client closed');
+    if (this.closed) throw new KmsError('CLIENT_CLOSED', 'client closed', { requestId });
     const current = (this.socket ??= this.connect());
     let ws = await current;
     if (ws.readyState !== OPEN) {
@@ -129,19 +157,26 @@ export class WsTransport implements Transport {
     const kid = peekHeader(message)?.kid;
     return new Promise((resolve, reject) => {
       const key = String(requestId);
+      const timeoutMs = this.options.timeoutMs ?? 30_000;
       const timer = setTimeout(() => {
         this.pending.delete(key);
-        reject(new KmsError('KMS_TIMEOUT', 'KMS did not answer in time', { requestId }));
-      }, this.options.timeoutMs ?? 30_000);
-      this.pending.set(key, { resolve, reject, timer, ws, kid });
-      if (ws.readyState !== OPEN) {
+        reject(timedOut(`a message on WebSocket ${this.url}`, timeoutMs, undefined, requestId));
+      }, timeoutMs);
+      this.pending.set(key, { resolve, reject, timer, ws, kid, requestId });
+      const unsent = (err: KmsError) => {
         this.pending.delete(key);
         clearTimeout(timer);
-        this.socket = undefined;
-        reject(new KmsError('KMS_UNREACHABLE', 'WebSocket not open'));
-        return;
+        this.socket = undefined; // the next request opens a new socket
+        reject(err);
+      };
+      if (ws.readyState !== OPEN) {
+        return unsent(new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${this.url} is no longer open (readyState ${ws.readyState})`, { requestId }));
       }
-      ws.send(message);
+      try {
+        ws.send(message);
+      } catch (err) {
+        unsent(unreachable(`WebSocket ${this.url}`, err, requestId));
+      }
     });
   }
 
@@ -149,7 +184,7 @@ export class WsTransport implements Transport {
     this.closed = true;
     const socket = this.socket;
     this.socket = undefined;
-    this.failAll(new KmsError('KMS_UNREACHABLE', 'client closed'));
+    this.failAll((requestId) => new KmsError('CLIENT_CLOSED', 'client closed before the KMS answered', { requestId }));
     if (socket) (await socket.catch(() => undefined))?.close(1000, 'client closed');
   }
 }

@@ -1,0 +1,70 @@
+/**
+ * How the SDK reports what went wrong on the way to the KMS (docs/errors.md): the code says what
+ * failed, the reason names the request and the endpoint, and the underlying error stays as `cause`.
+ * An unreachable KMS then reads `KMS unreachable: POST https://kms/kms/messages: connect
+ * ECONNREFUSED 10.0.0.7:443` instead of the runtime's bare "fetch failed".
+ */
+import { KmsError, type ErrorCode, type RequestId } from '@openkms/protocol';
+
+/**
+ * The most specific words of a failure: the innermost error in its `cause` chain that says
+ * something (undici's "fetch failed" hides the socket error as its cause), with its system code
+ * when the message does not already carry it.
+ */
+export function failureDetail(err: unknown): string {
+  let detail = typeof err === 'string' && err !== '' ? err : 'no detail given';
+  let current = err;
+  for (let depth = 0; depth < 8 && typeof current === 'object' && current !== null; depth++) {
+    const { message, code, cause } = current as { message?: unknown; code?: unknown; cause?: unknown };
+    const words = typeof message === 'string' ? message : '';
+    if (typeof code === 'string' && !words.includes(code)) detail = words ? `${words} (${code})` : code;
+    else if (words) detail = words;
+    current = cause;
+  }
+  return detail;
+}
+
+/** `what` (e.g. "POST https://kms/kms/messages") never reached the KMS, or its connection broke. */
+export function unreachable(what: string, cause: unknown, requestId?: RequestId): KmsError {
+  return new KmsError('KMS_UNREACHABLE', `KMS unreachable: ${what}: ${failureDetail(cause)}`, { cause, requestId });
+}
+
+/** `what` got no answer within the request timeout. */
+export function timedOut(what: string, timeoutMs: number, cause?: unknown, requestId?: RequestId): KmsError {
+  return new KmsError('KMS_TIMEOUT', `KMS did not answer in time: ${what} (timeout ${timeoutMs} ms)`, { cause, requestId });
+}
+
+/** The `error` member of the KMS's JSON error body, else the body's first characters. */
+function bodyDetail(body: string): string {
+  try {
+    const error = (JSON.parse(body) as { error?: unknown } | null)?.error;
+    if (typeof error === 'string') return error;
+  } catch {
+    // Not JSON: whatever answered is not the KMS's HTTP layer; show what it said.
+  }
+  return body.trim().slice(0, 200) || 'empty body';
+}
+
+/**
+ * An HTTP status other than 200 from a KMS endpoint. The statuses the KMS's own HTTP layer answers
+ * there (`kmsStatuses`: 500 for its internal failures, 413 for a batch over the limit) keep their
+ * wire meaning. A gateway in front of the KMS answers 502, 503 or 504 when it cannot reach it:
+ * unreachable, worth a retry. Any other status (a 404, a redirect, a proxy's 401) is no answer of
+ * the profile: `otherwise` (ANSWER_INVALID, or DISCOVERY_INVALID for the discovery document).
+ */
+export function httpFailure(what: string, status: number, body: string, otherwise: ErrorCode, kmsStatuses: readonly number[] = [500]): KmsError {
+  const said = `${what} answered HTTP ${status}: ${bodyDetail(body)}`;
+  if (kmsStatuses.includes(status)) return KmsError.fromWire(status, said);
+  if (status === 502 || status === 503 || status === 504) return new KmsError('KMS_UNREACHABLE', `KMS unreachable: ${said}`);
+  return new KmsError(otherwise, said);
+}
+
+/** Runs one step of reading an answer; any failure but a KmsError becomes ANSWER_INVALID, naming the step. */
+export async function answerStep<T>(what: string, step: () => Promise<T> | T): Promise<T> {
+  try {
+    return await step();
+  } catch (err) {
+    if (err instanceof KmsError) throw err;
+    throw new KmsError('ANSWER_INVALID', `${what}: ${failureDetail(err)}`, { cause: err });
+  }
+}
