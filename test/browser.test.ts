@@ -100,8 +100,12 @@ test('the client SDK runs in headless Chromium against a real KMS', { skip, time
       ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`, origin + '/'],
       { stdio: 'ignore' },
     );
+    // A browser that cannot start fails the test at once, and nothing is left waiting for it.
+    const failedToStart = new Promise<never>((_, reject) => browser.once('error', reject));
     try {
-      const out = await Promise.race([result, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the page did not report within 90 s')), 90_000))]);
+      let timer: NodeJS.Timeout | undefined;
+      const tooLate = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('the page did not report within 90 s')), 90_000)));
+      const out = await Promise.race([result, failedToStart, tooLate]).finally(() => clearTimeout(timer));
       t.diagnostic(out.userAgent ?? '');
       assert.equal(out.error, undefined);
       assert.match(out.userAgent!, /HeadlessChrome|Chrome/);
@@ -117,9 +121,11 @@ test('the client SDK runs in headless Chromium against a real KMS', { skip, time
       assert.equal(codes.down?.code, 'KMS_UNREACHABLE');
       assert.match(codes.down?.cause ?? '', /^TypeError/);
     } finally {
-      const exited = new Promise((r) => browser.once('exit', r));
-      browser.kill('SIGKILL');
-      await exited;
+      if (browser.pid !== undefined && browser.exitCode === null && browser.signalCode === null) {
+        const exited = new Promise((r) => browser.once('exit', r));
+        browser.kill('SIGKILL');
+        await exited;
+      }
     }
   } finally {
     await kms.close();
