@@ -62,6 +62,12 @@ const RULES: readonly DependencyRule[] = [
     why: 'the pipeline is driven directly by tests and by every transport alike',
   },
   {
+    name: 'operations know no federation',
+    from: ['packages/server/src/operations/**'],
+    forbidden: ['packages/server/src/federation/**'],
+    why: 'an operation is the local handler; the core picks the federation handlers from core/handlers.ts',
+  },
+  {
     name: 'transports know no storage',
     from: ['packages/server/src/transport/**'],
     forbidden: ['packages/server/src/store/**'],

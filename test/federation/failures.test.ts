@@ -8,11 +8,12 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { KmsError } from '@openkms/client';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { after, before, describe, test } from 'node:test';
 import { manualClock, startTestKms } from '@openkms/server/testing';
-import { A_AUTH, B_AUTH, caPem, closeClients, exchanges, NOWHERE, peerEntry, statusOf, TEST, userOn } from '../support/federation.js';
+import { A_AUTH, B_AUTH, caPem, closeClients, exchanges, NOWHERE, peerEntry, statusOf, TEST, userOn, waitFor } from '../support/federation.js';
 
 after(closeClients);
 
@@ -52,8 +53,12 @@ describe('federation when A is down or hangs', () => {
     // Within the staleness bound (default 30 s) the copy serves, A or not.
     assert.equal((await bob.retrieveKey(k1!.uri)).jwk.k, k1!.jwk.k);
     const started = performance.now();
-    assert.equal(await statusOf(bob.retrieveKey(k2!.uri)), 502);
+    const refused = await bob.retrieveKey(k2!.uri).then(() => undefined, (err: unknown) => err);
+    assert.ok(refused instanceof KmsError && refused.status === 502 && refused.code === 'PEER_FAILED', String(refused));
     t.diagnostic(`uncached read with A down: 502 after ${(performance.now() - started).toFixed(1)} ms`);
+    // Bob learns that A failed, not where A lives or how the connection failed.
+    assert.equal(refused.reason, `kms://${A_AUTH} failed: unreachable`);
+    assert.ok(B.logs.some((line) => line.includes('federation: peer failed') && line.includes('ECONNREFUSED')), 'the operator finds the detail in the log');
     const health = await fetch(`${B.url}/healthz`);
     assert.equal(health.status, 200);
     // Past the bound, never a grant from the copy.
@@ -92,6 +97,9 @@ describe('federation when A is down or hangs', () => {
     assert.equal(await statusOf(bob.retrieveKey(keyUri)), 504);
     t.diagnostic(`read with A hanging: 504 after ${(performance.now() - started).toFixed(1)} ms (peerTimeout 1 s)`);
     assert.equal((await fetch(`${B.url}/healthz`)).status, 200);
+    // The user's deadline and the channel's own timeout are the same second: the exchange may be
+    // audited just after Bob's answer.
+    await waitFor(() => exchanges(B, 'bob@b.example').length > 0, 'the audited exchange with A', 3000);
     const ex = exchanges(B, 'bob@b.example');
     assert.deepEqual(ex.map((r) => [r.uri, r.status]), [[keyUri, 504]]);
   });

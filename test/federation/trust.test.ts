@@ -260,5 +260,21 @@ describe('federation between kms.a.example and kms.b.example', () => {
     assert.equal(atA.length, forbidden.length, JSON.stringify(audit(A.dbPath, seq)));
     assert.ok(atA.every((r) => r.peer === VIA_B));
     assert.ok(!atA.some((r) => r.principal === 'alice@a.example'), 'a peer never acts as one of A’s users');
+
+    // For its user, a malformed body is a 400 naming the field (never a 500), and a KRO of another
+    // KMS — a third one, or the peer's own — is not A's to act on: federation is one hop (404).
+    const forBob = { federated: true, onBehalfOf: 'bob@b.example' };
+    for (const authIds of [5, {}, 'bob@b.example']) {
+      for (const body of [
+        { method: 'create', uri: '/authorizations', resourceUri: R, authIds, ...forBob },
+        { method: 'delete', uri: '/authorizations', resourceUri: R, authIds, ...forBob },
+      ]) {
+        const refused = await asB.request(body).then(() => undefined, (err: unknown) => err);
+        assert.ok(refused instanceof KmsError && refused.status === 400 && refused.code === 'INVALID_FIELD' && /authIds/.test(refused.reason), `${JSON.stringify(body)}: ${String(refused)}`);
+      }
+    }
+    for (const elsewhere of [`kms://kms.c.example/resources/${randomUUID()}`, `kms://${B_AUTH}/resources/${randomUUID()}`]) {
+      assert.equal(await statusOf(asB.request({ method: 'create', uri: '/authorizations', resourceUri: elsewhere, authIds: ['bob@b.example'], ...forBob })), 404, elsewhere);
+    }
   });
 });

@@ -55,7 +55,9 @@ function bodyDetail(body: string): string {
 export function httpFailure(what: string, status: number, body: string, otherwise: ErrorCode, kmsStatuses: readonly number[] = [500]): KmsError {
   const said = `${what} answered HTTP ${status}: ${bodyDetail(body)}`;
   if (kmsStatuses.includes(status)) return KmsError.fromWire(status, said);
-  if (status === 502 || status === 503 || status === 504) return new KmsError('KMS_UNREACHABLE', `KMS unreachable: ${said}`);
+  // A gateway that gave up waiting for the KMS: a timeout, as if the SDK had waited itself.
+  if (status === 504) return new KmsError('KMS_TIMEOUT', `KMS did not answer in time: ${said}`);
+  if (status === 502 || status === 503) return new KmsError('KMS_UNREACHABLE', `KMS unreachable: ${said}`);
   return new KmsError(otherwise, said);
 }
 

@@ -69,10 +69,11 @@ test('a KMS other than the expected authority is DISCOVERY_INVALID naming both; 
   await refusal(discovering(serving(DOC).fetch, { authority: 'KMS.A.Example' }), 'CERTIFICATE_REFUSED');
 });
 
-test('HTTP statuses: 404 DISCOVERY_INVALID, 500 INTERNAL, a gateway\'s 502-504 KMS_UNREACHABLE', async () => {
+test('HTTP statuses: 404 DISCOVERY_INVALID, 500 INTERNAL, a gateway\'s 502-503 KMS_UNREACHABLE and 504 KMS_TIMEOUT', async () => {
   await refusal(discovering(serving('{"error":"no such endpoint: GET /.well-known/kms"}', 404).fetch), 'DISCOVERY_INVALID', /GET http:\/\/127\.0\.0\.1:7001\/\.well-known\/kms answered HTTP 404: no such endpoint/);
   await refusal(discovering(serving('{"error":"internal error"}', 500).fetch), 'INTERNAL', /answered HTTP 500: internal error$/);
-  for (const status of [502, 503, 504]) await refusal(discovering(serving('Bad Gateway', status).fetch), 'KMS_UNREACHABLE', new RegExp(`^KMS unreachable: GET .*/\\.well-known/kms answered HTTP ${status}: Bad Gateway$`));
+  for (const status of [502, 503]) await refusal(discovering(serving('Bad Gateway', status).fetch), 'KMS_UNREACHABLE', new RegExp(`^KMS unreachable: GET .*/\\.well-known/kms answered HTTP ${status}: Bad Gateway$`));
+  await refusal(discovering(serving('Gateway Timeout', 504).fetch), 'KMS_TIMEOUT', /^KMS did not answer in time: GET .*\/\.well-known\/kms answered HTTP 504: Gateway Timeout$/);
 });
 
 test('a fetch that fails is KMS_UNREACHABLE with its error as cause; no answer in time is KMS_TIMEOUT', async () => {

@@ -46,13 +46,13 @@ test('unreachable and timedOut name the request, keep the cause and the requestI
   assert.equal('cause' in slow, false);
 });
 
-test('httpFailure: the KMS\'s own statuses keep their meaning, a gateway\'s are unreachable, others `otherwise`', () => {
+test('httpFailure: the KMS\'s own statuses keep their meaning, a gateway\'s are unreachable or (504) a timeout, others `otherwise`', () => {
   const json = (error: string) => JSON.stringify({ error });
   const cases: [number, readonly number[] | undefined, string][] = [
     [500, undefined, 'INTERNAL'],
     [502, undefined, 'KMS_UNREACHABLE'],
     [503, undefined, 'KMS_UNREACHABLE'],
-    [504, undefined, 'KMS_UNREACHABLE'],
+    [504, undefined, 'KMS_TIMEOUT'],
     [404, undefined, 'DISCOVERY_INVALID'],
     [400, undefined, 'DISCOVERY_INVALID'],
     [302, undefined, 'DISCOVERY_INVALID'],

@@ -97,13 +97,13 @@ test('no answer within timeoutMs is KMS_TIMEOUT; the request is aborted', async 
   assert.equal((err.cause as Error).name, 'AbortError');
 });
 
-test('HTTP statuses: 413 TOO_LARGE and 500 INTERNAL (the KMS\'s own), 502-504 KMS_UNREACHABLE (a gateway), others ANSWER_INVALID', async () => {
+test('HTTP statuses: 413 TOO_LARGE and 500 INTERNAL (the KMS\'s own), 502-503 KMS_UNREACHABLE and 504 KMS_TIMEOUT (a gateway), others ANSWER_INVALID', async () => {
   const cases: [number, string, ErrorCode][] = [
     [413, '{"error":"at most 100 messages per batch"}', 'TOO_LARGE'],
     [500, '{"error":"internal error"}', 'INTERNAL'],
     [502, '<html>Bad Gateway</html>', 'KMS_UNREACHABLE'],
     [503, 'Service Unavailable', 'KMS_UNREACHABLE'],
-    [504, 'Gateway Timeout', 'KMS_UNREACHABLE'],
+    [504, 'Gateway Timeout', 'KMS_TIMEOUT'],
     // A 400 cannot answer the transport's own well-formed batch: whatever answered is not a KMS.
     [400, '{"error":"body is not JSON"}', 'ANSWER_INVALID'],
     [404, '{"error":"no such endpoint: POST /kms/messages"}', 'ANSWER_INVALID'],

@@ -3,7 +3,7 @@
  * here are the ones the SDK, the server, the examples, the benchmark and the tests use; anything
  * else in this package is internal to it.
  */
-export { Status, ErrorCodes, KmsError, hasCode, type StatusCode, type ErrorCode, type KmsErrorOptions } from './errors.js';
+export { Status, ErrorCodes, WIRE_ERROR_CODES, KmsError, hasCode, type StatusCode, type ErrorCode, type KmsErrorOptions } from './errors.js';
 export { formatDate, parseDate } from './dates.js';
 export { absoluteUri, isAuthority, isUuid, objectRef, parseKmsUri, type Collection } from './uri.js';
 export {

@@ -4,7 +4,7 @@
  * the field send extras), missing or mistyped ones are refused with a reason that names the field.
  */
 import { z } from 'zod';
-import { KmsError, Status } from './errors.js';
+import { KmsError } from './errors.js';
 import { parseDate } from './dates.js';
 import { Limits } from './limits.js';
 

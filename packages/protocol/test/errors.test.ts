@@ -6,11 +6,17 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { ErrorCodes, KmsError, Status, hasCode, type ErrorCode } from '../src/errors.js';
+import { ErrorCodes, KmsError, Status, WIRE_ERROR_CODES, hasCode, type ErrorCode } from '../src/errors.js';
 
 const CODES = Object.keys(ErrorCodes) as ErrorCode[];
 /** The codes only the client SDK produces (never sent by a KMS): the table's second part. */
 const SDK_CODES: ErrorCode[] = ['INVALID_ARGUMENT', 'CONTENT_INVALID', 'ANSWER_INVALID', 'DISCOVERY_INVALID', 'CERTIFICATE_REFUSED', 'KMS_UNREACHABLE', 'CLIENT_CLOSED', 'KMS_TIMEOUT'];
+
+test('the table says who produces each code: the SDK for its own failures, a KMS for the rest', () => {
+  for (const code of CODES) assert.equal(ErrorCodes[code].by, SDK_CODES.includes(code) ? 'sdk' : 'kms', code);
+  // One code per profile status reaches a client from the wire, and none of them is the SDK's.
+  assert.deepEqual(WIRE_ERROR_CODES, ['INVALID_FIELD', 'CREDENTIAL_INVALID', 'NOT_AUTHORIZED', 'NOT_FOUND', 'KEY_ALREADY_BOUND', 'TOO_LARGE', 'RATE_LIMITED', 'CHANNEL_RESET', 'INTERNAL', 'PEER_FAILED', 'STORAGE_UNAVAILABLE', 'PEER_TIMEOUT']);
+});
 /** The error statuses of the profile (PROTOCOL.md §4). */
 const WIRE_STATUSES = Object.values(Status).filter((s) => s >= 400);
 

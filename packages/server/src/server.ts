@@ -33,7 +33,7 @@ import { createTokenVerifier } from './identity/tokens.js';
 import { Keyring, auditKeyOf, parseRootKey } from './keyring/keyring.js';
 import { createLogger, silentLogger, type Logger } from './logger.js';
 import type { Deps } from './operations/context.js';
-import { handlers } from './operations/handlers.js';
+import { handlers } from './core/handlers.js';
 import { RateLimiter } from './rate-limit.js';
 import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
@@ -78,6 +78,7 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
     timeoutMs: config.federation.peerTimeout * 1000,
     now,
     audit: (entry) => audit.record(entry),
+    logger,
   });
   const inbox = new Invalidations(store);
   const push = new InvalidationPush(config.authority, peers, store, peerChannels, logger);

@@ -18,7 +18,7 @@ import {
   visibleCmks,
   type AuthorizationLoader,
 } from '../src/policy.js';
-import type { AuthorizationRow, CmkRow, KeyRow } from '../src/store/store.js';
+import type { AuthorizationRow, CmkRow, KeyRow } from '../src/model.js';
 
 const AUTHORITY = 'kms.a.example';
 const PREFIX = `kms://${AUTHORITY}/resources/`;

@@ -9,8 +9,7 @@ import { KmsError, Limits, peekHeader, type KmsRequest } from '@openkms/protocol
 import type { Channel } from '../channels.js';
 import { principalId, type PeerPrincipal, type Principal } from '../identity/principal.js';
 import { domainOf, isUserId, normalizeUserId } from '../identity/users.js';
-import type { Opened } from './open.js';
-import { peerOwning } from './open.js';
+import { peerOwning, type Opened } from './open.js';
 import type { RequestRecord } from './record.js';
 import { onlyHandshake, parseJson, readRequest, text } from './request.js';
 
@@ -56,7 +55,6 @@ export class Authentication {
 
   /** Under the static key: a user's (or bearer's) handshake, or a peer KMS's with its proof. */
   private async handshake(opened: Opened, record: RequestRecord): Promise<Authenticated> {
-    record.op = 'createEphemeralKey';
     if (opened.cty === 'JOSE') {
       const jws = text(opened.plaintext);
       const claimed = peekHeader(jws)?.kid;

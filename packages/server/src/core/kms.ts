@@ -62,6 +62,9 @@ export class Kms {
   }
 
   /** Told of every answered request (metrics). */
+  get onRequest(): ((event: RequestEvent) => void) | undefined {
+    return this.parts.answerer.onRequest;
+  }
   set onRequest(listener: ((event: RequestEvent) => void) | undefined) {
     this.parts.answerer.onRequest = listener;
   }
@@ -89,7 +92,7 @@ export class Kms {
     const to: Destination = { toPeer: false };
     let response: KmsResponse;
     try {
-      const opened = await opener.open(compact);
+      const opened = await opener.open(compact, record);
       to.channel = opened.channel;
       to.toPeer = opened.channel !== undefined && peerOwning(opened.channel) !== undefined;
       const authenticated = await authentication.authenticate(opened, record);

@@ -6,6 +6,7 @@
 import type { KeyObject } from 'node:crypto';
 import { KmsError, Limits, STATIC_KEY_ALGS, parseKmsUri, peekHeader, segmentCount, type MessageCodec } from '@openkms/protocol';
 import type { Channel } from '../channels.js';
+import type { RequestRecord } from './record.js';
 
 export interface Opened {
   /** The channel it came on; none for a message under the static key. */
@@ -27,13 +28,15 @@ export class Opener {
     private readonly codec: MessageCodec,
   ) {}
 
-  async open(compact: string): Promise<Opened> {
+  /** Opens a message; `record.op` says a handshake as soon as the header names the static key. */
+  async open(compact: string, record: RequestRecord): Promise<Opened> {
     if (typeof compact !== 'string' || compact.length > Limits.maxMessageChars || segmentCount(compact) !== 5) {
       throw KmsError.reset('message is not a compact JWE');
     }
     const header = peekHeader(compact);
     if (header?.alg === 'dir' && header.enc === 'A256GCM' && typeof header.kid === 'string') return this.openChannel(compact, header.kid);
     if (STATIC_KEY_ALGS.includes(header?.alg as (typeof STATIC_KEY_ALGS)[number]) && header?.kid === this.staticKey.kid) {
+      record.op = 'createEphemeralKey';
       const opened = await this.codec.decryptStatic(compact, this.staticKey.privateKey).catch(() => {
         throw KmsError.reset('message could not be decrypted');
       });
@@ -45,7 +48,8 @@ export class Opener {
   private async openChannel(compact: string, kid: string): Promise<Opened> {
     const ref = parseKmsUri(kid);
     const id = ref && (ref.authority === undefined || ref.authority === this.authority) && ref.segments.length === 2 && ref.segments[0] === 'ecdhe' ? ref.segments[1]! : undefined;
-    // A storage failure here is not a reset (clients would re-handshake in a loop): it propagates.
+    // A storage failure here is not a reset (clients would re-handshake in a loop): it propagates,
+    // and the core answers it as an internal error.
     const channel = id === undefined ? undefined : await this.channels.get(id);
     if (!channel) throw KmsError.reset('ephemeral key unknown, expired or deleted');
     const opened = await this.codec.decryptChannel(compact, channel.key.reveal()).catch(() => {

@@ -9,7 +9,7 @@ import { mayUseOperation } from '../policy.js';
 import type { Authenticated } from './authenticate.js';
 import type { RequestRecord } from './record.js';
 
-/** Which handler of the operation runs (operations/handlers.ts). */
+/** Which handler of the operation runs (handlers.ts). */
 export type Dispatch = 'local' | 'answerPeer' | 'askPeer';
 
 export interface Resolved {
@@ -38,19 +38,21 @@ export class Resolver {
     if (!found || found.spec.key !== key) throw KmsError.badRequest(`invalid field uri: no operation ${request.method} ${request.uri}`);
     const { spec, id } = found;
     record.op = spec.name;
-    const authority = spec.subject === 'resourceUri' ? this.subjectAuthority(request.resourceUri) ?? named : named;
-    const remote = authority !== this.authority;
-    // A peer never makes this KMS ask a third one: federation is one hop.
-    if (remote && peer) throw KmsError.forbidden('a peer KMS asks only for objects of this KMS');
-    if (remote && spec.federation === 'local') throw KmsError.notFound(`kms://${authority} objects are not served through this KMS for ${spec.name}`);
-    if (remote && !this.peers.isPeerAuthority(authority)) throw KmsError.notFound(`unknown KMS authority ${authority}`);
+    if (named !== this.authority && spec.federation === 'local') throw KmsError.notFound(`kms://${named} objects are not served through this KMS for ${spec.name}`);
     if (!mayUseOperation(principal, spec.name, peer)) throw KmsError.forbidden('not allowed with this credential');
-    const dispatch: Dispatch = remote ? 'askPeer' : peer && principal.kind === 'user' && spec.federation !== 'local' ? 'answerPeer' : 'local';
+    const authority = spec.subject === 'resourceUri' && !peer ? this.peerNamedBy(request.resourceUri) ?? named : named;
+    const dispatch: Dispatch = authority !== this.authority ? 'askPeer' : peer && principal.kind === 'user' && spec.federation !== 'local' ? 'answerPeer' : 'local';
     return { spec, dispatch, authority, id, query: uri.query };
   }
 
-  /** The authority a `resourceUri` member names; undefined when it names none (the handler refuses it). */
-  private subjectAuthority(resourceUri: unknown): string | undefined {
-    return typeof resourceUri === 'string' ? objectRef(resourceUri, 'resources', this.authority)?.authority : undefined;
+  /**
+   * The peer whose KRO a `resourceUri` member names, if it names one. Anything else — this KMS's,
+   * an unknown authority's, no resource at all — is the local operation's to check (after it has
+   * validated the request), so a malformed request is a 400 wherever it points. A peer's own
+   * request is never resolved this way: federation is one hop.
+   */
+  private peerNamedBy(resourceUri: unknown): string | undefined {
+    const authority = typeof resourceUri === 'string' ? objectRef(resourceUri, 'resources', this.authority)?.authority : undefined;
+    return authority !== undefined && authority !== this.authority && this.peers.isPeerAuthority(authority) ? authority : undefined;
   }
 }

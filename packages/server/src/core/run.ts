@@ -1,11 +1,11 @@
 /**
- * Stage 4, run: the handler the dispatch mode picks (operations/handlers.ts) — the local one, the
+ * Stage 4, run: the handler the dispatch mode picks (handlers.ts) — the local one, the
  * one answering a peer KMS for its user, or the one asking a peer about its object — called with
  * the request's context.
  */
 import type { Channel } from '../channels.js';
 import type { Deps } from '../operations/context.js';
-import type { AskPeerDeps, FederatedHandlers, HandlerTable, LocalHandlers } from '../operations/handlers.js';
+import type { AskPeerDeps, FederatedHandlers, HandlerTable, LocalHandlers } from './handlers.js';
 import type { KmsResponse } from '@openkms/protocol';
 import type { Authenticated } from './authenticate.js';
 import type { Resolved } from './resolve.js';

@@ -4,13 +4,15 @@
  * its own operation with its own policy, as if the user were local, with two differences: names
  * must say whose they are, and a peer learns only about principals of its own domains.
  */
-import { KmsError, type AuthorizationRep } from '@openkms/protocol';
+import { KmsError, validate, type AuthorizationRep } from '@openkms/protocol';
+import type { z } from 'zod';
 import { domainOf } from '../identity/users.js';
 import type { Context, Handler } from '../operations/context.js';
 
 /** From a peer, an authId must say whose it is: `local@domain` or an absolute KRO URI. */
 function refuseAmbiguousAuthIds(ctx: Context): void {
-  const given = [...((ctx.request.authIds as unknown[] | undefined) ?? []), ...((ctx.request.userIds as unknown[] | undefined) ?? [])];
+  const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+  const given = [...list(ctx.request.authIds), ...list(ctx.request.userIds)];
   const query = ctx.query.get('authId');
   if (query !== undefined) given.push(query);
   for (const v of given) {
@@ -20,9 +22,13 @@ function refuseAmbiguousAuthIds(ctx: Context): void {
   }
 }
 
-/** The answer-a-peer handler of a forwarded operation: the local one, on absolute names only. */
-export function forPeer(local: Handler): Handler {
+/**
+ * The answer-a-peer handler of a forwarded operation: the local one, on absolute names only. The
+ * request's own members (`schema`, when it has a body) are checked first, as the local one does.
+ */
+export function forPeer(local: Handler, schema?: z.ZodType): Handler {
   return async (ctx, deps) => {
+    if (schema) validate(schema, ctx.request);
     refuseAmbiguousAuthIds(ctx);
     return local(ctx, deps);
   };

@@ -1,8 +1,9 @@
 /**
  * The invalidation inbox (PROTOCOL.md §6): a peer tells this KMS that some of its KROs changed,
  * so the copies held here are out of date. The copies are marked stale in storage, and the
- * arrival order is remembered so that a fetch that began before an invalidation of the same KRO
- * never stores (or serves) an answer the invalidation overtook.
+ * arrival order is remembered: copies.ts runs every fetch `during()` and asks `overtook()` before
+ * it stores or serves an answer, so a fetch that began before an invalidation of the same KRO
+ * never keeps what the invalidation overtook.
  */
 import { KmsError, Status, invalidationsSchema, objectRef, validate } from '@openkms/protocol';
 import { MAX_TRACKED_KROS } from '../limits.js';

@@ -5,9 +5,10 @@
  * federated request gets, and how a peer's failure is reported to the user.
  */
 import { KmsClient, type Answer } from '@openkms/client';
-import { KmsError, hasCode, type ErrorCode, type MessageCodec } from '@openkms/protocol';
+import { ErrorCodes, KmsError, WIRE_ERROR_CODES, hasCode, type ErrorCode, type MessageCodec } from '@openkms/protocol';
 import type { KeyObject } from 'node:crypto';
 import type { AuditEntry } from '../audit/audit.js';
+import { describeError, type Logger } from '../logger.js';
 import type { UserPrincipal } from '../identity/principal.js';
 import type { Peer, PeerRegistry } from './peers.js';
 
@@ -20,22 +21,16 @@ export interface PeerChannelsOptions {
   timeoutMs: number;
   now: () => number;
   audit: (entry: AuditEntry) => Promise<void>;
+  logger: Logger;
 }
 
 /** A's verdicts on the user's request that reach the user as they are (a read: 403/404). */
 const READ_VERDICTS: readonly ErrorCode[] = ['NOT_AUTHORIZED', 'NOT_FOUND'];
-/** A forwarded change: any refusal of the request itself reaches the user. */
-const FORWARD_VERDICTS: readonly ErrorCode[] = [
-  'INVALID_FIELD',
-  'PAYLOAD_INVALID',
-  'KEY_EXPIRED',
-  'CREDENTIAL_INVALID',
-  'NOT_AUTHORIZED',
-  'NOT_FOUND',
-  'KEY_ALREADY_BOUND',
-  'TOO_LARGE',
-  'RATE_LIMITED',
-];
+/** A forwarded change: any refusal of the request itself (a KMS's 4xx but a reset) reaches the user. */
+const FORWARD_VERDICTS: readonly ErrorCode[] = WIRE_ERROR_CODES.filter((code) => {
+  const { status } = ErrorCodes[code];
+  return status >= 400 && status < 500 && code !== 'CHANNEL_RESET';
+});
 
 export class PeerChannels {
   private readonly clients = new Map<string, KmsClient>();
@@ -91,14 +86,18 @@ export class PeerChannels {
    * A peer's failure as this KMS reports it to its user (PROTOCOL.md §6): the peer's verdict on
    * the user's request passes (a read: 403/404; a forwarded change: any refusal of the request);
    * a refusal of this KMS's channel, or anything else, is the peer failing (502, or 504 in time).
+   * The user learns what failed, not how: addresses, ports and network errors of the way to the
+   * peer are for this KMS's operator, who finds them in the log.
    */
   failure(err: unknown, peer: Peer, forwarded = false): KmsError {
     const who = `kms://${peer.authority}`;
-    if (!(err instanceof KmsError)) return new KmsError('PEER_FAILED', `${who} failed`, { cause: err });
-    const channelRefused = err.handshake || err.code === 'CERTIFICATE_REFUSED';
-    if (!channelRefused && (forwarded ? FORWARD_VERDICTS : READ_VERDICTS).includes(err.code)) return new KmsError(err.code, `${who}: ${err.reason}`);
+    if (err instanceof KmsError && !err.handshake && err.code !== 'CERTIFICATE_REFUSED' && (forwarded ? FORWARD_VERDICTS : READ_VERDICTS).includes(err.code)) {
+      return new KmsError(err.code, `${who}: ${err.reason}`);
+    }
+    this.o.logger.warn({ peer: who, code: err instanceof KmsError ? err.code : undefined, err: describeError(err), cause: describeError(err instanceof Error ? err.cause : undefined) }, 'federation: peer failed');
     if (hasCode(err, 'KMS_TIMEOUT', 'PEER_TIMEOUT')) return new KmsError('PEER_TIMEOUT', `${who} did not answer in time`);
-    return new KmsError('PEER_FAILED', `${who} failed: ${err.status} ${err.reason}`, { cause: err });
+    if (!(err instanceof KmsError)) return new KmsError('PEER_FAILED', `${who} failed`, { cause: err });
+    return new KmsError('PEER_FAILED', `${who} failed: ${peerFailureSummary(err)}`, { cause: err });
   }
 
   /** Audits one exchange with a peer made for `principal` (a user, or this KMS itself). */
@@ -118,5 +117,23 @@ export class PeerChannels {
   async close(): Promise<void> {
     await Promise.all([...this.clients.values()].map((c) => c.close()));
     this.clients.clear();
+  }
+}
+
+/** What a user is told of a peer's failure: the kind of failure, never the network detail. */
+function peerFailureSummary(err: KmsError): string {
+  if (err.handshake) return `${err.status} handshake refused`;
+  switch (err.code) {
+    case 'CERTIFICATE_REFUSED':
+      return 'its certificate was refused';
+    case 'DISCOVERY_INVALID':
+      return 'its discovery document was refused';
+    case 'KMS_UNREACHABLE':
+    case 'CLIENT_CLOSED':
+      return 'unreachable';
+    case 'ANSWER_INVALID':
+      return 'its answer was refused';
+    default:
+      return `${err.status} ${err.code}`;
   }
 }

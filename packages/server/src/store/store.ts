@@ -9,9 +9,6 @@
  */
 import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
 
-// The model's types, re-exported while their users move to importing ../model.js.
-export type { AuditEntry, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
-
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
 

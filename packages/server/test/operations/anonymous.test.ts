@@ -5,6 +5,7 @@
  * End-to-end on a real KMS (real SQLite file, real keys, a real socket) driven by TestClient over
  * HTTP batch; time from manual clocks, never wall-clock timings.
  */
+import { randomUUID } from 'node:crypto';
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { importJWK, jwtVerify } from 'jose';
@@ -87,6 +88,10 @@ describe('anonymous authorizations (PROTOCOL.md §5)', () => {
     expectStatus(await send(anon, { method: 'create', uri: '/authorizations', resourceUri: resource.uri, authIds: ['dave@a.example'] }), 403, 'create authorizations');
     expectStatus(await send(anon, { method: 'create', uri: '/authorizations', resourceUri: resource.uri, anonymous: 1 }), 403, 'create anonymous');
     expectStatus(await send(anon, { method: 'delete', uri: '/authorizations', resourceUri: resource.uri, authIds: ['alice@a.example'] }), 403, 'bulk delete');
+    // Refused before anything about the resourceUri is looked at: a bearer learns nothing of other KMSs.
+    const elsewhere = `kms://kms.nowhere.example/resources/${randomUUID()}`;
+    expectStatus(await send(anon, { method: 'create', uri: '/authorizations', resourceUri: elsewhere, authIds: ['dave@a.example'] }), 403, 'create authorizations elsewhere');
+    expectStatus(await send(anon, { method: 'delete', uri: '/authorizations', resourceUri: elsewhere, authIds: ['dave@a.example'] }), 403, 'bulk delete elsewhere');
     expectStatus(await send(anon, { method: 'delete', uri: anonAuth.uri }), 403, 'delete authorization');
     expectStatus(await getResource(anon, resource.uri), 403, 'retrieve resource');
     expectStatus(await listAuthorizations(anon, resource.uri), 403, 'retrieve authorizations');
