@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { build } from 'esbuild';
 import { createCa } from '@openkms/server';
-import { startTestKms } from '@openkms/server/testing';
+import { startDevKms } from '@openkms/server/testing';
 import { closedPort } from './support/ports.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -82,7 +82,7 @@ test('the client SDK runs in headless Chromium against a real KMS', { skip, time
   });
   await new Promise<void>((r) => page.listen(0, '127.0.0.1', () => r()));
   const origin = `http://127.0.0.1:${(page.address() as { port: number }).port}`;
-  const kms = await startTestKms({ config: { cors: { origins: [origin] } } });
+  const kms = await startDevKms({ config: { cors: { origins: [origin] } } });
   const profile = mkdtempSync(join(tmpdir(), 'kms-chromium-'));
   try {
     const cfg = {

@@ -21,7 +21,7 @@ import {
   type ErrorCode,
   type KeyRep,
 } from '@openkms/client';
-import { startTestKms, type TestKms } from '@openkms/server/testing';
+import { startDevKms, type DevKms } from '@openkms/server/testing';
 
 const TEST = { timeout: 30_000 };
 const enc = new TextEncoder();
@@ -66,7 +66,7 @@ async function expectKmsError(promise: Promise<unknown>, status: number, code: E
 }
 
 describe('content encryption with KMS keys', () => {
-  let kms: TestKms;
+  let kms: DevKms;
   let alice: KmsClient;
   let bob: KmsClient;
   let key: KeyRep;
@@ -80,7 +80,7 @@ describe('content encryption with KMS keys', () => {
   };
 
   before(async () => {
-    kms = await startTestKms();
+    kms = await startDevKms();
     const common = { url: kms.url, trustAnchors: [readFileSync(join(kms.dir, 'ca.pem'), 'utf8')] };
     alice = new KmsClient({ ...common, token: await kms.token('alice@a.example') });
     bob = new KmsClient({ ...common, token: await kms.token('bob@a.example') });

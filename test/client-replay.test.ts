@@ -7,11 +7,11 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { KmsClient, KmsError, type FetchLike } from '@openkms/client';
-import { startTestKms, type TestKms } from '@openkms/server/testing';
+import { startDevKms, type DevKms } from '@openkms/server/testing';
 
-let kms: TestKms;
+let kms: DevKms;
 before(async () => {
-  kms = await startTestKms();
+  kms = await startDevKms();
 });
 after(() => kms.close());
 

@@ -1,6 +1,6 @@
 /**
  * End-to-end tests of the client SDK (@openkms/client) against the REAL server: every KMS started
- * here is `startTestKms` (real SQLite, real keys and certificates, real sockets); nothing of the
+ * here is `startDevKms` (real SQLite, real keys and certificates, real sockets); nothing of the
  * KMS is mocked. What the tests wrap is only what the SDK lets an application inject: `fetch`
  * (to count and inspect the traffic, or to tamper with the discovery document), the WebSocket
  * constructor, and the clock.
@@ -16,7 +16,7 @@ import { after, before, describe, test } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
 import { KmsClient, KmsError, type ErrorCode, type FetchLike, type KeyRep, type KmsClientOptions, type WebSocketConstructor } from '@openkms/client';
 import { CertificateError, loadX509 } from '@openkms/protocol';
-import { manualClock, startTestKms, type TestKms } from '@openkms/server/testing';
+import { manualClock, startDevKms, type DevKms } from '@openkms/server/testing';
 import { closedPort } from './support/ports.js';
 
 const AUTHORITY = 'kms.a.example';
@@ -25,7 +25,7 @@ const TEST = { timeout: 30_000 };
 
 // ---- helpers ---------------------------------------------------------------------------------
 
-function caOf(kms: TestKms): string[] {
+function caOf(kms: DevKms): string[] {
   return [readFileSync(join(kms.dir, 'ca.pem'), 'utf8')];
 }
 
@@ -128,7 +128,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** Every client made by a suite, closed in its after hook. */
 class Clients {
   private readonly all: KmsClient[] = [];
-  constructor(private readonly kms: () => TestKms) {}
+  constructor(private readonly kms: () => DevKms) {}
   make(token: KmsClientOptions['token'], options: Partial<KmsClientOptions> = {}): KmsClient {
     const kms = this.kms();
     const client = new KmsClient({ url: kms.url, token, trustAnchors: caOf(kms), authority: AUTHORITY, ...options });
@@ -144,7 +144,7 @@ class Clients {
 
 describe('every SDK method against the real KMS (HTTP)', () => {
   const clock = manualClock();
-  let kms: TestKms;
+  let kms: DevKms;
   const clients = new Clients(() => kms);
   let alice: KmsClient;
   let bob: KmsClient;
@@ -152,7 +152,7 @@ describe('every SDK method against the real KMS (HTTP)', () => {
   let aliceTraffic: Traffic;
 
   before(async () => {
-    kms = await startTestKms({ now: clock.now });
+    kms = await startDevKms({ now: clock.now });
     aliceTraffic = traffic();
     alice = clients.make(await kms.token('alice@a.example'), { clientId: 'alice-laptop', fetch: aliceTraffic.fetch });
     bob = clients.make(await kms.token('bob@a.example'), { clientId: 'bob-phone' });
@@ -524,11 +524,11 @@ describe('every SDK method against the real KMS (HTTP)', () => {
 // ---- channel lifetime, with the clock injected on both sides ---------------------------------
 
 describe('channel renewal and resets', () => {
-  const running: TestKms[] = [];
+  const running: DevKms[] = [];
   const clientsOf: Clients[] = [];
   const lifetimeMs = 600_000;
-  async function kmsWith(now: () => number): Promise<{ kms: TestKms; clients: Clients }> {
-    const kms = await startTestKms({ now, config: { lifetimes: { channel: lifetimeMs / 1000 } } });
+  async function kmsWith(now: () => number): Promise<{ kms: DevKms; clients: Clients }> {
+    const kms = await startDevKms({ now, config: { lifetimes: { channel: lifetimeMs / 1000 } } });
     running.push(kms);
     const clients = new Clients(() => kms);
     clientsOf.push(clients);
@@ -624,10 +624,10 @@ describe('channel renewal and resets', () => {
 // ---- batching ---------------------------------------------------------------------------------
 
 describe('HTTP batching', () => {
-  let kms: TestKms;
+  let kms: DevKms;
   const clients = new Clients(() => kms);
   before(async () => {
-    kms = await startTestKms();
+    kms = await startDevKms();
   });
   after(async () => {
     await clients.closeAll();
@@ -828,7 +828,7 @@ async function relay(upstream: string): Promise<{
 }
 
 describe('WebSocket transport', () => {
-  let kms: TestKms;
+  let kms: DevKms;
   const clients = new Clients(() => kms);
   const relays: { close(): Promise<void> }[] = [];
   const wsOptions = (WebSocketImpl: WebSocketConstructor = WebSocket): Partial<KmsClientOptions> => ({
@@ -836,7 +836,7 @@ describe('WebSocket transport', () => {
     WebSocket: WebSocketImpl,
   });
   before(async () => {
-    kms = await startTestKms();
+    kms = await startDevKms();
   });
   after(async () => {
     await clients.closeAll();
@@ -1014,7 +1014,7 @@ describe('WebSocket transport', () => {
 
   test('a channel the KMS expired (client clock lagging) over WebSocket → re-handshake → success', TEST, async () => {
     const serverClock = manualClock();
-    const lagging = await startTestKms({ now: serverClock.now, config: { lifetimes: { channel: 600 } } });
+    const lagging = await startDevKms({ now: serverClock.now, config: { lifetimes: { channel: 600 } } });
     try {
       const client = new KmsClient({
         url: lagging.url,
@@ -1063,11 +1063,11 @@ async function impostorCa(like: string): Promise<string> {
 }
 
 describe('certificate validation refuses to connect before any message is sent', () => {
-  let kms: TestKms;
+  let kms: DevKms;
   let token: string;
   const clients = new Clients(() => kms);
   before(async () => {
-    kms = await startTestKms();
+    kms = await startDevKms();
     token = await kms.token('alice@a.example');
   });
   after(async () => {

@@ -12,7 +12,7 @@ import { KmsError } from '@openkms/client';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { after, before, describe, test } from 'node:test';
-import { manualClock, startTestKms } from '@openkms/server/testing';
+import { manualClock, startDevKms } from '@openkms/server/testing';
 import { A_AUTH, B_AUTH, caPem, closeClients, exchanges, NOWHERE, peerEntry, statusOf, TEST, userOn, waitFor } from '../support/federation.js';
 
 after(closeClients);
@@ -36,10 +36,10 @@ describe('federation when A is down or hangs', () => {
   });
 
   test('A closed: an uncached read gets 502, a fresh copy still serves, none past the bound; B stays healthy', TEST, async (t) => {
-    const A = await startTestKms({ authority: A_AUTH, domains: ['a.example'], now: clock.now, config: { peers: [peerEntry(B_AUTH, 'b.example', NOWHERE, caB)] } });
+    const A = await startDevKms({ authority: A_AUTH, domains: ['a.example'], now: clock.now, config: { peers: [peerEntry(B_AUTH, 'b.example', NOWHERE, caB)] } });
     let aClosed = false;
     closers.push(() => (aClosed ? Promise.resolve() : A.close()));
-    const B = await startTestKms({ authority: B_AUTH, domains: ['b.example'], now: clock.now, config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caA)] } });
+    const B = await startDevKms({ authority: B_AUTH, domains: ['b.example'], now: clock.now, config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caA)] } });
     closers.push(() => B.close());
     const alice = userOn(A, 'alice@a.example', caA, clock);
     const bob = userOn(B, 'bob@b.example', caB, clock);
@@ -84,7 +84,7 @@ describe('federation when A is down or hangs', () => {
     });
     await new Promise<void>((resolve) => hang!.listen(0, '127.0.0.1', resolve));
     const port = (hang.address() as { port: number }).port;
-    const B = await startTestKms({
+    const B = await startDevKms({
       authority: B_AUTH,
       domains: ['b.example'],
       now: clock.now,

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { KmsClient, type KeyRep } from '@openkms/client';
-import { manualClock, type TestKms } from '@openkms/server/testing';
+import { manualClock, type DevKms } from '@openkms/server/testing';
 import {
   assertReleased,
   closeClients,
@@ -28,8 +28,8 @@ after(closeClients);
 describe('federation between kms.a.example and kms.b.example', () => {
   const clock = manualClock();
   let caB: string;
-  let A: TestKms;
-  let B: TestKms;
+  let A: DevKms;
+  let B: DevKms;
   let bob: KmsClient;
   let R: string;
   let keys: KeyRep[];

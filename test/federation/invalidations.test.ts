@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { after, describe, test } from 'node:test';
 import { KmsClient, KmsError } from '@openkms/client';
-import { manualClock, type TestKms } from '@openkms/server/testing';
+import { manualClock, type DevKms } from '@openkms/server/testing';
 import {
   audit,
   closeClients,
@@ -30,8 +30,8 @@ after(closeClients);
 describe('federation between kms.a.example and kms.b.example', () => {
   const clock = manualClock();
   let caB: string;
-  let A: TestKms;
-  let B: TestKms;
+  let A: DevKms;
+  let B: DevKms;
   let alice: KmsClient;
   let bob: KmsClient;
   useFederatedPair(clock, (pair) => ({ caB, A, B, alice, bob } = pair));

@@ -13,7 +13,7 @@ import { performance } from 'node:perf_hooks';
 import { after, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { KmsClient, type KeyRep } from '@openkms/client';
-import { manualClock, type TestKms } from '@openkms/server/testing';
+import { manualClock, type DevKms } from '@openkms/server/testing';
 import {
   A_AUTH,
   assertReleased,
@@ -34,8 +34,8 @@ after(closeClients);
 describe('federation between kms.a.example and kms.b.example', () => {
   const clock = manualClock();
   let caB: string;
-  let A: TestKms;
-  let B: TestKms;
+  let A: DevKms;
+  let B: DevKms;
   let alice: KmsClient;
   let bob: KmsClient;
   let R: string;

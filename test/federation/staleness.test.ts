@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { KmsClient } from '@openkms/client';
-import { manualClock, startTestKms, type TestKms } from '@openkms/server/testing';
+import { manualClock, startDevKms, type DevKms } from '@openkms/server/testing';
 import {
   A_AUTH,
   audit,
@@ -31,16 +31,16 @@ after(closeClients);
 
 describe('federation copies and federation.maxStaleness', () => {
   const clock = manualClock();
-  let A: TestKms;
-  let B: TestKms;
+  let A: DevKms;
+  let B: DevKms;
   let caA: string;
   let caB: string;
   let alice: KmsClient;
 
   before(async () => {
     [caA, caB] = await Promise.all([caPem(A_AUTH, 'a.example'), caPem(B_AUTH, 'b.example')]);
-    A = await startTestKms({ authority: A_AUTH, domains: ['a.example'], now: clock.now, config: { peers: [peerEntry(B_AUTH, 'b.example', NOWHERE, caB)] } });
-    B = await startTestKms({
+    A = await startDevKms({ authority: A_AUTH, domains: ['a.example'], now: clock.now, config: { peers: [peerEntry(B_AUTH, 'b.example', NOWHERE, caB)] } });
+    B = await startDevKms({
       authority: B_AUTH,
       domains: ['b.example'],
       now: clock.now,

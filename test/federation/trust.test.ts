@@ -17,7 +17,7 @@ import Database from 'better-sqlite3';
 import { CompactSign } from 'jose';
 import { KmsClient, KmsError, type KeyRep } from '@openkms/client';
 import { devIssuerOf, initKmsDir, loadConfig, parseConfig, startKms, type RunningKms } from '@openkms/server';
-import { manualClock, startTestKms, type TestKms } from '@openkms/server/testing';
+import { manualClock, startDevKms, type DevKms } from '@openkms/server/testing';
 // Not part of the package's public API; the impostor-with-the-real-certificate case needs them.
 import { PeerVerifier } from '../../packages/server/dist/src/federation/peer-proof.js';
 import { PeerRegistry } from '../../packages/server/dist/src/federation/peers.js';
@@ -51,14 +51,14 @@ describe('federation between kms.a.example and kms.b.example', () => {
   const clock = manualClock();
   let caA: string;
   let caB: string;
-  let A: TestKms;
-  let B: TestKms;
+  let A: DevKms;
+  let B: DevKms;
   let R: string;
   let keys: KeyRep[];
   const closers = useFederatedPair(clock, (pair) => ({ caA, caB, A, B, R, keys } = pair));
 
   test('a KMS that A does not list (kms.c.example): its user gets 502, A records the refusal', TEST, async (t) => {
-    const C = await startTestKms({ authority: C_AUTH, domains: ['c.example'], now: clock.now, config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caA)] } });
+    const C = await startDevKms({ authority: C_AUTH, domains: ['c.example'], now: clock.now, config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caA)] } });
     closers.push(() => C.close());
     const caC = await caPem(C_AUTH, 'c.example');
     const dan = userOn(C, 'dan@c.example', caC, clock);
@@ -196,13 +196,13 @@ describe('federation between kms.a.example and kms.b.example', () => {
 
   test('B authenticates A: a KMS of another authority at A\'s endpoint, or A under untrusted anchors → 502', TEST, async () => {
     const caC = await caPem(C_AUTH, 'c.example');
-    const C = await startTestKms({ authority: C_AUTH, domains: ['c.example'], now: clock.now });
+    const C = await startDevKms({ authority: C_AUTH, domains: ['c.example'], now: clock.now });
     closers.push(() => C.close());
     // B' lists kms.a.example at C's endpoint (C's own CA trusted): kmsCluster is not kms://kms.a.example.
-    const wrongEndpoint = await startTestKms({ authority: B_AUTH, domains: ['b.example'], now: clock.now, config: { peers: [peerEntry(A_AUTH, 'a.example', C.url, caC)] } });
+    const wrongEndpoint = await startDevKms({ authority: B_AUTH, domains: ['b.example'], now: clock.now, config: { peers: [peerEntry(A_AUTH, 'a.example', C.url, caC)] } });
     closers.push(() => wrongEndpoint.close());
     // B'' lists A at its real endpoint, but with C's CA as the only anchor: A's certificate does not chain.
-    const wrongAnchor = await startTestKms({ authority: B_AUTH, domains: ['b.example'], now: clock.now, config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caC)] } });
+    const wrongAnchor = await startDevKms({ authority: B_AUTH, domains: ['b.example'], now: clock.now, config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caC)] } });
     closers.push(() => wrongAnchor.close());
     const before = onBehalfOf(A, 'bob@b.example').length;
     for (const b of [wrongEndpoint, wrongAnchor]) {

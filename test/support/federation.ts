@@ -14,7 +14,7 @@ import Database from 'better-sqlite3';
 import { CompactSign } from 'jose';
 import { KmsClient, KmsError, type KeyRep } from '@openkms/client';
 import type { Logger } from '@openkms/server';
-import { kmsFolder, manualClock, startTestKms, type TestKms } from '@openkms/server/testing';
+import { kmsFolder, manualClock, startDevKms, type DevKms } from '@openkms/server/testing';
 
 export const A_AUTH = 'kms.a.example';
 export const B_AUTH = 'kms.b.example';
@@ -40,7 +40,7 @@ export function peerEntry(authority: string, domain: string, endpoint: string, c
 export const clients: KmsClient[] = [];
 
 /** A user's SDK on `kms`, with a fresh token for every request. */
-export function userOn(kms: TestKms, user: string, ca: string, clock?: Clock): KmsClient {
+export function userOn(kms: DevKms, user: string, ca: string, clock?: Clock): KmsClient {
   const client = new KmsClient({
     url: kms.url,
     authority: kms.config.authority,
@@ -167,8 +167,8 @@ export async function closeClients(): Promise<void> {
 export interface FederatedPair {
   caA: string;
   caB: string;
-  A: TestKms;
-  B: TestKms;
+  A: DevKms;
+  B: DevKms;
   alice: KmsClient;
   bob: KmsClient;
   /** Alice's KRO, authorizing bob@b.example. */
@@ -191,9 +191,9 @@ export function useFederatedPair(clock: Clock, receive: (pair: FederatedPair) =>
     const [caA, caB] = await Promise.all([caPem(A_AUTH, 'a.example'), caPem(B_AUTH, 'b.example')]);
     // B's endpoint is known before B starts, so that A can push invalidations to it.
     const portB = await freePort();
-    const A = await startTestKms({ authority: A_AUTH, domains: ['a.example'], now: clock.now, config: { peers: [peerEntry(B_AUTH, 'b.example', `http://127.0.0.1:${portB}`, caB)] } });
+    const A = await startDevKms({ authority: A_AUTH, domains: ['a.example'], now: clock.now, config: { peers: [peerEntry(B_AUTH, 'b.example', `http://127.0.0.1:${portB}`, caB)] } });
     closers.push(() => A.close());
-    const B = await startTestKms({ authority: B_AUTH, domains: ['b.example'], now: clock.now, port: portB, config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caA)] } });
+    const B = await startDevKms({ authority: B_AUTH, domains: ['b.example'], now: clock.now, port: portB, config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caA)] } });
     closers.push(() => B.close());
     const alice = userOn(A, 'alice@a.example', caA, clock);
     const bob = userOn(B, 'bob@b.example', caB, clock);

@@ -14,7 +14,7 @@ import { initKmsDir } from '../src/cli/init.js';
 import { ConfigError, configSchema, loadConfig, parseConfig } from '../src/config.js';
 import { OPTIONS, type ConfigOption } from '../src/config/options.js';
 import { configReference, referenceIn, referenceRows } from '../src/config/reference.js';
-import { startTestKms } from '../src/testing/harness.js';
+import { startDevKms } from '../src/testing/harness.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'kms-config-'));
 after(() => rmSync(scratch, { recursive: true, force: true }));
@@ -200,14 +200,14 @@ describe('what writes kms.json', () => {
   });
 
   test('the test harness merges its overrides into kms.json and refuses unknown ones', async () => {
-    const kms = await startTestKms({ config: { lifetimes: { channel: 600 } } });
+    const kms = await startDevKms({ config: { lifetimes: { channel: 600 } } });
     try {
       assert.equal(kms.config.lifetimes.channel, 600);
       assert.equal(kms.config.lifetimes.unboundKey, option('lifetimes.unboundKey').default);
     } finally {
       await kms.close();
     }
-    await assert.rejects(startTestKms({ config: { lifetimes: { chanel: 600 } } }), (err: unknown) => err instanceof ConfigError && /unknown key lifetimes\.chanel/.test(err.message));
+    await assert.rejects(startDevKms({ config: { lifetimes: { chanel: 600 } } }), (err: unknown) => err instanceof ConfigError && /unknown key lifetimes\.chanel/.test(err.message));
   });
 });
 

@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { CompactEncrypt, CompactSign, decodeProtectedHeader, generateKeyPair, importJWK, type CryptoKey as JoseKey } from 'jose';
 import WebSocket from 'ws';
 import { generateEphemeralKeyPair, joseCodec, segmentCount } from '@openkms/protocol';
-import { startTestKms, type TestKms } from '../src/testing/harness.js';
+import { startDevKms, type DevKms } from '../src/testing/harness.js';
 import { assertHealthy, TestClient } from './support/client.js';
 import { seededRandom } from './support/random.js';
 
@@ -67,7 +67,7 @@ const RESET = [499] as const;
 const CORPUS_SIZE = 1200;
 const WS_SHARE = 150;
 
-let kms: TestKms;
+let kms: DevKms;
 let alice: TestClient;
 let staticKid = '';
 let staticRsa: JoseKey;
@@ -76,7 +76,7 @@ const tokens: Record<string, string> = {};
 const protoBefore = Object.getOwnPropertyNames(Object.prototype).sort();
 
 before(async () => {
-  kms = await startTestKms();
+  kms = await startDevKms();
   tokens.alice = await kms.token('alice@a.example');
   tokens.bob = await kms.token('bob@a.example');
   tokens.eve = await kms.token('eve@b.example');

@@ -9,7 +9,7 @@ import { request as httpRequest } from 'node:http';
 import { CompactEncrypt, CompactSign, decodeProtectedHeader, generateKeyPair, importJWK, type CryptoKey as JoseKey } from 'jose';
 import WebSocket from 'ws';
 import { deriveChannelKey, encryptStatic, generateEphemeralKeyPair, importEcPublicKey, joseCodec, segmentCount, type KmsResponse } from '@openkms/protocol';
-import { manualClock, startTestKms, type TestKms } from '../src/testing/harness.js';
+import { manualClock, startDevKms, type DevKms } from '../src/testing/harness.js';
 import { assertHealthy, postBatch, TestClient } from './support/client.js';
 
 const enc = new TextEncoder();
@@ -151,11 +151,11 @@ function postChunked(url: string, path: string, chunks: Buffer[]): Promise<{ sta
 
 // ---------------------------------------------------------------------------------------------
 
-let kms: TestKms;
+let kms: DevKms;
 let alice: TestClient;
 
 before(async () => {
-  kms = await startTestKms();
+  kms = await startDevKms();
   alice = await TestClient.connect(kms.url, await kms.token('alice@a.example'));
 });
 
@@ -213,7 +213,7 @@ describe('§4 kid unknown, of another authority, expired or deleted → reset 49
 
   test('kid expired (manual clock past the 1 h channel lifetime)', async () => {
     const clock = manualClock();
-    const timed = await startTestKms({ now: clock.now });
+    const timed = await startDevKms({ now: clock.now });
     try {
       const client = await TestClient.connect(timed.url, await timed.token('alice@a.example', { ttlSeconds: 3 * 3600 }));
       assert.equal((await client.request({ method: 'update', uri: '/ping' })).status, 200);
@@ -232,7 +232,7 @@ describe('§4 kid unknown, of another authority, expired or deleted → reset 49
   // channel expire, a wall clock stepping back (an NTP correction) must not revive it.
   test('an expired kid stays dead when the clock steps back a few seconds', async () => {
     const clock = manualClock();
-    const timed = await startTestKms({ now: clock.now });
+    const timed = await startDevKms({ now: clock.now });
     try {
       const client = await TestClient.connect(timed.url, await timed.token('alice@a.example', { ttlSeconds: 3 * 3600 }));
       clock.advance(3600 * 1000 + 1);

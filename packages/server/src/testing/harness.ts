@@ -129,13 +129,6 @@ export async function startDevKms(options: DevKmsOptions = {}): Promise<DevKms> 
   };
 }
 
-/** @deprecated The tests' earlier name of {@link startDevKms}. */
-export const startTestKms = startDevKms;
-/** @deprecated The tests' earlier name of {@link DevKms}. */
-export type TestKms = DevKms;
-/** @deprecated The tests' earlier name of {@link DevKmsOptions}. */
-export type TestKmsOptions = DevKmsOptions;
-
 /** A clock the test moves by hand. */
 export function manualClock(start = Date.now()): { now: () => number; advance(ms: number): void; set(ms: number): void } {
   let t = start;

@@ -8,6 +8,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { KmsError, Limits, encryptStatic, joseCodec } from '@openkms/protocol';
 import type { Channel } from '../../src/channels.js';
+import { newRecord } from '../../src/core/record.js';
 import { Opener, peerOwning, type ChannelLookup } from '../../src/core/open.js';
 import { AUTHORITY, PEER_AUTHORITY, channelOf, rejectsWith, staticKeyPair } from '../support/core.js';
 
@@ -33,7 +34,7 @@ const channel = channelOf('alice@a.example');
 lookup.channels.set(channel.id, channel);
 
 const underChannel = (plaintext: string, kid = channel.uri, key = channel.key.reveal(), cty?: string) => joseCodec.encryptChannel(enc.encode(plaintext), key, kid, cty);
-const reset = (message: unknown) => rejectsWith(opener.open(message as string), 'CHANNEL_RESET', 499);
+const reset = (message: unknown) => rejectsWith(opener.open(message as string, newRecord()), 'CHANNEL_RESET', 499);
 
 describe('the shape of a message', () => {
   test('anything but a compact JWE of 5 segments is a reset', async () => {
@@ -52,21 +53,21 @@ describe('the shape of a message', () => {
     await reset(valid + 'A'.repeat(Limits.maxMessageChars - valid.length + 1));
     assert.equal(lookup.asked.length, asked);
     // The same message within the limit opens.
-    assert.equal(dec.decode((await opener.open(valid)).plaintext), '{}');
+    assert.equal(dec.decode((await opener.open(valid, newRecord())).plaintext), '{}');
   });
 });
 
 describe('under a channel key', () => {
   test('opens with its channel, plaintext and cty', async () => {
-    const opened = await opener.open(await underChannel('{"a":1}'));
+    const opened = await opener.open(await underChannel('{"a":1}'), newRecord());
     assert.equal(opened.channel, channel);
     assert.equal(dec.decode(opened.plaintext), '{"a":1}');
     assert.equal(opened.cty, undefined);
-    assert.equal((await opener.open(await underChannel('x', channel.uri, undefined, 'JOSE'))).cty, 'JOSE');
+    assert.equal((await opener.open(await underChannel('x', channel.uri, undefined, 'JOSE'), newRecord())).cty, 'JOSE');
   });
 
   test('the kid may be relative: /ecdhe/<id> is this KMS\'s channel', async () => {
-    assert.equal((await opener.open(await underChannel('{}', `/ecdhe/${channel.id}`))).channel, channel);
+    assert.equal((await opener.open(await underChannel('{}', `/ecdhe/${channel.id}`), newRecord())).channel, channel);
   });
 
   test('an unknown channel is a reset', async () => {
@@ -103,7 +104,7 @@ describe('under a channel key', () => {
   test('a storage failure of the lookup propagates as it is: it is not a reset', async () => {
     const failing = new Lookup();
     failing.failure = new Error('database is locked');
-    const err = await new Opener(AUTHORITY, staticKey, failing, joseCodec).open(await underChannel('{}')).then(
+    const err = await new Opener(AUTHORITY, staticKey, failing, joseCodec).open(await underChannel('{}'), newRecord()).then(
       () => assert.fail('opened'),
       (e: unknown) => e,
     );
@@ -114,11 +115,11 @@ describe('under a channel key', () => {
 
 describe('under the static key', () => {
   test('opens with no channel, its plaintext and its cty', async () => {
-    const plain = await opener.open(await encryptStatic(enc.encode('{"h":1}'), staticKey.publicKey, staticKey.kid));
+    const plain = await opener.open(await encryptStatic(enc.encode('{"h":1}'), staticKey.publicKey, staticKey.kid), newRecord());
     assert.equal(plain.channel, undefined);
     assert.equal(dec.decode(plain.plaintext), '{"h":1}');
     assert.equal(plain.cty, undefined);
-    const nested = await opener.open(await encryptStatic(enc.encode('a.b.c'), staticKey.publicKey, staticKey.kid, 'JOSE'));
+    const nested = await opener.open(await encryptStatic(enc.encode('a.b.c'), staticKey.publicKey, staticKey.kid, 'JOSE'), newRecord());
     assert.equal(nested.cty, 'JOSE');
     assert.equal(dec.decode(nested.plaintext), 'a.b.c');
   });
@@ -138,5 +139,18 @@ describe('peerOwning', () => {
     assert.equal(peerOwning(channelOf(`kms://${PEER_AUTHORITY}`)), PEER_AUTHORITY);
     assert.equal(peerOwning(channelOf('alice@a.example')), undefined);
     assert.equal(peerOwning(channelOf(`kms://${AUTHORITY}/authorizations/${randomUUID()}`)), undefined);
+  });
+});
+
+describe('the record', () => {
+  test('a message naming the static key is recorded as a handshake, even when it does not open', async () => {
+    const record = newRecord();
+    const garbled = (await encryptStatic(enc.encode('{}'), staticKey.publicKey, staticKey.kid)).split('.');
+    garbled[4] = garbled[4]!.slice(0, -2) + (garbled[4]!.endsWith('AA') ? 'BB' : 'AA');
+    await rejectsWith(opener.open(garbled.join('.'), record), 'CHANNEL_RESET', 499);
+    assert.equal(record.op, 'createEphemeralKey');
+    const other = newRecord();
+    await opener.open(await underChannel('{}'), other);
+    assert.equal(other.op, 'reset', 'a channel message is not labelled a handshake');
   });
 });

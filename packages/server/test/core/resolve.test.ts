@@ -91,10 +91,19 @@ describe('which key an operation arrives under', () => {
 });
 
 describe('the authority', () => {
-  test('an authority that is neither this KMS nor a peer is a 404, by the URI or by resourceUri', async () => {
+  test('an authority in the URI that is neither this KMS nor a peer is a 404; in resourceUri it is the handler\'s to refuse', async () => {
     await refused(from(alice, requestOf('retrieve', keyAt('kms.z.example'))), 'NOT_FOUND', 404);
-    await refused(from(alice, requestOf('create', '/authorizations', { resourceUri: resourceAt('kms.z.example'), authIds: ['x@a.example'] })), 'NOT_FOUND', 404);
-    await refused(from(alice, requestOf('delete', '/authorizations', { resourceUri: resourceAt('kms.z.example'), authIds: ['x@a.example'] })), 'NOT_FOUND', 404);
+    // The local handler validates the request first (a malformed one is a 400 wherever it points), then answers 404.
+    for (const method of ['create', 'delete'] as const) {
+      const { resolved } = resolve(from(alice, requestOf(method, '/authorizations', { resourceUri: resourceAt('kms.z.example'), authIds: ['x@a.example'] })));
+      assert.deepEqual([resolved.dispatch, resolved.authority], ['local', AUTHORITY], method);
+    }
+  });
+
+  test('an anonymous bearer is refused at the gate whatever resourceUri names', async () => {
+    for (const authority of ['kms.z.example', PEER_AUTHORITY, AUTHORITY]) {
+      await refused(from(anonymous, requestOf('create', '/authorizations', { resourceUri: resourceAt(authority), authIds: ['x@a.example'] })), 'NOT_AUTHORIZED', 403);
+    }
   });
 
   test('a peer\'s object under a local-only operation is a 404', async () => {
@@ -144,11 +153,13 @@ describe('requests that came through a peer KMS', () => {
     }
   });
 
-  test('a peer never makes this KMS ask a third one: by the URI or by resourceUri, a 403', async () => {
+  test('a peer never makes this KMS ask a third one: by the URI a 403; by resourceUri this KMS\'s own handler answers (404)', async () => {
     for (const authority of [THIRD_AUTHORITY, PEER_AUTHORITY]) {
       await refused(from(bob, requestOf('retrieve', keyAt(authority)), true), 'NOT_AUTHORIZED', 403);
-      await refused(from(bob, requestOf('create', '/authorizations', { resourceUri: resourceAt(authority) }), true), 'NOT_AUTHORIZED', 403);
-      await refused(from(bob, requestOf('delete', '/authorizations', { resourceUri: resourceAt(authority) }), true), 'NOT_AUTHORIZED', 403);
+      for (const method of ['create', 'delete'] as const) {
+        const { resolved } = resolve(from(bob, requestOf(method, '/authorizations', { resourceUri: resourceAt(authority) }), true));
+        assert.deepEqual([resolved.dispatch, resolved.authority], ['answerPeer', AUTHORITY], `${method} ${authority}`);
+      }
     }
     // Asked by a local user, the same requests go to the peer.
     assert.equal(resolve(from(alice, requestOf('create', '/authorizations', { resourceUri: resourceAt(THIRD_AUTHORITY) }))).resolved.dispatch, 'askPeer');

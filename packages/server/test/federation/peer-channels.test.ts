@@ -28,15 +28,18 @@ function channels(timeoutMs = 60_000) {
     timeoutMs,
     now: () => NOW,
     audit: async (entry) => void audited.push(entry),
+    logger: { debug() {}, info() {}, error() {}, warn: (obj: object, msg?: string) => void logged.push(JSON.stringify({ ...obj, msg })) },
   });
   return { c, audited };
 }
 
+const logged: string[] = [];
 const { c } = channels();
 const CODES = Object.keys(ErrorCodes) as ErrorCode[];
 /** What the peer said of the user's own request: it reaches the user as it is (PROTOCOL.md §6). */
 const READ_VERDICTS: ErrorCode[] = ['NOT_AUTHORIZED', 'NOT_FOUND'];
-const FORWARD_VERDICTS: ErrorCode[] = ['INVALID_FIELD', 'PAYLOAD_INVALID', 'KEY_EXPIRED', 'CREDENTIAL_INVALID', 'NOT_AUTHORIZED', 'NOT_FOUND', 'KEY_ALREADY_BOUND', 'TOO_LARGE', 'RATE_LIMITED'];
+/** A forwarded change: the codes a KMS's 4xx answers arrive as, but a reset. */
+const FORWARD_VERDICTS: ErrorCode[] = ['INVALID_FIELD', 'CREDENTIAL_INVALID', 'NOT_AUTHORIZED', 'NOT_FOUND', 'KEY_ALREADY_BOUND', 'TOO_LARGE', 'RATE_LIMITED'];
 const TIMEOUTS: ErrorCode[] = ['KMS_TIMEOUT', 'PEER_TIMEOUT'];
 
 /** Asserts the user's error: its code, its status (the code's), and the peer named in the reason. */
@@ -58,12 +61,23 @@ describe('failure: a federated read', () => {
 
   test('every other refusal by the peer is the peer failing (502), the peer\'s error kept as cause', () => {
     for (const code of CODES.filter((c) => !READ_VERDICTS.includes(c) && !TIMEOUTS.includes(c))) {
-      const err = new KmsError(code, 'something');
+      const err = new KmsError(code, 'something at 10.0.0.7:8443');
       const got = c.failure(err, peer);
       expectFailure(got, 'PEER_FAILED', code);
       assert.equal(got.cause, err, code);
-      assert.match(got.reason, new RegExp(`${ErrorCodes[code].status} something$`), code);
+      // The user learns the kind of failure; the detail is the operator's, in the log.
+      assert.doesNotMatch(got.reason, /something|10\.0\.0\.7/, code);
+      assert.ok(logged.some((line) => line.includes('something at 10.0.0.7:8443') && line.includes(code)), `${code} logged for the operator`);
     }
+  });
+
+  test('what the user is told of the way to the peer: unreachable, a refused certificate or answer, a refused handshake', () => {
+    const said = (err: KmsError) => c.failure(err, peer).reason;
+    assert.equal(said(new KmsError('KMS_UNREACHABLE', 'KMS unreachable: POST https://10.0.0.7:8443/kms/messages: connect ECONNREFUSED')), `${WHO} failed: unreachable`);
+    assert.equal(said(new KmsError('CERTIFICATE_REFUSED', 'KMS certificate refused: expired')), `${WHO} failed: its certificate was refused`);
+    assert.equal(said(new KmsError('ANSWER_INVALID', 'not JSON at position 3')), `${WHO} failed: its answer was refused`);
+    assert.equal(said(new KmsError('NOT_AUTHORIZED', 'handshake refused: no', { handshake: true })), `${WHO} failed: 403 handshake refused`);
+    assert.equal(said(new KmsError('INTERNAL', 'internal error')), `${WHO} failed: 500 INTERNAL`);
   });
 });
 

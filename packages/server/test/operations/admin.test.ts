@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { KeyRep } from '@openkms/protocol';
 import type { TestClient } from '../support/client.js';
-import { manualClock, startTestKms, type TestKms } from '../../src/testing/harness.js';
+import { manualClock, startDevKms, type DevKms } from '../../src/testing/harness.js';
 import {
   bind,
   connect,
@@ -29,7 +29,7 @@ import {
 
 describe('admin: CMKs (Administrative API)', () => {
   const aclock = manualClock();
-  let admin: TestKms;
+  let admin: DevKms;
   let root: TestClient;
   let agent: TestClient;
   let user: TestClient;
@@ -43,7 +43,7 @@ describe('admin: CMKs (Administrative API)', () => {
   const globalActive = async () => (await listAll()).filter((c) => c.assignedOrgId === null && c.state === 'active');
 
   before(async () => {
-    admin = await startTestKms({ now: aclock.now });
+    admin = await startDevKms({ now: aclock.now });
     [root, agent, user] = await Promise.all([
       connect(admin, 'root@a.example', { roles: ['kmsAdmin'] }),
       connect(admin, 'agent@a.example', { roles: ['orgAgent'] }),

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { importJWK, jwtVerify } from 'jose';
 import type { AuthorizationRep, KeyRep, ResourceRep } from '@openkms/protocol';
 import { TestClient } from '../support/client.js';
-import { manualClock, type TestKms } from '../../src/testing/harness.js';
+import { manualClock, type DevKms } from '../../src/testing/harness.js';
 import {
   useMainKms,
   AUTHORITY,
@@ -33,7 +33,7 @@ import {
 } from '../support/operations.js';
 
 const clock = manualClock();
-let main: TestKms;
+let main: DevKms;
 let alice: TestClient;
 useMainKms(clock, (shared) => ({ main, alice } = shared));
 

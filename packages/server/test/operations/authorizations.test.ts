@@ -9,7 +9,7 @@ import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AuthorizationRep, KeyRep, ResourceRep } from '@openkms/protocol';
 import type { TestClient } from '../support/client.js';
-import { manualClock, type TestKms } from '../../src/testing/harness.js';
+import { manualClock, type DevKms } from '../../src/testing/harness.js';
 import {
   useMainKms,
   addAuthorizations,
@@ -30,7 +30,7 @@ import {
 } from '../support/operations.js';
 
 const clock = manualClock();
-let main: TestKms;
+let main: DevKms;
 let alice: TestClient;
 let bob: TestClient;
 let carol: TestClient;

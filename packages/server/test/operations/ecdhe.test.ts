@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { deriveChannelKey, generateEphemeralKeyPair, importEcPublicKey } from '@openkms/protocol';
 import { TestClient, postBatch } from '../support/client.js';
-import { manualClock, startTestKms, type TestKms } from '../../src/testing/harness.js';
+import { manualClock, startDevKms, type DevKms } from '../../src/testing/harness.js';
 import {
   useMainKms,
   AUTHORITY,
@@ -32,7 +32,7 @@ import {
 } from '../support/operations.js';
 
 const clock = manualClock();
-let main: TestKms;
+let main: DevKms;
 let alice: TestClient;
 let bob: TestClient;
 useMainKms(clock, (shared) => ({ main, alice, bob } = shared));
@@ -180,8 +180,8 @@ describe('ecdhe: create and delete ephemeral keys (draft 4.7.1–4.7.2, PROTOCOL
 describe('restart', () => {
   test('an existing client channel still works after the KMS restarts on the same database', async () => {
     const rclock = manualClock();
-    const first = await startTestKms({ now: rclock.now });
-    let second: TestKms | undefined;
+    const first = await startDevKms({ now: rclock.now });
+    let second: DevKms | undefined;
     try {
       const c = await connect(first, 'alice@a.example');
       const [key] = await newKeys(c);
@@ -190,7 +190,7 @@ describe('restart', () => {
       const [unbound] = await newKeys(c);
       await first.close();
 
-      second = await startTestKms({ now: rclock.now, dbPath: first.dbPath });
+      second = await startDevKms({ now: rclock.now, dbPath: first.dbPath });
       const at = async (body: Record<string, unknown>) =>
         (await c.decode((await postBatch(second!.url, [await c.seal({ requestId: randomUUID(), client: c.client(), ...body })]))[0]!)) as Answer;
       expectStatus(await at(ping), 200);

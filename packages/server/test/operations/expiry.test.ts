@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { importJWK, jwtVerify } from 'jose';
 import type { AuthorizationRep, ResourceRep } from '@openkms/protocol';
 import { TestClient } from '../support/client.js';
-import { manualClock, startTestKms, type TestKms } from '../../src/testing/harness.js';
+import { manualClock, startDevKms, type DevKms } from '../../src/testing/harness.js';
 import {
   addAuthorizations,
   bind,
@@ -37,10 +37,10 @@ import {
 
 describe('expiry (manual clock): tokens, channels, unbound keys, resource TTL', () => {
   const tclock = manualClock();
-  let timed: TestKms;
+  let timed: DevKms;
 
   before(async () => {
-    timed = await startTestKms({ now: tclock.now });
+    timed = await startDevKms({ now: tclock.now });
   });
 
   after(async () => {

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import type { KeyRep, ResourceRep } from '@openkms/protocol';
 import type { TestClient } from '../support/client.js';
-import { manualClock, type TestKms } from '../../src/testing/harness.js';
+import { manualClock, type DevKms } from '../../src/testing/harness.js';
 import {
   useMainKms,
   assertKeyRep,
@@ -35,7 +35,7 @@ import {
 } from '../support/operations.js';
 
 const clock = manualClock();
-let main: TestKms;
+let main: DevKms;
 let alice: TestClient;
 let bob: TestClient;
 let carol: TestClient;

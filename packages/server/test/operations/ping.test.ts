@@ -9,11 +9,11 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { TestClient, postBatch } from '../support/client.js';
-import { manualClock, type TestKms } from '../../src/testing/harness.js';
+import { manualClock, type DevKms } from '../../src/testing/harness.js';
 import { useMainKms, AUTHORITY, expectOk, expectStatus, ping, send, type Answer } from '../support/operations.js';
 
 const clock = manualClock();
-let main: TestKms;
+let main: DevKms;
 let alice: TestClient;
 useMainKms(clock, (shared) => ({ main, alice } = shared));
 

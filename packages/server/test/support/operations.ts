@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import type { KeyRep, ResourceRep } from '@openkms/protocol';
 import { TestClient } from './client.js';
-import { startTestKms, type manualClock, type TestKms } from '../../src/testing/harness.js';
+import { startDevKms, type manualClock, type DevKms } from '../../src/testing/harness.js';
 
 export const AUTHORITY = 'kms.a.example';
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
@@ -39,12 +39,12 @@ export async function expectOk(client: TestClient, body: Record<string, unknown>
   return answer;
 }
 
-export async function connect(kms: TestKms, user: string, opts: { roles?: string[]; clientId?: string; ttlSeconds?: number } = {}): Promise<TestClient> {
+export async function connect(kms: DevKms, user: string, opts: { roles?: string[]; clientId?: string; ttlSeconds?: number } = {}): Promise<TestClient> {
   return TestClient.connect(kms.url, await kms.token(user, { roles: opts.roles, ttlSeconds: opts.ttlSeconds }), opts.clientId);
 }
 
 /** A fresh token and a fresh channel for an existing client (same clientId), after moving a clock. */
-export async function refresh(kms: TestKms, client: TestClient, user: string): Promise<void> {
+export async function refresh(kms: DevKms, client: TestClient, user: string): Promise<void> {
   client.bearer = await kms.token(user);
   expectStatus((await client.handshake()) as Answer, 201, 'handshake');
 }
@@ -70,7 +70,7 @@ export const addAuthorizations = (client: TestClient, resourceUri: string, authI
   send(client, { method: 'create', uri: '/authorizations', resourceUri, authIds });
 
 /** Reads one number from the KMS's database through a second, read-only connection. */
-export function count(kms: TestKms, sql: string, ...args: unknown[]): number {
+export function count(kms: DevKms, sql: string, ...args: unknown[]): number {
   const db = new Database(kms.dbPath, { readonly: true, fileMustExist: true });
   try {
     return Number((db.prepare(sql).get(...args) as { n: number }).n);
@@ -97,7 +97,7 @@ export function assertKeyRep(key: KeyRep, user: string, clientId: string): void 
 
 /** The KMS a test file shares (its clock only moves by seconds) and four users connected to it. */
 export interface MainKms {
-  main: TestKms;
+  main: DevKms;
   alice: TestClient;
   bob: TestClient;
   carol: TestClient;
@@ -109,9 +109,9 @@ export interface MainKms {
  * gets the KMS and its users once they are up, so the tests can read them as plain variables.
  */
 export function useMainKms(clock: ReturnType<typeof manualClock>, receive: (shared: MainKms) => void): void {
-  let main: TestKms | undefined;
+  let main: DevKms | undefined;
   before(async () => {
-    main = await startTestKms({ now: clock.now });
+    main = await startDevKms({ now: clock.now });
     const [alice, bob, carol, dave] = await Promise.all([
       connect(main, 'alice@a.example'),
       connect(main, 'bob@a.example'),
