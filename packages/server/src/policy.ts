@@ -68,7 +68,7 @@ export function callerOf(principal: Principal, via?: PeerPrincipal): Caller | un
  */
 export function mayUseOperation(principal: Principal, op: OperationName, via?: PeerPrincipal): boolean {
   const caller = callerOf(principal, via);
-  const spec = operation(op);
+  const spec = operation(op); // undefined only for a name that bypassed the type (fail closed)
   return caller !== undefined && spec !== undefined && (spec.callers as readonly Caller[]).includes(caller);
 }
 

@@ -4,7 +4,7 @@
  * opened is answered by a reset, which tells the client to handshake again.
  */
 import type { KeyObject } from 'node:crypto';
-import { KmsError, Limits, STATIC_KEY_ALGS, parseKmsUri, peekHeader, segmentCount, type MessageCodec } from '@openkms/protocol';
+import { KmsError, Limits, STATIC_KEY_ALGS, isUuid, parseKmsUri, peekHeader, segmentCount, type MessageCodec } from '@openkms/protocol';
 import type { Channel } from '../channels.js';
 import type { RequestRecord } from './record.js';
 
@@ -47,7 +47,7 @@ export class Opener {
 
   private async openChannel(compact: string, kid: string): Promise<Opened> {
     const ref = parseKmsUri(kid);
-    const id = ref && (ref.authority === undefined || ref.authority === this.authority) && ref.segments.length === 2 && ref.segments[0] === 'ecdhe' ? ref.segments[1]! : undefined;
+    const id = ref && (ref.authority === undefined || ref.authority === this.authority) && ref.segments.length === 2 && ref.segments[0] === 'ecdhe' && isUuid(ref.segments[1]!) ? ref.segments[1]! : undefined;
     // A storage failure here is not a reset (clients would re-handshake in a loop): it propagates,
     // and the core answers it as an internal error.
     const channel = id === undefined ? undefined : await this.channels.get(id);

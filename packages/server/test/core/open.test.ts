@@ -76,13 +76,14 @@ describe('under a channel key', () => {
     assert.equal(lookup.asked.at(-1), id, 'the lookup was asked for it');
   });
 
-  test('a kid of another authority, or not naming a channel, is a reset without asking storage', async () => {
+  test('a kid of another authority, or not naming a channel by its UUID, is a reset without asking storage', async () => {
     const asked = lookup.asked.length;
     for (const kid of [
       `kms://${PEER_AUTHORITY}/ecdhe/${channel.id}`,
       `kms://${AUTHORITY}/keys/${channel.id}`,
       `kms://${AUTHORITY}/ecdhe/${channel.id}/more`,
       `kms://${AUTHORITY}/ecdhe`,
+      `kms://${AUTHORITY}/ecdhe/not-a-uuid`,
       channel.id,
       'not a uri',
     ]) {
