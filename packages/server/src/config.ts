@@ -39,7 +39,7 @@ export const configSchema = z.strictObject({
   listen: z
     .strictObject({ host: z.string().min(1).default(defaultOf('listen.host')), port: z.number().int().min(0).max(65535).default(defaultOf('listen.port')) })
     .prefault({}),
-  storage: z.strictObject({ url: z.string().min(1).default(defaultOf('storage.url')) }).prefault({}),
+  storage: z.strictObject({ url: z.string().min(1).default(defaultOf('storage.url')), timeoutSeconds: z.number().positive().max(60).default(defaultOf('storage.timeoutSeconds')) }).prefault({}),
   staticKey: z.strictObject({ key: z.string(), cert: z.string() }),
   ca: z.strictObject({ cert: z.string(), key: z.string().optional() }).optional(),
   rootKey: z.strictObject({ file: z.string().optional() }).prefault({}),

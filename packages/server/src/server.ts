@@ -35,6 +35,7 @@ import { createLogger, silentLogger, type Logger } from './logger.js';
 import type { Deps } from './operations/context.js';
 import { handlers } from './core/handlers.js';
 import { RateLimiter } from './rate-limit.js';
+import { withDeadline } from './store/deadline.js';
 import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
@@ -148,21 +149,24 @@ function read(config: KmsConfig, path: string, what: string): string {
 /**
  * Opens the storage a URL names: `sqlite:PATH` (relative to baseDir) or `postgres://…` /
  * `postgresql://…` (connects and migrates; a `schema=NAME` query parameter keeps the tables in that
- * schema). Any failure is a ConfigError of one line, never a stack trace.
+ * schema). Any failure is a ConfigError of one line, never a stack trace. `timeoutMs`, for a
+ * serving KMS (storage.timeoutSeconds): SQLite waits at most that long for another process's lock,
+ * PostgreSQL connections and statements give up after it; the deadline itself is withDeadline's.
  */
-export async function openStore(url: string, baseDir: string): Promise<Store> {
+export async function openStore(url: string, baseDir: string, options: { timeoutMs?: number } = {}): Promise<Store> {
+  const { timeoutMs } = options;
   if (url.startsWith('sqlite:')) {
     const path = url.slice('sqlite:'.length);
     if (!path) throw new ConfigError('storage url sqlite: needs a path, e.g. sqlite:kms.db');
     try {
-      return new SqliteStore(path === ':memory:' || isAbsolute(path) ? path : resolve(baseDir, path));
+      return new SqliteStore(path === ':memory:' || isAbsolute(path) ? path : resolve(baseDir, path), { busyTimeoutMs: timeoutMs });
     } catch (err) {
       throw new ConfigError(`cannot open SQLite database ${path}: ${(err as Error).message}`);
     }
   }
   if (url.startsWith('postgres://') || url.startsWith('postgresql://')) {
     try {
-      return await PostgresStore.open(url);
+      return await PostgresStore.open(url, { connectionTimeoutMillis: timeoutMs, statementTimeoutMillis: timeoutMs });
     } catch (err) {
       throw new ConfigError(postgresProblem(url, err));
     }
@@ -246,10 +250,15 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
       onProviderError: (detail) => logger.warn({ detail }, 'identity provider problem'),
     },
   );
-  const store = await openStore(options.db ?? config.storage.url, config.baseDir).catch((err: unknown) => {
-    verifier.close?.();
-    throw err;
-  });
+  const timeoutMs = config.storage.timeoutSeconds * 1000;
+  // Every storage call of the running KMS has a deadline: storage that is down or stuck is a 503.
+  const store = withDeadline(
+    await openStore(options.db ?? config.storage.url, config.baseDir, { timeoutMs }).catch((err: unknown) => {
+      verifier.close?.();
+      throw err;
+    }),
+    timeoutMs,
+  );
   let kms: Kms;
   try {
     kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec });

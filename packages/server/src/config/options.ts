@@ -60,6 +60,13 @@ export const OPTIONS = {
       'Where keys, resources, authorizations and the audit log are kept: `sqlite:PATH` (relative to kms.json) or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME]`, migrated on start (`kms serve --db`, `KMS_DB`).',
     recommendation: 'PostgreSQL when several nodes share one KMS; SQLite for one node.',
   },
+  'storage.timeoutSeconds': {
+    default: 2,
+    unit: 'seconds',
+    meaning:
+      'The deadline of every storage call (and, on SQLite, how long a write waits for a lock held by another process): storage that fails to connect, drops the connection or does not answer within it makes the request a 503 (retry later), never a 500 or a hang; `/readyz` then says 503. A write that timed out may still commit afterwards.',
+    recommendation: 'Keep it well under the client timeout (the SDK waits 30 s) and above the slowest normal write of your storage; raise it on slow disks or a distant database.',
+  },
   'staticKey.key': {
     required: true,
     unit: 'file',

@@ -6,7 +6,7 @@
  */
 import { randomUUID, type KeyObject } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { Status, type KmsResponse, type MessageCodec, type OperationName } from '@openkms/protocol';
+import { KmsError, Status, type KmsResponse, type MessageCodec, type OperationName } from '@openkms/protocol';
 import type { AuditEntry } from '../audit/audit.js';
 import type { Channel } from '../channels.js';
 import { describeError, type Logger } from '../logger.js';
@@ -29,6 +29,8 @@ const encoder = new TextEncoder();
 export class Answerer {
   /** Told of every answered request (metrics). */
   onRequest: ((event: RequestEvent) => void) | undefined;
+  /** Why the last audit write failed; undefined once one succeeds again (readiness). */
+  auditFailure: unknown;
 
   constructor(
     private readonly audit: { record(entry: AuditEntry): Promise<void> },
@@ -52,10 +54,15 @@ export class Answerer {
         peer: record.peer,
         requestId: requestId === undefined ? null : String(requestId),
       });
+      this.auditFailure = undefined;
     } catch (err) {
       // An answer that could not be audited is not given: the client gets a 500 and nothing else.
       this.logger.error({ err: describeError(err) }, 'audit log write failed');
-      out = { status: Status.INTERNAL, reason: 'internal error', requestId };
+      // Storage down or too slow is the 503 of any storage failure instead: the client retries later.
+      out = err instanceof KmsError && err.code === 'STORAGE_UNAVAILABLE'
+        ? { status: err.status, reason: err.reason, requestId }
+        : { status: Status.INTERNAL, reason: 'internal error', requestId };
+      this.auditFailure = err;
     }
     this.onRequest?.({ op: record.op, status: out.status, seconds: (performance.now() - startedAt) / 1000 });
     this.logger.debug({ op: record.op, status: out.status, requestId: out.requestId }, 'request');

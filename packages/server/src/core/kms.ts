@@ -7,7 +7,7 @@
  * one place, and every request is audited before it is answered.
  */
 import { performance } from 'node:perf_hooks';
-import { KmsError, Status, type KmsResponse } from '@openkms/protocol';
+import { hasCode, KmsError, Status, type KmsResponse } from '@openkms/protocol';
 import type { Channels } from '../channels.js';
 import { describeError, type Logger } from '../logger.js';
 import type { ChangeNotifier } from '../operations/context.js';
@@ -75,14 +75,26 @@ export class Kms {
     return { kmsCluster: `kms://${this.authority}`, rsaPublicKey: { kty, kid, n, e, x5c }, domains: [...this.parts.domains] };
   }
 
-  /** Whether this node can serve now: its storage answers. */
+  /**
+   * Whether this node can serve now: its storage answers (within the storage deadline: the store
+   * is wrapped by store/deadline.ts) and it can write its audit log, without which it answers
+   * nothing. After an audit write failed, the node stays unready until one succeeds again, except
+   * when storage was merely unavailable: then storage answering again clears it, because a load
+   * balancer that stopped sending requests to an unready node would otherwise never let one through.
+   */
   async ready(): Promise<boolean> {
+    const { answerer, store } = this.parts;
+    const auditFailure = answerer.auditFailure;
     try {
-      await this.parts.store.ping();
-      return true;
+      await store.ping();
     } catch {
       return false;
     }
+    if (auditFailure === undefined) return true;
+    if (!hasCode(auditFailure, 'STORAGE_UNAVAILABLE')) return false;
+    // Only the failure seen before this ping: a newer one stands until the next probe.
+    if (answerer.auditFailure === auditFailure) answerer.auditFailure = undefined;
+    return true;
   }
 
   async handle(compact: string): Promise<string> {
@@ -105,7 +117,11 @@ export class Kms {
   }
 
   private failure(err: unknown): KmsResponse {
-    if (err instanceof KmsError) return { status: err.status, reason: err.reason };
+    if (err instanceof KmsError) {
+      // The operator needs to know why storage failed; the client only that it should retry.
+      if (err.code === 'STORAGE_UNAVAILABLE') this.parts.logger.warn({ err: describeError(err.cause) }, 'storage unavailable');
+      return { status: err.status, reason: err.reason };
+    }
     this.parts.logger.error({ err: describeError(err) }, 'internal error');
     return { status: Status.INTERNAL, reason: 'internal error' };
   }

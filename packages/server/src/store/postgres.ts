@@ -42,6 +42,13 @@ export interface PostgresOptions {
   schema?: string;
   /** Give up connecting after this long (default 10 s). */
   connectionTimeoutMillis?: number;
+  /**
+   * Once open, the longest a statement may take: pg gives up waiting for the answer (so a query
+   * still queued on a connection is never sent late) and PostgreSQL cancels a statement that runs
+   * or waits for a lock longer (57014, so a slow write is rolled back rather than committed after
+   * the caller gave up). Default: none. Migrations are not bound by it.
+   */
+  statementTimeoutMillis?: number;
   /** Pool size (default 10). */
   max?: number;
 }
@@ -122,23 +129,46 @@ export class PostgresStore implements Store {
   static async open(url: string, options: PostgresOptions = {}): Promise<PostgresStore> {
     const { connectionString, schema } = postgresConnection(url, options.schema);
     const timeoutMs = options.connectionTimeoutMillis ?? 10_000;
-    const pool = new pg.Pool({ connectionString, connectionTimeoutMillis: timeoutMs, max: options.max ?? 10 });
-    // An idle connection dropped by the server must not crash the process: the next query on a
-    // fresh connection reports (and ping() makes readiness fail) if the server is really gone.
-    pool.on('error', () => {});
-    const store = new PostgresStore(pool, schema);
+    // Migrations run on a pool of their own, without the statement timeout: a migration may
+    // rightly take longer than any request should.
+    const migrating = PostgresStore.pool({ connectionString, connectionTimeoutMillis: timeoutMs, max: 1 });
     const started = Date.now();
     try {
-      await store.migrate();
+      await new PostgresStore(migrating, schema).migrate();
     } catch (err) {
-      await pool.end().catch(() => {});
       // pg reports its own connect timeout as "Connection terminated unexpectedly": say what it was.
       if (Date.now() - started >= timeoutMs && /Connection terminated/i.test((err as Error).message ?? '')) {
         throw Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' });
       }
       throw err;
+    } finally {
+      await migrating.end().catch(() => {});
     }
-    return store;
+    const statementMs = options.statementTimeoutMillis;
+    const serving = PostgresStore.pool({
+      connectionString,
+      connectionTimeoutMillis: timeoutMs,
+      max: options.max ?? 10,
+      ...(statementMs === undefined ? {} : { query_timeout: statementMs, statement_timeout: statementMs }),
+    });
+    return new PostgresStore(serving, schema);
+  }
+
+  /**
+   * A pool that survives the database going away and serves again when it returns, without a
+   * restart: a connection that failed is never handed out again (pg-pool drops a client released
+   * with an error, or that errs while idle), and the next checkout opens a fresh one. TCP
+   * keepalive finds a connection whose peer vanished without a FIN (a host or network gone).
+   */
+  private static pool(config: pg.PoolConfig): pg.Pool {
+    const pool = new pg.Pool({ ...config, keepAlive: true, keepAliveInitialDelayMillis: 10_000 });
+    // An idle connection dropped by the server must not crash the process: the next query on a
+    // fresh connection reports (and ping() makes readiness fail) if the server is really gone.
+    pool.on('error', () => {});
+    // Nor one that errs while checked out between two queries (pg emits that on the client; the
+    // query in progress, if any, gets the error itself and its caller releases the client with it).
+    pool.on('connect', (client) => client.on('error', () => {}));
+    return pool;
   }
 
   private async migrate(): Promise<void> {

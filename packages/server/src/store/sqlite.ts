@@ -28,7 +28,12 @@ export class SqliteStore implements Store {
     })();
   });
 
-  constructor(path: string) {
+  /**
+   * `busyTimeoutMs`: how long a write waits for a lock another process holds (default 5 s). The
+   * wait blocks the event loop (better-sqlite3 is synchronous), so a server sets it to its storage
+   * deadline: a locked file is then a 503 within that deadline, not later (store/deadline.ts).
+   */
+  constructor(path: string, options: { busyTimeoutMs?: number } = {}) {
     this.db = new Database(path);
     // Owner-only, like the other secrets of a KMS folder; SQLite gives its -wal/-shm files the same mode.
     if (path !== ':memory:') chmodSync(path, 0o600);
@@ -36,7 +41,7 @@ export class SqliteStore implements Store {
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('secure_delete = ON');
-    this.db.pragma('busy_timeout = 5000');
+    this.db.pragma(`busy_timeout = ${Math.round(options.busyTimeoutMs ?? 5000)}`);
     this.migrate();
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {

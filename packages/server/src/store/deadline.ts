@@ -1,0 +1,122 @@
+/**
+ * A deadline on every storage call (OPERATING.md, "Failures an operator sees"): storage that is
+ * unreachable or too slow makes the request a 503 STORAGE_UNAVAILABLE (retry later), never a 500
+ * and never a hang. `withDeadline(store, ms)` wraps either backend; each method call races the
+ * deadline, and what it throws is classified:
+ *
+ * - the deadline passed, or the failure is about reaching storage (a refused or dropped connection,
+ *   PostgreSQL shutting down or not accepting connections yet, a locked, read-only, full or failing
+ *   SQLite file) → `KmsError('STORAGE_UNAVAILABLE')`, the original kept as `cause`;
+ * - anything else (a constraint the code violated, a TypeError, a RangeError of the rules) is a bug
+ *   or a refusal of the caller's input and passes through unchanged (→ 500, or what it means).
+ *
+ * A call that loses the race is not cancelled: JavaScript cannot stop it. A read's late answer is
+ * dropped; a write may still commit after the client was told 503 (docs/decisions.md, "A storage
+ * deadline"). better-sqlite3 is synchronous, so its calls cannot be raced: SQLite's own
+ * busy_timeout (set to the same deadline when the store is opened) bounds its waits instead.
+ */
+import { KmsError } from '@openkms/protocol';
+import type { Store } from './store.js';
+
+/** Socket-level failures: storage cannot be reached, or the connection to it was lost. */
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+
+/**
+ * PostgreSQL SQLSTATEs that say the database is not available, as opposed to refusing the query:
+ * whole classes 08 (connection exception) and 53 (insufficient resources: disk full, out of memory,
+ * too many connections), and single codes of class 57 (operator intervention) and 55.
+ */
+const PG_UNAVAILABLE_CLASSES = ['08', '53'];
+const PG_UNAVAILABLE_CODES = new Set([
+  '57P01', // admin_shutdown: the server is stopping (or a backend was terminated)
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now: starting up, or in recovery
+  '57P05', // idle_session_timeout
+  '57014', // query_canceled: statement_timeout passed (too slow)
+  '55P03', // lock_not_available: lock_timeout passed (too slow)
+  '25P03', // idle_in_transaction_session_timeout
+]);
+
+/**
+ * SQLite result codes (better-sqlite3 puts the extended name in `code`, e.g. SQLITE_IOERR_WRITE):
+ * the file is locked by another process, cannot be written, is full or fails to read or write.
+ */
+const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PROTOCOL)(_|$)/;
+
+/**
+ * What pg and pg-pool say when a connection is lost or cannot be had in time; they carry no code.
+ * "Connection terminated" covers both "… unexpectedly" and "… due to connection timeout".
+ */
+const PG_CONNECTION_MESSAGES = /Connection terminated|timeout exceeded when trying to connect|Query read timeout|not queryable|connection is closed/i;
+
+/** Whether `err` says storage is unreachable, lost or too slow, rather than refusing a query. */
+export function isStorageUnavailable(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  if (err instanceof StorageTimeout) return true;
+  // Node reports a refused dual-stack connect as an AggregateError of one error per address.
+  if (err instanceof AggregateError) return err.errors.some(isStorageUnavailable);
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string') {
+    if (NETWORK_CODES.has(code) || SQLITE_UNAVAILABLE.test(code) || PG_UNAVAILABLE_CODES.has(code)) return true;
+    if (/^[0-9A-Z]{5}$/.test(code) && PG_UNAVAILABLE_CLASSES.includes(code.slice(0, 2))) return true;
+  }
+  return err instanceof Error && code === undefined && PG_CONNECTION_MESSAGES.test(err.message);
+}
+
+/** A storage call that did not settle within its deadline. */
+export class StorageTimeout extends Error {
+  constructor(
+    readonly method: string,
+    readonly ms: number,
+  ) {
+    super(`storage call ${method} did not answer within ${ms} ms`);
+    this.name = 'StorageTimeout';
+  }
+}
+
+/** The error a request fails with when storage is unavailable; `cause` says why, for the log. */
+export function storageUnavailable(cause: unknown): KmsError {
+  return new KmsError('STORAGE_UNAVAILABLE', 'storage unavailable: retry later', { cause });
+}
+
+/** Rejects with StorageTimeout when `work` has not settled within `ms`; classifies its failure. */
+export async function withinDeadline<T>(method: string, ms: number, work: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new StorageTimeout(method, ms)), ms);
+  });
+  try {
+    // `work()` inside the race: a method that throws synchronously is classified like one that rejects.
+    return await Promise.race([Promise.resolve().then(work), deadline]);
+  } catch (err) {
+    throw isStorageUnavailable(err) ? storageUnavailable(err) : err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * `store` with a deadline of `ms` on every method but close(): closing flushes writes already
+ * accepted, and shutdown (kms serve) bounds how long it waits for that itself.
+ */
+export function withDeadline(store: Store, ms: number): Store {
+  if (!(Number.isFinite(ms) && ms > 0)) throw new RangeError(`a storage deadline must be a positive number of milliseconds, got ${ms}`);
+  return new Proxy(store, {
+    get(target, property, receiver) {
+      const value: unknown = Reflect.get(target, property, receiver);
+      if (typeof value !== 'function' || property === 'close' || typeof property !== 'string') return value;
+      return (...args: unknown[]) => withinDeadline(property, ms, () => (value as (...a: unknown[]) => Promise<unknown>).apply(target, args));
+    },
+  });
+}
