@@ -69,6 +69,25 @@ export class Answerer {
     return this.seal(encoder.encode(JSON.stringify(out)), out.status, to);
   }
 
+  /**
+   * Whether the audit log can be written (readiness): yes until a write fails, then no until one
+   * succeeds. Only a write tells, and a node that is unready gets no requests from its load
+   * balancer, so while it is failing each readiness probe writes a record of its own (method
+   * `ready`, uri `/readyz`, no principal): the node turns ready by itself once storage takes
+   * writes again, and a healthy node's probes write nothing.
+   */
+  async auditWritable(): Promise<boolean> {
+    if (this.auditFailure === undefined) return true;
+    try {
+      await this.audit.record({ time: this.now(), principal: null, clientId: null, method: 'ready', uri: '/readyz', status: 200, peer: null, requestId: null });
+      this.auditFailure = undefined;
+      return true;
+    } catch (err) {
+      this.auditFailure = err;
+      return false;
+    }
+  }
+
   private async seal(payload: Uint8Array, status: number, to: Destination): Promise<string> {
     const { privateKey, kid } = this.staticKey;
     // A reset says the channel is unusable, so it cannot travel under it.

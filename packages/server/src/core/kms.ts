@@ -7,7 +7,7 @@
  * one place, and every request is audited before it is answered.
  */
 import { performance } from 'node:perf_hooks';
-import { hasCode, KmsError, Status, type KmsResponse } from '@openkms/protocol';
+import { KmsError, Status, type KmsResponse } from '@openkms/protocol';
 import type { Channels } from '../channels.js';
 import { describeError, type Logger } from '../logger.js';
 import type { ChangeNotifier } from '../operations/context.js';
@@ -78,23 +78,15 @@ export class Kms {
   /**
    * Whether this node can serve now: its storage answers (within the storage deadline: the store
    * is wrapped by store/deadline.ts) and it can write its audit log, without which it answers
-   * nothing. After an audit write failed, the node stays unready until one succeeds again, except
-   * when storage was merely unavailable: then storage answering again clears it, because a load
-   * balancer that stopped sending requests to an unready node would otherwise never let one through.
+   * nothing (answer.ts auditWritable).
    */
   async ready(): Promise<boolean> {
-    const { answerer, store } = this.parts;
-    const auditFailure = answerer.auditFailure;
     try {
-      await store.ping();
+      await this.parts.store.ping();
     } catch {
       return false;
     }
-    if (auditFailure === undefined) return true;
-    if (!hasCode(auditFailure, 'STORAGE_UNAVAILABLE')) return false;
-    // Only the failure seen before this ping: a newer one stands until the next probe.
-    if (answerer.auditFailure === auditFailure) answerer.auditFailure = undefined;
-    return true;
+    return this.parts.answerer.auditWritable();
   }
 
   async handle(compact: string): Promise<string> {

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { joseCodec, peekHeader, segmentCount, verifyStatic, type KmsResponse } from '@openkms/protocol';
+import { joseCodec, KmsError, peekHeader, segmentCount, verifyStatic, type KmsResponse } from '@openkms/protocol';
 import type { AuditEntry } from '../../src/audit/audit.js';
 import type { Channel } from '../../src/channels.js';
 import { Answerer, type Destination, type RequestEvent } from '../../src/core/answer.js';
@@ -184,5 +184,60 @@ describe('the audit', () => {
     audit.failing = true;
     const sealed = await a.answer({ status: 200, resource: { uri: 'x' } }, recordOf(), toPeer(channel), 0);
     assert.deepEqual(await signedPayload(await channelPayload(sealed, channel, 'JOSE')), { status: 500, reason: 'internal error', requestId: 'r-1' });
+  });
+});
+
+describe('storage unavailable for the audit', () => {
+  const unavailable = () => new KmsError('STORAGE_UNAVAILABLE', 'storage unavailable: retry later', { cause: new Error('Connection terminated unexpectedly') });
+
+  /** An audit log in memory that fails with a given error while `failure` is set. */
+  class FailingAudit {
+    readonly entries: AuditEntry[] = [];
+    failure: unknown;
+    async record(entry: AuditEntry): Promise<void> {
+      if (this.failure !== undefined) throw this.failure;
+      this.entries.push(entry);
+    }
+  }
+  const setup = () => {
+    const audit = new FailingAudit();
+    return { audit, a: new Answerer(audit, joseCodec, staticKey, new Logs(), () => NOW) };
+  };
+
+  test('an audit write that failed because storage is unavailable is a 503 with its reason; any other failure stays a bare 500', async () => {
+    const channel = channelOf('alice@a.example');
+    const { a, audit } = setup();
+    audit.failure = unavailable();
+    const payload = await channelPayload(await a.answer({ status: 200, key }, recordOf(), toUser(channel), 0), channel);
+    assert.deepEqual(JSON.parse(payload), { status: 503, reason: 'storage unavailable: retry later', requestId: 'r-1' });
+    assert.ok(!payload.includes(key.jwk.k));
+    audit.failure = new TypeError('a bug');
+    assert.deepEqual(JSON.parse(await channelPayload(await a.answer({ status: 200, key }, recordOf(), toUser(channel), 0), channel)), {
+      status: 500,
+      reason: 'internal error',
+      requestId: 'r-1',
+    });
+  });
+
+  test('the audit log is writable until a write fails; then each probe writes a record of its own until one succeeds', async () => {
+    const { a, audit } = setup();
+    assert.equal(await a.auditWritable(), true);
+    assert.equal(audit.entries.length, 0, 'a healthy node\'s probe writes nothing');
+    audit.failure = unavailable();
+    await a.answer({ status: 200, key }, recordOf(), nowhere, 0);
+    assert.equal(await a.auditWritable(), false);
+    assert.equal(await a.auditWritable(), false, 'still failing');
+    audit.failure = undefined;
+    assert.equal(await a.auditWritable(), true, 'writable again, without a request');
+    assert.deepEqual(audit.entries, [{ time: NOW, principal: null, clientId: null, method: 'ready', uri: '/readyz', status: 200, peer: null, requestId: null }]);
+    assert.equal(await a.auditWritable(), true);
+    assert.equal(audit.entries.length, 1, 'and stops probing once it succeeded');
+    // A request's successful write clears a failure too.
+    audit.failure = new Error('disk full');
+    await a.answer({ status: 200, key }, recordOf(), nowhere, 0);
+    audit.failure = undefined;
+    await a.answer({ status: 200, key }, recordOf(), nowhere, 0);
+    assert.equal(await a.auditWritable(), true);
+    assert.equal(audit.entries.length, 2);
   });
 });

@@ -1,0 +1,169 @@
+/**
+ * The storage deadline (src/store/deadline.ts): a store call that hangs, or that fails because
+ * storage cannot be reached, becomes STORAGE_UNAVAILABLE (a 503) with the original as `cause`;
+ * anything else passes through unchanged, and so do results: the whole Store contract runs on a
+ * wrapped SQLite store. The failures are real ones where they can be had in-process (a refused
+ * socket, a file locked by another connection); PostgreSQL's own are in test/failures.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { chmodSync, mkdtempSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
+import { KmsError } from '@openkms/protocol';
+import type { KeyRow } from '../../src/model.js';
+import { isStorageUnavailable, StorageTimeout, withDeadline } from '../../src/store/deadline.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+import { rejectsWith } from '../support/core.js';
+import { storeContract } from './contract.js';
+
+const dbPath = () => join(mkdtempSync(join(tmpdir(), 'kms-deadline-')), 'kms.db');
+
+storeContract('sqlite behind a storage deadline', async () => withDeadline(new SqliteStore(dbPath()), 2000));
+
+const keyRow = (cmkId: string): KeyRow => ({
+  id: randomUUID(),
+  userId: 'alice@a.example',
+  clientId: 'c1',
+  createdAt: 1_800_000_000_000,
+  expiresAt: 1_800_000_000_000 + 3600_000,
+  resourceId: null,
+  bindDate: null,
+  bindSeq: null,
+  cmkId,
+  sealed: new Uint8Array([9]),
+});
+
+/** A real connection error: what connecting to a port nobody listens on fails with. */
+async function refusedConnection(): Promise<Error> {
+  const server = createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  const socket = connect(port, '127.0.0.1');
+  const [err] = (await once(socket, 'error').catch((e: unknown) => [e])) as [Error];
+  return err;
+}
+
+describe('a storage deadline', () => {
+  const stores: SqliteStore[] = [];
+  const open = (path = dbPath(), busyTimeoutMs?: number) => {
+    const s = new SqliteStore(path, { busyTimeoutMs });
+    stores.push(s);
+    return s;
+  };
+  after(() => Promise.all(stores.map((s) => s.close())));
+
+  test('a call that hangs is STORAGE_UNAVAILABLE once the deadline passes, naming the method in its cause', async () => {
+    const real = open();
+    const hanging = Object.assign(Object.create(real) as SqliteStore, { getKey: () => new Promise(() => {}) });
+    const started = performance.now();
+    const err = await rejectsWith(withDeadline(hanging, 100).getKey('k'), 'STORAGE_UNAVAILABLE', 503, /^storage unavailable: retry later$/);
+    const waited = performance.now() - started;
+    assert.ok(err.cause instanceof StorageTimeout);
+    assert.equal(err.cause.method, 'getKey');
+    assert.match(err.cause.message, /getKey did not answer within 100 ms/);
+    // A hang guard, not a speed claim: it did not wait for the call, which never ends.
+    assert.ok(waited >= 90 && waited < 5000, `answered after ${waited} ms`);
+  });
+
+  test('a connection error is STORAGE_UNAVAILABLE with the error itself as cause', async () => {
+    const refused = await refusedConnection();
+    assert.equal((refused as NodeJS.ErrnoException).code, 'ECONNREFUSED');
+    const failing = Object.assign(Object.create(open()) as SqliteStore, { ping: () => Promise.reject(refused) });
+    const err = await rejectsWith(withDeadline(failing, 1000).ping(), 'STORAGE_UNAVAILABLE', 503);
+    assert.equal(err.cause, refused);
+  });
+
+  test('a file another connection holds locked is STORAGE_UNAVAILABLE (SQLITE_BUSY) within the busy timeout', async () => {
+    const path = dbPath();
+    const store = open(path, 100);
+    const cmkId = randomUUID();
+    await store.insertCmk({ id: cmkId, state: 'active', assignedOrgId: null, createdAt: 0, sealed: new Uint8Array([1]) });
+    const other = new Database(path);
+    other.exec('BEGIN EXCLUSIVE');
+    try {
+      const wrapped = withDeadline(store, 2000);
+      const err = await rejectsWith(wrapped.insertKeys([keyRow(cmkId)]), 'STORAGE_UNAVAILABLE', 503);
+      assert.match(String((err.cause as { code?: string }).code), /^SQLITE_BUSY/);
+      // Reads go on: WAL lets readers past a writer.
+      assert.equal((await wrapped.listCmks()).length, 1);
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
+    }
+    // And once the lock is gone, the same store writes again.
+    await withDeadline(store, 2000).insertKeys([keyRow(cmkId)]);
+  });
+
+  test('a file made read-only is STORAGE_UNAVAILABLE (SQLITE_READONLY) on write', { skip: process.getuid?.() === 0 ? 'root writes read-only files' : false }, async () => {
+    const path = dbPath();
+    const setup = new SqliteStore(path);
+    await setup.close();
+    chmodSync(path, 0o400);
+    const store = open(path);
+    const err = await rejectsWith(withDeadline(store, 2000).insertCmk({ id: randomUUID(), state: 'inactive', assignedOrgId: null, createdAt: 0, sealed: new Uint8Array([1]) }), 'STORAGE_UNAVAILABLE', 503);
+    assert.match(String((err.cause as { code?: string }).code), /^SQLITE_READONLY/);
+  });
+
+  test('a programming error passes through unchanged: a TypeError, a RangeError of the rules, a constraint', async () => {
+    const bug = new TypeError("Cannot read properties of undefined (reading 'id')");
+    const buggy = Object.assign(Object.create(open()) as SqliteStore, { getKey: () => Promise.reject(bug) });
+    await assert.rejects(withDeadline(buggy, 1000).getKey('k'), (err) => err === bug);
+    // A method that throws before returning a promise is classified the same way.
+    const thrower = Object.assign(Object.create(open()) as SqliteStore, {
+      getKey: () => {
+        throw bug;
+      },
+    });
+    await assert.rejects(withDeadline(thrower, 1000).getKey('k'), (err) => err === bug);
+
+    const store = withDeadline(open(), 1000);
+    await assert.rejects(store.readAudit(-1, 10), (err) => err instanceof RangeError);
+    // A foreign key the caller got wrong (no such CMK) is the caller's bug: not a 503.
+    await assert.rejects(store.insertKeys([keyRow(randomUUID())]), (err) => !(err instanceof KmsError) && /FOREIGN KEY/i.test((err as Error).message));
+  });
+
+  test('results and the store\'s own members pass through; close() has no deadline', async () => {
+    const real = open();
+    const wrapped = withDeadline(real, 1000);
+    assert.equal(wrapped.kind, 'sqlite');
+    const cmk = { id: randomUUID(), state: 'active' as const, assignedOrgId: 'org', createdAt: 5, sealed: new Uint8Array([7, 8]) };
+    await wrapped.insertCmk(cmk);
+    assert.deepEqual(await wrapped.getCmk(cmk.id), await real.getCmk(cmk.id));
+    assert.equal(await wrapped.getKey('nope'), undefined);
+    assert.equal(wrapped.close, real.close);
+  });
+
+  test('a deadline that is not a positive number of milliseconds is refused', () => {
+    for (const ms of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) assert.throws(() => withDeadline(open(), ms), RangeError);
+  });
+});
+
+describe('which failures mean storage is unavailable', () => {
+  const withCode = (code: string, message = 'x') => Object.assign(new Error(message), { code });
+
+  test('connection-level errors, PostgreSQL shutdown and resource classes, SQLite locks and I/O: yes', () => {
+    for (const code of ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', '57P01', '57P02', '57P03', '57014', '08006', '08001', '53300', '53100', 'SQLITE_BUSY', 'SQLITE_BUSY_SNAPSHOT', 'SQLITE_LOCKED', 'SQLITE_IOERR_WRITE', 'SQLITE_FULL', 'SQLITE_READONLY', 'SQLITE_CANTOPEN']) {
+      assert.equal(isStorageUnavailable(withCode(code)), true, code);
+    }
+    for (const message of ['Connection terminated unexpectedly', 'Connection terminated due to connection timeout', 'timeout exceeded when trying to connect', 'Query read timeout', 'Client has encountered a connection error and is not queryable']) {
+      assert.equal(isStorageUnavailable(new Error(message)), true, message);
+    }
+    assert.equal(isStorageUnavailable(new AggregateError([withCode('ECONNREFUSED'), withCode('ECONNREFUSED')])), true, 'a dual-stack refusal');
+  });
+
+  test('query errors, constraint violations, bugs and non-errors: no', () => {
+    for (const code of ['23505', '23503', '42P01', '42601', '22P02', '40P01', 'SQLITE_CONSTRAINT_UNIQUE', 'SQLITE_ERROR', 'SQLITE_CORRUPT', 'ERR_INVALID_ARG_TYPE']) {
+      assert.equal(isStorageUnavailable(withCode(code)), false, code);
+    }
+    assert.equal(isStorageUnavailable(new TypeError('x is not a function')), false);
+    // The message is trusted only from errors that carry no code: a coded error is decided by its code.
+    assert.equal(isStorageUnavailable(withCode('23505', 'Connection terminated')), false);
+    for (const value of [undefined, null, 'ECONNREFUSED', 503]) assert.equal(isStorageUnavailable(value), false, String(value));
+  });
+});
