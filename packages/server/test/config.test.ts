@@ -29,7 +29,7 @@ const complete = () => ({
   authority: 'kms.a.example',
   domains: ['a.example'],
   listen: { host: '0.0.0.0', port: 7443 },
-  storage: { url: 'postgres://kms@db.a.example/kms' },
+  storage: { url: 'postgres://kms@db.a.example/kms', timeoutSeconds: 0.5 },
   staticKey: { key: 'static-key.pem', cert: 'static-cert.pem' },
   ca: { cert: 'ca.pem', key: 'ca-key.pem' },
   rootKey: { file: 'root.key' },
@@ -134,6 +134,11 @@ describe('the documented options are the schema', () => {
     assert.deepEqual(two.cors.origins, []);
     assert.deepEqual(two.peers, []);
     assert.deepEqual(option('cors.origins').default, []);
+  });
+
+  test('the storage deadline is a positive number of seconds, at most 60', () => {
+    for (const timeoutSeconds of [0, -1, 61, '2']) refused({ ...minimal(), storage: { timeoutSeconds } }, /^kms\.json: storage\.timeoutSeconds: /);
+    assert.equal(parseConfig({ ...minimal(), storage: { timeoutSeconds: 0.25 } }, scratch).storage.timeoutSeconds, 0.25);
   });
 
   test('a required option left out is named', () => {
