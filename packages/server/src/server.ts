@@ -35,7 +35,7 @@ import { createLogger, silentLogger, type Logger } from './logger.js';
 import type { Deps } from './operations/context.js';
 import { handlers } from './core/handlers.js';
 import { RateLimiter } from './rate-limit.js';
-import { withDeadline } from './store/deadline.js';
+import { NETWORK_CODES, withDeadline } from './store/deadline.js';
 import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
@@ -174,8 +174,6 @@ export async function openStore(url: string, baseDir: string, options: { timeout
   throw new ConfigError(`storage url must be sqlite:PATH or postgres://…, got ${url.split(':')[0]}:`);
 }
 
-const NETWORK_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE']);
-
 /** One line about a PostgreSQL that could not be opened; names host:port, never the password. */
 function postgresProblem(url: string, err: unknown): string {
   let where = 'the configured address';
@@ -190,7 +188,7 @@ function postgresProblem(url: string, err: unknown): string {
   // Node reports a refused dual-stack connect as an AggregateError of one error per address.
   const code = typeof e.code === 'string' ? e.code : e.errors?.map((x) => x.code).find((c): c is string => typeof c === 'string');
   const message = String(e.message ?? err).split('\n')[0]!.trim();
-  if (code && NETWORK_ERRORS.has(code)) return `cannot reach PostgreSQL at ${where}: ${code}`;
+  if (code && NETWORK_CODES.has(code)) return `cannot reach PostgreSQL at ${where}: ${code}`;
   if (/timeout/i.test(message)) return `cannot reach PostgreSQL at ${where}: connection timed out`;
   if (/Connection terminated/i.test(message)) return `cannot reach PostgreSQL at ${where}: the connection was closed before PostgreSQL answered`;
   return `cannot open PostgreSQL storage at ${where}: ${message || code || 'error'}`;

@@ -19,7 +19,7 @@ import { KmsError } from '@openkms/protocol';
 import type { Store } from './store.js';
 
 /** Socket-level failures: storage cannot be reached, or the connection to it was lost. */
-const NETWORK_CODES = new Set([
+export const NETWORK_CODES: ReadonlySet<string> = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
   'ECONNABORTED',
