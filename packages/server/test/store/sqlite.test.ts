@@ -4,4 +4,6 @@ import { join } from 'node:path';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { storeContract } from './contract.js';
 
-storeContract('sqlite', async () => new SqliteStore(join(mkdtempSync(join(tmpdir(), 'kms-store-')), 'kms.db')));
+// One file for the suite: every open() is another instance on it, as another process would be.
+const file = join(mkdtempSync(join(tmpdir(), 'kms-store-')), 'kms.db');
+storeContract('sqlite', async () => new SqliteStore(file));
