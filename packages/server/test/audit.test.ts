@@ -65,32 +65,30 @@ test('a chain recomputed without the key does not verify', async () => {
   await reopened.close();
 });
 
-test('the node is part of what is hashed: a record moved to another node does not verify', async () => {
+/** Writes `n` records as `node`, runs `tamper` on the file as someone with database access would, verifies again. */
+async function verifiedAfter(n: number, tamper: string, node?: string) {
   const file = join(mkdtempSync(join(tmpdir(), 'kms-audit-')), 'kms.db');
   const store = new SqliteStore(file);
-  const log = new AuditLog(store, key, 'node-1');
-  for (let i = 0; i < 3; i++) await log.record(entry(i));
+  const log = new AuditLog(store, key, node);
+  for (let i = 0; i < n; i++) await log.record(entry(i));
   await store.close();
   const db = new Database(file);
-  db.prepare("UPDATE audit SET node = 'node-2' WHERE seq = 2").run();
+  db.prepare(tamper).run();
   db.close();
   const reopened = new SqliteStore(file);
-  assert.deepEqual(await verifyAudit(reopened, key), { ok: false, records: 1, seq: 2, problem: 'record 2 was altered' });
-  await reopened.close();
+  try {
+    return await verifyAudit(reopened, key);
+  } finally {
+    await reopened.close();
+  }
+}
+
+test('the node is part of what is hashed: a record moved to another node does not verify', async () => {
+  assert.deepEqual(await verifiedAfter(3, "UPDATE audit SET node = 'node-2' WHERE seq = 2", 'node-1'), { ok: false, records: 1, seq: 2, problem: 'record 2 was altered' });
 });
 
 test('removing the newest records is told: the chain ends before the head the log recorded', async () => {
-  const file = join(mkdtempSync(join(tmpdir(), 'kms-audit-')), 'kms.db');
-  const store = new SqliteStore(file);
-  const log = new AuditLog(store, key);
-  for (let i = 0; i < 4; i++) await log.record(entry(i));
-  await store.close();
-  const db = new Database(file);
-  db.prepare('DELETE FROM audit WHERE seq >= 3').run();
-  db.close();
-  const reopened = new SqliteStore(file);
-  assert.deepEqual(await verifyAudit(reopened, key), { ok: false, records: 2, seq: 3, problem: "records 3 to 4 are missing (the log's head is record 4)" });
-  await reopened.close();
+  assert.deepEqual(await verifiedAfter(4, 'DELETE FROM audit WHERE seq >= 3'), { ok: false, records: 2, seq: 3, problem: "records 3 to 4 are missing (the log's head is record 4)" });
 });
 
 test('a chain written before records named their node is migrated: it verifies and new records follow it', async () => {
