@@ -132,7 +132,7 @@ describe('federation between kms.a.example and kms.b.example', () => {
       const realKey = createPrivateKey(readFileSync(join(B.dir, 'static-key.pem')));
       const otherKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
       const registry = new PeerRegistry({ authority: A_AUTH, domains: ['a.example'], peers: [peerEntry(B_AUTH, 'b.example', NOWHERE, caB)] });
-      const verifier = new PeerVerifier(A_AUTH, registry, Date.now);
+      const verifier = new PeerVerifier(A_AUTH, registry, A.store, Date.now);
       const ephemeral = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
       const handshake = (over: Record<string, unknown> = {}) => ({
         requestId: randomUUID(),

@@ -59,5 +59,13 @@ export const DEV_TOKEN_MAX_TTL_SECONDS = 30 * 24 * 3600;
 // Peer proofs (PROTOCOL.md §6).
 /** Largest accepted clock difference between two KMSs (seconds). */
 export const MAX_SKEW_SECONDS = 300;
-/** Remembered requestIds per peer (replay protection), at most. */
-export const MAX_SEEN_PER_PEER = 200_000;
+/**
+ * A signed peer request is accepted once: its requestId is remembered in the database (shared by
+ * every node) for the window in which its iat passes, 2 × MAX_SKEW_SECONDS after acceptance.
+ * Signed requests one peer may have accepted within that window, across all nodes: beyond it
+ * the peer is refused (429) until older ones leave the window (counted in 60 s slices, so it
+ * may be refused up to a slice early). 600 000 in 600 s is 1000 requests/s from one peer,
+ * sustained; the table then holds at most that many live rows per configured peer (~100 MB),
+ * plus expired ones until the next sweep (`sweeper.intervalSeconds`).
+ */
+export const MAX_SEEN_PER_PEER = 600_000;

@@ -106,11 +106,25 @@ export interface AuditEntry {
 export interface AuditRow extends AuditEntry {
   /** 1, 2, 3, … with no gap; a second record with the same seq is refused. */
   seq: number;
-  /** The previous record's hash (64 hex digits), or 64 zeros for the first. */
+  /**
+   * The KMS process that wrote it (`<hostname>/<pid>/<random>`, chosen when it starts): all the
+   * nodes on one database extend one chain. Null for records written before nodes were recorded.
+   */
+  node: string | null;
+  /** The previous record's hash (64 hex digits), or AUDIT_GENESIS for the first. */
   prevHash: string;
   /** HMAC-SHA-256 (hex) over prevHash and this record, keyed from the root key (audit/audit.ts). */
   hash: string;
 }
+
+/** The end of the audit chain: the last record's seq and hash, or seq 0 and AUDIT_GENESIS when empty. */
+export interface AuditHead {
+  seq: number;
+  hash: string;
+}
+
+/** The prevHash of the first record. */
+export const AUDIT_GENESIS = '0'.repeat(64);
 
 /**
  * `CopyRow.fetchedAt` of an invalidated copy: older than any real fetch, so the copy is kept for
@@ -177,4 +191,24 @@ export interface SweepResult {
   keys: number;
   /** Expired channels destroyed. */
   channels: number;
+  /** Remembered peer requestIds destroyed, past their replay window. */
+  peerRequests: number;
+}
+
+/**
+ * How remembering a signed peer request ended (Store.acceptPeerRequest). 'accepted': first seen
+ * (or its earlier sighting expired). 'replayed': seen within its window, by any node.
+ * 'over-limit': the peer already holds its limit of requests within the window; nothing written.
+ */
+export type PeerRequestOutcome = 'accepted' | 'replayed' | 'over-limit';
+
+/** A signed peer request to be accepted once: by whom, which requestId, remembered until when. */
+export interface PeerRequest {
+  /** The peer's authority. */
+  peer: string;
+  /** `<typeof requestId>:<requestId>`, so that the string "1" and the number 1 stay apart. */
+  requestId: string;
+  now: number;
+  /** Refused as a replay until this instant (the end of the window in which its iat is accepted). */
+  expiresAt: number;
 }

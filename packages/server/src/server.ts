@@ -67,7 +67,7 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
 
   const keyring = await Keyring.open(rootKey, store, now());
   const channels = new Channels(config.authority, store, keyring, now);
-  const audit = await AuditLog.open(store, auditKeyOf(rootKey));
+  const audit = new AuditLog(store, auditKeyOf(rootKey));
   const peers = new PeerRegistry(config);
   const bearers = new AnonymousBearers(config.authority, staticKey.privateKey, createPublicKey(staticKey.privateKey), now);
 
@@ -95,7 +95,7 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
     authentication: new Authentication(
       config.authority,
       new Authenticator(config.domains, options.verifier, bearers, store, now),
-      new PeerVerifier(config.authority, peers, now),
+      new PeerVerifier(config.authority, peers, store, now),
       peers,
       config.lifetimes.channel * 1000,
       new RateLimiter(config.limits.requestsPerMinutePerPrincipal, now),

@@ -5,51 +5,64 @@
  * request body but its method and uri reaches this module).
  *
  * Appends are group-committed (store/group-commit.ts): a request is answered only once its record
- * is durable, but a busy KMS pays one fsync per batch of records.
+ * is durable, but a busy KMS pays one fsync per batch of records. Every KMS process on one
+ * database (nodes, workers) extends the same chain: each batch is linked to the head the store
+ * reads under its lock in the batch's own transaction (Store.appendAudit), never to a head this
+ * process remembers, and each record names the node that wrote it.
  */
-import { createHmac } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { GroupCommit } from '../store/group-commit.js';
-import type { AuditEntry, AuditRow } from '../model.js';
+import { AUDIT_GENESIS, type AuditEntry, type AuditRow } from '../model.js';
 import type { Store } from '../store/store.js';
 
 export type { AuditEntry };
 
-export const GENESIS = '0'.repeat(64);
+export const GENESIS = AUDIT_GENESIS;
+
+/**
+ * A new node id, `<hostname>/<pid>/<random>`: the host and process an operator can look for, and
+ * 32 random bits so that a restarted process that got the same pid is told apart.
+ */
+export function newNodeId(): string {
+  return `${hostname()}/${process.pid}/${randomBytes(4).toString('hex')}`;
+}
 
 /**
  * Each record's hash is an HMAC-SHA-256, keyed from the root key, over the previous hash and the
  * record: whoever can write the database but does not hold the root key cannot forge a chain
- * that verifies, even by recomputing it from the start.
+ * that verifies, even by recomputing it from the start. The node is hashed when the record names
+ * one: records written before nodes were recorded keep the form they were hashed in.
  */
-export function auditHash(key: Uint8Array, prevHash: string, seq: number, e: AuditEntry): string {
-  const canonical = JSON.stringify([seq, e.time, e.principal, e.clientId, e.method, e.uri, e.status, e.peer, e.requestId]);
-  return createHmac('sha256', key).update(prevHash).update('\n').update(canonical).digest('hex');
+export function auditHash(key: Uint8Array, prevHash: string, seq: number, e: AuditEntry & { node?: string | null }): string {
+  const fields: unknown[] = [seq, e.time, e.principal, e.clientId, e.method, e.uri, e.status, e.peer, e.requestId];
+  if (e.node !== null && e.node !== undefined) fields.push(e.node);
+  return createHmac('sha256', key).update(prevHash).update('\n').update(JSON.stringify(fields)).digest('hex');
 }
 
 export class AuditLog {
   private readonly commits: GroupCommit<AuditEntry>;
 
-  private constructor(
+  /** `node`: the id this process's records carry (newNodeId() unless given). */
+  constructor(
     private readonly store: Store,
     private readonly key: Uint8Array,
-    private head: { seq: number; hash: string },
+    readonly node: string = newNodeId(),
   ) {
-    // The chain is extended at commit time, in commit order, so concurrent records never fork it.
-    this.commits = new GroupCommit(async (entries) => {
-      let { seq, hash } = this.head;
-      const rows: AuditRow[] = entries.map((entry) => {
-        seq += 1;
-        const prevHash = hash;
-        hash = auditHash(this.key, prevHash, seq, entry);
-        return { seq, ...entry, prevHash, hash };
-      });
-      await this.store.appendAudit(rows);
-      this.head = { seq, hash };
-    });
+    // The chain is extended at commit time, after the head the store holds locked, so records of
+    // this process and of others never fork it.
+    this.commits = new GroupCommit((entries) => this.store.appendAudit((head) => this.link(head, entries)));
   }
 
-  static async open(store: Store, key: Uint8Array): Promise<AuditLog> {
-    return new AuditLog(store, key, (await store.auditHead()) ?? { seq: 0, hash: GENESIS });
+  private link(head: { seq: number; hash: string }, entries: readonly AuditEntry[]): AuditRow[] {
+    let { seq, hash } = head;
+    return entries.map((entry) => {
+      seq += 1;
+      const prevHash = hash;
+      const row = { seq, ...entry, node: this.node };
+      hash = auditHash(this.key, prevHash, seq, row);
+      return { ...row, prevHash, hash };
+    });
   }
 
   /** Resolves once the record is durable. */
@@ -63,21 +76,43 @@ export class AuditLog {
   }
 }
 
-export type VerifyResult = { ok: true; records: number } | { ok: false; records: number; seq: number; problem: string };
+export type VerifyResult =
+  | {
+      ok: true;
+      records: number;
+      /** How many of the records each node wrote, by node id, in the order they first appear. */
+      nodes: Record<string, number>;
+      /** Records that name no node (written before nodes were recorded). */
+      unattributed: number;
+    }
+  | { ok: false; records: number; seq: number; problem: string };
 
-/** Walks the whole chain; names the first record that is missing, reordered or altered. */
+/**
+ * Walks the whole chain; names the first record that is missing, reordered or altered, and a
+ * chain that ends before the head the store recorded (its newest records removed without moving
+ * the head too). Records appended while it walks are verified as well.
+ */
 export async function verifyAudit(store: Store, key: Uint8Array): Promise<VerifyResult> {
+  const head = await store.auditHead();
+  const nodes: Record<string, number> = {};
+  let unattributed = 0;
   let expectedSeq = 1;
   let prev = GENESIS;
   for (;;) {
     const rows = await store.readAudit(expectedSeq - 1, 1000);
-    if (rows.length === 0) return { ok: true, records: expectedSeq - 1 };
+    if (rows.length === 0) break;
     for (const row of rows) {
       if (row.seq !== expectedSeq) return { ok: false, records: expectedSeq - 1, seq: expectedSeq, problem: `record ${expectedSeq} is missing` };
       if (row.prevHash !== prev) return { ok: false, records: expectedSeq - 1, seq: row.seq, problem: `record ${row.seq} does not follow record ${row.seq - 1}` };
       if (auditHash(key, prev, row.seq, row) !== row.hash) return { ok: false, records: expectedSeq - 1, seq: row.seq, problem: `record ${row.seq} was altered` };
+      if (row.seq === head.seq && row.hash !== head.hash) return { ok: false, records: expectedSeq - 1, seq: row.seq, problem: `record ${row.seq} is not the head the log recorded` };
+      if (row.node === null) unattributed += 1;
+      else nodes[row.node] = (nodes[row.node] ?? 0) + 1;
       prev = row.hash;
       expectedSeq += 1;
     }
   }
+  const records = expectedSeq - 1;
+  if (records < head.seq) return { ok: false, records, seq: records + 1, problem: `records ${records + 1} to ${head.seq} are missing (the log's head is record ${head.seq})` };
+  return { ok: true, records, nodes, unattributed };
 }

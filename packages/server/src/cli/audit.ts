@@ -8,8 +8,9 @@ import { openStore, rootKeyOf } from '../server.js';
 import { DEFAULT_CONFIG, HelpRequested, UsageError, asksForHelp, flagOrEnv, parse } from './args.js';
 
 const USAGE = `usage: kms audit verify [--config D/kms.json] [--db URL]
-  checks the audit log's hash chain (keyed from the root key); exits 1 naming the first altered,
-  missing or reordered record. --db (KMS_DB) names another database than the config's storage.url.
+  checks the audit log's hash chain (keyed from the root key), the one chain every node on the
+  database extends, and counts each node's records; exits 1 naming the first altered, missing or
+  reordered record. --db (KMS_DB) names another database than the config's storage.url.
 Environment: KMS_CONFIG, KMS_DB, KMS_ROOT_KEY.`;
 
 /**
@@ -38,7 +39,10 @@ export async function auditCommand(argv: string[]): Promise<void> {
   try {
     const result = await verifyAudit(store, key);
     if (result.ok) {
-      process.stdout.write(`audit log intact: ${result.records} records\n`);
+      // One chain for every node on the database: who wrote how much of it.
+      const lines = [`audit log intact: ${result.records} records`, ...Object.entries(result.nodes).map(([node, n]) => `  ${n} by node ${node}`)];
+      if (result.unattributed > 0) lines.push(`  ${result.unattributed} from before records named their node`);
+      process.stdout.write(`${lines.join('\n')}\n`);
     } else {
       process.stderr.write(`kms: audit log broken at record ${result.seq}: ${result.problem} (${result.records} records before it verify)\n`);
       process.exitCode = 1;

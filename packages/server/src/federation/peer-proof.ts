@@ -3,14 +3,15 @@
  * nest a JWS, signed PS256 by its static key, inside the JWE; its payload is the request plus `aud`
  * (this KMS) and `iat`. At the handshake the peer is found by the JWS kid, its certificate chain
  * (`credential.jwk.x5c`) is checked against that peer's trust anchors, and the signature verified;
- * the key is then remembered for the channel's later requests.
+ * the key is then remembered for the channel's later requests. Each signed request is accepted
+ * once across every node on the database (Store.acceptPeerRequest).
  */
 import { compactVerify, decodeProtectedHeader, importJWK, type CryptoKey } from 'jose';
-import { CertificateError, KmsError, verifyKmsCertificate } from '@openkms/protocol';
+import { CertificateError, KmsError, Limits, verifyKmsCertificate } from '@openkms/protocol';
 import type { PeerPrincipal } from '../identity/principal.js';
+import type { Store } from '../store/store.js';
 import type { PeerRegistry } from './peers.js';
 import { MAX_SEEN_PER_PEER, MAX_SKEW_SECONDS } from '../limits.js';
-
 
 const dec = new TextDecoder();
 
@@ -28,12 +29,12 @@ function decodePayload(jws: string): Record<string, unknown> {
 export class PeerVerifier {
   /** Verified static keys of peers, by authority, from their latest handshake. */
   private readonly keys = new Map<string, CryptoKey>();
-  /** requestIds of signed requests already accepted, per peer, until they leave the iat window. */
-  private readonly seen = new Map<string, Map<string, number>>();
 
   constructor(
     private readonly self: string,
     private readonly peers: PeerRegistry,
+    /** Where accepted requestIds are remembered, for all nodes at once. */
+    private readonly replays: Pick<Store, 'acceptPeerRequest'>,
     private readonly now: () => number,
   ) {}
 
@@ -80,7 +81,7 @@ export class PeerVerifier {
     }
     const key = (await importJWK({ kty: 'RSA', n: jwk.n as string, e: jwk.e as string }, 'PS256')) as CryptoKey;
     const request = await this.verifyWith(jws, key);
-    this.checkFresh(authority, request);
+    await this.acceptOnce(authority, request);
     this.keys.set(authority, key);
     return { request, principal: { kind: 'peer', authority, domains: peer.domains, expiresAt: this.now() + channelLifetimeMs } };
   }
@@ -95,32 +96,29 @@ export class PeerVerifier {
     const key = this.keys.get(authority);
     if (!key) throw KmsError.reset('peer key unknown: handshake again');
     const request = await this.verifyWith(jws, key);
-    this.checkFresh(authority, request);
+    await this.acceptOnce(authority, request);
     return request;
   }
 
   /**
-   * A signed request is accepted once. `iat` bounds the window in which a captured message could
-   * be replayed (300 s each way); within it, requestIds already seen from that peer are refused.
+   * A signed request is accepted once, by whichever node it reaches first. `iat` bounds the
+   * window in which a captured message could be replayed (300 s each way, so 600 s from its
+   * acceptance); within it, requestIds already accepted from that peer are refused. Called only
+   * once the signature verified: nothing unauthenticated is written.
    */
-  private checkFresh(authority: string, payload: Record<string, unknown>): void {
+  private async acceptOnce(authority: string, payload: Record<string, unknown>): Promise<void> {
     const id = payload.requestId;
     if (typeof id !== 'string' && typeof id !== 'number') throw KmsError.badRequest('invalid field requestId: missing');
-    let seen = this.seen.get(authority);
-    if (!seen) this.seen.set(authority, (seen = new Map()));
-    const now = this.now();
-    const key = `${typeof id}:${id}`;
-    const until = seen.get(key);
-    if (until !== undefined && until > now) throw KmsError.unauthorized('peer request replayed (requestId already seen)');
-    if (seen.size >= MAX_SEEN_PER_PEER) {
-      for (const [k, t] of seen) if (t <= now) seen.delete(k);
-      // Still full: drop the oldest; iat keeps anything older than the window out anyway.
-      for (const k of seen.keys()) {
-        if (seen.size < MAX_SEEN_PER_PEER) break;
-        seen.delete(k);
-      }
+    if ((typeof id === 'string' && id.length > Limits.maxIdChars) || (typeof id === 'number' && !Number.isSafeInteger(id))) {
+      throw KmsError.badRequest(`invalid field requestId: a string of at most ${Limits.maxIdChars} characters or a safe integer`);
     }
-    seen.set(key, now + 2 * MAX_SKEW_SECONDS * 1000);
+    const now = this.now();
+    const outcome = await this.replays.acceptPeerRequest(
+      { peer: authority, requestId: `${typeof id}:${id}`, now, expiresAt: now + 2 * MAX_SKEW_SECONDS * 1000 },
+      MAX_SEEN_PER_PEER,
+    );
+    if (outcome === 'replayed') throw KmsError.unauthorized('peer request replayed (requestId already seen)');
+    if (outcome === 'over-limit') throw new KmsError('RATE_LIMITED', `peer sent more than ${MAX_SEEN_PER_PEER} signed requests within ${2 * MAX_SKEW_SECONDS} s`);
   }
 
   private async verifyWith(jws: string, key: CryptoKey): Promise<Record<string, unknown>> {

@@ -3,6 +3,8 @@
  * what SQLite and PostgreSQL both accept, so both backends share one history. Never edit a
  * released migration: add the next one.
  */
+import { AUDIT_GENESIS } from '../model.js';
+
 export interface Migration {
   version: number;
   name: string;
@@ -116,6 +118,51 @@ CREATE TABLE federated_keys (
   resource_uri TEXT NOT NULL
 );
 CREATE INDEX federated_keys_by_resource ON federated_keys (resource_uri);
+`,
+  },
+  {
+    version: 4,
+    name: 'audit: one chain for all nodes, each record naming the node that wrote it',
+    // Every node extends the chain under the lock of the one audit_head row (seeded from the
+    // current last record); seq and prev_hash are unique, so a record that does not follow the
+    // one before it cannot be written even by a writer that skipped the lock.
+    sql: `
+ALTER TABLE audit ADD COLUMN node TEXT;
+CREATE UNIQUE INDEX audit_one_successor ON audit (prev_hash);
+CREATE TABLE audit_head (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  seq BIGINT NOT NULL,
+  hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '${AUDIT_GENESIS}');
+UPDATE audit_head SET
+  seq = (SELECT MAX(seq) FROM audit),
+  hash = (SELECT hash FROM audit WHERE seq = (SELECT MAX(seq) FROM audit))
+WHERE EXISTS (SELECT 1 FROM audit);
+`,
+  },
+  {
+    version: 5,
+    name: 'federation: signed peer requests accepted once across all nodes',
+    // peer_requests: each requestId until its window ends (the key refuses a second one).
+    // peer_request_counts: how many a peer had accepted per time slice, so that its bound is
+    // checked by summing a few rows instead of counting its whole window (rules.ts).
+    sql: `
+CREATE TABLE peer_requests (
+  peer TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  PRIMARY KEY (peer, request_id)
+);
+CREATE INDEX peer_requests_expiry ON peer_requests (expires_at);
+CREATE TABLE peer_request_counts (
+  peer TEXT NOT NULL,
+  slice BIGINT NOT NULL,
+  accepted BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  PRIMARY KEY (peer, slice)
+);
+CREATE INDEX peer_request_counts_expiry ON peer_request_counts (expires_at);
 `,
   },
 ];

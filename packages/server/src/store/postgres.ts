@@ -16,6 +16,12 @@
  *   deactivate-then-activate pair of two concurrent activations never trips the one-active index.
  * - sweep: the expired resources are locked `FOR UPDATE` first; a concurrent bind into one of them
  *   waits on its `FOR KEY SHARE` and then finds the resource gone: 'missing', as after the sweep.
+ * - appendAudit: the one `audit_head` row is locked `FOR UPDATE`, so the batches of every process
+ *   on the database extend one chain in lock order; the waiter reads the head its predecessor
+ *   wrote (READ COMMITTED re-reads a locked row once it is released). The unique seq and
+ *   prev_hash refuse a record that skipped the lock.
+ * - acceptPeerRequest: a transaction-scoped advisory lock per peer, so that two nodes given the
+ *   same signed request decide one after the other and the peer's bound is counted exactly.
  * - migrations: one transaction each, under `pg_advisory_xact_lock`, re-reading
  *   `schema_migrations` inside the lock, so instances starting together apply each exactly once.
  *
@@ -28,10 +34,10 @@
  */
 import pg from 'pg';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
-import { auditFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
+import { auditFromRow, auditHeadFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -62,10 +68,10 @@ const AUTHORIZATION_COLUMNS = ['id', 'resource_id', 'auth_id', 'role_uri', 'crea
 const authorizationValues = (a: AuthorizationRow) => [a.id, a.resourceId, a.authId, a.roleUri, a.createdAt];
 const CHANNEL_COLUMNS = ['id', 'owner', 'client_id', 'created_at', 'expires_at', 'cmk_id', 'sealed'];
 const channelValues = (c: ChannelRow) => [c.id, c.owner, c.clientId, c.createdAt, c.expiresAt, c.cmkId, bytes(c.sealed)];
-const AUDIT_COLUMNS = ['seq', 'time', 'principal', 'client_id', 'method', 'uri', 'status', 'peer', 'request_id', 'prev_hash', 'hash'];
-const auditValues = (a: AuditRow) => [a.seq, a.time, a.principal, a.clientId, a.method, a.uri, a.status, a.peer, a.requestId, a.prevHash, a.hash];
+const AUDIT_COLUMNS = ['seq', 'time', 'principal', 'client_id', 'method', 'uri', 'status', 'peer', 'request_id', 'node', 'prev_hash', 'hash'];
+const auditValues = (a: AuditRow) => [a.seq, a.time, a.principal, a.clientId, a.method, a.uri, a.status, a.peer, a.requestId, a.node, a.prevHash, a.hash];
 
-/** Rows per multi-row INSERT: at most 11 columns, far below PostgreSQL's 65535 parameters. */
+/** Rows per multi-row INSERT: at most 12 columns, far below PostgreSQL's 65535 parameters. */
 const CHUNK = 1000;
 
 function insertSql(table: string, columns: string[], rows: number): string {
@@ -87,6 +93,8 @@ const toPostgres = (sql: string) => sql;
 /** Advisory lock keys (two int4 form): class, then a constant or a hash. */
 const LOCK_CLASS = 0x4b4d5300; // 'KMS\0'
 const LOCK_MIGRATE = 1;
+/** Second key: hashtext(peer authority); see acceptPeerRequest. (LOCK_CLASS + 1: CMK scopes.) */
+const LOCK_PEER_REQUESTS = LOCK_CLASS + 2;
 
 /** Transient failures after which a transaction is simply run again. */
 const RETRYABLE = new Set(['40P01' /* deadlock_detected */, '40001' /* serialization_failure */]);
@@ -481,15 +489,21 @@ export class PostgresStore implements Store {
     return r.rowCount ?? 0;
   }
 
-  async appendAudit(rows: AuditRow[]): Promise<void> {
-    rows.forEach(rules.checkAuditRow);
-    // One statement per chunk (one transaction beyond that): a seq already taken refuses them all.
-    await this.insertAll('audit', AUDIT_COLUMNS, rows.map(auditValues));
+  async appendAudit(link: (head: AuditHead) => AuditRow[]): Promise<void> {
+    await this.tx(async (c) => {
+      // Every node's batch waits here for the one before it to commit.
+      const head = auditHeadFromRow((await c.query<Row>('SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE')).rows[0]!);
+      const rows = link(head);
+      rules.checkAuditLink(head, rows);
+      const last = rows.at(-1);
+      if (!last) return;
+      await insertRows(c, 'audit', AUDIT_COLUMNS, rows.map(auditValues));
+      await c.query('UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1', [last.seq, last.hash]);
+    });
   }
 
-  async auditHead(): Promise<{ seq: number; hash: string } | undefined> {
-    const r = await this.one('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1', []);
-    return r && { seq: num(r.seq), hash: r.hash as string };
+  async auditHead(): Promise<AuditHead> {
+    return auditHeadFromRow((await this.one('SELECT seq, hash FROM audit_head WHERE id = 1', []))!);
   }
 
   async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
@@ -498,12 +512,40 @@ export class PostgresStore implements Store {
     return (await this.pool.query<Row>('SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2', [afterSeq, limit])).rows.map(auditFromRow);
   }
 
+  async acceptPeerRequest(request: PeerRequest, limit: number): Promise<PeerRequestOutcome> {
+    const slices = rules.peerRequestSlices(request);
+    return this.tx(async (c) => {
+      await c.query(`SELECT pg_advisory_xact_lock(${LOCK_PEER_REQUESTS}, hashtext($1))`, [request.peer]);
+      const seen =
+        ((await c.query('SELECT 1 FROM peer_requests WHERE peer = $1 AND request_id = $2 AND expires_at > $3', [request.peer, request.requestId, request.now])).rowCount ?? 0) > 0;
+      const accepted = num(
+        (await c.query<Row>('SELECT COALESCE(SUM(accepted), 0) AS n FROM peer_request_counts WHERE peer = $1 AND slice >= $2', [request.peer, slices.since])).rows[0]!.n,
+      );
+      const outcome = rules.peerRequestOutcome({ seen, accepted }, limit);
+      if (outcome === 'accepted') {
+        await c.query(
+          `INSERT INTO peer_requests (peer, request_id, expires_at) VALUES ($1, $2, $3)
+           ON CONFLICT (peer, request_id) DO UPDATE SET expires_at = excluded.expires_at`,
+          [request.peer, request.requestId, request.expiresAt],
+        );
+        await c.query(
+          `INSERT INTO peer_request_counts (peer, slice, accepted, expires_at) VALUES ($1, $2, 1, $3)
+           ON CONFLICT (peer, slice) DO UPDATE SET accepted = peer_request_counts.accepted + 1, expires_at = excluded.expires_at`,
+          [request.peer, slices.slice, slices.expiresAt],
+        );
+      }
+      return outcome;
+    });
+  }
+
   async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
     const cutoff = rules.sweepCutoffs(now, unboundGraceMs);
     return this.tx(async (c) => {
       // Unbound keys and channels first: they hold no lock a bind into a resource could wait on.
       const unbound = await c.query('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= $1', [cutoff.unboundKeys]);
       const channels = await c.query('DELETE FROM channels WHERE expires_at <= $1', [cutoff.channels]);
+      const peerRequests = await c.query('DELETE FROM peer_requests WHERE expires_at <= $1', [cutoff.peerRequests]);
+      await c.query('DELETE FROM peer_request_counts WHERE expires_at <= $1', [cutoff.peerRequests]);
       // Locked in id order (two sweepers cannot deadlock); binds and adds into them now wait.
       const expired = await c.query<Row>('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY id COLLATE "C" FOR UPDATE', [
         cutoff.resources,
@@ -515,7 +557,13 @@ export class PostgresStore implements Store {
         await c.query('DELETE FROM authorizations WHERE resource_id = ANY($1::text[])', [ids]);
         await c.query('DELETE FROM resources WHERE id = ANY($1::text[])', [ids]);
       }
-      return { resources: ids.length, resourceIds: ids, keys: bound + (unbound.rowCount ?? 0), channels: channels.rowCount ?? 0 };
+      return {
+        resources: ids.length,
+        resourceIds: ids,
+        keys: bound + (unbound.rowCount ?? 0),
+        channels: channels.rowCount ?? 0,
+        peerRequests: peerRequests.rowCount ?? 0,
+      };
     });
   }
 

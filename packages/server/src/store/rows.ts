@@ -2,7 +2,7 @@
  * Table rows as the Store contract's objects, shared by both backends. Numbers go through
  * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
  */
-import type { AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from '../model.js';
 
 export type Row = Record<string, unknown>;
 
@@ -65,9 +65,12 @@ export const auditFromRow = (r: Row): AuditRow => ({
   status: num(r.status),
   peer: str(r.peer),
   requestId: str(r.request_id),
+  node: str(r.node),
   prevHash: r.prev_hash as string,
   hash: r.hash as string,
 });
+
+export const auditHeadFromRow = (r: Row): AuditHead => ({ seq: num(r.seq), hash: r.hash as string });
 
 export const copyFromRow = (r: Row): CopyRow => ({
   resourceUri: r.resource_uri as string,

@@ -5,7 +5,7 @@
  * rules are unit-tested without a database (test/store/rules.test.ts). Atomicity stays with each
  * store: nothing here reads or writes.
  */
-import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow } from '../model.js';
 
 // ---- Binding keys (Store.bindKey, Store.createResource) ----
 
@@ -125,12 +125,80 @@ export interface SweepCutoffs {
   /** Unbound keys, kept `unboundGraceMs` past their expiry (their creator may still read them). */
   unboundKeys: number;
   channels: number;
+  /** Remembered peer requests (and their counts) whose window ended. */
+  peerRequests: number;
 }
 
 export function sweepCutoffs(now: number, unboundGraceMs: number): SweepCutoffs {
   checkInstant('now', now);
   checkCount('unboundGraceMs', unboundGraceMs);
-  return { resources: now, unboundKeys: now - unboundGraceMs, channels: now };
+  return { resources: now, unboundKeys: now - unboundGraceMs, channels: now, peerRequests: now };
+}
+
+// ---- Extending the audit chain (Store.appendAudit) ----
+
+/**
+ * Refuses a batch that does not follow the head it was built on, record after record: the store
+ * writes nothing then. Under the head lock this cannot happen; the check keeps a chain that would
+ * not verify from ever being written.
+ */
+export function checkAuditLink(head: AuditHead, rows: readonly AuditRow[]): void {
+  let prev = head;
+  for (const row of rows) {
+    checkAuditRow(row);
+    if (row.seq !== prev.seq + 1 || row.prevHash !== prev.hash) {
+      throw new RangeError(`audit record ${row.seq} does not follow record ${prev.seq} (the head it must extend)`);
+    }
+    prev = row;
+  }
+}
+
+// ---- The peers' replay window (Store.acceptPeerRequest) ----
+
+/** Width of the time slices a peer's accepted requests are counted in. */
+export const PEER_REQUEST_SLICE_MS = 60_000;
+
+/** Where an accepted request is counted, and from which slice on the counts still matter. */
+export interface PeerRequestSlices {
+  /** The slice `now` falls in. */
+  slice: number;
+  /** The first slice that can still hold requests remembered at `now`. */
+  since: number;
+  /** When the count of `slice` may go: its last request's window has ended by then. */
+  expiresAt: number;
+}
+
+/**
+ * A request accepted at t is remembered until t + window (window = expiresAt − now, the same for
+ * every request), so what a peer holds at `now` was accepted in the slices `since`…`slice`; their
+ * sum bounds it. The first of them may also count requests already expired: a peer is refused at
+ * most one slice early, never late.
+ */
+export function peerRequestSlices(r: PeerRequest): PeerRequestSlices {
+  checkPeerRequest(r);
+  const window = r.expiresAt - r.now;
+  const slice = Math.floor(r.now / PEER_REQUEST_SLICE_MS);
+  return { slice, since: Math.floor((r.now - window) / PEER_REQUEST_SLICE_MS), expiresAt: (slice + 1) * PEER_REQUEST_SLICE_MS + window };
+}
+
+/** The rows a replay decision reads, under the peer's lock. */
+export interface PeerRequestState {
+  /** The requestId is remembered and its window has not ended. */
+  seen: boolean;
+  /** The peer's accepted requests counted in the slices that still matter. */
+  accepted: number;
+}
+
+/** A replay first (whatever the peer's count), then the bound; 'accepted' is what gets written. */
+export function peerRequestOutcome(state: PeerRequestState, limit: number): PeerRequestOutcome {
+  checkCount('limit', limit);
+  if (state.seen) return 'replayed';
+  return state.accepted >= limit ? 'over-limit' : 'accepted';
+}
+
+function checkPeerRequest(r: PeerRequest): void {
+  checkIntegers('peer request', r, ['now', 'expiresAt']);
+  if (r.expiresAt <= r.now) throw new RangeError(`peer request expiresAt must be after now, got ${r.expiresAt} <= ${r.now}`);
 }
 
 // ---- Inputs both backends must read alike ----

@@ -1,16 +1,20 @@
 /**
  * The embedded default store: one SQLite file, WAL, synchronous=FULL (a committed write survives
  * a power cut), secure_delete (destroyed key rows are overwritten, not just unlinked).
- * better-sqlite3 is synchronous, so each method is one transaction that no other request can
- * interleave with; the async signatures are for the shared Store contract.
+ * better-sqlite3 is synchronous, so each method is one transaction that no other request of this
+ * process can interleave with; the async signatures are for the shared Store contract. Several
+ * processes may open one file (nodes, workers): every transaction that writes starts with
+ * `BEGIN IMMEDIATE`, which takes the file's write lock before the first read, so what it read to
+ * decide (a key's bound state, the audit head) cannot be changed by another process before it
+ * commits; a waiting writer retries for busy_timeout.
  */
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
-import { auditFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, resourceFromRow, type Row } from './rows.js';
+import { auditFromRow, auditHeadFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, resourceFromRow, type Row } from './rows.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -23,9 +27,9 @@ export class SqliteStore implements Store {
   private readonly stmt: Record<string, Database.Statement>;
   /** Handshakes are frequent and independent: their channel rows share transactions. */
   private readonly channelCommits = new GroupCommit<ChannelRow>((rows) => {
-    this.db.transaction(() => {
+    this.write(() => {
       for (const row of rows) this.stmt.insertChannel!.run(row);
-    })();
+    });
   });
 
   /**
@@ -69,32 +73,42 @@ export class SqliteStore implements Store {
       insertCmk: p('INSERT INTO cmks (id, state, assigned_org_id, created_at, sealed) VALUES (@id, @state, @assignedOrgId, @createdAt, @sealed)'),
       getCmk: p('SELECT * FROM cmks WHERE id = ?'),
       setCmkState: p('UPDATE cmks SET state = ? WHERE id = ?'),
-      insertAudit: p(`INSERT INTO audit (seq, time, principal, client_id, method, uri, status, peer, request_id, prev_hash, hash)
-                      VALUES (@seq, @time, @principal, @clientId, @method, @uri, @status, @peer, @requestId, @prevHash, @hash)`),
-      auditHead: p('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1'),
+      insertAudit: p(`INSERT INTO audit (seq, time, principal, client_id, method, uri, status, peer, request_id, node, prev_hash, hash)
+                      VALUES (@seq, @time, @principal, @clientId, @method, @uri, @status, @peer, @requestId, @node, @prevHash, @hash)`),
+      auditHead: p('SELECT seq, hash FROM audit_head WHERE id = 1'),
+      moveAuditHead: p('UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1'),
       readAudit: p('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
+      peerRequestSeen: p('SELECT 1 FROM peer_requests WHERE peer = ? AND request_id = ? AND expires_at > ?'),
+      peerRequestsAccepted: p('SELECT COALESCE(SUM(accepted), 0) AS n FROM peer_request_counts WHERE peer = ? AND slice >= ?'),
+      rememberPeerRequest: p(`INSERT INTO peer_requests (peer, request_id, expires_at) VALUES (?, ?, ?)
+                              ON CONFLICT (peer, request_id) DO UPDATE SET expires_at = excluded.expires_at`),
+      countPeerRequest: p(`INSERT INTO peer_request_counts (peer, slice, accepted, expires_at) VALUES (?, ?, 1, ?)
+                           ON CONFLICT (peer, slice) DO UPDATE SET accepted = accepted + 1, expires_at = excluded.expires_at`),
     };
+  }
+
+  /** One transaction that writes, holding the file's write lock from its first statement on. */
+  private write<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
   }
 
   private migrate(): void {
     this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
-    const applied = new Set(
-      (this.db.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version),
-    );
     for (const m of migrations) {
-      if (applied.has(m.version)) continue;
-      this.db.transaction(() => {
+      this.write(() => {
+        // Read under the write lock: another process opening the file may have applied it meanwhile.
+        if (this.db.prepare('SELECT 1 FROM schema_migrations WHERE version = ?').get(m.version)) return;
         this.db.exec(toSqlite(m.sql));
         this.db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
-      })();
+      });
     }
   }
 
   async insertKeys(rows: KeyRow[]): Promise<void> {
     rows.forEach(rules.checkKeyRow);
-    this.db.transaction(() => {
+    this.write(() => {
       for (const row of rows) this.stmt.insertKey!.run(row);
-    })();
+    });
   }
 
   async getKey(id: string): Promise<KeyRow | undefined> {
@@ -125,11 +139,11 @@ export class SqliteStore implements Store {
   /** Runs `bind` in a transaction that commits only when it returns 'bound'; otherwise returns its outcome. */
   private bindOrRollBack(bind: () => BindOutcome): BindOutcome {
     try {
-      return this.db.transaction(() => {
+      return this.write(() => {
         const outcome = bind();
         if (outcome !== 'bound') throw new rules.BindRefused(outcome);
         return outcome;
-      })();
+      });
     } catch (err) {
       if (err instanceof rules.BindRefused) return err.outcome;
       throw err;
@@ -176,7 +190,7 @@ export class SqliteStore implements Store {
   }
 
   async addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'> {
-    return this.db.transaction(() => {
+    return this.write(() => {
       const count = Number((this.stmt.countAuthorizations!.get(resourceId) as Row).n);
       const byAuthId = new Map<string, AuthorizationRow>();
       for (const authId of rules.authIdsOf(rows)) {
@@ -187,7 +201,7 @@ export class SqliteStore implements Store {
       if (plan === 'over-limit') return plan;
       for (const row of plan.inserts) this.stmt.insertAuthorization!.run(row);
       return plan.answer;
-    })();
+    });
   }
 
   async listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
@@ -205,7 +219,7 @@ export class SqliteStore implements Store {
   }
 
   async deleteAuthorizations(resourceId: string, ids: string[]): Promise<AuthorizationRow[]> {
-    return this.db.transaction(() => {
+    return this.write(() => {
       const deleted: AuthorizationRow[] = [];
       for (const id of ids) {
         const r = this.stmt.getAuthorization!.get(id) as Row | undefined;
@@ -214,7 +228,7 @@ export class SqliteStore implements Store {
         }
       }
       return deleted;
-    })();
+    });
   }
 
   async insertChannel(row: ChannelRow): Promise<void> {
@@ -234,10 +248,10 @@ export class SqliteStore implements Store {
 
   async insertCmk(row: CmkRow): Promise<void> {
     rules.checkCmkRow(row);
-    this.db.transaction(() => {
+    this.write(() => {
       if (row.state === 'active') this.stmt.deactivateCmks!.run(row.assignedOrgId);
       this.stmt.insertCmk!.run(row);
-    })();
+    });
   }
 
   async listCmks(assignedOrgId?: string | null): Promise<CmkRow[]> {
@@ -254,12 +268,12 @@ export class SqliteStore implements Store {
   }
 
   async setCmkState(id: string, state: CmkRow['state']): Promise<void> {
-    this.db.transaction(() => {
+    this.write(() => {
       const r = this.stmt.getCmk!.get(id) as Row | undefined;
       if (!r) return;
       if (state === 'active') this.stmt.deactivateCmks!.run(r.assigned_org_id ?? null);
       this.stmt.setCmkState!.run(state, id);
-    })();
+    });
   }
 
   async recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void> {
@@ -275,7 +289,7 @@ export class SqliteStore implements Store {
 
   async putCopy(row: CopyRow, keyUris: string[]): Promise<void> {
     rules.checkCopyRow(row);
-    this.db.transaction(() => {
+    this.write(() => {
       this.db
         .prepare(
           `INSERT INTO federated_copies (resource_uri, authority, fetched_at, cmk_id, sealed) VALUES (@resourceUri, @authority, @fetchedAt, @cmkId, @sealed)
@@ -285,7 +299,7 @@ export class SqliteStore implements Store {
       this.db.prepare('DELETE FROM federated_keys WHERE resource_uri = ?').run(row.resourceUri);
       const insert = this.db.prepare('INSERT INTO federated_keys (key_uri, resource_uri) VALUES (?, ?) ON CONFLICT (key_uri) DO UPDATE SET resource_uri = excluded.resource_uri');
       for (const uri of keyUris) insert.run(uri, row.resourceUri);
-    })();
+    });
   }
 
   async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
@@ -301,19 +315,23 @@ export class SqliteStore implements Store {
   async invalidateCopies(authority: string, resourceUris: string[]): Promise<number> {
     const stmt = this.db.prepare('UPDATE federated_copies SET fetched_at = ? WHERE resource_uri = ? AND authority = ?');
     // A URI named twice is one copy: counted once.
-    return this.db.transaction(() => [...new Set(resourceUris)].reduce((n, uri) => n + stmt.run(COPY_INVALIDATED, uri, authority).changes, 0))();
+    return this.write(() => [...new Set(resourceUris)].reduce((n, uri) => n + stmt.run(COPY_INVALIDATED, uri, authority).changes, 0));
   }
 
-  async appendAudit(rows: AuditRow[]): Promise<void> {
-    rows.forEach(rules.checkAuditRow);
-    this.db.transaction(() => {
+  async appendAudit(link: (head: AuditHead) => AuditRow[]): Promise<void> {
+    this.write(() => {
+      // Inside the write lock: no other process can move the head until this commits.
+      const head = auditHeadFromRow(this.stmt.auditHead!.get() as Row);
+      const rows = link(head);
+      rules.checkAuditLink(head, rows);
       for (const row of rows) this.stmt.insertAudit!.run(row);
-    })();
+      const last = rows.at(-1);
+      if (last) this.stmt.moveAuditHead!.run(last.seq, last.hash);
+    });
   }
 
-  async auditHead(): Promise<{ seq: number; hash: string } | undefined> {
-    const r = this.stmt.auditHead!.get() as Row | undefined;
-    return r && { seq: Number(r.seq), hash: r.hash as string };
+  async auditHead(): Promise<AuditHead> {
+    return auditHeadFromRow(this.stmt.auditHead!.get() as Row);
   }
 
   async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
@@ -322,9 +340,23 @@ export class SqliteStore implements Store {
     return (this.stmt.readAudit!.all(afterSeq, limit) as Row[]).map(auditFromRow);
   }
 
+  async acceptPeerRequest(request: PeerRequest, limit: number): Promise<PeerRequestOutcome> {
+    const slices = rules.peerRequestSlices(request);
+    return this.write(() => {
+      const seen = this.stmt.peerRequestSeen!.get(request.peer, request.requestId, request.now) !== undefined;
+      const accepted = Number((this.stmt.peerRequestsAccepted!.get(request.peer, slices.since) as Row).n);
+      const outcome = rules.peerRequestOutcome({ seen, accepted }, limit);
+      if (outcome === 'accepted') {
+        this.stmt.rememberPeerRequest!.run(request.peer, request.requestId, request.expiresAt);
+        this.stmt.countPeerRequest!.run(request.peer, slices.slice, slices.expiresAt);
+      }
+      return outcome;
+    });
+  }
+
   async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
     const cutoff = rules.sweepCutoffs(now, unboundGraceMs);
-    const result = this.db.transaction(() => {
+    const result = this.write(() => {
       const expired = this.db.prepare('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY id').all(cutoff.resources) as Row[];
       let keys = 0;
       for (const { id } of expired) {
@@ -334,8 +366,10 @@ export class SqliteStore implements Store {
       }
       keys += this.db.prepare('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= ?').run(cutoff.unboundKeys).changes;
       const channels = this.db.prepare('DELETE FROM channels WHERE expires_at <= ?').run(cutoff.channels).changes;
-      return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels };
-    })();
+      const peerRequests = this.db.prepare('DELETE FROM peer_requests WHERE expires_at <= ?').run(cutoff.peerRequests).changes;
+      this.db.prepare('DELETE FROM peer_request_counts WHERE expires_at <= ?').run(cutoff.peerRequests);
+      return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels, peerRequests };
+    });
     // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL
     // frames that still held the destroyed (sealed) key rows.
     if (result.keys > 0) this.db.pragma('wal_checkpoint(TRUNCATE)');

@@ -7,7 +7,7 @@
  * the plain types of model.ts. Times are epoch milliseconds; sealed columns hold key material
  * encrypted by the keyring, never plaintext.
  */
-import type { AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, ResourceRow, SweepResult } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
 
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
@@ -63,14 +63,31 @@ export interface Store {
   /** Marks copies stale (they stay, for the archive); only those under `authority`. Returns how many, each once. */
   invalidateCopies(authority: string, resourceUris: string[]): Promise<number>;
 
-  /** Appends audit records after the current head; each carries its own prevHash/hash. */
-  appendAudit(rows: AuditRow[]): Promise<void>;
-  auditHead(): Promise<{ seq: number; hash: string } | undefined>;
+  /**
+   * Extends the one audit chain that every process on this database shares, by one batch, in one
+   * transaction: reads the head under a lock that other processes' appends wait on, appends the
+   * rows `link(head)` builds after it and moves the head to the last of them. Rows that do not
+   * follow the head one by one (rules.ts checkAuditLink) are a RangeError and nothing is written.
+   * `link` may be called more than once (a transaction retried): it must only compute.
+   */
+  appendAudit(link: (head: AuditHead) => AuditRow[]): Promise<void>;
+  /** The chain's end as the lock holder last left it: seq 0 and AUDIT_GENESIS when empty. */
+  auditHead(): Promise<AuditHead>;
   readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
 
   /**
+   * The peers' replay window, shared by every process on this database: remembers a signed peer
+   * request until `expiresAt` unless it is a replay (remembered and not expired) or the peer
+   * already holds `limit` requests within the window (rules.ts peerRequestOutcome decides; the
+   * count is kept per slice, rules.ts peerRequestSlices). Concurrent calls for one peer are
+   * decided one after the other, so of two equal requests exactly one is accepted.
+   */
+  acceptPeerRequest(request: PeerRequest, limit: number): Promise<PeerRequestOutcome>;
+
+  /**
    * Destroys what expired: resources past their TTL with their keys and authorizations, unbound
-   * keys more than `unboundGraceMs` past expiry, and expired channels.
+   * keys more than `unboundGraceMs` past expiry, expired channels, and remembered peer requests
+   * (with their counts) whose window ended.
    */
   sweep(now: number, unboundGraceMs: number): Promise<SweepResult>;
 

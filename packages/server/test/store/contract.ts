@@ -1,27 +1,39 @@
 /**
  * The Store contract: every backend runs this same suite. It pins the atomic behaviours callers
  * rely on — one winner among concurrent binds, all-or-nothing resource creation, idempotent
- * authorizations, one active CMK per scope, the audit append order, the sweeper, federated copies —
- * and that both backends refuse the same malformed inputs. The decisions themselves are unit-tested
- * in rules.test.ts; here they are checked as each backend applies them.
+ * authorizations, one active CMK per scope, the audit chain, the peers' replay window, the sweeper,
+ * federated copies — and that both backends refuse the same malformed inputs. What several KMS
+ * processes share through one database (the audit chain, the replay window) is checked with two
+ * instances of the store on the same database. The decisions themselves are unit-tested in
+ * rules.test.ts; here they are checked as each backend applies them.
  */
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { COPY_INVALIDATED, type AuthorizationRow, type KeyRow, type ResourceRow } from '../../src/model.js';
+import { AuditLog, auditHash, verifyAudit, type AuditEntry } from '../../src/audit/audit.js';
+import { COPY_INVALIDATED, type AuditHead, type AuditRow, type AuthorizationRow, type KeyRow, type ResourceRow } from '../../src/model.js';
 import type { Store } from '../../src/store/store.js';
 
+/** `open`: a new instance of the store on the suite's one database, at every call. */
 export function storeContract(name: string, open: () => Promise<Store>): void {
   describe(`Store contract: ${name}`, () => {
     let store: Store;
+    /** A second instance on the same database: another KMS process. */
+    let other: Store;
     const cmkId = randomUUID();
     const now = 1_800_000_000_000;
+    /** Every audit record of the suite is hashed with it, so the shared chain verifies at any time. */
+    const auditKey = randomBytes(32);
 
     before(async () => {
       store = await open();
+      other = await open();
       await store.insertCmk({ id: cmkId, state: 'active', assignedOrgId: null, createdAt: now, sealed: new Uint8Array([1, 2, 3]) });
     });
-    after(() => store.close());
+    after(async () => {
+      await other.close();
+      await store.close();
+    });
 
     const key = (over: Partial<KeyRow> = {}): KeyRow => ({
       id: randomUUID(),
@@ -200,14 +212,112 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.equal(await store.deleteChannel(id), false);
     });
 
-    test('audit rows append in order and refuse a second row with the same seq', async () => {
+    const auditEntry = (i: number): AuditEntry => ({ time: now + i, principal: 'alice@a.example', clientId: 'c', method: 'update', uri: '/ping', status: 200, peer: null, requestId: `r${i}` });
+    /** Builds rows after `head` as AuditLog does, naming `node`. */
+    const chained = (head: AuditHead, entries: AuditEntry[], node: string | null): AuditRow[] => {
+      let { seq, hash } = head;
+      return entries.map((e) => {
+        const prevHash = hash;
+        seq += 1;
+        hash = auditHash(auditKey, prevHash, seq, { ...e, node });
+        return { ...e, seq, node, prevHash, hash };
+      });
+    };
+
+    test('the audit chain: a batch follows the head read in its transaction; one that does not is refused whole', async () => {
+      const start = await store.auditHead();
+      const heads: AuditHead[] = [];
+      await store.appendAudit((head) => {
+        heads.push(head);
+        return chained(head, [auditEntry(1), auditEntry(2)], 'node-a');
+      });
+      assert.deepEqual(heads.at(-1), start, 'linked to the stored head');
+      const written = await store.readAudit(start.seq, 10);
+      assert.deepEqual(written.map((r) => [r.seq, r.node, r.requestId]), [[start.seq + 1, 'node-a', 'r1'], [start.seq + 2, 'node-a', 'r2']]);
+      assert.deepEqual(await other.auditHead(), { seq: start.seq + 2, hash: written[1]!.hash }, 'the other instance sees the moved head');
+
       const head = await store.auditHead();
-      const seq = (head?.seq ?? 0) + 1;
-      const row = { seq, time: now, principal: 'alice@a.example', clientId: 'c', method: 'update', uri: '/ping', status: 200, peer: null, requestId: 'r', prevHash: head?.hash ?? '0', hash: 'h1' };
-      await store.appendAudit([row, { ...row, seq: seq + 1, prevHash: 'h1', hash: 'h2' }]);
-      assert.deepEqual(await store.auditHead(), { seq: seq + 1, hash: 'h2' });
-      assert.equal((await store.readAudit(seq - 1, 10)).length, 2);
-      await assert.rejects(store.appendAudit([{ ...row, seq: seq + 1, hash: 'fork' }]));
+      const refused = [
+        (h: AuditHead) => chained({ ...h, seq: h.seq + 1 }, [auditEntry(3)], 'node-a'), // a gap
+        (h: AuditHead) => chained({ ...h, seq: h.seq - 1 }, [auditEntry(3)], 'node-a'), // a seq taken
+        (h: AuditHead) => chained({ ...h, hash: start.hash }, [auditEntry(3)], 'node-a'), // a fork
+        (h: AuditHead) => [...chained(h, [auditEntry(3)], 'node-a'), ...chained(h, [auditEntry(4)], 'node-a')], // a fork inside the batch
+      ];
+      for (const link of refused) await assert.rejects(other.appendAudit(link), /does not follow/);
+      assert.deepEqual(await store.auditHead(), head, 'nothing written');
+      assert.equal((await store.readAudit(head.seq, 10)).length, 0);
+      await other.appendAudit(() => []);
+      assert.deepEqual(await store.auditHead(), head, 'an empty batch moves nothing');
+      const verified = await verifyAudit(store, auditKey);
+      assert.ok(verified.ok, JSON.stringify(verified));
+    });
+
+    test('two instances on one database extend one audit chain: no fork, no lost record', async () => {
+      const start = await store.auditHead();
+      const logs = [new AuditLog(store, auditKey, `n1-${randomUUID()}`), new AuditLog(other, auditKey, `n2-${randomUUID()}`)];
+      // Both logs batch at once, each after a head the other keeps moving.
+      await Promise.all(Array.from({ length: 200 }, (_, i) => logs[i % 2]!.record(auditEntry(i))));
+      await Promise.all(logs.map((l) => l.flush()));
+      const result = await verifyAudit(other, auditKey);
+      assert.ok(result.ok, JSON.stringify(result));
+      assert.equal(result.records, start.seq + 200);
+      assert.deepEqual(logs.map((l) => result.nodes[l.node]), [100, 100]);
+      const rows = await store.readAudit(start.seq, 1000);
+      assert.deepEqual(rows.map((r) => r.requestId).sort(), Array.from({ length: 200 }, (_, i) => `r${i}`).sort(), 'every record once');
+    });
+
+    test('audit records without a node (written before nodes were recorded) keep verifying', async () => {
+      await store.appendAudit((head) => chained(head, [auditEntry(1)], null));
+      const result = await verifyAudit(other, auditKey);
+      assert.ok(result.ok && result.unattributed === 1, JSON.stringify(result));
+      const [last] = await store.readAudit((await store.auditHead()).seq - 1, 1);
+      assert.equal(last!.node, null);
+    });
+
+    test("the peers' replay window: a requestId accepted once across instances, per peer, again once its window ended", async () => {
+      const window = 600_000;
+      const at = (t: number, requestId = `string:${randomUUID()}`, peer = `p-${randomUUID()}.example`) => ({ peer, requestId, now: t, expiresAt: t + window });
+      const first = at(now);
+      assert.equal(await store.acceptPeerRequest(first, 10), 'accepted');
+      assert.equal(await other.acceptPeerRequest({ ...first, now: now + 1 }, 10), 'replayed', 'by another node too');
+      assert.equal(await store.acceptPeerRequest({ ...first, now: first.expiresAt - 1, expiresAt: first.expiresAt - 1 + window }, 10), 'replayed', 'to the end of its window');
+      assert.equal(await other.acceptPeerRequest({ ...first, peer: `p-${randomUUID()}.example` }, 10), 'accepted', 'the same requestId from another peer');
+      // The same new request to both instances at once: exactly one is accepted.
+      const same = at(now);
+      const outcomes = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? other : store).acceptPeerRequest(same, 100)));
+      assert.deepEqual(outcomes.sort(), ['accepted', ...Array(9).fill('replayed')]);
+      // After its window it is a new request (its row, not yet swept, is reused).
+      const later = now + window + 60_000;
+      assert.equal(await other.acceptPeerRequest({ ...first, now: later, expiresAt: later + window }, 10), 'accepted');
+    });
+
+    test("the peers' replay window is bounded per peer: refused past the limit, across instances, until the window moves on", async () => {
+      const window = 600_000;
+      const peer = `flood-${randomUUID()}.example`;
+      const req = (requestId: string, t = now) => ({ peer, requestId, now: t, expiresAt: t + window });
+      const outcomes = await Promise.all(Array.from({ length: 8 }, (_, i) => (i % 2 ? other : store).acceptPeerRequest(req(`number:${i}`), 5)));
+      assert.deepEqual(outcomes.filter((o) => o === 'accepted').length, 5, outcomes.join());
+      assert.deepEqual(outcomes.filter((o) => o === 'over-limit').length, 3);
+      const acceptedId = `number:${outcomes.indexOf('accepted')}`;
+      assert.equal(await store.acceptPeerRequest(req(acceptedId), 5), 'replayed', 'a replay is told as one, full or not');
+      assert.equal(await other.acceptPeerRequest({ ...req('number:99'), peer: `calm-${randomUUID()}.example` }, 5), 'accepted', 'other peers unaffected');
+      // Once the slice the five were counted in has left the window, the peer is accepted again.
+      const later = now + window + 60_000;
+      assert.equal(await store.acceptPeerRequest(req('number:100', later), 5), 'accepted');
+      const refusedId = `number:${outcomes.indexOf('over-limit')}`;
+      assert.equal(await other.acceptPeerRequest(req(refusedId, later), 5), 'accepted', 'a refused request was not remembered');
+    });
+
+    test("sweep destroys remembered peer requests whose window ended, and only those", async () => {
+      const peer = `sweep-${randomUUID()}.example`;
+      const t = now + 50_000_000;
+      const req = (requestId: string, at: number) => ({ peer, requestId, now: at, expiresAt: at + 600_000 });
+      assert.equal(await store.acceptPeerRequest(req('string:old', t - 700_000), 10), 'accepted');
+      assert.equal(await store.acceptPeerRequest(req('string:live', t - 100_000), 10), 'accepted');
+      const result = await other.sweep(t, 0);
+      assert.ok(result.peerRequests >= 1, JSON.stringify(result));
+      assert.equal(await store.acceptPeerRequest(req('string:live', t), 10), 'replayed', 'kept: its window has not ended');
+      assert.equal(await store.acceptPeerRequest(req('string:old', t), 10), 'accepted');
     });
 
     test('peer fetches: one row per resource and peer, the latest time kept; peers listed in order', async () => {
@@ -265,6 +375,12 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.equal(await store.getChannel(channel), undefined);
       await assert.rejects(store.recordPeerFetch(r.id, 'kms://b.example', now + 0.5), RangeError);
       assert.deepEqual(await store.peersThatFetched(r.id), []);
+      const peer = `bad-${randomUUID()}.example`;
+      const request = { peer, requestId: 'string:x', now, expiresAt: now + 600_000 };
+      await assert.rejects(store.acceptPeerRequest({ ...request, now: now + 0.5 }, 10), RangeError);
+      await assert.rejects(store.acceptPeerRequest({ ...request, expiresAt: now }, 10), RangeError);
+      await assert.rejects(store.acceptPeerRequest(request, -1), RangeError);
+      assert.equal(await store.acceptPeerRequest(request, 10), 'accepted', 'none of the refused was remembered');
     });
 
     test('sweep destroys expired resources with their keys, old unbound keys, dead channels', async () => {

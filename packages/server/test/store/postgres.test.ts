@@ -132,6 +132,24 @@ if (problem !== undefined) {
       }
     });
 
+    test('the database itself refuses a record that forks the audit chain (a writer that skipped the head lock)', async () => {
+      const store = await PostgresStore.open(URL_, { schema });
+      const intruder = new pg.Client({ connectionString: postgresConnection(URL_, schema).connectionString });
+      await intruder.connect();
+      try {
+        await store.appendAudit((head) => [{ seq: head.seq + 1, time: 1, principal: null, clientId: null, method: null, uri: null, status: 200, peer: null, requestId: null, node: 'n', prevHash: head.hash, hash: `h-${randomUUID()}` }]);
+        const head = await store.auditHead();
+        const insert = (seq: number, prevHash: string) =>
+          intruder.query(`INSERT INTO audit (seq, time, status, node, prev_hash, hash) VALUES ($1, 1, 200, 'intruder', $2, $3)`, [seq, prevHash, `x-${randomUUID()}`]);
+        await assert.rejects(insert(head.seq, 'elsewhere'), /audit_pkey/);
+        const last = (await intruder.query('SELECT prev_hash FROM audit WHERE seq = $1', [head.seq])).rows[0].prev_hash as string;
+        await assert.rejects(insert(head.seq + 1, last), /audit_one_successor/, 'a second successor of one record');
+      } finally {
+        await intruder.end();
+        await store.close();
+      }
+    });
+
     test('a bad schema name is refused before connecting', async () => {
       await assert.rejects(PostgresStore.open(URL_, { schema: 'Robert"; DROP' }), /lower-case SQL identifier/);
     });

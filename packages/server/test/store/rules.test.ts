@@ -1,19 +1,23 @@
 /**
  * The decisions both stores share (src/store/rules.ts), without a database: every bind outcome
  * and its precedence, what binds write, how adds of authorizations merge and count, the sweep's
- * cutoffs and the inputs refused. contract.ts checks each backend applies them.
+ * cutoffs, how an audit batch must follow the head, the peers' replay window and the inputs refused. contract.ts checks each backend applies them.
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { AuthorizationRow, KeyBind, KeyRow } from '../../src/model.js';
+import type { AuditRow, AuthorizationRow, KeyBind, KeyRow } from '../../src/model.js';
 import {
   authIdsOf,
   bindOutcome,
   bindWrites,
+  checkAuditLink,
   checkAuditRow,
   checkCount,
   checkKeyFilter,
   checkKeyRow,
+  PEER_REQUEST_SLICE_MS,
+  peerRequestOutcome,
+  peerRequestSlices,
   planAuthorizations,
   sweepCutoffs,
 } from '../../src/store/rules.js';
@@ -148,13 +152,69 @@ describe('planAuthorizations', () => {
 
 describe('sweepCutoffs', () => {
   test('resources and channels up to now, unbound keys up to the grace before it', () => {
-    assert.deepEqual(sweepCutoffs(now, 86_400_000), { resources: now, unboundKeys: now - 86_400_000, channels: now });
-    assert.deepEqual(sweepCutoffs(now, 0), { resources: now, unboundKeys: now, channels: now });
+    assert.deepEqual(sweepCutoffs(now, 86_400_000), { resources: now, unboundKeys: now - 86_400_000, channels: now, peerRequests: now });
+    assert.deepEqual(sweepCutoffs(now, 0), { resources: now, unboundKeys: now, channels: now, peerRequests: now });
   });
 
   test('a negative grace or a fractional now is refused', () => {
     assert.throws(() => sweepCutoffs(now, -1), /unboundGraceMs must be a non-negative integer/);
     assert.throws(() => sweepCutoffs(now + 0.5, 0), RangeError);
+  });
+});
+
+describe('audit batches (checkAuditLink)', () => {
+  const row = (seq: number, prevHash: string, hash: string): AuditRow => ({
+    seq, time: now, principal: null, clientId: null, method: null, uri: null, status: 200, peer: null, requestId: null, node: 'n', prevHash, hash,
+  });
+  const head = { seq: 7, hash: 'h7' };
+
+  test('rows that follow the head one by one pass, and so does an empty batch', () => {
+    assert.doesNotThrow(() => checkAuditLink(head, [row(8, 'h7', 'h8'), row(9, 'h8', 'h9')]));
+    assert.doesNotThrow(() => checkAuditLink(head, []));
+  });
+
+  test('a gap, a repeated seq, a wrong predecessor or a malformed row is refused', () => {
+    assert.throws(() => checkAuditLink(head, [row(9, 'h7', 'h9')]), /audit record 9 does not follow record 7/);
+    assert.throws(() => checkAuditLink(head, [row(7, 'h7', 'x')]), /does not follow/);
+    assert.throws(() => checkAuditLink(head, [row(8, 'h6', 'h8')]), /does not follow/, 'a fork of the head');
+    assert.throws(() => checkAuditLink(head, [row(8, 'h7', 'h8'), row(9, 'h7', 'h9')]), /audit record 9 does not follow record 8/);
+    assert.throws(() => checkAuditLink(head, [{ ...row(8, 'h7', 'h8'), time: now + 0.5 }]), /audit\.time/);
+  });
+});
+
+describe("the peers' replay window", () => {
+  const window = 600_000;
+  const request = (at: number) => ({ peer: 'b.example', requestId: 'string:r', now: at, expiresAt: at + window });
+
+  test('a request counts in the slice of its instant; the slices since its window began still count', () => {
+    const at = 100 * PEER_REQUEST_SLICE_MS + 5;
+    assert.deepEqual(peerRequestSlices(request(at)), { slice: 100, since: 90, expiresAt: 101 * PEER_REQUEST_SLICE_MS + window });
+    // On a slice boundary the window reaches back exactly window / slice slices.
+    assert.deepEqual(peerRequestSlices(request(100 * PEER_REQUEST_SLICE_MS)), { slice: 100, since: 90, expiresAt: 101 * PEER_REQUEST_SLICE_MS + window });
+  });
+
+  test('the count of a slice outlives every request it counted', () => {
+    const at = 100 * PEER_REQUEST_SLICE_MS;
+    for (const t of [at, at + 1, at + PEER_REQUEST_SLICE_MS - 1]) {
+      // Every later request whose window still holds one of this slice's reads this slice.
+      const { expiresAt } = peerRequestSlices(request(t));
+      const lastHeld = t + window - 1;
+      assert.ok(peerRequestSlices(request(lastHeld)).since <= 100 && expiresAt > lastHeld, String(t));
+    }
+  });
+
+  test('a replay first, then the bound', () => {
+    assert.equal(peerRequestOutcome({ seen: false, accepted: 0 }, 2), 'accepted');
+    assert.equal(peerRequestOutcome({ seen: false, accepted: 1 }, 2), 'accepted');
+    assert.equal(peerRequestOutcome({ seen: false, accepted: 2 }, 2), 'over-limit');
+    assert.equal(peerRequestOutcome({ seen: true, accepted: 0 }, 2), 'replayed');
+    assert.equal(peerRequestOutcome({ seen: true, accepted: 5 }, 2), 'replayed', 'a replay is told as one, even over the limit');
+  });
+
+  test('fractional instants, a window that ends before it starts, a negative limit are refused', () => {
+    assert.throws(() => peerRequestSlices({ ...request(now), now: now + 0.5 }), /peer request\.now/);
+    assert.throws(() => peerRequestSlices({ ...request(now), expiresAt: now }), /expiresAt must be after now/);
+    assert.throws(() => peerRequestOutcome({ seen: false, accepted: 0 }, -1), /limit/);
   });
 });
 
@@ -177,7 +237,7 @@ describe('input checks', () => {
     assert.doesNotThrow(() => checkKeyRow(key('k', { resourceId: 'r', bindDate: now, bindSeq: 3 })));
     assert.throws(() => checkKeyRow(key('k', { bindSeq: 0.5 })), /key\.bindSeq must be an integer, got 0\.5/);
     assert.throws(() => checkKeyRow(key('k', { expiresAt: Number.NaN })), /key\.expiresAt/);
-    const audit = { seq: 1, time: now, principal: null, clientId: null, method: null, uri: null, status: 200, peer: null, requestId: null, prevHash: '0', hash: 'h' };
+    const audit = { seq: 1, time: now, principal: null, clientId: null, method: null, uri: null, status: 200, peer: null, requestId: null, node: null, prevHash: '0', hash: 'h' };
     assert.doesNotThrow(() => checkAuditRow(audit));
     assert.throws(() => checkAuditRow({ ...audit, status: 200.5 }), /audit\.status/);
   });

@@ -1,7 +1,29 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { test } from 'node:test';
+import Database from 'better-sqlite3';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { storeContract } from './contract.js';
 
-storeContract('sqlite', async () => new SqliteStore(join(mkdtempSync(join(tmpdir(), 'kms-store-')), 'kms.db')));
+// One file for the suite: every open() is another instance on it, as another process would be.
+const file = join(mkdtempSync(join(tmpdir(), 'kms-store-')), 'kms.db');
+storeContract('sqlite', async () => new SqliteStore(file));
+
+test('the database itself refuses a record that forks the audit chain (a writer that skipped the head lock)', async () => {
+  const store = new SqliteStore(file);
+  await store.appendAudit((head) => [{ seq: head.seq + 1, time: 1, principal: null, clientId: null, method: null, uri: null, status: 200, peer: null, requestId: null, node: 'n', prevHash: head.hash, hash: `h-${randomUUID()}` }]);
+  const head = await store.auditHead();
+  await store.close();
+  const db = new Database(file);
+  try {
+    const insert = db.prepare(`INSERT INTO audit (seq, time, status, node, prev_hash, hash) VALUES (?, 1, 200, 'intruder', ?, ?)`);
+    assert.throws(() => insert.run(head.seq, 'elsewhere', `x-${randomUUID()}`), /UNIQUE constraint failed: audit\.seq/);
+    const [last] = db.prepare('SELECT prev_hash FROM audit WHERE seq = ?').all(head.seq) as { prev_hash: string }[];
+    assert.throws(() => insert.run(head.seq + 1, last!.prev_hash, `x-${randomUUID()}`), /UNIQUE constraint failed: audit\.prev_hash/, 'a second successor of one record');
+  } finally {
+    db.close();
+  }
+});
