@@ -172,16 +172,21 @@ export async function openStore(url: string, baseDir: string): Promise<Store> {
 
 const NETWORK_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE']);
 
-/** One line about a PostgreSQL that could not be opened; names host:port, never the password. */
-function postgresProblem(url: string, err: unknown): string {
-  let where = 'the configured address';
+/** host:port of a postgres:// URL, for messages (never the password); undefined if it does not parse. */
+export function postgresAddress(url: string): string | undefined {
   try {
     const u = new URL(url);
     const host = u.searchParams.get('host') ?? (u.hostname.replace(/^\[(.*)\]$/, '$1') || 'localhost');
-    where = `${host}:${u.searchParams.get('port') ?? (u.port || '5432')}`;
+    return `${host}:${u.searchParams.get('port') ?? (u.port || '5432')}`;
   } catch {
-    return 'storage url is not a valid postgres:// URL';
+    return undefined;
   }
+}
+
+/** One line about a PostgreSQL that could not be opened; names host:port, never the password. */
+export function postgresProblem(url: string, err: unknown): string {
+  const where = postgresAddress(url);
+  if (where === undefined) return 'storage url is not a valid postgres:// URL';
   const e = err as { code?: unknown; message?: unknown; errors?: { code?: unknown }[] };
   // Node reports a refused dual-stack connect as an AggregateError of one error per address.
   const code = typeof e.code === 'string' ? e.code : e.errors?.map((x) => x.code).find((c): c is string => typeof c === 'string');

@@ -2,9 +2,9 @@
  * The `kms` command. Bad input of any kind gets one clear line on stderr and a non-zero exit,
  * never a stack trace (OPERATING.md).
  */
-import { readFileSync } from 'node:fs';
 import { KmsError } from '@openkms/protocol';
 import { ConfigError } from '../config.js';
+import { KMS_VERSION } from '../version.js';
 import { HelpRequested, UsageError } from './args.js';
 import { auditCommand } from './audit.js';
 import { clientCommand } from './client.js';
@@ -36,12 +36,6 @@ const USAGE = `usage: kms <command> [options]
 Run 'kms <command> --help' (or 'kms help <command>') for a command's options.
 `;
 
-/** The server package's version, from its package.json (bin/ and dist/ ship beside it). */
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
-
 export async function main(argv: string[]): Promise<void> {
   let [name, ...rest] = argv;
   if (name === 'help' && rest[0] && rest[0] in commands) [name, rest] = [rest[0], ['--help']];
@@ -52,7 +46,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   if (name === 'version' || name === '--version' || name === '-v') {
-    process.stdout.write(`kms ${version()}\n`);
+    process.stdout.write(`kms ${KMS_VERSION}\n`);
     return;
   }
   const command = commands[name];
