@@ -12,11 +12,13 @@ import { demoCommand } from './demo.js';
 import { initCommand } from './init.js';
 import { peerCommand } from './peer.js';
 import { serveCommand } from './serve.js';
+import { statusCommand } from './status.js';
 import { tokenCommand } from './token.js';
 
 const commands: Record<string, (argv: string[]) => Promise<void>> = {
   init: initCommand,
   serve: serveCommand,
+  status: statusCommand,
   token: tokenCommand,
   audit: auditCommand,
   client: clientCommand,
@@ -26,13 +28,14 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
 
 const USAGE = `usage: kms <command> [options]
   init          write a KMS folder (config, keys, certificates)
-  serve         run the KMS
+  serve         run the KMS (SIGHUP reloads peers, log level and TLS certificate)
+  status        version, storage, audit head, certificate expiry, peers; exit 1 if something needs attention
   token         print a development access token
   peer          add, list or remove federation peers (other KMSs this one trusts)
   audit verify  check the audit log's hash chain
   client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)
   demo          the federation scenario end to end: two KMSs, a file service, Alice and Bob
-  version       print the version of this kms
+  version       print the version of this kms (also kms --version)
 Run 'kms <command> --help' (or 'kms help <command>') for a command's options.
 `;
 
