@@ -46,6 +46,17 @@ async function keysCreatedIn(dir: string, n = 2): Promise<{ uri: string; k: stri
   }
 }
 
+/** Runs `check` on a copy of the served folder (removed afterwards), so each test changes its own. */
+async function inCopy(check: (copy: string) => void | Promise<void>): Promise<void> {
+  const copy = mkdtempSync(join(tmpdir(), 'kms-life-copy-'));
+  try {
+    cpSync(used, copy, { recursive: true });
+    await check(copy);
+  } finally {
+    rmSync(copy, { recursive: true, force: true });
+  }
+}
+
 let used: string;
 let keys: { uri: string; k: string }[];
 
@@ -68,10 +79,8 @@ describe('kms init --force', () => {
     assert.deepEqual(contents(used), before, 'root key, certificates, config and database untouched');
   });
 
-  test('refuses when kms.json is gone but its kms.db is still there', TEST, () => {
-    const copy = mkdtempSync(join(tmpdir(), 'kms-life-orphan-'));
-    try {
-      cpSync(used, copy, { recursive: true });
+  test('refuses when kms.json is gone but its kms.db is still there', TEST, () =>
+    inCopy(async (copy) => {
       rmSync(join(copy, 'kms.json'));
       const before = contents(copy);
       const r = runKms(['init', '--dir', copy, ...INIT]);
@@ -79,15 +88,10 @@ describe('kms init --force', () => {
       oneClearLine(r.stderr);
       assert.match(r.stderr, /kms\.db holds data/);
       assert.deepEqual(contents(copy), before);
-    } finally {
-      rmSync(copy, { recursive: true, force: true });
-    }
-  });
+    }));
 
-  test('refuses when the SQLite file kms.json names holds data, though there is no kms.db', TEST, () => {
-    const copy = mkdtempSync(join(tmpdir(), 'kms-life-named-'));
-    try {
-      cpSync(used, copy, { recursive: true });
+  test('refuses when the SQLite file kms.json names holds data, though there is no kms.db', TEST, () =>
+    inCopy(async (copy) => {
       for (const f of readdirSync(copy).filter((f) => f.startsWith('kms.db'))) cpSync(join(copy, f), join(copy, f.replace('kms.db', 'elsewhere.db')));
       for (const f of readdirSync(copy).filter((f) => f.startsWith('kms.db'))) rmSync(join(copy, f));
       const cfg = JSON.parse(readFileSync(join(copy, 'kms.json'), 'utf8'));
@@ -98,10 +102,7 @@ describe('kms init --force', () => {
       oneClearLine(r.stderr);
       assert.match(r.stderr, /elsewhere\.db holds data/);
       assert.deepEqual(contents(copy), before);
-    } finally {
-      rmSync(copy, { recursive: true, force: true });
-    }
-  });
+    }));
 
   test('works on a folder that holds only certificates and keys (never served): a new root key', TEST, () => {
     const fresh = mkdtempSync(join(tmpdir(), 'kms-life-fresh-'));
@@ -195,10 +196,8 @@ describe('kms init --renew-certificates', () => {
     }
   });
 
-  test('--new-static-key replaces the key too; the data stays readable', TEST, async () => {
-    const copy = mkdtempSync(join(tmpdir(), 'kms-life-rekey-'));
-    try {
-      cpSync(used, copy, { recursive: true });
+  test('--new-static-key replaces the key too; the data stays readable', TEST, () =>
+    inCopy(async (copy) => {
       const before = contents(copy);
       const r = runKms(['init', '--renew-certificates', '--new-static-key', '--dir', copy]);
       assert.equal(r.code, 0, r.stderr);
@@ -213,15 +212,10 @@ describe('kms init --renew-certificates', () => {
         await alice.close();
         assert.equal(await server.stop(), 0);
       }
-    } finally {
-      rmSync(copy, { recursive: true, force: true });
-    }
-  });
+    }));
 
-  test('refused without a folder, with flags that name a new identity, or without the CA key', TEST, () => {
-    const copy = mkdtempSync(join(tmpdir(), 'kms-life-noca-'));
-    try {
-      cpSync(used, copy, { recursive: true });
+  test('refused without a folder, with flags that name a new identity, or without the CA key', TEST, () =>
+    inCopy(async (copy) => {
       rmSync(join(copy, 'ca-key.pem'));
       const cfg = JSON.parse(readFileSync(join(copy, 'kms.json'), 'utf8'));
       writeFileSync(join(copy, 'kms.json'), JSON.stringify({ ...cfg, ca: { cert: 'ca.pem' } }));
@@ -243,8 +237,5 @@ describe('kms init --renew-certificates', () => {
       const r = runKms(['init', '--renew-certificates', '--dir', copy, '--ca-key', join(used, 'ca-key.pem')]);
       assert.equal(r.code, 0, r.stderr);
       assert.notEqual(contents(copy)['static-cert.pem'], before['static-cert.pem']);
-    } finally {
-      rmSync(copy, { recursive: true, force: true });
-    }
-  });
+    }));
 });
