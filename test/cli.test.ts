@@ -102,7 +102,10 @@ describe('--help on every command prints its usage and does nothing else', () =>
   /** Each command with arguments that, without --help, would act: write, serve, mint, verify, call a KMS. */
   const commands = (kmsDir: string, cfg: string): { args: string[]; usage: RegExp; where?: 'stderr' }[] => [
     { args: ['init', '--dir', join(kmsDir, 'new'), '--authority', 'kms.n.example', '--domain', 'n.example'], usage: /^usage: kms init / },
+    { args: ['init', '--renew-certificates', '--dir', kmsDir], usage: /^usage: kms init / },
     { args: ['serve', '--config', cfg, '--port', '0'], usage: /^usage: kms serve / },
+    { args: ['status', '--config', cfg], usage: /^usage: kms status / },
+    { args: ['status'], usage: /^usage: kms status / },
     { args: ['serve'], usage: /^usage: kms serve / },
     { args: ['token', '--config', cfg, '--user', 'alice@a.example'], usage: /^usage: kms token / },
     { args: ['peer'], usage: /^usage: kms peer add / },
@@ -145,7 +148,7 @@ describe('--help on every command prints its usage and does nothing else', () =>
           assert.equal(r.code, 0, `${what}: exit ${r.code}\n${r.stderr}`);
           assert.match(where === 'stderr' ? r.stderr : r.stdout, usage, `${what} prints its usage`);
           if (where !== 'stderr') assert.equal(r.stderr, '', `${what}: nothing on stderr`);
-          assert.doesNotMatch(r.stdout + r.stderr, /listening|intact|wrote|added|eyJ|\(1\) /, `${what} did not act`);
+          assert.doesNotMatch(r.stdout + r.stderr, /listening|intact|wrote|renewed|added|status: |eyJ|\(1\) /, `${what} did not act`);
         }
       }
       assert.deepEqual(snapshot(kmsDir), before, 'no file of the KMS folder was written');
@@ -166,11 +169,13 @@ describe('--help on every command prints its usage and does nothing else', () =>
     assert.match(bare.stderr, /^usage: kms <command>/);
   });
 
-  test('kms version', () => {
-    const r = runKms(['version']);
-    assert.equal(r.code, 0, r.stderr);
+  test('kms version and kms --version', () => {
     const pkg = JSON.parse(readFileSync(new URL('../packages/server/package.json', import.meta.url), 'utf8')) as { version: string };
-    assert.equal(r.stdout, `kms ${pkg.version}\n`);
+    for (const args of [['version'], ['--version']]) {
+      const r = runKms(args);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, `kms ${pkg.version}\n`);
+    }
   });
 });
 

@@ -42,6 +42,8 @@ export interface Served {
   url: string;
   stdout: string[];
   stderr: string[];
+  /** Sends a signal to the server process. */
+  signal(name: NodeJS.Signals): void;
   /** Sends SIGTERM and resolves with the exit code. */
   stop(): Promise<number | null>;
 }
@@ -67,6 +69,7 @@ export function serve(args: string[], env: Record<string, string> = {}): Promise
           url: m[1]!,
           stdout,
           stderr,
+          signal: (name) => void child.kill(name),
           stop: () => {
             child.kill('SIGTERM');
             return exited;

@@ -4,6 +4,8 @@
  * through here, so tests run the real thing.
  */
 import { readFileSync } from 'node:fs';
+import type { Server as HttpsServer } from 'node:https';
+import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import { isAbsolute, resolve } from 'node:path';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { joseCodec, type MessageCodec } from '@openkms/protocol';
@@ -51,6 +53,8 @@ export interface KmsOptions {
   now?: () => number;
   codec?: MessageCodec;
   logger?: Logger;
+  /** The peers, when the caller keeps them to replace them later (startKms: SIGHUP). */
+  peers?: PeerRegistry;
 }
 
 /**
@@ -68,7 +72,7 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
   const keyring = await Keyring.open(rootKey, store, now());
   const channels = new Channels(config.authority, store, keyring, now);
   const audit = new AuditLog(store, auditKeyOf(rootKey));
-  const peers = new PeerRegistry(config);
+  const peers = options.peers ?? new PeerRegistry(config);
   const bearers = new AnonymousBearers(config.authority, staticKey.privateKey, createPublicKey(staticKey.privateKey), now);
 
   const peerChannels = new PeerChannels({
@@ -134,7 +138,30 @@ export interface RunningKms {
   transport: Transport;
   /** http://host:port */
   url: string;
+  /**
+   * Takes what of a changed config applies without a restart: the peers (with their CA anchors) and
+   * the TLS certificate and key. Everything is checked first; on any problem it throws ConfigError
+   * and nothing changes. Says what it applied and which other settings differ (they wait for a restart).
+   */
+  reload(next: KmsConfig): Reloaded;
   close(): Promise<void>;
+}
+
+export interface Reloaded {
+  /** The settings taken: `peers`, `tls`. */
+  applied: string[];
+  /** Top-level settings of the new config that differ and take effect only at the next start. */
+  atNextStart: string[];
+}
+
+/** What reload() takes live, or leaves to whoever applies it (log: the logger's owner). */
+const RELOADED_LIVE = new Set(['peers', 'tls', 'log', 'baseDir']);
+
+/** The top-level settings that differ between two configs, except those a reload takes. */
+function needingRestart(running: KmsConfig, next: KmsConfig): string[] {
+  const keys = new Set([...Object.keys(running), ...Object.keys(next)]);
+  const differ = (k: string) => JSON.stringify((running as Record<string, unknown>)[k]) !== JSON.stringify((next as Record<string, unknown>)[k]);
+  return [...keys].filter((k) => !RELOADED_LIVE.has(k) && differ(k)).sort();
 }
 
 function read(config: KmsConfig, path: string, what: string): string {
@@ -174,16 +201,21 @@ export async function openStore(url: string, baseDir: string, options: { timeout
   throw new ConfigError(`storage url must be sqlite:PATH or postgres://…, got ${url.split(':')[0]}:`);
 }
 
-/** One line about a PostgreSQL that could not be opened; names host:port, never the password. */
-function postgresProblem(url: string, err: unknown): string {
-  let where = 'the configured address';
+/** host:port of a postgres:// URL, for messages (never the password); undefined if it does not parse. */
+export function postgresAddress(url: string): string | undefined {
   try {
     const u = new URL(url);
     const host = u.searchParams.get('host') ?? (u.hostname.replace(/^\[(.*)\]$/, '$1') || 'localhost');
-    where = `${host}:${u.searchParams.get('port') ?? (u.port || '5432')}`;
+    return `${host}:${u.searchParams.get('port') ?? (u.port || '5432')}`;
   } catch {
-    return 'storage url is not a valid postgres:// URL';
+    return undefined;
   }
+}
+
+/** One line about a PostgreSQL that could not be opened; names host:port, never the password. */
+export function postgresProblem(url: string, err: unknown): string {
+  const where = postgresAddress(url);
+  if (where === undefined) return 'storage url is not a valid postgres:// URL';
   const e = err as { code?: unknown; message?: unknown; errors?: { code?: unknown }[] };
   // Node reports a refused dual-stack connect as an AggregateError of one error per address.
   const code = typeof e.code === 'string' ? e.code : e.errors?.map((x) => x.code).find((c): c is string => typeof c === 'string');
@@ -248,6 +280,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
       onProviderError: (detail) => logger.warn({ detail }, 'identity provider problem'),
     },
   );
+  const peers = new PeerRegistry(config);
   const timeoutMs = config.storage.timeoutSeconds * 1000;
   // Every storage call of the running KMS has a deadline: storage that is down or stuck is a 503.
   const store = withDeadline(
@@ -259,7 +292,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   );
   let kms: Kms;
   try {
-    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec });
+    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec, peers });
   } catch (err) {
     await store.close();
     throw err;
@@ -284,11 +317,38 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   sweeper?.unref();
   const url = `${config.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${bound.port}`;
   let closing: Promise<void> | undefined;
+  let running = config;
   return {
     kms,
     store,
     transport,
     url,
+    reload(next) {
+      const own = { authority: running.authority, domains: running.domains, peers: next.peers };
+      validatePeers(own);
+      const atNextStart = needingRestart(running, next);
+      let secure: SecureContextOptions | undefined;
+      if (config.tls && next.tls) {
+        secure = { cert: read(next, next.tls.cert, 'TLS certificate'), key: read(next, next.tls.key, 'TLS key') };
+        try {
+          createSecureContext(secure);
+        } catch (err) {
+          throw new ConfigError(`TLS certificate and key: ${(err as Error).message}`);
+        }
+      } else if (Boolean(config.tls) !== Boolean(next.tls)) {
+        atNextStart.push('tls');
+      }
+      peers.replace(own);
+      const applied = ['peers'];
+      if (secure) {
+        // New TLS handshakes get the new certificate; connections already open keep theirs.
+        (transport.server as HttpsServer).setSecureContext(secure);
+        applied.push('tls');
+      }
+      // What runs: the start config with what was taken live, so a later reload still names the rest.
+      running = { ...running, peers: next.peers, log: next.log, tls: secure ? next.tls : running.tls };
+      return { applied, atNextStart };
+    },
     close: () =>
       (closing ??= (async () => {
         if (sweeper) clearInterval(sweeper);

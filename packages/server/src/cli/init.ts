@@ -1,17 +1,21 @@
 /**
  * `kms init`: a KMS folder with everything a server needs — config, static key and certificate
  * (issued by a CA of its own unless one is given), the root of at-rest encryption, the
- * development token issuer. Secrets are written owner-only; nothing is overwritten without --force.
+ * development token issuer. Secrets are written owner-only; nothing is overwritten without --force,
+ * and not even with it while a database of the folder holds data (a new root key would make it
+ * unreadable). `--renew-certificates` replaces only the static certificate.
  */
-import { createPublicKey } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createPublicKey, X509Certificate } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { isAuthority } from '@openkms/protocol';
+import { configPath, ConfigError, loadConfig } from '../config.js';
 import { defaultOf } from '../config/options.js';
-import { createCa, generateStaticKeyPem, issueKmsCertificate } from '../identity/certificates.js';
+import { createCa, generateStaticKeyPem, issueKmsCertificate, loadStaticIdentity } from '../identity/certificates.js';
 import { generateDevIssuerKey } from '../identity/dev-issuer.js';
 import { generateRootKey } from '../keyring/keyring.js';
 import { UsageError, flagOrEnv, intFlag, parse } from './args.js';
+import { dataHeldFor } from './existing-data.js';
 
 export interface InitOptions {
   dir: string;
@@ -40,6 +44,10 @@ export async function initKmsDir(o: InitOptions): Promise<string> {
   const dir = resolve(o.dir);
   const configFile = join(dir, FILES.config);
   if (existsSync(configFile) && !o.force) throw new UsageError(`${configFile} exists; use --force to overwrite`);
+  // Looked at before anything is written, with or without --force: a kms.db left without its kms.json
+  // still needs the root key beside it.
+  const held = await dataHeldFor(dir, configFile);
+  if (held) throw new UsageError(`refusing to write a new root key: ${held}; nothing was written (kms init --renew-certificates replaces only the certificate)`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
 
   let ca: { certPem: string; keyPem: string; own: boolean };
@@ -75,6 +83,57 @@ export async function initKmsDir(o: InitOptions): Promise<string> {
   return configFile;
 }
 
+/** Writes through a temporary file and a rename, so a crash leaves the old file or the new one. */
+function replaceFile(path: string, text: string, mode: number): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, text, { mode });
+  renameSync(tmp, path);
+}
+
+export interface RenewOptions {
+  /** The folder's kms.json. */
+  configFile: string;
+  /** The CA key when kms.json names none (the CA was given to init with --ca-key). */
+  caKeyPem?: string;
+  /** Also replace the static key (outstanding anonymous bearers, signed by the old one, stop working). */
+  newStaticKey?: boolean;
+}
+
+/**
+ * A new static certificate from the folder's own CA, for the static key it has (or a new one):
+ * the root key, the CA and the database are not touched, so every stored key stays readable and
+ * whoever trusts ca.pem trusts the new certificate. Checked as `kms serve` checks it before
+ * anything is replaced. Returns the new certificate's expiry.
+ */
+export async function renewCertificates(o: RenewOptions): Promise<Date> {
+  const config = loadConfig(o.configFile);
+  const readText = (path: string, what: string) => {
+    try {
+      return readFileSync(configPath(config, path), 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read ${what} ${configPath(config, path)}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  };
+  const caKeyPem = o.caKeyPem ?? (config.ca?.key ? readText(config.ca.key, 'CA key') : undefined);
+  if (!config.ca?.cert) throw new ConfigError(`${o.configFile} names no CA (ca.cert): nothing to issue the certificate from`);
+  if (!caKeyPem) throw new UsageError(`${o.configFile} names no CA key (the CA was given to kms init): pass it with --ca-key`);
+  const ca = { certPem: readText(config.ca.cert, 'CA certificate'), keyPem: caKeyPem };
+  const keyPem = o.newStaticKey ? await generateStaticKeyPem() : readText(config.staticKey.key, 'static key');
+  const publicKeyPem = createPublicKey(keyPem).export({ type: 'spki', format: 'pem' }) as string;
+  let certPem: string;
+  try {
+    certPem = await issueKmsCertificate({ ca, authority: config.authority, publicKeyPem });
+    await loadStaticIdentity({ keyPem, certChainPem: certPem, authority: config.authority });
+  } catch (err) {
+    throw new ConfigError(`cannot renew the static certificate: ${(err as Error).message}`);
+  }
+  // The key before the certificate: a crash between the two leaves a pair serve refuses, never a
+  // certificate for a key that was lost.
+  if (o.newStaticKey) replaceFile(configPath(config, config.staticKey.key), keyPem, 0o600);
+  replaceFile(configPath(config, config.staticKey.cert), certPem, 0o644);
+  return new Date(new X509Certificate(certPem).validTo);
+}
+
 function readPem(path: string | undefined, flag: string): string | undefined {
   if (path === undefined) return undefined;
   try {
@@ -85,9 +144,15 @@ function readPem(path: string | undefined, flag: string): string | undefined {
 }
 
 const USAGE = `usage: kms init --dir D --authority A --domain X [--domain Y…] [--port P] [--ca-cert F --ca-key F] [--force]
+       kms init --renew-certificates --dir D [--ca-key F] [--new-static-key]
   writes D/kms.json, the static key and certificate (issued by a CA of its own, ca.pem, unless
   --ca-cert and --ca-key give one), root.key and the development issuer key; secrets owner-only.
-  --port: listen.port in kms.json (default ${defaultOf('listen.port')}); --force: overwrite an existing D/kms.json
+  --port: listen.port in kms.json (default ${defaultOf('listen.port')}); --force: overwrite an existing D/kms.json.
+  Refuses, even with --force, while D/kms.db or the database D/kms.json names holds data: a new
+  root key would make every stored key unreadable.
+  --renew-certificates: a new static certificate from the folder's CA (--ca-key when the CA was
+  given); keeps the root key, the CA, the static key (a new one with --new-static-key, which ends
+  outstanding anonymous bearers) and the data.
 Environment: KMS_DIR, KMS_AUTHORITY, KMS_DOMAINS (comma-separated), KMS_PORT.`;
 
 export async function initCommand(argv: string[]): Promise<void> {
@@ -101,10 +166,25 @@ export async function initCommand(argv: string[]): Promise<void> {
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
       force: { type: 'boolean' },
+      'renew-certificates': { type: 'boolean' },
+      'new-static-key': { type: 'boolean' },
     },
     { usage: USAGE },
   );
   const dir = flagOrEnv(values.str('dir'), 'KMS_DIR');
+  if (values.bool('renew-certificates')) {
+    if (!dir) throw new UsageError('kms init --renew-certificates needs --dir');
+    // What names or replaces the folder's identity belongs to a new folder, not to a renewal.
+    for (const flag of ['authority', 'domain', 'port', 'ca-cert', 'force'] as const) {
+      if (values.str(flag) !== undefined || values.list(flag) !== undefined || values.bool(flag)) throw new UsageError(`--${flag} does not go with --renew-certificates (it keeps the folder's config and CA)`);
+    }
+    const configFile = join(resolve(dir), FILES.config);
+    if (!existsSync(configFile)) throw new UsageError(`${configFile} does not exist: nothing to renew (kms init without --renew-certificates makes a folder)`);
+    const expires = await renewCertificates({ configFile, caKeyPem: readPem(values.str('ca-key'), '--ca-key'), newStaticKey: values.bool('new-static-key') });
+    process.stderr.write(`renewed the static certificate of ${configFile}, valid until ${expires.toISOString()}; restart kms serve to use it\n`);
+    return;
+  }
+  if (values.bool('new-static-key')) throw new UsageError('--new-static-key goes with --renew-certificates');
   const authority = flagOrEnv(values.str('authority'), 'KMS_AUTHORITY');
   const domains = values.list('domain') ?? (process.env.KMS_DOMAINS ? process.env.KMS_DOMAINS.split(',') : []);
   if (!dir || !authority || domains.length === 0) throw new UsageError('kms init needs --dir, --authority and --domain');

@@ -2,9 +2,9 @@
  * The `kms` command. Bad input of any kind gets one clear line on stderr and a non-zero exit,
  * never a stack trace (OPERATING.md).
  */
-import { readFileSync } from 'node:fs';
 import { KmsError } from '@openkms/protocol';
 import { ConfigError } from '../config.js';
+import { KMS_VERSION } from '../version.js';
 import { HelpRequested, UsageError } from './args.js';
 import { auditCommand } from './audit.js';
 import { clientCommand } from './client.js';
@@ -12,11 +12,13 @@ import { demoCommand } from './demo.js';
 import { initCommand } from './init.js';
 import { peerCommand } from './peer.js';
 import { serveCommand } from './serve.js';
+import { statusCommand } from './status.js';
 import { tokenCommand } from './token.js';
 
 const commands: Record<string, (argv: string[]) => Promise<void>> = {
   init: initCommand,
   serve: serveCommand,
+  status: statusCommand,
   token: tokenCommand,
   audit: auditCommand,
   client: clientCommand,
@@ -26,21 +28,16 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
 
 const USAGE = `usage: kms <command> [options]
   init          write a KMS folder (config, keys, certificates)
-  serve         run the KMS
+  serve         run the KMS (SIGHUP reloads peers, log level and TLS certificate)
+  status        version, storage, audit head, certificate expiry, peers; exit 1 if something needs attention
   token         print a development access token
   peer          add, list or remove federation peers (other KMSs this one trusts)
   audit verify  check the audit log's hash chain
   client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)
   demo          the federation scenario end to end: two KMSs, a file service, Alice and Bob
-  version       print the version of this kms
+  version       print the version of this kms (also kms --version)
 Run 'kms <command> --help' (or 'kms help <command>') for a command's options.
 `;
-
-/** The server package's version, from its package.json (bin/ and dist/ ship beside it). */
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
 
 export async function main(argv: string[]): Promise<void> {
   let [name, ...rest] = argv;
@@ -52,7 +49,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   if (name === 'version' || name === '--version' || name === '-v') {
-    process.stdout.write(`kms ${version()}\n`);
+    process.stdout.write(`kms ${KMS_VERSION}\n`);
     return;
   }
   const command = commands[name];

@@ -3,7 +3,7 @@
  * OPERATING.md). Works offline on kms.json: the peer's CA certificates are copied into the config.
  * Edits change only the `peers` member of the file as written (no defaults are filled in), are
  * validated as a whole before anything is written, and replace the file atomically.
- * Changes take effect on the next start.
+ * Changes take effect on the next start, or at once when a running `kms serve` gets SIGHUP.
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { chmodSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
@@ -17,7 +17,7 @@ const USAGE = `usage: kms peer add --config D/kms.json --authority A --domain X 
        kms peer list --config D/kms.json [--json]
        kms peer remove --config D/kms.json --authority A
 Environment: KMS_CONFIG, KMS_PEER_AUTHORITY, KMS_PEER_DOMAINS (comma-separated), KMS_PEER_ENDPOINT, KMS_PEER_CA (comma-separated).
-Changes take effect on the next start.
+Changes take effect on the next start, or at once on SIGHUP to a running kms serve.
 `;
 
 const subcommands: Record<string, (argv: string[]) => Promise<void>> = {

@@ -64,8 +64,12 @@ export class Answerer {
         : { status: Status.INTERNAL, reason: 'internal error', requestId };
       this.auditFailure = err;
     }
-    this.onRequest?.({ op: record.op, status: out.status, seconds: (performance.now() - startedAt) / 1000 });
-    this.logger.debug({ op: record.op, status: out.status, requestId: out.requestId }, 'request');
+    const seconds = (performance.now() - startedAt) / 1000;
+    this.onRequest?.({ op: record.op, status: out.status, seconds });
+    // The operator's request log (info): who asked what and how it went. The principal is an id (a
+    // user id, an authorization URI, kms://peer), never a credential; the fields are the record's
+    // own, so nothing is serialised here, and pino drops the line itself when info is off.
+    this.logger.info({ op: record.op, status: out.status, principal: record.principal, peer: record.peer, latencyMs: Math.round(seconds * 1e4) / 10, requestId: out.requestId }, 'request');
     return this.seal(encoder.encode(JSON.stringify(out)), out.status, to);
   }
 

@@ -33,7 +33,8 @@ const FORWARD_VERDICTS: readonly ErrorCode[] = WIRE_ERROR_CODES.filter((code) =>
 });
 
 export class PeerChannels {
-  private readonly clients = new Map<string, KmsClient>();
+  /** One client per peer, with the configured entry it was made from. */
+  private readonly clients = new Map<string, { peer: Peer; client: KmsClient }>();
 
   constructor(private readonly o: PeerChannelsOptions) {}
 
@@ -49,22 +50,24 @@ export class PeerChannels {
     return this.client(peer).exchange(body);
   }
 
-  private client(peer: Peer): KmsClient {
-    let client = this.clients.get(peer.authority);
-    if (!client) {
-      const { privateKey, publicJwk, kid } = this.o.staticKey;
-      client = new KmsClient({
-        url: peer.endpoint.replace(/\/+$/, ''),
-        authority: peer.authority,
-        trustAnchors: peer.trustAnchors,
-        clientId: kid,
-        timeoutMs: this.o.timeoutMs,
-        debounceMs: 1,
-        now: this.o.now,
-        peer: { kid, jwk: publicJwk, sign: (payload) => this.o.codec.signStatic(payload, privateKey, kid) },
-      });
-      this.clients.set(peer.authority, client);
-    }
+  private client(asked: Peer): KmsClient {
+    // The registry's current entry: after a reload (SIGHUP) a changed endpoint or CA gets a new client.
+    const peer = this.o.peers.byAuthority(asked.authority) ?? asked;
+    const held = this.clients.get(peer.authority);
+    if (held?.peer === peer) return held.client;
+    if (held) void held.client.close().catch(() => {});
+    const { privateKey, publicJwk, kid } = this.o.staticKey;
+    const client = new KmsClient({
+      url: peer.endpoint.replace(/\/+$/, ''),
+      authority: peer.authority,
+      trustAnchors: peer.trustAnchors,
+      clientId: kid,
+      timeoutMs: this.o.timeoutMs,
+      debounceMs: 1,
+      now: this.o.now,
+      peer: { kid, jwk: publicJwk, sign: (payload) => this.o.codec.signStatic(payload, privateKey, kid) },
+    });
+    this.clients.set(peer.authority, { peer, client });
     return client;
   }
 
@@ -115,7 +118,7 @@ export class PeerChannels {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.clients.values()].map((c) => c.close()));
+    await Promise.all([...this.clients.values()].map(({ client }) => client.close()));
     this.clients.clear();
   }
 }

@@ -82,29 +82,44 @@ export function validatePeers(config: PeersConfig): void {
   });
 }
 
-/** Lookups over the configured peers, by authority and by domain (both case-insensitive). */
+/**
+ * Lookups over the configured peers, by authority and by domain (both case-insensitive). The list
+ * can be replaced as a whole while the KMS runs (SIGHUP): every lookup sees the old list or the new.
+ */
 export class PeerRegistry {
-  private readonly byAuth = new Map<string, Peer>();
-  private readonly byDom = new Map<string, Peer>();
-  private readonly list: readonly Peer[];
+  private byAuth = new Map<string, Peer>();
+  private byDom = new Map<string, Peer>();
+  private list: readonly Peer[] = [];
 
   /** Throws ConfigError if the peers' names conflict (see validatePeers; certificates are not parsed here). */
   constructor(config: PeersConfig) {
+    this.replace(config);
+  }
+
+  /** Takes the peers of `config` instead (same checks as the constructor; nothing changes if they fail). */
+  replace(config: PeersConfig): void {
     checkPeerNames(config);
-    this.list = Object.freeze(
-      config.peers.map((p) =>
-        Object.freeze({
+    const byAuth = new Map<string, Peer>();
+    const byDom = new Map<string, Peer>();
+    const list = Object.freeze(
+      config.peers.map((p) => {
+        const peer: Peer = Object.freeze({
           ...p,
           authority: lower(p.authority),
           domains: [...new Set(p.domains.map(lower))],
           trustAnchors: [...p.trustAnchors],
-        }),
-      ),
+        });
+        // An entry a reload leaves as it was stays the same object, so what is keyed on it (the
+        // channel to that peer) is kept.
+        const before = this.byAuth.get(peer.authority);
+        return before && JSON.stringify(before) === JSON.stringify(peer) ? before : peer;
+      }),
     );
-    for (const peer of this.list) {
-      this.byAuth.set(peer.authority, peer);
-      for (const d of peer.domains) this.byDom.set(d, peer);
+    for (const peer of list) {
+      byAuth.set(peer.authority, peer);
+      for (const d of peer.domains) byDom.set(d, peer);
     }
+    [this.list, this.byAuth, this.byDom] = [list, byAuth, byDom];
   }
 
   byAuthority(authority: string): Peer | undefined {

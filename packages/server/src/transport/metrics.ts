@@ -1,11 +1,13 @@
 /**
- * Prometheus metrics: requests by operation and status, latency, channels open. The `op` label
+ * Prometheus metrics: requests by operation and status, latency, channels open, what is running
+ * (kms_build_info; the start time is the default process_start_time_seconds). The `op` label
  * takes the operation table's names (plus `reset` and `unknown` for messages that never reached
  * an operation); every operation's latency series exists from the start, at zero.
  */
 import { operations } from '@openkms/protocol';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestEvent } from '../core/answer.js';
+import { KMS_VERSION } from '../version.js';
 
 export class Metrics {
   readonly registry = new Registry();
@@ -28,6 +30,13 @@ export class Metrics {
       registers: [this.registry],
     });
     for (const { name } of operations) this.latency.zero({ op: name });
+    // Always 1: the labels say which version runs on which Node, so a fleet's upgrade shows.
+    new Gauge({
+      name: 'kms_build_info',
+      help: 'The running KMS: its version and the Node.js version (value always 1)',
+      labelNames: ['version', 'node'],
+      registers: [this.registry],
+    }).set({ version: KMS_VERSION, node: process.versions.node }, 1);
     new Gauge({
       name: 'kms_channels_open',
       help: 'Ephemeral-key channels held open (not expired) by this process',
