@@ -23,7 +23,9 @@ import { storeContract } from './contract.js';
 
 const dbPath = () => join(mkdtempSync(join(tmpdir(), 'kms-deadline-')), 'kms.db');
 
-storeContract('sqlite behind a storage deadline', async () => withDeadline(new SqliteStore(dbPath()), 2000));
+// One file for the suite: every open() is another instance on it, as the contract expects.
+const contractFile = dbPath();
+storeContract('sqlite behind a storage deadline', async () => withDeadline(new SqliteStore(contractFile), 2000));
 
 const keyRow = (cmkId: string): KeyRow => ({
   id: randomUUID(),
