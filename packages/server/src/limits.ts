@@ -30,6 +30,34 @@ export const REFETCH_INTERVAL_MS = 1000;
 export const PUSH_RETRY_DELAYS_MS: readonly number[] = [200, 1000, 5000];
 /** Resource URIs in one invalidation push. */
 export const MAX_INVALIDATIONS_PER_PUSH = 100;
+/**
+ * Rows the push outbox holds at most. A change arriving when it is full is not queued (logged at
+ * warn): its peers see it at their staleness bound, as if every push had failed. Rows leave the
+ * table when delivered or after the last retry, so it fills only when peers are down under a burst.
+ */
+export const MAX_PUSH_OUTBOX_ROWS = 10_000;
+/** Resource ids in one outbox row; a larger change (a sweep) is queued as several rows. */
+export const MAX_PUSH_OUTBOX_IDS = 1000;
+/** Outbox rows the leader delivers at once. */
+export const MAX_PUSHES_IN_FLIGHT = 32;
+/** How often the leader looks for outbox rows other nodes wrote or whose retry is due (ms). */
+export const PUSH_OUTBOX_POLL_MS = 500;
+
+// Several processes on one database: one leads the background work (nodes/leader.ts).
+/**
+ * SQLite: how long the leader lease lasts without renewal (ms). A leader that dies is replaced at
+ * most this long (plus one claim interval) later. PostgreSQL holds a session advisory lock instead,
+ * released when the leader's connection drops.
+ */
+export const LEADER_LEASE_MS = 5000;
+/** How often each node claims (the leader: renews) leadership (ms). */
+export const LEADER_CLAIM_INTERVAL_MS = 1000;
+/** How often each node records itself in the nodes table (ms). */
+export const NODE_HEARTBEAT_MS = 3000;
+/** A node seen within this long is shown by kms status as up (ms). */
+export const NODE_RECENT_MS = 15_000;
+/** A node unseen for this long is removed from the nodes table (ms). */
+export const NODE_FORGET_MS = 10 * 60_000;
 
 /** Channels kept unsealed in memory; past it the oldest are read from storage again. */
 export const MAX_CACHED_CHANNELS = 100_000;

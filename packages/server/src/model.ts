@@ -212,3 +212,33 @@ export interface PeerRequest {
   /** Refused as a replay until this instant (the end of the window in which its iat is accepted). */
   expiresAt: number;
 }
+
+/**
+ * An invalidation push waiting in the outbox (Store.enqueuePush): what changed, never key
+ * material. `targets` is null until the first attempt computes the peers to tell; after a failed
+ * attempt it holds, per peer authority, the resource URIs still to push there.
+ */
+export interface PushRow {
+  id: string;
+  createdAt: number;
+  resourceIds: string[];
+  userIds: string[];
+  targets: Record<string, string[]> | null;
+  /** Attempts made so far. */
+  attempts: number;
+  /** Not delivered before this instant (epoch ms, wall clock: any node may deliver it). */
+  nextAttemptAt: number;
+}
+
+/** A KMS process on this database, as it last recorded itself (Store.heartbeat). */
+export interface NodeRow {
+  /** The id its audit records carry (audit/audit.ts newNodeId). */
+  id: string;
+  host: string;
+  pid: number;
+  version: string;
+  startedAt: number;
+  seenAt: number;
+  /** Whether it led the background work when it last recorded itself. */
+  leading: boolean;
+}

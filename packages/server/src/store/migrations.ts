@@ -165,4 +165,38 @@ CREATE TABLE peer_request_counts (
 CREATE INDEX peer_request_counts_expiry ON peer_request_counts (expires_at);
 `,
   },
+  {
+    version: 7,
+    name: 'background work done by one elected node: the leader lease, the push outbox, the nodes seen',
+    // leader_lease: SQLite's election (one row, taken over once expired; PostgreSQL holds an
+    // advisory lock instead). push_outbox: invalidation pushes until delivered or given up, with
+    // what is needed to compute their targets, never key material. nodes: each process's heartbeat.
+    sql: `
+CREATE TABLE leader_lease (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  holder TEXT NOT NULL,
+  expires_at BIGINT NOT NULL
+);
+INSERT INTO leader_lease (id, holder, expires_at) VALUES (1, '', 0);
+CREATE TABLE push_outbox (
+  id TEXT PRIMARY KEY,
+  created_at BIGINT NOT NULL,
+  resource_ids TEXT NOT NULL,
+  user_ids TEXT NOT NULL,
+  targets TEXT,
+  attempts INTEGER NOT NULL,
+  next_attempt_at BIGINT NOT NULL
+);
+CREATE INDEX push_outbox_due ON push_outbox (next_attempt_at);
+CREATE TABLE nodes (
+  id TEXT PRIMARY KEY,
+  host TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  version TEXT NOT NULL,
+  started_at BIGINT NOT NULL,
+  seen_at BIGINT NOT NULL,
+  leading INTEGER NOT NULL
+);
+`,
+  },
 ];

@@ -35,6 +35,9 @@
 import pg from 'pg';
 import { COPY_INVALIDATED } from '../model.js';
 import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
+import type { NodeRow, PushRow } from '../model.js';
+import { AdvisoryLeadership, type Leadership } from './leadership.js';
+import { nodeFromRow, pushFromRow } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
 import { auditFromRow, auditHeadFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
@@ -131,6 +134,9 @@ export class PostgresStore implements Store {
     private readonly pool: pg.Pool,
     /** The schema the tables live in, when one was asked for. */
     readonly schema: string | undefined,
+    /** For the leader's own connection (leadership()): the same database, outside the pool. */
+    private readonly connectionString = '',
+    private readonly timeoutMs = 10_000,
   ) {}
 
   /** Connects, creates the schema if asked, applies pending migrations; throws if unreachable. */
@@ -159,7 +165,7 @@ export class PostgresStore implements Store {
       max: options.max ?? 10,
       ...(statementMs === undefined ? {} : { query_timeout: statementMs, statement_timeout: statementMs }),
     });
-    return new PostgresStore(serving, schema);
+    return new PostgresStore(serving, schema, connectionString, timeoutMs);
   }
 
   /**
@@ -565,6 +571,66 @@ export class PostgresStore implements Store {
         peerRequests: peerRequests.rowCount ?? 0,
       };
     });
+  }
+
+  async leadership(): Promise<Leadership> {
+    return new AdvisoryLeadership({ connectionString: this.connectionString, timeoutMs: this.timeoutMs });
+  }
+
+  async enqueuePush(row: PushRow, limit: number): Promise<boolean> {
+    rules.checkPushRow(row);
+    rules.checkCount('limit', limit);
+    // One statement: the count and the insert see the same snapshot (concurrent writers may pass
+    // the limit by a few rows: a bound, not an exact count).
+    const r = await this.pool.query(
+      `INSERT INTO push_outbox (id, created_at, resource_ids, user_ids, targets, attempts, next_attempt_at)
+       SELECT $1, $2, $3, $4, $5, $6, $7 WHERE (SELECT COUNT(*) FROM push_outbox) < $8`,
+      [row.id, row.createdAt, JSON.stringify(row.resourceIds), JSON.stringify(row.userIds), row.targets === null ? null : JSON.stringify(row.targets), row.attempts, row.nextAttemptAt, limit],
+    );
+    return (r.rowCount ?? 0) === 1;
+  }
+
+  async duePushes(now: number, limit: number): Promise<PushRow[]> {
+    rules.checkInstant('now', now);
+    rules.checkCount('limit', limit);
+    const r = await this.pool.query<Row>('SELECT * FROM push_outbox WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id COLLATE "C" LIMIT $2', [now, limit]);
+    return r.rows.map(pushFromRow);
+  }
+
+  async reschedulePush(id: string, targets: Record<string, string[]>, attempts: number, nextAttemptAt: number): Promise<void> {
+    rules.checkPushTargets(targets);
+    rules.checkCount('attempts', attempts);
+    rules.checkInstant('nextAttemptAt', nextAttemptAt);
+    await this.pool.query('UPDATE push_outbox SET targets = $1, attempts = $2, next_attempt_at = $3 WHERE id = $4', [JSON.stringify(targets), attempts, nextAttemptAt, id]);
+  }
+
+  async deletePush(id: string): Promise<void> {
+    await this.pool.query('DELETE FROM push_outbox WHERE id = $1', [id]);
+  }
+
+  async countPushes(): Promise<number> {
+    return num((await this.pool.query<Row>('SELECT COUNT(*) AS n FROM push_outbox')).rows[0]!.n);
+  }
+
+  async heartbeat(node: NodeRow, forgetBefore: number): Promise<void> {
+    rules.checkNodeRow(node);
+    rules.checkInstant('forgetBefore', forgetBefore);
+    await this.tx(async (c) => {
+      await c.query(
+        `INSERT INTO nodes (id, host, pid, version, started_at, seen_at, leading) VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version = excluded.version, started_at = excluded.started_at, seen_at = excluded.seen_at, leading = excluded.leading`,
+        [node.id, node.host, node.pid, node.version, node.startedAt, node.seenAt, node.leading ? 1 : 0],
+      );
+      await c.query('DELETE FROM nodes WHERE seen_at < $1', [forgetBefore]);
+    });
+  }
+
+  async listNodes(): Promise<NodeRow[]> {
+    return (await this.pool.query<Row>('SELECT * FROM nodes ORDER BY seen_at DESC, id COLLATE "C"')).rows.map(nodeFromRow);
+  }
+
+  async removeNode(id: string): Promise<void> {
+    await this.pool.query('DELETE FROM nodes WHERE id = $1', [id]);
   }
 
   async ping(): Promise<void> {

@@ -3,6 +3,7 @@
  * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
  */
 import type { AuditHead, AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from '../model.js';
+import type { NodeRow, PushRow } from '../model.js';
 
 export type Row = Record<string, unknown>;
 
@@ -78,4 +79,24 @@ export const copyFromRow = (r: Row): CopyRow => ({
   fetchedAt: num(r.fetched_at),
   cmkId: r.cmk_id as string,
   sealed: r.sealed as Uint8Array,
+});
+
+export const pushFromRow = (r: Row): PushRow => ({
+  id: r.id as string,
+  createdAt: num(r.created_at),
+  resourceIds: JSON.parse(r.resource_ids as string) as string[],
+  userIds: JSON.parse(r.user_ids as string) as string[],
+  targets: r.targets === null || r.targets === undefined ? null : (JSON.parse(r.targets as string) as Record<string, string[]>),
+  attempts: num(r.attempts),
+  nextAttemptAt: num(r.next_attempt_at),
+});
+
+export const nodeFromRow = (r: Row): NodeRow => ({
+  id: r.id as string,
+  host: r.host as string,
+  pid: num(r.pid),
+  version: r.version as string,
+  startedAt: num(r.started_at),
+  seenAt: num(r.seen_at),
+  leading: num(r.leading) === 1,
 });

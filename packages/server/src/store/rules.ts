@@ -5,7 +5,9 @@
  * rules are unit-tested without a database (test/store/rules.test.ts). Atomicity stays with each
  * store: nothing here reads or writes.
  */
+import { MAX_KRO_VISITS, MAX_PUSH_OUTBOX_IDS } from '../limits.js';
 import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow } from '../model.js';
+import type { NodeRow, PushRow } from '../model.js';
 
 // ---- Binding keys (Store.bindKey, Store.createResource) ----
 
@@ -242,4 +244,41 @@ export const checkKeyBind = (bind: KeyBind) => checkIntegers('bind', bind, ['bin
 export function checkKeyFilter(filter: KeyFilter): void {
   checkIntegers('filter', filter, ['boundAfter', 'boundBefore']);
   if (filter.limit !== undefined) checkCount('limit', filter.limit);
+}
+
+// ---- The push outbox and the nodes (migration 7) ----
+
+/** Ids of one outbox row: 1..MAX_PUSH_OUTBOX_IDS resources, strings of bounded length. */
+export function checkPushRow(row: PushRow): void {
+  checkIntegers('push', row, ['createdAt', 'attempts', 'nextAttemptAt']);
+  checkCount('push.attempts', row.attempts);
+  if (row.resourceIds.length === 0 || row.resourceIds.length > MAX_PUSH_OUTBOX_IDS) {
+    throw new RangeError(`push.resourceIds must hold 1 to ${MAX_PUSH_OUTBOX_IDS} ids, got ${row.resourceIds.length}`);
+  }
+  if (row.userIds.length > MAX_PUSH_OUTBOX_IDS) throw new RangeError(`push.userIds must hold at most ${MAX_PUSH_OUTBOX_IDS} ids, got ${row.userIds.length}`);
+  checkPushTargets(row.targets);
+}
+
+export function checkPushTargets(targets: Record<string, string[]> | null): void {
+  if (targets === null) return;
+  const peers = Object.keys(targets);
+  if (peers.length > MAX_PUSH_OUTBOX_IDS) throw new RangeError(`push.targets must name at most ${MAX_PUSH_OUTBOX_IDS} peers, got ${peers.length}`);
+  for (const peer of peers) {
+    const uris = targets[peer]!;
+    if (!Array.isArray(uris) || uris.length > MAX_PUSH_OUTBOX_IDS * MAX_KRO_VISITS) throw new RangeError(`push.targets[${peer}] must be a bounded list of URIs`);
+  }
+}
+
+export function checkNodeRow(row: NodeRow): void {
+  checkIntegers('node', row, ['pid', 'startedAt', 'seenAt']);
+  for (const field of ['id', 'host', 'version'] as const) {
+    if (row[field].length === 0 || row[field].length > 255) throw new RangeError(`node.${field} must be 1 to 255 characters`);
+  }
+}
+
+/** The lease taken at `now` for `leaseMs`: until when, refusing a lease that ends before it starts. */
+export function leaseUntil(now: number, leaseMs: number): number {
+  checkInstant('now', now);
+  checkCount('leaseMs', leaseMs);
+  return now + leaseMs;
 }

@@ -12,6 +12,10 @@ import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { COPY_INVALIDATED } from '../model.js';
 import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
+import { LEADER_LEASE_MS } from '../limits.js';
+import type { NodeRow, PushRow } from '../model.js';
+import { LeaseLeadership, type Leadership } from './leadership.js';
+import { nodeFromRow, pushFromRow } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
 import { auditFromRow, auditHeadFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, resourceFromRow, type Row } from './rows.js';
@@ -374,6 +378,78 @@ export class SqliteStore implements Store {
     // frames that still held the destroyed (sealed) key rows.
     if (result.keys > 0) this.db.pragma('wal_checkpoint(TRUNCATE)');
     return result;
+  }
+
+  async leadership(holder: string): Promise<Leadership> {
+    const take = this.db.prepare(`UPDATE leader_lease SET holder = ?, expires_at = ? WHERE id = 1 AND (holder = ? OR expires_at <= ?)`);
+    const give = this.db.prepare(`UPDATE leader_lease SET holder = '', expires_at = 0 WHERE id = 1 AND holder = ?`);
+    return new LeaseLeadership(
+      {
+        take: (h, now, until) => {
+          rules.checkInstant('now', now);
+          rules.checkInstant('until', until);
+          return this.write(() => take.run(h, until, h, now).changes === 1);
+        },
+        give: (h) => void this.write(() => give.run(h)),
+      },
+      holder,
+      LEADER_LEASE_MS,
+    );
+  }
+
+  async enqueuePush(row: PushRow, limit: number): Promise<boolean> {
+    rules.checkPushRow(row);
+    rules.checkCount('limit', limit);
+    return this.write(() => {
+      if (Number((this.db.prepare('SELECT COUNT(*) AS n FROM push_outbox').get() as Row).n) >= limit) return false;
+      this.db
+        .prepare('INSERT INTO push_outbox (id, created_at, resource_ids, user_ids, targets, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(row.id, row.createdAt, JSON.stringify(row.resourceIds), JSON.stringify(row.userIds), row.targets === null ? null : JSON.stringify(row.targets), row.attempts, row.nextAttemptAt);
+      return true;
+    });
+  }
+
+  async duePushes(now: number, limit: number): Promise<PushRow[]> {
+    rules.checkInstant('now', now);
+    rules.checkCount('limit', limit);
+    return (this.db.prepare('SELECT * FROM push_outbox WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?').all(now, limit) as Row[]).map(pushFromRow);
+  }
+
+  async reschedulePush(id: string, targets: Record<string, string[]>, attempts: number, nextAttemptAt: number): Promise<void> {
+    rules.checkPushTargets(targets);
+    rules.checkCount('attempts', attempts);
+    rules.checkInstant('nextAttemptAt', nextAttemptAt);
+    this.db.prepare('UPDATE push_outbox SET targets = ?, attempts = ?, next_attempt_at = ? WHERE id = ?').run(JSON.stringify(targets), attempts, nextAttemptAt, id);
+  }
+
+  async deletePush(id: string): Promise<void> {
+    this.db.prepare('DELETE FROM push_outbox WHERE id = ?').run(id);
+  }
+
+  async countPushes(): Promise<number> {
+    return Number((this.db.prepare('SELECT COUNT(*) AS n FROM push_outbox').get() as Row).n);
+  }
+
+  async heartbeat(node: NodeRow, forgetBefore: number): Promise<void> {
+    rules.checkNodeRow(node);
+    rules.checkInstant('forgetBefore', forgetBefore);
+    this.write(() => {
+      this.db
+        .prepare(
+          `INSERT INTO nodes (id, host, pid, version, started_at, seen_at, leading) VALUES (?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version = excluded.version, started_at = excluded.started_at, seen_at = excluded.seen_at, leading = excluded.leading`,
+        )
+        .run(node.id, node.host, node.pid, node.version, node.startedAt, node.seenAt, node.leading ? 1 : 0);
+      this.db.prepare('DELETE FROM nodes WHERE seen_at < ?').run(forgetBefore);
+    });
+  }
+
+  async listNodes(): Promise<NodeRow[]> {
+    return (this.db.prepare('SELECT * FROM nodes ORDER BY seen_at DESC, id').all() as Row[]).map(nodeFromRow);
+  }
+
+  async removeNode(id: string): Promise<void> {
+    this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
   }
 
   async ping(): Promise<void> {

@@ -7,6 +7,8 @@
  * the plain types of model.ts. Times are epoch milliseconds; sealed columns hold key material
  * encrypted by the keyring, never plaintext.
  */
+import type { NodeRow, PushRow } from '../model.js';
+import type { Leadership } from './leadership.js';
 import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
 
 export interface Store {
@@ -90,6 +92,33 @@ export interface Store {
    * (with their counts) whose window ended.
    */
   sweep(now: number, unboundGraceMs: number): Promise<SweepResult>;
+
+  // ---- Several processes on one database: the elected node, the push outbox, the nodes seen ----
+
+  /**
+   * How this process (`holder`: its node id) competes for the leadership of the background work
+   * (store/leadership.ts: an advisory lock on PostgreSQL, a lease row on SQLite).
+   */
+  leadership(holder: string): Promise<Leadership>;
+  /**
+   * Queues an invalidation push unless the outbox already holds `limit` rows (then false and
+   * nothing is written; on PostgreSQL concurrent writers may pass the limit by a few rows).
+   */
+  enqueuePush(row: PushRow, limit: number): Promise<boolean>;
+  /** Up to `limit` queued pushes due at `now` (nextAttemptAt <= now), the earliest first. */
+  duePushes(now: number, limit: number): Promise<PushRow[]>;
+  /** After a failed attempt: what is left to push, the attempts made, when to try again. */
+  reschedulePush(id: string, targets: Record<string, string[]>, attempts: number, nextAttemptAt: number): Promise<void>;
+  /** Delivered, or given up. */
+  deletePush(id: string): Promise<void>;
+  /** How many pushes are queued. */
+  countPushes(): Promise<number>;
+  /** Records a process as seen (inserted or replaced) and forgets those last seen before `forgetBefore`. */
+  heartbeat(node: NodeRow, forgetBefore: number): Promise<void>;
+  /** The processes recorded, the most recently seen first. */
+  listNodes(): Promise<NodeRow[]>;
+  /** A process stopping removes its own row. */
+  removeNode(id: string): Promise<void>;
 
   /** Throws when storage is not reachable (readiness). */
   ping(): Promise<void>;
