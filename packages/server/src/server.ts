@@ -9,7 +9,7 @@ import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import { isAbsolute, resolve } from 'node:path';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { joseCodec, type MessageCodec } from '@openkms/protocol';
-import { AuditLog } from './audit/audit.js';
+import { AuditLog, newNodeId } from './audit/audit.js';
 import { Channels } from './channels.js';
 import { fastCodec } from './codec/fast-codec.js';
 import { configPath, ConfigError, type KmsConfig } from './config.js';
@@ -42,6 +42,8 @@ import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { Metrics } from './transport/metrics.js';
+import { Heartbeat } from './nodes/heartbeat.js';
+import { Leader } from './nodes/leader.js';
 import { Transport } from './transport/http.js';
 
 export interface KmsOptions {
@@ -71,7 +73,9 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
 
   const keyring = await Keyring.open(rootKey, store, now());
   const channels = new Channels(config.authority, store, keyring, now);
-  const audit = new AuditLog(store, auditKeyOf(rootKey));
+  // One id per process: its audit records, its heartbeat and its claim to lead all carry it.
+  const node = newNodeId();
+  const audit = new AuditLog(store, auditKeyOf(rootKey), node);
   const peers = options.peers ?? new PeerRegistry(config);
   const bearers = new AnonymousBearers(config.authority, staticKey.privateKey, createPublicKey(staticKey.privateKey), now);
 
@@ -89,6 +93,14 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
   const push = new InvalidationPush(config.authority, peers, store, peerChannels, logger);
   const copies = new Copies({ authority: config.authority, store, keyring, channels: peerChannels, inbox, maxStalenessMs: config.federation.maxStaleness * 1000, now });
   const forwarder = new Forwarding(peerChannels);
+
+  // The background work of all processes on this database is done by one of them (nodes/leader.ts).
+  const leader = new Leader(await store.leadership(node), node, logger);
+  const heartbeat = new Heartbeat(store, node, () => leader.leads, logger);
+  leader.onChange = () => void heartbeat.beat();
+  leader.whileLeading(() => push.lead());
+  await leader.start();
+  await heartbeat.start();
 
   const deps: Deps = { authority: config.authority, config, store, keyring, channels, bearers, changes: push, inbox, now };
   return new Kms({
@@ -110,11 +122,15 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
     channels,
     store,
     changes: push,
+    node,
+    leader,
     lifetimes: { unboundGraceMs: config.lifetimes.unboundGrace * 1000 },
     logger,
     now,
     async close() {
+      await leader.close();
       await push.close();
+      await heartbeat.close();
       await peerChannels.close();
       await audit.flush();
     },
@@ -306,15 +322,22 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   try {
     bound = await transport.listen(options.port ?? config.listen.port, host);
   } catch (err) {
+    await kms.close();
     await store.close();
     const code = (err as NodeJS.ErrnoException).code;
     throw new ConfigError(code === 'EADDRINUSE' ? `port ${options.port ?? config.listen.port} on ${host} is in use` : `cannot listen: ${code ?? (err as Error).message}`);
   }
-  const sweeper =
-    options.sweeper === false
-      ? undefined
-      : setInterval(() => void kms.sweep().catch((err: Error) => logger.error({ err: { message: err.message } }, 'sweeper failed')), config.sweeper.intervalSeconds * 1000);
-  sweeper?.unref();
+  // The sweeper is elected work: of the processes on one database, only the leader runs it.
+  if (options.sweeper !== false) {
+    kms.whileLeading(() => {
+      const sweeper = setInterval(
+        () => void kms.sweep().catch((err: Error) => logger.error({ err: { message: err.message } }, 'sweeper failed')),
+        config.sweeper.intervalSeconds * 1000,
+      );
+      sweeper.unref();
+      return () => clearInterval(sweeper);
+    });
+  }
   const url = `${config.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${bound.port}`;
   let closing: Promise<void> | undefined;
   let running = config;
@@ -351,7 +374,6 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
     },
     close: () =>
       (closing ??= (async () => {
-        if (sweeper) clearInterval(sweeper);
         await transport.close();
         await kms.close();
         verifier.close?.();

@@ -43,6 +43,10 @@ export interface KmsParts {
   channels: Channels;
   store: Store;
   changes: ChangeNotifier;
+  /** The id this process's audit records and heartbeat carry. */
+  node: string;
+  /** Whether this process leads the background work of its database, and work only the leader does. */
+  leader: { readonly leads: boolean; whileLeading(start: () => () => void): void };
   lifetimes: { unboundGraceMs: number };
   logger: Logger;
   now: () => number;
@@ -54,11 +58,24 @@ export class Kms {
   readonly authority: string;
   readonly staticKid: string;
   readonly channels: Channels;
+  /** This process's node id (audit records, the nodes table). */
+  readonly node: string;
 
   constructor(private readonly parts: KmsParts) {
     this.authority = parts.authority;
     this.staticKid = parts.staticJwk.kid;
     this.channels = parts.channels;
+    this.node = parts.node;
+  }
+
+  /** Whether this process leads the background work of the processes on its database. */
+  get leads(): boolean {
+    return this.parts.leader.leads;
+  }
+
+  /** Runs `start` while this process leads (again each time it regains leadership); its result stops it. */
+  whileLeading(start: () => () => void): void {
+    this.parts.leader.whileLeading(start);
   }
 
   /** Told of every answered request (metrics). */
@@ -122,7 +139,7 @@ export class Kms {
   async sweep(): Promise<SweepResult> {
     const result = await this.parts.store.sweep(this.parts.now(), this.parts.lifetimes.unboundGraceMs);
     // Peers holding copies of expired KROs must stop using them now, not at their staleness bound.
-    if (result.resourceIds.length > 0) this.parts.changes.changed(result.resourceIds);
+    if (result.resourceIds.length > 0) await this.parts.changes.changed(result.resourceIds);
     if (result.resources || result.keys || result.channels) {
       this.parts.logger.info({ resources: result.resources, keys: result.keys, channels: result.channels }, 'sweeper destroyed expired objects');
     }

@@ -79,7 +79,7 @@ export const createAuthorizations: Handler = async (ctx, deps) => {
   const max = deps.config.limits.maxAuthorizationsPerResource;
   const rows = await deps.store.addAuthorizations(resourceId, created.rows, max);
   if (rows === 'over-limit') throw KmsError.tooLarge(`${field}: a resource holds at most ${max} authorizations`);
-  deps.changes.changed([resourceId], authIdsOf(rows));
+  await deps.changes.changed([resourceId], authIdsOf(rows));
   return {
     status: Status.CREATED,
     authorizations: rows.map((row) => authorizationRep(deps.authority, row, created.bearers.get(row.id))),
@@ -103,7 +103,7 @@ async function deleteFrom(ctx: Context, deps: Deps, resourceId: string, rows: Au
   await requireAuthorized(deps, ctx.principal, resourceId);
   const deleted = await deps.store.deleteAuthorizations(resourceId, rows.map((r) => r.id));
   // Revocation must reach peers holding copies now, not at their staleness bound.
-  if (deleted.length > 0) deps.changes.changed([resourceId], authIdsOf(deleted));
+  if (deleted.length > 0) await deps.changes.changed([resourceId], authIdsOf(deleted));
   return deleted.map((row) => authorizationRep(deps.authority, row));
 }
 

@@ -12,9 +12,12 @@ import type { PeerPrincipal, Principal } from '../identity/principal.js';
 import type { Keyring } from '../keyring/keyring.js';
 import type { Store } from '../store/store.js';
 
-/** Something changed on these KROs (authorizations, bound keys, expiry): peers holding copies are told. */
+/**
+ * Something changed on these KROs (authorizations, bound keys, expiry): peers holding copies are
+ * told. Awaited before answering: when it resolves, the push is durably queued (federation/push.ts).
+ */
 export interface ChangeNotifier {
-  changed(resourceIds: readonly string[], userIds?: readonly string[]): void;
+  changed(resourceIds: readonly string[], userIds?: readonly string[]): Promise<void>;
 }
 
 /** Where a peer's invalidations are recorded (PROTOCOL.md §6): its copies here become stale. */

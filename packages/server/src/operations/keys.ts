@@ -74,7 +74,7 @@ export const bindKey: Handler = async (ctx, deps) => {
     now,
   });
   bindFailure(outcome, 'key');
-  deps.changes.changed([resourceId]);
+  await deps.changes.changed([resourceId]);
   return { status: Status.OK, key: await reveal(deps, (await deps.store.getKey(key.id))!) };
 };
 
