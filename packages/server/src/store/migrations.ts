@@ -195,7 +195,7 @@ CREATE TABLE nodes (
   version TEXT NOT NULL,
   started_at BIGINT NOT NULL,
   seen_at BIGINT NOT NULL,
-  leading INTEGER NOT NULL
+  is_leader INTEGER NOT NULL
 );
 `,
   },

@@ -573,7 +573,7 @@ export class PostgresStore implements Store {
     });
   }
 
-  async leadership(): Promise<Leadership> {
+  async leadership(_holder?: string): Promise<Leadership> {
     return new AdvisoryLeadership({ connectionString: this.connectionString, timeoutMs: this.timeoutMs });
   }
 
@@ -617,8 +617,8 @@ export class PostgresStore implements Store {
     rules.checkInstant('forgetBefore', forgetBefore);
     await this.tx(async (c) => {
       await c.query(
-        `INSERT INTO nodes (id, host, pid, version, started_at, seen_at, leading) VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version = excluded.version, started_at = excluded.started_at, seen_at = excluded.seen_at, leading = excluded.leading`,
+        `INSERT INTO nodes (id, host, pid, version, started_at, seen_at, is_leader) VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version = excluded.version, started_at = excluded.started_at, seen_at = excluded.seen_at, is_leader = excluded.is_leader`,
         [node.id, node.host, node.pid, node.version, node.startedAt, node.seenAt, node.leading ? 1 : 0],
       );
       await c.query('DELETE FROM nodes WHERE seen_at < $1', [forgetBefore]);

@@ -98,5 +98,5 @@ export const nodeFromRow = (r: Row): NodeRow => ({
   version: r.version as string,
   startedAt: num(r.started_at),
   seenAt: num(r.seen_at),
-  leading: num(r.leading) === 1,
+  leading: num(r.is_leader) === 1,
 });

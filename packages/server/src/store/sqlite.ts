@@ -436,8 +436,8 @@ export class SqliteStore implements Store {
     this.write(() => {
       this.db
         .prepare(
-          `INSERT INTO nodes (id, host, pid, version, started_at, seen_at, leading) VALUES (?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version = excluded.version, started_at = excluded.started_at, seen_at = excluded.seen_at, leading = excluded.leading`,
+          `INSERT INTO nodes (id, host, pid, version, started_at, seen_at, is_leader) VALUES (?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version = excluded.version, started_at = excluded.started_at, seen_at = excluded.seen_at, is_leader = excluded.is_leader`,
         )
         .run(node.id, node.host, node.pid, node.version, node.startedAt, node.seenAt, node.leading ? 1 : 0);
       this.db.prepare('DELETE FROM nodes WHERE seen_at < ?').run(forgetBefore);

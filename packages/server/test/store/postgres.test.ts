@@ -12,6 +12,7 @@ import { postgresProblem, shownUrl, TEST_POSTGRES_URL } from '../../src/testing/
 import { postgresConnection, PostgresStore } from '../../src/store/postgres.js';
 import { migrations } from '../../src/store/migrations.js';
 import { storeContract } from './contract.js';
+import { electedContract } from './elected.js';
 
 const URL_ = TEST_POSTGRES_URL;
 const shown = shownUrl(URL_);
@@ -38,6 +39,7 @@ if (problem !== undefined) {
   });
 
   storeContract('postgres', () => PostgresStore.open(URL_, { schema }));
+  electedContract('postgres', () => PostgresStore.open(URL_, { schema }));
 
   describe('PostgreSQL specifics', () => {
     test('two instances starting together migrate once; the schema parameter selects the schema', async () => {
@@ -62,6 +64,39 @@ if (problem !== undefined) {
         await client.connect();
         await client.query(`DROP SCHEMA IF EXISTS ${fresh} CASCADE`);
         await client.end();
+      }
+    });
+
+    test('leadership: the lock dies with its connection (onLost at once, the other takes over); other schemas elect separately', async () => {
+      const [one, two, elsewhere] = await Promise.all([PostgresStore.open(URL_, { schema }), PostgresStore.open(URL_, { schema }), PostgresStore.open(URL_, { schema: `${schema}_l` })]);
+      const admin = new pg.Client({ connectionString: URL_ });
+      await admin.connect();
+      const a = await one.leadership('a');
+      const b = await two.leadership('b');
+      const c = await elsewhere.leadership('c');
+      try {
+        assert.equal(await a.claim(0), true);
+        assert.equal(await c.claim(0), true, 'another schema has its own leader');
+        assert.equal(await b.claim(0), false);
+        const lost = new Promise<number>((resolve) => (a.onLost = () => resolve(performance.now())));
+        // The leader's own session, found by its application_name and its lock.
+        const leaders = await admin.query(
+          `SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
+           WHERE a.application_name = 'openkms-leader' AND l.objid = hashtext($1)::oid`,
+          [schema],
+        );
+        assert.equal(leaders.rowCount, 1, 'one session holds the lock of this schema');
+        const killedAt = performance.now();
+        await admin.query('SELECT pg_terminate_backend($1)', [leaders.rows[0].pid]);
+        const at = await lost;
+        assert.ok(at - killedAt < 5000, `the leader noticed in ${Math.round(at - killedAt)} ms`);
+        assert.equal(await b.claim(0), true, 'the lock was released with the session: the other takes over');
+        assert.equal(await a.claim(0), false, 'the former leader reconnects and does not lead');
+      } finally {
+        await Promise.all([a.release(), b.release(), c.release()]);
+        await admin.query(`DROP SCHEMA IF EXISTS ${schema}_l CASCADE`);
+        await admin.end();
+        await Promise.all([one.close(), two.close(), elsewhere.close()]);
       }
     });
 

@@ -5,12 +5,34 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
+import { LEADER_LEASE_MS } from '../../src/limits.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { storeContract } from './contract.js';
+import { electedContract } from './elected.js';
 
 // One file for the suite: every open() is another instance on it, as another process would be.
 const file = join(mkdtempSync(join(tmpdir(), 'kms-store-')), 'kms.db');
 storeContract('sqlite', async () => new SqliteStore(file));
+electedContract('sqlite', async () => new SqliteStore(file));
+
+test('the SQLite lease: taken over once expired, never before; the former holder then no longer leads', async () => {
+  const [one, two] = [new SqliteStore(file), new SqliteStore(file)];
+  const t = 2_000_000_000_000;
+  try {
+    const a = await one.leadership('node-a');
+    const b = await two.leadership('node-b');
+    assert.equal(await a.claim(t), true);
+    assert.equal(await b.claim(t + LEADER_LEASE_MS - 1), false, 'not before the lease ends');
+    assert.equal(await b.claim(t + LEADER_LEASE_MS), true, 'expired: taken over');
+    assert.equal(await a.claim(t + LEADER_LEASE_MS + 1), false, 'the former holder does not lead');
+    await a.release();
+    assert.equal(await b.claim(t + LEADER_LEASE_MS + 2), true, 'a release by a non-holder changes nothing');
+    await b.release();
+  } finally {
+    await one.close();
+    await two.close();
+  }
+});
 
 test('the database itself refuses a record that forks the audit chain (a writer that skipped the head lock)', async () => {
   const store = new SqliteStore(file);
