@@ -83,7 +83,9 @@ describe('kms status', () => {
     assert.match(r.stdout, /^audit head: seq [1-9]\d* at \d{4}-/m);
     assert.match(r.stdout, /^static certificate: valid until .*, \d+ days left$/m);
     assert.match(r.stdout, /^ {2}kms\.b\.example http:\/\/127\.0\.0\.1:\d+: reachable$/m);
-    assert.match(r.stdout, /^nodes: \(not tracked yet\)$/m);
+    assert.match(r.stdout, /^nodes: 1 seen in the last 15 s$/m);
+    assert.match(r.stdout, /^ {2}\S+\/\d+\/\S+ \(leads\): kms \S+, pid \d+ on \S+, up since \d{4}-.*, seen \d+ s ago$/m);
+    assert.match(r.stdout, /^invalidation pushes waiting: \d+$/m);
     assert.match(r.stdout, /^status: ok$/m);
 
     const json = runKms(['status', '--config', config, '--json']);
@@ -95,6 +97,28 @@ describe('kms status', () => {
     assert.ok(s.certificate.daysLeft > CERTIFICATE_WARNING_DAYS);
     assert.deepEqual(s.peers.map((p: { authority: string; ok: boolean }) => [p.authority, p.ok]), [['kms.b.example', true]]);
     assert.deepEqual(s.attention, []);
+    assert.equal(s.nodes.length, 1);
+    assert.equal(s.nodes[0].version, VERSION);
+    assert.equal(s.nodes[0].leading, true);
+    assert.equal(s.leader, s.nodes[0].id);
+    assert.equal(typeof s.pushOutbox, 'number');
+  });
+
+  test('two nodes on the database: both seen, exactly one leads; a node that stops is no longer listed', TEST, async () => {
+    const second = await serve(['--config', config, '--port', '0']);
+    let stopped = false;
+    try {
+      const first = JSON.parse(runKms(['status', '--config', config, '--json']).stdout);
+      assert.equal(first.nodes.length, 2, JSON.stringify(first.nodes));
+      assert.equal(first.nodes.filter((n: { leading: boolean }) => n.leading).length, 1, 'exactly one leads');
+      assert.equal(new Set(first.nodes.map((n: { pid: number }) => n.pid)).size, 2, 'two processes');
+      assert.equal(await second.stop(), 0);
+      stopped = true;
+      const after = JSON.parse(runKms(['status', '--config', config, '--json']).stdout);
+      assert.deepEqual(after.nodes.map((n: { id: string }) => n.id), [first.leader], 'the one left, which led all along');
+    } finally {
+      if (!stopped) await second.stop();
+    }
   });
 
   test('a database that is not there, or unreachable: exit 1 with the reason; nothing created', TEST, () => {

@@ -11,6 +11,7 @@ import { configPath, loadConfig, type KmsConfig } from '../config.js';
 import { openStore, postgresAddress, postgresProblem } from '../server.js';
 import { PostgresStore } from '../store/postgres.js';
 import type { Store } from '../store/store.js';
+import { NODE_RECENT_MS } from '../limits.js';
 import { KMS_VERSION } from '../version.js';
 import { DEFAULT_CONFIG, flagOrEnv, parse } from './args.js';
 
@@ -23,7 +24,8 @@ const USAGE = `usage: kms status [--config D/kms.json] [--db URL] [--json]
   prints the version, whether the storage answers, the audit log's head, the static certificate's
   expiry and whether each peer answers (GET /.well-known/kms, ${CHECK_TIMEOUT_MS / 1000} s each). Exits 1 when something needs
   attention: storage unreachable, the certificate expiring within ${CERTIFICATE_WARNING_DAYS} days, a peer not answering.
-  Nodes seen recently are not tracked yet. --json: one JSON object on stdout, for scripts.
+  Also the nodes (kms serve processes) seen on this database within the last ${NODE_RECENT_MS / 1000} s, the one leading
+  the background work marked, and the invalidation pushes waiting. --json: one JSON object on stdout, for scripts.
 Environment: KMS_CONFIG, KMS_DB.`;
 
 interface Check {
@@ -39,9 +41,25 @@ export interface Status {
   audit?: { seq: number; time?: string };
   certificate: Check & { notAfter?: string; daysLeft?: number };
   peers: (Check & { authority: string; endpoint: string })[];
-  nodes: string;
+  /** The processes that recorded themselves within NODE_RECENT_MS, the most recently seen first (none when storage failed). */
+  nodes: ShownNode[];
+  /** The node leading the background work, if one of those seen says so. */
+  leader?: string;
+  /** Invalidation pushes waiting in the outbox. */
+  pushOutbox?: number;
   /** Everything that needs attention, one line each; empty when healthy. */
   attention: string[];
+}
+
+export interface ShownNode {
+  id: string;
+  host: string;
+  pid: number;
+  version: string;
+  startedAt: string;
+  seenAt: string;
+  secondsAgo: number;
+  leading: boolean;
 }
 
 /** The storage as status shows it: never a PostgreSQL URL's credentials. */
@@ -73,16 +91,28 @@ function within<T>(work: Promise<T>, what: string): Promise<T> {
   return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
-async function storageStatus(url: string, config: KmsConfig): Promise<Pick<Status, 'storage' | 'audit'>> {
+async function storageStatus(url: string, config: KmsConfig): Promise<Pick<Status, 'storage' | 'audit' | 'nodes' | 'leader' | 'pushOutbox'>> {
   let store: Store | undefined;
   try {
     store = await within(openExisting(url, config), 'the storage');
     await within(store.ping(), 'the storage');
     const head = await within(store.auditHead(), 'the storage');
     const last = head ? (await within(store.readAudit(head.seq - 1, 1), 'the storage'))[0] : undefined;
-    return { storage: { ok: true, url: shown(url) }, audit: { seq: head?.seq ?? 0, time: last ? new Date(last.time).toISOString() : undefined } };
+    // Heartbeats are written with the wall clock (nodes/heartbeat.ts): compared with it here.
+    const seen = Date.now();
+    const nodes = (await within(store.listNodes(), 'the storage'))
+      .filter((n) => seen - n.seenAt <= NODE_RECENT_MS)
+      .map((n) => ({ ...n, startedAt: new Date(n.startedAt).toISOString(), seenAt: new Date(n.seenAt).toISOString(), secondsAgo: Math.max(0, Math.round((seen - n.seenAt) / 1000)) }));
+    const pushOutbox = await within(store.countPushes(), 'the storage');
+    return {
+      storage: { ok: true, url: shown(url) },
+      audit: { seq: head?.seq ?? 0, time: last ? new Date(last.time).toISOString() : undefined },
+      nodes,
+      leader: nodes.find((n) => n.leading)?.id,
+      pushOutbox,
+    };
   } catch (err) {
-    return { storage: { ok: false, url: shown(url), problem: (err as Error).message } };
+    return { storage: { ok: false, url: shown(url), problem: (err as Error).message }, nodes: [] };
   } finally {
     await store?.close().catch(() => {});
   }
@@ -124,7 +154,7 @@ export async function kmsStatus(config: KmsConfig, url: string, now = Date.now()
     ...(certificate.ok ? [] : [`static certificate: ${certificate.problem}`]),
     ...peers.filter((p) => !p.ok).map((p) => `peer ${p.authority}: ${p.problem}`),
   ];
-  return { version: KMS_VERSION, authority: config.authority, ...stored, certificate, peers, nodes: 'not tracked yet', attention };
+  return { version: KMS_VERSION, authority: config.authority, ...stored, certificate, peers, attention };
 }
 
 function text(s: Status): string {
@@ -136,7 +166,9 @@ function text(s: Status): string {
     `static certificate: ${s.certificate.notAfter ? `valid until ${s.certificate.notAfter}, ${s.certificate.daysLeft} days left` : 'unreadable'}${s.certificate.ok ? '' : `: ${mark(s.certificate)}`}`,
     `peers: ${s.peers.length === 0 ? 'none configured' : s.peers.length}`,
     ...s.peers.map((p) => `  ${p.authority} ${p.endpoint}: ${p.ok ? 'reachable' : mark(p)}`),
-    `nodes: (${s.nodes})`,
+    `nodes: ${s.storage.ok ? `${s.nodes.length === 0 ? 'none' : s.nodes.length} seen in the last ${NODE_RECENT_MS / 1000} s` : 'unknown'}`,
+    ...s.nodes.map((n) => `  ${n.id}${n.leading ? ' (leads)' : ''}: kms ${n.version}, pid ${n.pid} on ${n.host}, up since ${n.startedAt}, seen ${n.secondsAgo} s ago`),
+    ...(s.pushOutbox === undefined ? [] : [`invalidation pushes waiting: ${s.pushOutbox}`]),
     s.attention.length === 0 ? 'status: ok' : `status: ${s.attention.length} problem${s.attention.length === 1 ? '' : 's'}`,
   ];
   return lines.join('\n') + '\n';
