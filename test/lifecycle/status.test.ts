@@ -46,6 +46,7 @@ describe('what runs', () => {
     assert.match(text, new RegExp(`^kms_build_info\\{version="${VERSION.replaceAll('.', '\\.')}",node="${process.versions.node.replaceAll('.', '\\.')}"\\} 1$`, 'm'));
     const started = Number(/^process_start_time_seconds (\d+(\.\d+)?)$/m.exec(text)?.[1]);
     assert.ok(started > 0 && started <= Date.now() / 1000, `process_start_time_seconds ${started}`);
+    assert.match(text, /^kms_leader 1$/m, 'the only node on its database leads');
   });
 });
 

@@ -82,6 +82,9 @@ function elected(name: string, backend: (dir: string) => Backend): void {
           10_000,
         );
 
+        const leaderGauge = async (n: Served) => /^kms_leader (\d)$/m.exec(await (await fetch(`${n.url}/metrics`)).text())?.[1];
+        assert.deepEqual([await leaderGauge(leader), await leaderGauge(survivor)], ['1', '0'], 'kms_leader in /metrics');
+
         // A push waiting for its retry, as the leader leaves it after a failed first attempt; the
         // leader is killed before it is due.
         const resourceUri = `kms://${A_AUTH}/resources/${randomUUID()}`;
@@ -94,6 +97,7 @@ function elected(name: string, backend: (dir: string) => Backend): void {
         const took = Math.round(performance.now() - killedAt);
         t.diagnostic(`${name}: the survivor led ${took} ms after the leader was SIGKILLed`);
         assert.ok(takeover >= 0);
+        assert.equal(await leaderGauge(survivor), '1');
         await waitUntil(async () => (await query('SELECT id FROM push_outbox WHERE id = $1', [row[0]])).length === 0, 'the outbox row to be delivered', 10_000);
         const atB = audit(b.dbPath).filter((r) => r.principal === `kms://${A_AUTH}` && r.method === 'update' && r.uri === `kms://${B_AUTH}/federation/invalidations`);
         assert.equal(atB.length, 1, `B accepted the invalidation once: ${JSON.stringify(atB)}`);

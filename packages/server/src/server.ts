@@ -313,7 +313,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
     await store.close();
     throw err;
   }
-  const metrics = new Metrics(() => kms.channels.openCount());
+  const metrics = new Metrics(() => kms.channels.openCount(), () => kms.leads);
   kms.onRequest = metrics.observe;
   const tls = config.tls ? { cert: read(config, config.tls.cert, 'TLS certificate'), key: read(config, config.tls.key, 'TLS key') } : undefined;
   const transport = new Transport({ kms, metrics, logger, tls, corsOrigins: config.cors.origins });

@@ -14,7 +14,8 @@ export class Metrics {
   private readonly requests: Counter<'op' | 'status'>;
   private readonly latency: Histogram<'op'>;
 
-  constructor(channelsOpen: () => number) {
+  /** `leads`: whether this process leads the background work of its database (nodes/leader.ts). */
+  constructor(channelsOpen: () => number, leads: () => boolean = () => false) {
     collectDefaultMetrics({ register: this.registry });
     this.requests = new Counter({
       name: 'kms_requests_total',
@@ -43,6 +44,14 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.set(channelsOpen());
+      },
+    });
+    new Gauge({
+      name: 'kms_leader',
+      help: 'Whether this process leads the background work (sweeper, invalidation pushes) of the processes on its database: 1 or 0',
+      registers: [this.registry],
+      collect() {
+        this.set(leads() ? 1 : 0);
       },
     });
   }
