@@ -93,10 +93,8 @@ function elected(name: string, backend: (dir: string) => Backend): void {
         const killedAt = performance.now();
         leader.signal('SIGKILL');
 
-        const takeover = await waitFor(() => ledAs(survivor) !== undefined, 'the survivor to lead', 20_000);
-        const took = Math.round(performance.now() - killedAt);
-        t.diagnostic(`${name}: the survivor led ${took} ms after the leader was SIGKILLed`);
-        assert.ok(takeover >= 0);
+        await waitFor(() => ledAs(survivor) !== undefined, 'the survivor to lead', 20_000);
+        t.diagnostic(`${name}: the survivor led ${Math.round(performance.now() - killedAt)} ms after the leader was SIGKILLed`);
         assert.equal(await leaderGauge(survivor), '1');
         await waitUntil(async () => (await query('SELECT id FROM push_outbox WHERE id = $1', [row[0]])).length === 0, 'the outbox row to be delivered', 10_000);
         const atB = audit(b.dbPath).filter((r) => r.principal === `kms://${A_AUTH}` && r.method === 'update' && r.uri === `kms://${B_AUTH}/federation/invalidations`);
