@@ -141,6 +141,8 @@ export interface RunningKms {
   kms: Kms;
   store: Store;
   transport: Transport;
+  /** What /metrics serves; parts started later register their gauges here (metrics.gauge). */
+  metrics: Metrics;
   /** http://host:port */
   url: string;
   /**
@@ -364,6 +366,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
     kms,
     store,
     transport,
+    metrics,
     url,
     reload(next) {
       const own = { authority: running.authority, domains: running.domains, peers: next.peers };
