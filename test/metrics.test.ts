@@ -27,29 +27,31 @@ import { KmsError } from '@openkms/protocol';
 import { A_AUTH, B_AUTH, NOWHERE, caPem, clients, closeClients, peerEntry, statusOf, userOn } from './support/federation.js';
 
 const TEST = { timeout: 60_000 };
-const PG = process.env.KMS_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
+const PG = process.env.KMS_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 after(closeClients);
 
-/** The value of one series in Prometheus text: `name` with (at least) `labels`; undefined if absent. */
-export function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+/** Every series of `name` in Prometheus text: its labels and its value. */
+function* series(text: string, name: string): Generator<{ labels: Record<string, string>; value: number }> {
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
     if (!m || m[1] !== name) continue;
-    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1], l[2]]));
-    if (Object.entries(labels).every(([k, v]) => got[k] === v)) return Number(m[3]);
+    const labels = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1]!, l[2]!]));
+    yield { labels, value: Number(m[3]) };
   }
+}
+
+const has = (labels: Record<string, string>, wanted: Record<string, string>) => Object.entries(wanted).every(([k, v]) => labels[k] === v);
+
+/** The value of the first series of `name` whose labels include `labels`; undefined if none. */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const s of series(text, name)) if (has(s.labels, labels)) return s.value;
   return undefined;
 }
 
 /** The sum of every series of `name` whose labels include `labels`. */
 function total(text: string, name: string, labels: Record<string, string> = {}): number {
   let sum = 0;
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1], l[2]]));
-    if (Object.entries(labels).every(([k, v]) => got[k] === v)) sum += Number(m[3]);
-  }
+  for (const s of series(text, name)) if (has(s.labels, labels)) sum += s.value;
   return sum;
 }
 
