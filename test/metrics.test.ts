@@ -172,6 +172,31 @@ describe('federation', () => {
     }
   });
 
+  test('a peer that answers counts as ok, one that refuses as its status class', TEST, async () => {
+    const [caA, caB] = await Promise.all([caPem(A_AUTH, 'a.example'), caPem(B_AUTH, 'b.example')]);
+    const A = await startDevKms({ authority: A_AUTH, domains: ['a.example'], config: { peers: [peerEntry(B_AUTH, 'b.example', NOWHERE, caB)] } });
+    try {
+      const B = await startDevKms({ authority: B_AUTH, domains: ['b.example'], config: { peers: [peerEntry(A_AUTH, 'a.example', A.url, caA)] } });
+      try {
+        const alice = userOn(A, 'alice@a.example', caA);
+        const bob = userOn(B, 'bob@b.example', caB);
+        const [shared, kept] = await alice.createKeys(2);
+        await alice.createResource({ authIds: ['bob@b.example'], keyUris: [shared!.uri] });
+        await alice.createResource({ keyUris: [kept!.uri] });
+        assert.equal((await bob.retrieveKey(shared!.uri)).jwk.k, shared!.jwk.k);
+        assert.equal(await statusOf(bob.retrieveKey(kept!.uri)), 403);
+        const text = await scrape(B.url);
+        assert.ok(sample(text, 'kms_federation_calls_total', { peer: A_AUTH, outcome: 'ok' })! >= 1, 'the granted read');
+        assert.equal(sample(text, 'kms_federation_calls_total', { peer: A_AUTH, outcome: '4xx' }), 1, 'the refused read');
+        assert.equal(total(text, 'kms_federation_calls_total', { outcome: 'unreachable' }), 0);
+      } finally {
+        await B.close();
+      }
+    } finally {
+      await A.close();
+    }
+  });
+
   test('outcomes come from the error code, a closed set', () => {
     const cases: [unknown, string][] = [
       [new KmsError('KMS_UNREACHABLE', 'x'), 'unreachable'],
@@ -206,6 +231,31 @@ describe('identity provider', () => {
       const text = await scrape(A.url);
       assert.equal(sample(text, 'kms_identity_provider_failures_total', { kind: 'jwks' }), 1);
       assert.equal(sample(text, 'kms_identity_provider_failures_total', { kind: 'introspection' }), 0);
+    } finally {
+      await A.close();
+    }
+  });
+});
+
+describe('identity provider: discovery and introspection', () => {
+  test('an IdP whose discovery document and introspection endpoint cannot be reached counts each by its kind', TEST, async () => {
+    const issuer = NOWHERE;
+    const ca = await caPem(A_AUTH, 'a.example');
+    const A = await startDevKms({
+      config: { identity: { issuer, discovery: true, audience: `kms://${A_AUTH}`, introspection: { endpoint: `${NOWHERE}/introspect`, clientId: 'kms', clientSecret: 'not-a-real-secret' } } },
+    });
+    try {
+      const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      const jwt = await new SignJWT({ sub: 'alice@a.example' }).setProtectedHeader({ alg: 'RS256', kid: 'k1' }).setIssuer(issuer).setAudience(`kms://${A_AUTH}`).setExpirationTime('5m').sign(privateKey);
+      for (const token of [jwt, 'an-opaque-token-for-introspection']) {
+        const client = new KmsClient({ url: A.url, authority: A_AUTH, trustAnchors: [ca], token: () => token, debounceMs: 1 });
+        clients.push(client);
+        assert.equal(await statusOf(client.createKeys(1)), 401);
+      }
+      const text = await scrape(A.url);
+      assert.equal(sample(text, 'kms_identity_provider_failures_total', { kind: 'discovery' }), 1);
+      assert.equal(sample(text, 'kms_identity_provider_failures_total', { kind: 'introspection' }), 1);
+      assert.equal(sample(text, 'kms_identity_provider_failures_total', { kind: 'jwks' }), 0);
     } finally {
       await A.close();
     }
