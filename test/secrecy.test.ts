@@ -1,7 +1,8 @@
 /**
  * Secrecy: after a run that handled keys, bearer tokens, anonymous bearers and channel keys, none
  * of them appears in the server's logs (at debug level), in the audit log, or — for key values —
- * anywhere in the raw SQLite files (database and WAL): key material is only ever stored sealed.
+ * anywhere in the raw SQLite files (database and WAL): key material is only ever stored sealed. The
+ * metrics name none of them, nor any user, key or resource.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
@@ -32,6 +33,8 @@ test('no key value, bearer or channel key in logs, audit log or raw database', a
     const server = await serve(['--config', config, '--port', '0', '--log-level', 'debug']);
     const tokens = ['alice', 'bob'].map((u) => runKms(['token', '--config', config, '--user', `${u}@a.example`]).stdout.trim());
     const secrets: string[] = [...tokens];
+    let metrics = '';
+    const named: string[] = [];
     const keyBytes: Buffer[] = [];
     try {
       const alice = await nodeKmsSession(server.url, tokens[0]!, 'alice-web');
@@ -57,6 +60,9 @@ test('no key value, bearer or channel key in logs, audit log or raw database', a
       assert.equal((await guest.call({ method: 'create', uri: '/keys', count: 1 })).status, 403);
       assert.equal((await alice.call({ method: 'delete', uri: anonymous.uri })).status, 200);
       assert.equal((await guest.call({ method: 'update', uri: '/ping' })).status, 401);
+      // The metrics count by bounded labels: no secret, and no user, key or resource either.
+      metrics = await (await fetch(`${server.url}/metrics`)).text();
+      named.push('alice@a.example', 'bob@a.example', (made.resource as { uri: string }).uri, anonymous.uri, ...keys.map((k) => k.uri));
     } finally {
       assert.equal(await server.stop(), 0);
     }
@@ -70,8 +76,11 @@ test('no key value, bearer or channel key in logs, audit log or raw database', a
     const raw = Buffer.concat(['kms.db', 'kms.db-wal'].map((f) => join(dir, f)).filter(existsSync).map((f) => readFileSync(f)));
     const rawText = raw.toString('latin1');
 
+    assert.match(metrics, /^kms_requests_total\{/m, 'the metrics were read');
+    for (const name of named) assert.ok(!metrics.includes(name), 'a user, key or resource named in the metrics');
     for (const secret of secrets) {
       for (const form of forms(secret)) {
+        assert.ok(!metrics.includes(form), `a secret leaked into the metrics`);
         assert.ok(!logs.includes(form), `a secret leaked into the logs`);
         assert.ok(!audit.includes(form), `a secret leaked into the audit log`);
       }

@@ -29,7 +29,7 @@ import { InvalidationPush } from './federation/push.js';
 import { AnonymousBearers } from './identity/anonymous.js';
 import { Authenticator } from './identity/authenticator.js';
 import { loadDevIssuer, type DevIssuer } from './identity/dev-issuer.js';
-import { loadStaticIdentity } from './identity/certificates.js';
+import { chainNotAfter, loadStaticIdentity } from './identity/certificates.js';
 import type { TokenVerifier } from './identity/principal.js';
 import { createTokenVerifier } from './identity/tokens.js';
 import { Keyring, auditKeyOf, parseRootKey } from './keyring/keyring.js';
@@ -41,7 +41,8 @@ import { NETWORK_CODES, withDeadline } from './store/deadline.js';
 import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
-import { Metrics } from './transport/metrics.js';
+import { instrumented, methodsOf } from './store/instrumented.js';
+import { Metrics } from './metrics.js';
 import { Heartbeat } from './nodes/heartbeat.js';
 import { Leader } from './nodes/leader.js';
 import { Transport } from './transport/http.js';
@@ -57,6 +58,8 @@ export interface KmsOptions {
   logger?: Logger;
   /** The peers, when the caller keeps them to replace them later (startKms: SIGHUP). */
   peers?: PeerRegistry;
+  /** Where the parts count what an operator watches (startKms: served at /metrics). */
+  metrics?: Metrics;
 }
 
 /**
@@ -76,6 +79,7 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
   // One id per process: its audit records, its heartbeat and its claim to lead all carry it.
   const node = newNodeId();
   const audit = new AuditLog(store, auditKeyOf(rootKey), node);
+  audit.onWriteFailure = options.metrics?.auditWriteFailed;
   const peers = options.peers ?? new PeerRegistry(config);
   const bearers = new AnonymousBearers(config.authority, staticKey.privateKey, createPublicKey(staticKey.privateKey), now);
 
@@ -88,6 +92,7 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
     now,
     audit: (entry) => audit.record(entry),
     logger,
+    onCall: options.metrics?.peerCall,
   });
   const inbox = new Invalidations(store);
   const push = new InvalidationPush(config.authority, peers, store, peerChannels, logger);
@@ -152,6 +157,8 @@ export interface RunningKms {
   kms: Kms;
   store: Store;
   transport: Transport;
+  /** What /metrics serves; parts started later register their gauges here (metrics.gauge). */
+  metrics: Metrics;
   /** http://host:port */
   url: string;
   /**
@@ -263,12 +270,41 @@ export function devIssuerOf(config: KmsConfig): DevIssuer | undefined {
 export const devIssuerName = (config: KmsConfig) => `https://${config.authority}/dev-issuer`;
 export const audienceOf = (config: KmsConfig) => config.identity.audience ?? `kms://${config.authority}`;
 
+/**
+ * The certificate expiry gauges: seconds until the static certificate chain and, when the KMS
+ * serves TLS, the TLS chain stop being valid (negative once expired). `tls(pem)` follows a reload.
+ */
+function certificateExpiry(metrics: Metrics, staticPem: string, tlsPem: string | undefined, now: () => number): { tls(pem: string): void } {
+  const notAfter = (pem: string | undefined) => {
+    try {
+      return pem === undefined ? undefined : chainNotAfter(pem).getTime();
+    } catch {
+      return undefined; // TLS accepts what it accepts; a chain this cannot read has no gauge
+    }
+  };
+  const staticAt = notAfter(staticPem);
+  let tlsAt = notAfter(tlsPem);
+  metrics.labelledGauge('kms_certificate_expires_in_seconds', 'Seconds until a certificate chain of this KMS expires, by certificate (static, tls); negative once expired', 'certificate', () => {
+    const values: [string, number][] = [];
+    if (staticAt !== undefined) values.push(['static', (staticAt - now()) / 1000]);
+    if (tlsAt !== undefined) values.push(['tls', (tlsAt - now()) / 1000]);
+    return values;
+  });
+  return {
+    tls(pem) {
+      tlsAt = notAfter(pem);
+    },
+  };
+}
+
 export async function startKms(config: KmsConfig, options: StartOptions = {}): Promise<RunningKms> {
   validatePeers(config);
   const logger = options.logger ?? createLogger(config.log.level);
+  const metrics = new Metrics();
+  const staticCertPem = read(config, config.staticKey.cert, 'static certificate');
   const staticKey = await loadStaticIdentity({
     keyPem: read(config, config.staticKey.key, 'static key'),
-    certChainPem: read(config, config.staticKey.cert, 'static certificate'),
+    certChainPem: staticCertPem,
     authority: config.authority,
   }).catch((err: Error) => {
     throw new ConfigError(err.message);
@@ -293,30 +329,39 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
       devPublicJwk: dev?.publicJwk,
       devIssuer: dev ? devIssuerName(config) : undefined,
       devAudience: dev ? audienceOf(config) : undefined,
-      onProviderError: (detail) => logger.warn({ detail }, 'identity provider problem'),
+      onProviderError: (detail, call) => {
+        metrics.providerFailed(call);
+        logger.warn({ detail }, 'identity provider problem');
+      },
     },
   );
   const peers = new PeerRegistry(config);
   const timeoutMs = config.storage.timeoutSeconds * 1000;
   // Every storage call of the running KMS has a deadline: storage that is down or stuck is a 503.
-  const store = withDeadline(
+  const bounded = withDeadline(
     await openStore(options.db ?? config.storage.url, config.baseDir, { timeoutMs }).catch((err: unknown) => {
       verifier.close?.();
       throw err;
     }),
     timeoutMs,
   );
+  // Measured outside the deadline: a call that ran out of time counts as the 503 it became.
+  metrics.storageMethods(methodsOf(bounded));
+  const store = instrumented(bounded, metrics.storageCall);
   let kms: Kms;
   try {
-    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec, peers });
+    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec, peers, metrics });
   } catch (err) {
     await store.close();
     throw err;
   }
-  const metrics = new Metrics(() => kms.channels.openCount(), () => kms.leads);
-  kms.onRequest = metrics.observe;
+  kms.onRequest = metrics.request;
+  kms.onSweep = metrics.sweep;
+  metrics.gauge('kms_channels_open', 'Ephemeral-key channels held open (not expired) by this process', () => kms.channels.openCount());
+  metrics.gauge('kms_leader', 'Whether this process leads the background work (sweeper, invalidation pushes) of the processes on its database: 1 or 0', () => kms.leads);
   const tls = config.tls ? { cert: read(config, config.tls.cert, 'TLS certificate'), key: read(config, config.tls.key, 'TLS key') } : undefined;
-  const transport = new Transport({ kms, metrics, logger, tls, corsOrigins: config.cors.origins });
+  const expiry = certificateExpiry(metrics, staticCertPem, tls?.cert, options.now ?? Date.now);
+  const transport = new Transport({ kms, metrics: metrics.registry, logger, tls, corsOrigins: config.cors.origins });
   const host = options.host ?? config.listen.host;
   let bound: { port: number };
   try {
@@ -345,6 +390,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
     kms,
     store,
     transport,
+    metrics,
     url,
     reload(next) {
       const own = { authority: running.authority, domains: running.domains, peers: next.peers };
@@ -366,6 +412,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
       if (secure) {
         // New TLS handshakes get the new certificate; connections already open keep theirs.
         (transport.server as HttpsServer).setSecureContext(secure);
+        expiry.tls(secure.cert as string);
         applied.push('tls');
       }
       // What runs: the start config with what was taken live, so a later reload still names the rest.

@@ -42,6 +42,8 @@ export function auditHash(key: Uint8Array, prevHash: string, seq: number, e: Aud
 
 export class AuditLog {
   private readonly commits: GroupCommit<AuditEntry>;
+  /** Told how many records a failed write lost (metrics); each one's caller is refused. */
+  onWriteFailure: ((records: number) => void) | undefined;
 
   /** `node`: the id this process's records carry (newNodeId() unless given). */
   constructor(
@@ -51,7 +53,14 @@ export class AuditLog {
   ) {
     // The chain is extended at commit time, after the head the store holds locked, so records of
     // this process and of others never fork it.
-    this.commits = new GroupCommit((entries) => this.store.appendAudit((head) => this.link(head, entries)));
+    this.commits = new GroupCommit(async (entries) => {
+      try {
+        await this.store.appendAudit((head) => this.link(head, entries));
+      } catch (err) {
+        this.onWriteFailure?.(entries.length);
+        throw err;
+      }
+    });
   }
 
   private link(head: { seq: number; hash: string }, entries: readonly AuditEntry[]): AuditRow[] {

@@ -30,6 +30,9 @@ export interface PublicStaticJwk {
   x5c: string[];
 }
 
+/** How one sweep went: what it destroyed, swept at `at` (epoch ms), or that it failed. */
+export type SweepOutcome = { ok: true; at: number; result: SweepResult } | { ok: false };
+
 /** The parts of a KMS, wired together by the assembly module. */
 export interface KmsParts {
   authority: string;
@@ -77,6 +80,9 @@ export class Kms {
   whileLeading(start: () => () => void): void {
     this.parts.leader.whileLeading(start);
   }
+
+  /** Told of every sweep and how it went (metrics). */
+  onSweep: ((outcome: SweepOutcome) => void) | undefined;
 
   /** Told of every answered request (metrics). */
   get onRequest(): ((event: RequestEvent) => void) | undefined {
@@ -137,7 +143,15 @@ export class Kms {
 
   /** Destroys what expired (resources past TTL, unbound keys past the grace, dead channels). */
   async sweep(): Promise<SweepResult> {
-    const result = await this.parts.store.sweep(this.parts.now(), this.parts.lifetimes.unboundGraceMs);
+    const at = this.parts.now();
+    let result: SweepResult;
+    try {
+      result = await this.parts.store.sweep(at, this.parts.lifetimes.unboundGraceMs);
+    } catch (err) {
+      this.onSweep?.({ ok: false });
+      throw err;
+    }
+    this.onSweep?.({ ok: true, at, result });
     // Peers holding copies of expired KROs must stop using them now, not at their staleness bound.
     if (result.resourceIds.length > 0) await this.parts.changes.changed(result.resourceIds);
     if (result.resources || result.keys || result.channels) {

@@ -7,6 +7,7 @@
 import { KmsClient, type Answer } from '@openkms/client';
 import { ErrorCodes, KmsError, WIRE_ERROR_CODES, hasCode, type ErrorCode, type MessageCodec } from '@openkms/protocol';
 import type { KeyObject } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { AuditEntry } from '../audit/audit.js';
 import { describeError, type Logger } from '../logger.js';
 import type { UserPrincipal } from '../identity/principal.js';
@@ -22,6 +23,41 @@ export interface PeerChannelsOptions {
   now: () => number;
   audit: (entry: AuditEntry) => Promise<void>;
   logger: Logger;
+  /** Told of every request sent to a peer, with its outcome (metrics). */
+  onCall?: (call: PeerCall) => void;
+}
+
+/**
+ * How a request to a peer ended: answered (`ok`), refused with a status of the class (`4xx`,
+ * `5xx`), never reached it or lost on the way (`unreachable`), not answered in time (`timeout`),
+ * answered with something this KMS refuses — its certificate, discovery or answer (`invalid`) —
+ * or failed here (`error`). A closed set: the label stays bounded.
+ */
+export type PeerOutcome = 'ok' | '4xx' | '5xx' | 'unreachable' | 'timeout' | 'invalid' | 'error';
+
+export interface PeerCall {
+  /** The peer's authority (configured peers only: a bounded set). */
+  peer: string;
+  outcome: PeerOutcome;
+  seconds: number;
+}
+
+export function peerOutcomeOf(err: unknown): PeerOutcome {
+  if (!(err instanceof KmsError)) return 'error';
+  switch (err.code) {
+    case 'KMS_UNREACHABLE':
+    case 'CLIENT_CLOSED':
+      return 'unreachable';
+    case 'KMS_TIMEOUT':
+    case 'PEER_TIMEOUT':
+      return 'timeout';
+    case 'CERTIFICATE_REFUSED':
+    case 'DISCOVERY_INVALID':
+    case 'ANSWER_INVALID':
+      return 'invalid';
+    default:
+      return err.status >= 400 && err.status < 500 ? '4xx' : err.status >= 500 && err.status < 600 ? '5xx' : 'error';
+  }
 }
 
 /** A's verdicts on the user's request that reach the user as they are (a read: 403/404). */
@@ -46,8 +82,17 @@ export class PeerChannels {
   }
 
   /** Sends one request to a peer on this KMS's channel to it (opened on first use). */
-  exchange(peer: Peer, body: { method: string; uri: string; [member: string]: unknown }): Promise<Answer> {
-    return this.client(peer).exchange(body);
+  async exchange(peer: Peer, body: { method: string; uri: string; [member: string]: unknown }): Promise<Answer> {
+    const started = performance.now();
+    const report = (outcome: PeerOutcome) => this.o.onCall?.({ peer: peer.authority, outcome, seconds: (performance.now() - started) / 1000 });
+    try {
+      const answer = await this.client(peer).exchange(body);
+      report('ok');
+      return answer;
+    } catch (err) {
+      report(peerOutcomeOf(err));
+      throw err;
+    }
   }
 
   private client(asked: Peer): KmsClient {

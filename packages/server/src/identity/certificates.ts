@@ -7,7 +7,7 @@
  * which supplies the Reflect metadata functions the library needs) over WebCrypto; keys are
  * handled with node:crypto.
  */
-import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, webcrypto } from 'node:crypto';
+import { X509Certificate, createPrivateKey, createPublicKey, generateKeyPair, randomBytes, webcrypto } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import { CertificateError, Limits, checkOwnCertificateChain, loadX509, parsePemCertificates } from '@openkms/protocol';
@@ -240,4 +240,14 @@ export async function loadStaticIdentity(input: {
     privateKey,
     publicJwk: { kty: 'RSA', kid: `kms://${authority}`, n: jwk.n, e: jwk.e, x5c },
   };
+}
+
+/**
+ * When a PEM chain stops being usable: the earliest notAfter of its certificates (an intermediate
+ * that expires first ends the chain's validity too). Throws on a chain without a certificate.
+ */
+export function chainNotAfter(chainPem: string): Date {
+  const ders = parsePemCertificates(chainPem);
+  if (ders.length === 0) throw new Error('no CERTIFICATE block');
+  return new Date(Math.min(...ders.map((der) => Date.parse(new X509Certificate(Buffer.from(der, 'base64')).validTo))));
 }

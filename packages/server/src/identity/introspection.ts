@@ -35,17 +35,17 @@ export function createIntrospector(config: IntrospectionConfig): Introspector {
         },
         body: new URLSearchParams({ token, token_type_hint: 'access_token' }).toString(),
       },
-      'token introspection',
+      'introspection',
     );
     // 401/403 mean the IdP refused *our* client credentials: an operator problem, not the user's.
     if (res.status === 401 || res.status === 403) {
-      throw new ProviderError('identity provider misconfigured', `token introspection: KMS client credentials refused (HTTP ${res.status})`);
+      throw new ProviderError('identity provider misconfigured', 'introspection', `KMS client credentials refused (HTTP ${res.status})`);
     }
     if (res.status !== 200) {
-      throw new ProviderError('identity provider unreachable', `token introspection: HTTP ${res.status}`);
+      throw new ProviderError('identity provider unreachable', 'introspection', `HTTP ${res.status}`);
     }
     if (!isRecord(res.body)) {
-      throw new ProviderError('identity provider unreachable', 'token introspection: answer is not a JSON object');
+      throw new ProviderError('identity provider unreachable', 'introspection', 'answer is not a JSON object');
     }
     return res.body;
   };

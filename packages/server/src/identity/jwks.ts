@@ -19,7 +19,7 @@ import { DISCOVERY_RETRY_MS } from '../limits.js';
 export function createKeySource(config: IdentityConfig, baseDir: string, now: () => number): JWTVerifyGetKey | undefined {
   if (config.jwksFile !== undefined) return fileKeySource(resolve(baseDir, config.jwksFile));
   if (config.jwksUri !== undefined) {
-    return guardRemote(createRemoteJWKSet(providerUrl(config.jwksUri, 'jwksUri')), 'JWKS fetch');
+    return guardRemote(createRemoteJWKSet(providerUrl(config.jwksUri, 'jwksUri')));
   }
   if (config.discovery === true && config.issuer !== undefined) return discoveryKeySource(config.issuer, now);
   return undefined;
@@ -54,14 +54,14 @@ function isTokenKeyError(err: unknown): boolean {
   );
 }
 
-function guardRemote(jwks: JWTVerifyGetKey, what: string): JWTVerifyGetKey {
+function guardRemote(jwks: JWTVerifyGetKey): JWTVerifyGetKey {
   return async (header, token) => {
     try {
       return await jwks(header, token);
     } catch (err) {
       if (isTokenKeyError(err) || err instanceof ProviderError) throw err;
       const detail = err instanceof errors.JWKSTimeout ? 'timed out' : 'failed or returned an invalid key set';
-      throw new ProviderError('identity provider unreachable', `${what}: ${detail}`);
+      throw new ProviderError('identity provider unreachable', 'jwks', detail);
     }
   };
 }
@@ -79,23 +79,23 @@ function discoveryKeySource(issuer: string, now: () => number): JWTVerifyGetKey 
   let failure: { at: number; error: ProviderError } | undefined;
 
   async function discover(): Promise<JWTVerifyGetKey> {
-    const res = await providerFetch(documentUrl, { headers: { accept: 'application/json' } }, 'OIDC discovery');
+    const res = await providerFetch(documentUrl, { headers: { accept: 'application/json' } }, 'discovery');
     if (res.status !== 200) {
-      throw new ProviderError('identity provider unreachable', `OIDC discovery: HTTP ${res.status}`);
+      throw new ProviderError('identity provider unreachable', 'discovery', `HTTP ${res.status}`);
     }
-    if (!isRecord(res.body)) throw new ProviderError('identity provider misconfigured', 'OIDC discovery: not a JSON object');
+    if (!isRecord(res.body)) throw new ProviderError('identity provider misconfigured', 'discovery', 'not a JSON object');
     if (res.body.issuer !== issuer) {
-      throw new ProviderError('identity provider misconfigured', 'OIDC discovery: issuer does not match identity.issuer');
+      throw new ProviderError('identity provider misconfigured', 'discovery', 'issuer does not match identity.issuer');
     }
     const jwksUri = res.body.jwks_uri;
-    if (typeof jwksUri !== 'string') throw new ProviderError('identity provider misconfigured', 'OIDC discovery: no jwks_uri');
+    if (typeof jwksUri !== 'string') throw new ProviderError('identity provider misconfigured', 'discovery', 'no jwks_uri');
     let url: URL;
     try {
       url = providerUrl(jwksUri, 'discovered jwks_uri');
     } catch (err) {
-      throw new ProviderError('identity provider misconfigured', `OIDC discovery: ${(err as Error).message}`);
+      throw new ProviderError('identity provider misconfigured', 'discovery', `${(err as Error).message}`);
     }
-    return guardRemote(createRemoteJWKSet(url), 'JWKS fetch');
+    return guardRemote(createRemoteJWKSet(url));
   }
 
   function current(): Promise<JWTVerifyGetKey> {
@@ -110,7 +110,7 @@ function discoveryKeySource(issuer: string, now: () => number): JWTVerifyGetKey 
           return found;
         },
         (err: unknown) => {
-          const error = err instanceof ProviderError ? err : new ProviderError('identity provider unreachable', 'OIDC discovery failed');
+          const error = err instanceof ProviderError ? err : new ProviderError('identity provider unreachable', 'discovery', 'failed');
           failure = { at: now(), error };
           throw error;
         },

@@ -7,6 +7,12 @@ import { MAX_PROVIDER_RESPONSE_BYTES, PROVIDER_TIMEOUT_MS } from '../limits.js';
 /** What the client is told when the IdP cannot be used. Both are 401s (see tokens.ts). */
 export type ProviderReason = 'identity provider unreachable' | 'identity provider misconfigured';
 
+/** Which call to the IdP failed (the kind an operator's metrics count). */
+export type ProviderCall = 'jwks' | 'discovery' | 'introspection';
+
+/** How each call is named in the operator's log. */
+const CALL_NAMES: Readonly<Record<ProviderCall, string>> = { jwks: 'JWKS fetch', discovery: 'OIDC discovery', introspection: 'token introspection' };
+
 /**
  * The IdP could not be used: it is down, slow, answered garbage, or disagrees with our config
  * (discovery issuer mismatch, our introspection client credentials refused). `message` is a
@@ -14,10 +20,13 @@ export type ProviderReason = 'identity provider unreachable' | 'identity provide
  */
 export class ProviderError extends Error {
   readonly reason: ProviderReason;
-  constructor(reason: ProviderReason, detail: string) {
-    super(detail);
+  readonly call: ProviderCall;
+  /** `detail` is prefixed with the call's name. */
+  constructor(reason: ProviderReason, call: ProviderCall, detail: string) {
+    super(`${CALL_NAMES[call]}: ${detail}`);
     this.name = 'ProviderError';
     this.reason = reason;
+    this.call = call;
   }
 }
 
@@ -52,19 +61,19 @@ export interface ProviderResponse {
  * endpoint that moves is a config change, not something to chase silently. Network failures and
  * unreadable bodies become ProviderError('identity provider unreachable').
  */
-export async function providerFetch(url: URL, init: RequestInit, what: string): Promise<ProviderResponse> {
+export async function providerFetch(url: URL, init: RequestInit, call: ProviderCall): Promise<ProviderResponse> {
   let res: Response;
   try {
     res = await fetch(url, { ...init, redirect: 'manual', signal: AbortSignal.timeout(PROVIDER_TIMEOUT_MS) });
   } catch (err) {
     const timedOut = err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError');
-    throw new ProviderError('identity provider unreachable', `${what}: ${timedOut ? 'timed out' : 'request failed'}`);
+    throw new ProviderError('identity provider unreachable', call, timedOut ? 'timed out' : 'request failed');
   }
   let text: string;
   try {
     text = await readBounded(res);
   } catch {
-    throw new ProviderError('identity provider unreachable', `${what}: response body unreadable or too large`);
+    throw new ProviderError('identity provider unreachable', call, 'response body unreadable or too large');
   }
   let body: unknown;
   try {

@@ -7,7 +7,7 @@ import { createIntrospector, type Introspector } from './introspection.js';
 import { createKeySource } from './jwks.js';
 import { IDP_ALGORITHMS, looksLikeJwt, toKmsError, verifyJwt } from './jwt.js';
 import type { IdentityConfig, TokenVerifier, VerifiedToken } from './principal.js';
-import { ProviderError } from './provider.js';
+import { ProviderError, type ProviderCall } from './provider.js';
 import { TokenCache } from './token-cache.js';
 import { CACHE_MAX_ENTRIES, MAX_CACHE_MS, MAX_TOKEN_BYTES, NO_EXP_CACHE_MS } from '../limits.js';
 
@@ -23,8 +23,9 @@ export interface TokenVerifierOptions {
   /**
    * Told why the IdP could not be used (down, misconfigured), for the operator's log. The text
    * never contains a token or a secret. Clients only see 'identity provider unreachable/misconfigured'.
+   * `call` says which call to the IdP failed (metrics count them by it).
    */
-  onProviderError?: (detail: string) => void;
+  onProviderError?: (detail: string, call: ProviderCall) => void;
 }
 
 
@@ -83,7 +84,7 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
   function report(err: unknown): void {
     if (!(err instanceof ProviderError) || !options.onProviderError) return;
     try {
-      options.onProviderError(err.message);
+      options.onProviderError(err.message, err.call);
     } catch {
       // A failing logger must not change the answer to the client.
     }

@@ -9,7 +9,6 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import { Limits } from '@openkms/protocol';
 import type { Logger } from '../logger.js';
-import type { Metrics } from './metrics.js';
 import { WebSocketEndpoint } from './websocket.js';
 
 /** What a transport needs of the KMS: nothing but this. */
@@ -24,7 +23,8 @@ export interface MessageHandler {
 
 export interface TransportOptions {
   kms: MessageHandler;
-  metrics: Metrics;
+  /** What /metrics serves: Prometheus text (the registry of src/metrics.ts). */
+  metrics: { readonly contentType: string; metrics(): Promise<string> };
   logger: Logger;
   tls?: { cert: string; key: string };
   /** Origins allowed by CORS (exact match, e.g. https://app.a.example). */
@@ -172,7 +172,7 @@ export class Transport {
           case '/readyz':
             return (await this.options.kms.ready()) ? send(res, 200, { status: 'ready' }) : send(res, 503, { status: 'storage unreachable' });
           case '/metrics':
-            return send(res, 200, await this.options.metrics.registry.metrics(), this.options.metrics.registry.contentType);
+            return send(res, 200, await this.options.metrics.metrics(), this.options.metrics.contentType);
         }
       }
       send(res, 404, { error: `no such endpoint: ${req.method} ${path}` });
