@@ -149,9 +149,13 @@ export const TEST_POSTGRES_URL = process.env.KMS_TEST_POSTGRES_URL ?? 'postgres:
 /** A URL for messages: the password, if any, replaced. */
 export const shownUrl = (url: string): string => url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
 
-/** Why PostgreSQL at `url` cannot be used, or undefined when it answers. */
+/**
+ * Why PostgreSQL at `url` cannot be used, or undefined when it answers. A server that is not there
+ * refuses at once; the generous timeout is for one that is there on a loaded machine, where a
+ * connection can take seconds and a short limit would call it absent (a failure under CI=true).
+ */
 export async function postgresProblem(url = TEST_POSTGRES_URL): Promise<string | undefined> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 15_000 });
   client.on('error', () => {});
   try {
     await client.connect();
