@@ -2,7 +2,7 @@
  * Table rows as the Store contract's objects, shared by both backends. Numbers go through
  * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
  */
-import type { AuditHead, AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from '../model.js';
 
 export type Row = Record<string, unknown>;
 
@@ -79,3 +79,5 @@ export const copyFromRow = (r: Row): CopyRow => ({
   cmkId: r.cmk_id as string,
   sealed: r.sealed as Uint8Array,
 });
+
+export const changeFromRow = (r: Row): ChangeRow => ({ seq: num(r.seq), kind: r.kind as ChangeRow['kind'], subject: r.subject as string, at: num(r.at) });
