@@ -11,6 +11,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { joseCodec, type MessageCodec } from '@openkms/protocol';
 import { AuditLog } from './audit/audit.js';
 import { Channels } from './channels.js';
+import { Coherence } from './coherence.js';
 import { fastCodec } from './codec/fast-codec.js';
 import { configPath, ConfigError, type KmsConfig } from './config.js';
 import { Answerer } from './core/answer.js';
@@ -71,6 +72,10 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
 
   const keyring = await Keyring.open(rootKey, store, now());
   const channels = new Channels(config.authority, store, keyring, now);
+  // Follows other nodes' writes on this database; until it listens, nothing is cached.
+  const coherence = new Coherence(store, channels, keyring, logger);
+  coherence.start();
+  await coherence.settled(config.storage.timeoutSeconds * 1000);
   const audit = new AuditLog(store, auditKeyOf(rootKey));
   const peers = options.peers ?? new PeerRegistry(config);
   const bearers = new AnonymousBearers(config.authority, staticKey.privateKey, createPublicKey(staticKey.privateKey), now);
@@ -110,10 +115,12 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
     channels,
     store,
     changes: push,
+    coherence,
     lifetimes: { unboundGraceMs: config.lifetimes.unboundGrace * 1000 },
     logger,
     now,
     async close() {
+      coherence.close();
       await push.close();
       await peerChannels.close();
       await audit.flush();
