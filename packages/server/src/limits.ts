@@ -92,6 +92,6 @@ export const MAX_KEPT_CHANGES = 100_000;
  */
 export const INVALIDATION_RETENTION_MS = 10 * 60_000;
 /** Waits before listening again after the listening connection dropped (then the last, repeated). */
-export const LISTEN_RETRY_DELAYS_MS: readonly number[] = [100, 250, 500, 1000, 2000, 5000];
+export const LISTEN_RETRY_DELAYS_MS: readonly number[] = [250, 500, 1000, 2000, 5000];
 /** The listening connection is probed this often, so a silently dead one is noticed. */
 export const LISTEN_PROBE_MS = 5_000;

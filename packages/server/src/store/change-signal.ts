@@ -3,7 +3,7 @@
  * changes themselves are read from the feed. PostgreSQL: the writing transaction sends
  * `pg_notify(CHANGES_CHANNEL, <schema>)`, delivered at its COMMIT to every connection that
  * LISTENs; the listening connection is a dedicated one (a pooled connection is handed to other
- * work and would lose the LISTEN), named `openkms-listen` in pg_stat_activity. When it drops, the
+ * work and would lose the LISTEN), named `openkms-listen <pid>` in pg_stat_activity. When it drops, the
  * listener is told (`lost`: caches can no longer be trusted) and it connects again with backoff.
  * SQLite has no NOTIFY: the signal is a timer, and the feed read it triggers is one indexed query.
  *
@@ -15,7 +15,10 @@ import { CHANGE_POLL_MS, LISTEN_PROBE_MS, LISTEN_RETRY_DELAYS_MS } from '../limi
 
 /** The NOTIFY channel of every openkms database; the payload names the schema that changed. */
 export const CHANGES_CHANNEL = 'openkms_changes';
-/** application_name of the listening connection (what an operator sees in pg_stat_activity). */
+/**
+ * application_name of the listening connection (what an operator sees in pg_stat_activity), with
+ * the process id: which node's listener it is.
+ */
 export const LISTEN_APPLICATION_NAME = 'openkms-listen';
 
 export interface ChangeListener {
@@ -88,7 +91,7 @@ export class PostgresSignal implements ChangeSignal {
     if (this.stopped) return;
     const client = new pg.Client({
       connectionString: this.connectionString,
-      application_name: LISTEN_APPLICATION_NAME,
+      application_name: `${LISTEN_APPLICATION_NAME} ${process.pid}`,
       connectionTimeoutMillis: this.probeTimeoutMs,
       keepAlive: true,
       keepAliveInitialDelayMillis: 10_000,
