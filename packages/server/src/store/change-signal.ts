@@ -63,7 +63,8 @@ export class PollingSignal implements ChangeSignal {
 /**
  * PostgreSQL: LISTEN on a connection of its own. `probeTimeoutMs`: a probe (`SELECT 1`, every
  * LISTEN_PROBE_MS) that has no answer within it counts as a lost connection, so a frozen server
- * or a vanished network is noticed, not only a closed socket.
+ * or a vanished network is noticed, not only a closed socket; after each probe the listeners read
+ * the feed, whether notified or not.
  */
 export class PostgresSignal implements ChangeSignal {
   private readonly listeners = new Set<ChangeListener>();
@@ -136,9 +137,12 @@ export class PostgresSignal implements ChangeSignal {
       ]);
     } catch (err) {
       drop(err);
+      return;
     } finally {
       clearTimeout(timer);
     }
+    // The feed is read at every probe too: a notification lost anyway costs at most this long.
+    for (const l of this.listeners) l.changed();
   }
 
   private dropped(client: pg.Client, err: unknown): void {
