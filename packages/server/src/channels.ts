@@ -4,11 +4,13 @@
  * read. Expired or deleted channels are never accepted again: a deletion on another node evicts
  * the cached channel here when the change feed says so (coherence.ts), and a cached channel is
  * re-checked against its row every CHANNEL_RECHECK_MS should that word be lost. While this node
- * cannot follow the feed, nothing is cached: every message reads the row.
+ * cannot follow the feed, nothing new is cached and every message reads its channel's row.
  */
 import { randomUUID } from 'node:crypto';
 import type { Keyring } from './keyring/keyring.js';
+import { hasCode } from '@openkms/protocol';
 import { CHANNEL_RECHECK_MS, MAX_CACHED_CHANNELS } from './limits.js';
+import { isStorageUnavailable } from './store/deadline.js';
 import type { Secret } from './secret.js';
 import type { Store } from './store/store.js';
 
@@ -31,8 +33,8 @@ interface Cached {
 
 export class Channels {
   private readonly cache = new Map<string, Cached>();
-  /** Whether channels may be cached: only while this node follows the change feed. */
-  private caching = false;
+  /** Whether this node follows the change feed: only then are channels cached and trusted. */
+  private following = false;
   /**
    * Moves on every eviction: a read of a row begun before an eviction does not cache what it read,
    * which may be the row the eviction was about (deleted meanwhile on another node).
@@ -72,9 +74,19 @@ export class Channels {
   async get(id: string): Promise<Channel | undefined> {
     const cached = this.cache.get(id);
     let channel = cached?.channel;
-    if (cached && this.now() - cached.checkedAt >= CHANNEL_RECHECK_MS) {
+    // Not following the feed, a cached channel is trusted for nothing: its row is read at every use.
+    if (cached && (!this.following || this.now() - cached.checkedAt >= CHANNEL_RECHECK_MS)) {
       const epoch = this.epoch;
-      const exists = (await this.store.getChannel(id)) !== undefined;
+      let exists: boolean;
+      try {
+        exists = (await this.store.getChannel(id)) !== undefined;
+      } catch (err) {
+        // Storage cannot tell: the cached key only opens the message, so that its answer (a 503:
+        // nothing is answered without its audit record, which cannot be written either) reaches
+        // the client under its channel instead of as an answer it cannot match to its request.
+        if (isStorageUnavailable(err) || hasCode(err, 'STORAGE_UNAVAILABLE')) return this.live(cached.channel);
+        throw err;
+      }
       if (!exists) {
         this.evict(id);
         return undefined;
@@ -90,9 +102,13 @@ export class Channels {
       channel = { id, uri: this.uriOf(id), key, owner: row.owner, clientId: row.clientId, createdAt: row.createdAt, expiresAt: row.expiresAt };
       if (epoch === this.epoch) this.remember(channel);
     }
+    return this.live(channel);
+  }
+
+  private async live(channel: Channel): Promise<Channel | undefined> {
     if (channel.expiresAt <= this.now()) {
       // Deleted at once, not left to the sweeper: a clock stepping back must not revive it.
-      await this.delete(id);
+      await this.delete(channel.id);
       return undefined;
     }
     return channel;
@@ -119,17 +135,18 @@ export class Channels {
   }
 
   /**
-   * Turns caching on (this node follows the change feed) or off (it cannot, until it listens
-   * again); either way what was cached is dropped, as changes may have been missed.
+   * This node follows the change feed (again): the cache starts empty, as changes may have been
+   * missed. Or it does not any more (until it listens again): nothing new is cached, and what is
+   * cached is not trusted, each use re-reads the row (get).
    */
-  setCaching(on: boolean): void {
+  setFollowing(on: boolean): void {
     this.epoch++;
-    this.cache.clear();
-    this.caching = on;
+    if (on) this.cache.clear();
+    this.following = on;
   }
 
   private remember(channel: Channel): void {
-    if (!this.caching) return;
+    if (!this.following) return;
     if (this.cache.size >= MAX_CACHED_CHANNELS) {
       // Drop the oldest entry; it is re-read from storage if used again.
       const oldest = this.cache.keys().next().value;

@@ -3,7 +3,8 @@
  * (nodes, workers): the change feed (Store.changesAfter) is read whenever the change signal says
  * it moved (store/change-signal.ts), and each change applied — a deleted channel is evicted, a CMK
  * change refreshes the keyring. While the node is not listening (the listening connection
- * dropped), it caches no channel and is not ready (Kms.ready → /readyz 503); once listening again
+ * dropped), it trusts no cached channel (each use re-reads the row) and is not ready (Kms.ready →
+ * /readyz 503); once listening again
  * it starts over from the feed's head with empty caches, since anything meanwhile may be missed.
  * A gap in the feed (entries swept before this node read them) is handled the same way.
  */
@@ -31,7 +32,7 @@ export class Coherence implements ChangeListener {
 
   constructor(
     private readonly store: Pick<Store, 'changesAfter' | 'lastChange' | 'changeSignal'>,
-    private readonly channels: Pick<Channels, 'evict' | 'setCaching'>,
+    private readonly channels: Pick<Channels, 'evict' | 'setFollowing'>,
     private readonly keyring: Pick<Keyring, 'refresh'>,
     private readonly logger: Logger,
   ) {}
@@ -73,7 +74,7 @@ export class Coherence implements ChangeListener {
     this.generation++;
     if (this.state === 'following') this.logger.warn({ err: describeError(err) }, 'lost the change notification connection: caches flushed, not ready until it is back');
     this.state = 'lost';
-    this.channels.setCaching(false);
+    this.channels.setFollowing(false);
   }
 
   close(): void {
@@ -112,7 +113,7 @@ export class Coherence implements ChangeListener {
       const head = await this.store.lastChange();
       await this.keyring.refresh();
       if (generation !== this.generation) return;
-      this.channels.setCaching(true);
+      this.channels.setFollowing(true);
       this.seen = head;
       this.state = 'following';
       for (const w of this.waiting.splice(0)) w();
@@ -129,7 +130,7 @@ export class Coherence implements ChangeListener {
         this.logger.warn({ after: this.seen, next: changes[0]!.seq }, 'change feed entries were swept before this node read them: caches flushed');
         this.generation++;
         this.state = 'resync';
-        this.channels.setCaching(false);
+        this.channels.setFollowing(false);
         this.again = true;
         return;
       }
