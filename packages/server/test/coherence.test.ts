@@ -101,13 +101,13 @@ function coherence(name: string, backend: () => Promise<Backend>): void {
       assert.equal(await nodes[1]!.channels.get(channel.id), undefined, 're-checked');
     });
 
-    test('without its signal a node caches nothing and is not current; listening again it resynchronises', async () => {
+    test('without its signal a node trusts no cached channel and is not current; listening again it resynchronises', async () => {
       const channel = await channelOnBoth();
       const node2 = nodes[1]!;
       node2.coherence.lost(new Error('the listening connection ended'));
       assert.equal(node2.coherence.current(), false);
       await db.sql('DELETE FROM channels WHERE id = $1', [channel.id]);
-      assert.equal(await node2.channels.get(channel.id), undefined, 'the cache was flushed');
+      assert.equal(await node2.channels.get(channel.id), undefined, 'the cached channel is re-read, not trusted');
       const uncached = await nodes[0]!.channels.create('alice@a.example', 'c1', new Secret(new Uint8Array(randomBytes(32))), 3600_000);
       assert.ok(await node2.channels.get(uncached.id));
       await db.sql('DELETE FROM channels WHERE id = $1', [uncached.id]);
