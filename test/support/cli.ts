@@ -40,6 +40,8 @@ export function auditedRequests(dbPath: string): number {
 
 export interface Served {
   url: string;
+  /** The server process's id. */
+  pid: number;
   stdout: string[];
   stderr: string[];
   /** Sends a signal to the server process. */
@@ -67,6 +69,7 @@ export function serve(args: string[], env: Record<string, string> = {}): Promise
         clearTimeout(timer);
         resolve({
           url: m[1]!,
+          pid: child.pid!,
           stdout,
           stderr,
           signal: (name) => void child.kill(name),

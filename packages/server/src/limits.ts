@@ -22,7 +22,7 @@ export const MAX_TTL_SECONDS = 100 * 365 * 24 * 3600;
 export const MAX_RELEASED_KEYS = 500;
 /** Pages of a federated answer followed at most (MAX_RELEASED_KEYS keys each). */
 export const MAX_FEDERATED_PAGES = 20;
-/** KROs whose last re-fetch or invalidation is remembered in memory. */
+/** KROs whose last re-fetch is remembered in memory (per node; invalidations are in the database). */
 export const MAX_TRACKED_KROS = 100_000;
 /** A user missing from a fresh copy makes a re-fetch at most this often per KRO (ms). */
 export const REFETCH_INTERVAL_MS = 1000;
@@ -97,3 +97,29 @@ export const MAX_SKEW_SECONDS = 300;
  * plus expired ones until the next sweep (`sweeper.intervalSeconds`).
  */
 export const MAX_SEEN_PER_PEER = 600_000;
+
+// Cache coherence between processes on one database (coherence.ts, store/change-signal.ts).
+/** SQLite has no NOTIFY: every process reads the change feed this often (an indexed `seq > ?`). */
+export const CHANGE_POLL_MS = 200;
+/**
+ * A cached channel is re-read from storage when it was last checked this long ago: the backstop
+ * should a notification of its deletion be lost (the feed itself makes it ~immediate).
+ */
+export const CHANNEL_RECHECK_MS = 5_000;
+/** Change feed entries read at once; more are read in further rounds. */
+export const CHANGES_PER_READ = 1_000;
+/**
+ * Change feed entries are kept this long (wall clock) and at most MAX_KEPT_CHANGES of them; a
+ * process that fell further behind finds a gap and flushes its caches instead.
+ */
+export const CHANGE_RETENTION_MS = 10 * 60_000;
+export const MAX_KEPT_CHANGES = 100_000;
+/**
+ * A federation invalidation is remembered this long (wall clock) against fetches that began before
+ * it: far longer than a fetch may take (federation.peerTimeout bounds it, a few seconds).
+ */
+export const INVALIDATION_RETENTION_MS = 10 * 60_000;
+/** Waits before listening again after the listening connection dropped (then the last, repeated). */
+export const LISTEN_RETRY_DELAYS_MS: readonly number[] = [250, 500, 1000, 2000, 5000];
+/** The listening connection is probed this often, so a silently dead one is noticed. */
+export const LISTEN_PROBE_MS = 5_000;

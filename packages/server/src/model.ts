@@ -132,6 +132,21 @@ export const AUDIT_GENESIS = '0'.repeat(64);
  */
 export const COPY_INVALIDATED = 0;
 
+/**
+ * One entry of the change feed (Store.changesAfter): something other processes on the database
+ * must drop from their caches. `channel`: the channel `subject` was deleted; `cmk`: the CMK
+ * `subject` was added or changed state. `at`: wall-clock ms of the write (for the sweep).
+ */
+export interface ChangeRow {
+  seq: number;
+  kind: 'channel' | 'cmk';
+  subject: string;
+  at: number;
+}
+
+/** What Store.putCopy did: stored, or refused because an invalidation came after the fetch began. */
+export type PutCopyOutcome = 'stored' | 'invalidated';
+
 /** A copy of another KMS's KRO, as released to this KMS (sealed: it holds key material). */
 export interface CopyRow {
   /** The KRO's absolute URI at its own KMS. */
@@ -193,6 +208,8 @@ export interface SweepResult {
   channels: number;
   /** Remembered peer requestIds destroyed, past their replay window. */
   peerRequests: number;
+  /** Change feed entries and federation invalidations destroyed, past their retention. */
+  changes: number;
 }
 
 /**

@@ -11,6 +11,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { joseCodec, type MessageCodec } from '@openkms/protocol';
 import { AuditLog, newNodeId } from './audit/audit.js';
 import { Channels } from './channels.js';
+import { Coherence } from './coherence.js';
 import { fastCodec } from './codec/fast-codec.js';
 import { configPath, ConfigError, type KmsConfig } from './config.js';
 import { Answerer } from './core/answer.js';
@@ -76,6 +77,10 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
 
   const keyring = await Keyring.open(rootKey, store, now());
   const channels = new Channels(config.authority, store, keyring, now);
+  // Follows other nodes' writes on this database; until it listens, nothing is cached.
+  const coherence = new Coherence(store, channels, keyring, logger);
+  coherence.start();
+  await coherence.settled(config.storage.timeoutSeconds * 1000);
   // One id per process: its audit records, its heartbeat and its claim to lead all carry it.
   const node = newNodeId();
   const audit = new AuditLog(store, auditKeyOf(rootKey), node);
@@ -129,11 +134,13 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
     changes: push,
     node,
     leader,
+    coherence,
     lifetimes: { unboundGraceMs: config.lifetimes.unboundGrace * 1000 },
     logger,
     now,
     async close() {
       await leader.close();
+      coherence.close();
       await push.close();
       await heartbeat.close();
       await peerChannels.close();

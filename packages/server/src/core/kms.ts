@@ -50,6 +50,8 @@ export interface KmsParts {
   node: string;
   /** Whether this process leads the background work of its database, and work only the leader does. */
   leader: { readonly leads: boolean; whileLeading(start: () => () => void): void };
+  /** Whether this node's caches follow the other nodes' writes now (coherence.ts). */
+  coherence: { current(): boolean };
   lifetimes: { unboundGraceMs: number };
   logger: Logger;
   now: () => number;
@@ -100,10 +102,12 @@ export class Kms {
 
   /**
    * Whether this node can serve now: its storage answers (within the storage deadline: the store
-   * is wrapped by store/deadline.ts) and it can write its audit log, without which it answers
-   * nothing (answer.ts auditWritable).
+   * is wrapped by store/deadline.ts), it can write its audit log, without which it answers
+   * nothing (answer.ts auditWritable), and its caches follow the other nodes' writes (it listens
+   * to the change feed: coherence.ts).
    */
   async ready(): Promise<boolean> {
+    if (!this.parts.coherence.current()) return false;
     try {
       await this.parts.store.ping();
     } catch {

@@ -64,6 +64,10 @@ const dec = new TextDecoder();
 const copyAad = (resourceUri: string) => `copy:${resourceUri}`;
 
 export class Copies implements CopySource {
+  /**
+   * Per node, on purpose: it only spaces out re-fetches for users missing from a fresh copy (each
+   * node asks the peer at most once a second per KRO); whether a copy may be used is the store's.
+   */
   private readonly lastRefetch = new Map<string, number>();
 
   constructor(private readonly o: CopiesOptions) {}
@@ -148,10 +152,10 @@ export class Copies implements CopySource {
     if (uri.includes('/keys/') && !content.resource.keys.some((k) => k.uri === uri)) {
       throw new KmsError('PEER_FAILED', `kms://${peer.authority} answered without the key asked for`);
     }
-    // An invalidation of this KRO that arrived while the fetch was under way makes its answer unusable.
-    if (this.o.inbox.overtook(content.resource.uri, startedAt)) return 'invalidated';
+    // An invalidation of this KRO received (by any node) since the fetch began makes its answer
+    // unusable: the store refuses it, atomically with the invalidations.
     const cmk = this.o.keyring.activeCmk();
-    await this.o.store.putCopy(
+    const stored = await this.o.store.putCopy(
       {
         resourceUri: content.resource.uri,
         authority: peer.authority,
@@ -160,9 +164,9 @@ export class Copies implements CopySource {
         sealed: this.o.keyring.seal(cmk.id, enc.encode(JSON.stringify(content)), copyAad(content.resource.uri)),
       },
       content.resource.keys.map((k) => k.uri),
+      startedAt,
     );
-    // An invalidation that arrived while the copy was being written: it is stale already.
-    if (this.o.inbox.overtook(content.resource.uri, startedAt)) await this.o.store.invalidateCopies(peer.authority, [content.resource.uri]);
+    if (stored === 'invalidated') return 'invalidated';
     return content;
   }
 }

@@ -166,6 +166,34 @@ CREATE INDEX peer_request_counts_expiry ON peer_request_counts (expires_at);
 `,
   },
   {
+    version: 6,
+    name: 'cache coherence: a change feed for other processes\' caches; federation invalidations shared by all nodes',
+    // changes: what other processes on this database must drop from their caches (a channel
+    // deleted, a CMK added or changed), numbered by the change_seq counter row, which a writer
+    // holds until COMMIT: numbers are gapless and commit in order, so "seq > last seen" never
+    // skips a change still being written. federated_invalidations: per KRO copy, the
+    // invalidation_seq of the last invalidation received by any node, which a fetch that began
+    // at an earlier mark must not overwrite (Store.putCopy).
+    sql: `
+CREATE TABLE changes (
+  seq BIGINT PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('channel', 'cmk')),
+  subject TEXT NOT NULL,
+  at BIGINT NOT NULL
+);
+CREATE INDEX changes_at ON changes (at);
+INSERT INTO counters (name, value) VALUES ('change_seq', 0);
+CREATE TABLE federated_invalidations (
+  resource_uri TEXT PRIMARY KEY,
+  authority TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  at BIGINT NOT NULL
+);
+CREATE INDEX federated_invalidations_at ON federated_invalidations (at);
+INSERT INTO counters (name, value) VALUES ('invalidation_seq', 0);
+`,
+  },
+  {
     version: 7,
     name: 'background work done by one elected node: the leader lease, the push outbox, the nodes seen',
     // leader_lease: SQLite's election (one row, taken over once expired; PostgreSQL holds an

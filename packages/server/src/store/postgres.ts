@@ -20,6 +20,12 @@
  *   on the database extend one chain in lock order; the waiter reads the head its predecessor
  *   wrote (READ COMMITTED re-reads a locked row once it is released). The unique seq and
  *   prev_hash refuse a record that skipped the lock.
+ * - deleteChannel / insertCmk / setCmkState: the change they record takes its seq from the
+ *   change_seq counters row (`UPDATE … RETURNING`, held until COMMIT), so feed entries commit in
+ *   seq order, and `pg_notify` in the same transaction wakes the other processes at COMMIT.
+ * - invalidateCopies / putCopy: a transaction-scoped advisory lock per KRO URI (sorted); the
+ *   invalidation's mark comes from the invalidation_seq counters row, held until COMMIT. A copy
+ *   written first is then marked stale by the invalidation; one written after sees it and is refused.
  * - acceptPeerRequest: a transaction-scoped advisory lock per peer, so that two nodes given the
  *   same signed request decide one after the other and the peer's bound is counted exactly.
  * - migrations: one transaction each, under `pg_advisory_xact_lock`, re-reading
@@ -34,13 +40,13 @@
  */
 import pg from 'pg';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
-import type { NodeRow, PushRow } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, ResourceRow, SweepResult } from '../model.js';
+import { CHANGES_CHANNEL, PostgresSignal, type ChangeSignal } from './change-signal.js';
 import { AdvisoryLeadership, type Leadership } from './leadership.js';
 import { nodeFromRow, pushFromRow } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
-import { auditFromRow, auditHeadFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
+import { auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -98,6 +104,8 @@ const LOCK_CLASS = 0x4b4d5300; // 'KMS\0'
 const LOCK_MIGRATE = 1;
 /** Second key: hashtext(peer authority); see acceptPeerRequest. (LOCK_CLASS + 1: CMK scopes.) */
 const LOCK_PEER_REQUESTS = LOCK_CLASS + 2;
+/** Second key: hashtext(resource URI); see putCopy and invalidateCopies. */
+const LOCK_COPY = LOCK_CLASS + 3;
 
 /** Transient failures after which a transaction is simply run again. */
 const RETRYABLE = new Set(['40P01' /* deadlock_detected */, '40001' /* serialization_failure */]);
@@ -130,14 +138,17 @@ export class PostgresStore implements Store {
   /** Handshakes are frequent and independent: their channel rows share one INSERT. */
   private readonly channelCommits = new GroupCommit<ChannelRow>((rows) => this.insertAll('channels', CHANNEL_COLUMNS, rows.map(channelValues)));
 
+  readonly changeSignal: ChangeSignal;
+
   private constructor(
     private readonly pool: pg.Pool,
     /** The schema the tables live in, when one was asked for. */
     readonly schema: string | undefined,
-    /** For the leader's own connection (leadership()): the same database, outside the pool. */
-    private readonly connectionString = '',
-    private readonly timeoutMs = 10_000,
-  ) {}
+    /** The database's own connections outside the pool: the listener's and the leader's. */
+    private readonly direct: { connectionString: string; probeTimeoutMs: number },
+  ) {
+    this.changeSignal = new PostgresSignal(direct.connectionString, direct.probeTimeoutMs);
+  }
 
   /** Connects, creates the schema if asked, applies pending migrations; throws if unreachable. */
   static async open(url: string, options: PostgresOptions = {}): Promise<PostgresStore> {
@@ -148,7 +159,7 @@ export class PostgresStore implements Store {
     const migrating = PostgresStore.pool({ connectionString, connectionTimeoutMillis: timeoutMs, max: 1 });
     const started = Date.now();
     try {
-      await new PostgresStore(migrating, schema).migrate();
+      await new PostgresStore(migrating, schema, { connectionString, probeTimeoutMs: timeoutMs }).migrate();
     } catch (err) {
       // pg reports its own connect timeout as "Connection terminated unexpectedly": say what it was.
       if (Date.now() - started >= timeoutMs && /Connection terminated/i.test((err as Error).message ?? '')) {
@@ -165,7 +176,7 @@ export class PostgresStore implements Store {
       max: options.max ?? 10,
       ...(statementMs === undefined ? {} : { query_timeout: statementMs, statement_timeout: statementMs }),
     });
-    return new PostgresStore(serving, schema, connectionString, timeoutMs);
+    return new PostgresStore(serving, schema, { connectionString, probeTimeoutMs: statementMs ?? timeoutMs });
   }
 
   /**
@@ -201,6 +212,19 @@ export class PostgresStore implements Store {
         await c.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)', [m.version, m.name, Date.now()]);
       });
     }
+  }
+
+  /**
+   * Records a change for other processes' caches inside the caller's transaction, and notifies
+   * the listeners of this schema at COMMIT (store/change-signal.ts).
+   */
+  private async recordChange(c: Queryable, kind: ChangeRow['kind'], subject: string): Promise<void> {
+    await c.query(
+      `WITH next AS (UPDATE counters SET value = value + 1 WHERE name = 'change_seq' RETURNING value)
+       INSERT INTO changes (seq, kind, subject, at) SELECT value, $1, $2, $3 FROM next`,
+      [kind, subject, Date.now()],
+    );
+    await c.query(`SELECT pg_notify('${CHANGES_CHANNEL}', current_schema())`);
   }
 
   /** Runs `fn` in one transaction on one connection: COMMIT, or ROLLBACK and rethrow. */
@@ -387,7 +411,11 @@ export class PostgresStore implements Store {
   }
 
   async deleteChannel(id: string): Promise<boolean> {
-    return ((await this.pool.query('DELETE FROM channels WHERE id = $1', [id])).rowCount ?? 0) === 1;
+    return this.tx(async (c) => {
+      const deleted = ((await c.query('DELETE FROM channels WHERE id = $1', [id])).rowCount ?? 0) === 1;
+      if (deleted) await this.recordChange(c, 'channel', id);
+      return deleted;
+    });
   }
 
   /** Serializes activations within one CMK scope (null: the default scope) until COMMIT. */
@@ -411,6 +439,7 @@ export class PostgresStore implements Store {
         row.createdAt,
         bytes(row.sealed),
       ]);
+      await this.recordChange(c, 'cmk', row.id);
     });
   }
 
@@ -438,6 +467,7 @@ export class PostgresStore implements Store {
       await this.lockCmkScope(c, scope);
       if (state === 'active') await this.deactivateCmks(c, scope);
       await c.query('UPDATE cmks SET state = $1 WHERE id = $2', [state, id]);
+      await this.recordChange(c, 'cmk', id);
     });
   }
 
@@ -454,9 +484,20 @@ export class PostgresStore implements Store {
     return r.rows.map((x) => x.peer as string);
   }
 
-  async putCopy(row: CopyRow, keyUris: string[]): Promise<void> {
+  /** Serializes invalidations and copy writes of these KROs until COMMIT (sorted: no deadlock). */
+  private async lockCopies(c: Queryable, resourceUris: string[]): Promise<void> {
+    await c.query(`SELECT pg_advisory_xact_lock(${LOCK_COPY}, hashtext(u)) FROM unnest($1::text[]) AS u ORDER BY u COLLATE "C"`, [resourceUris]);
+  }
+
+  async putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number): Promise<PutCopyOutcome> {
     rules.checkCopyRow(row);
-    await this.tx(async (c) => {
+    rules.checkCount('fetchStartedAt', fetchStartedAt);
+    return this.tx(async (c) => {
+      await this.lockCopies(c, [row.resourceUri]);
+      // Read after the lock (a new snapshot): an invalidation that committed meanwhile is seen.
+      const last = (await c.query<Row>('SELECT seq FROM federated_invalidations WHERE resource_uri = $1', [row.resourceUri])).rows[0];
+      const outcome = rules.putCopyOutcome(last && num(last.seq), fetchStartedAt);
+      if (outcome !== 'stored') return outcome;
       await c.query(
         `INSERT INTO federated_copies (resource_uri, authority, fetched_at, cmk_id, sealed) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (resource_uri) DO UPDATE SET fetched_at = excluded.fetched_at, cmk_id = excluded.cmk_id, sealed = excluded.sealed`,
@@ -472,6 +513,7 @@ export class PostgresStore implements Store {
           [uris, row.resourceUri],
         );
       }
+      return outcome;
     });
   }
 
@@ -486,13 +528,33 @@ export class PostgresStore implements Store {
   }
 
   async invalidateCopies(authority: string, resourceUris: string[]): Promise<number> {
-    if (resourceUris.length === 0) return 0;
-    const r = await this.pool.query('UPDATE federated_copies SET fetched_at = $1 WHERE authority = $2 AND resource_uri = ANY($3::text[])', [
-      COPY_INVALIDATED,
-      authority,
-      resourceUris,
-    ]);
-    return r.rowCount ?? 0;
+    const uris = [...new Set(resourceUris)].sort();
+    if (uris.length === 0) return 0;
+    return this.tx(async (c) => {
+      // The mark first (the counters row, held until COMMIT: marks commit in order), then the KROs.
+      const seq = num((await c.query<Row>(`UPDATE counters SET value = value + 1 WHERE name = 'invalidation_seq' RETURNING value`)).rows[0]!.value);
+      await this.lockCopies(c, uris);
+      await c.query(
+        `INSERT INTO federated_invalidations (resource_uri, authority, seq, at) SELECT u, $2, $3, $4 FROM unnest($1::text[]) AS u
+         ON CONFLICT (resource_uri) DO UPDATE SET authority = excluded.authority, seq = excluded.seq, at = excluded.at`,
+        [uris, authority, seq, Date.now()],
+      );
+      const r = await c.query('UPDATE federated_copies SET fetched_at = $1 WHERE authority = $2 AND resource_uri = ANY($3::text[])', [COPY_INVALIDATED, authority, uris]);
+      return r.rowCount ?? 0;
+    });
+  }
+
+  async invalidationMark(): Promise<number> {
+    return num((await this.one(`SELECT value FROM counters WHERE name = 'invalidation_seq'`, []))!.value);
+  }
+
+  async changesAfter(afterSeq: number, limit: number): Promise<ChangeRow[]> {
+    rules.checkChangesRead(afterSeq, limit);
+    return (await this.pool.query<Row>('SELECT * FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2', [afterSeq, limit])).rows.map(changeFromRow);
+  }
+
+  async lastChange(): Promise<number> {
+    return num((await this.one(`SELECT value FROM counters WHERE name = 'change_seq'`, []))!.value);
   }
 
   async appendAudit(link: (head: AuditHead) => AuditRow[]): Promise<void> {
@@ -557,6 +619,10 @@ export class PostgresStore implements Store {
         cutoff.resources,
       ]);
       const ids = expired.rows.map((r) => r.id as string);
+      const feed = rules.feedCutoffs(Date.now(), num((await c.query<Row>(`SELECT value FROM counters WHERE name = 'change_seq'`)).rows[0]!.value));
+      const changes =
+        ((await c.query('DELETE FROM changes WHERE at <= $1 OR seq <= $2', [feed.changesAt, feed.changesSeq])).rowCount ?? 0) +
+        ((await c.query('DELETE FROM federated_invalidations WHERE at <= $1', [feed.invalidationsAt])).rowCount ?? 0);
       let bound = 0;
       if (ids.length > 0) {
         bound = (await c.query('DELETE FROM keys WHERE resource_id = ANY($1::text[])', [ids])).rowCount ?? 0;
@@ -569,12 +635,13 @@ export class PostgresStore implements Store {
         keys: bound + (unbound.rowCount ?? 0),
         channels: channels.rowCount ?? 0,
         peerRequests: peerRequests.rowCount ?? 0,
+        changes,
       };
     });
   }
 
   async leadership(_holder?: string): Promise<Leadership> {
-    return new AdvisoryLeadership({ connectionString: this.connectionString, timeoutMs: this.timeoutMs });
+    return new AdvisoryLeadership({ connectionString: this.direct.connectionString, timeoutMs: this.direct.probeTimeoutMs });
   }
 
   async enqueuePush(row: PushRow, limit: number): Promise<boolean> {
@@ -639,6 +706,7 @@ export class PostgresStore implements Store {
 
   close(): Promise<void> {
     return (this.closed ??= (async () => {
+      await this.changeSignal.stop();
       await this.channelCommits.flush();
       await this.pool.end();
     })());

@@ -2,8 +2,7 @@
  * Table rows as the Store contract's objects, shared by both backends. Numbers go through
  * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
  */
-import type { AuditHead, AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from '../model.js';
-import type { NodeRow, PushRow } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyRow, NodeRow, PushRow, ResourceRow } from '../model.js';
 
 export type Row = Record<string, unknown>;
 
@@ -100,3 +99,4 @@ export const nodeFromRow = (r: Row): NodeRow => ({
   seenAt: num(r.seen_at),
   leading: num(r.is_leader) === 1,
 });
+export const changeFromRow = (r: Row): ChangeRow => ({ seq: num(r.seq), kind: r.kind as ChangeRow['kind'], subject: r.subject as string, at: num(r.at) });

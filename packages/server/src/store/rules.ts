@@ -5,9 +5,8 @@
  * rules are unit-tested without a database (test/store/rules.test.ts). Atomicity stays with each
  * store: nothing here reads or writes.
  */
-import { MAX_KRO_VISITS, MAX_PUSH_OUTBOX_IDS } from '../limits.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow } from '../model.js';
-import type { NodeRow, PushRow } from '../model.js';
+import { CHANGE_RETENTION_MS, INVALIDATION_RETENTION_MS, MAX_KEPT_CHANGES, MAX_KRO_VISITS, MAX_PUSH_OUTBOX_IDS } from '../limits.js';
+import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, ResourceRow } from '../model.js';
 
 // ---- Binding keys (Store.bindKey, Store.createResource) ----
 
@@ -135,6 +134,35 @@ export function sweepCutoffs(now: number, unboundGraceMs: number): SweepCutoffs 
   checkInstant('now', now);
   checkCount('unboundGraceMs', unboundGraceMs);
   return { resources: now, unboundKeys: now - unboundGraceMs, channels: now, peerRequests: now };
+}
+
+/**
+ * What a sweep keeps of the change feed and of federation invalidations: entries are dropped once
+ * older than their retention on the wall clock (`wallNow`: the feed is the processes' own
+ * mechanism, not protocol time), and feed entries beyond the newest MAX_KEPT_CHANGES.
+ */
+export function feedCutoffs(wallNow: number, lastChange: number): { changesAt: number; changesSeq: number; invalidationsAt: number } {
+  checkInstant('wallNow', wallNow);
+  return { changesAt: wallNow - CHANGE_RETENTION_MS, changesSeq: lastChange - MAX_KEPT_CHANGES, invalidationsAt: wallNow - INVALIDATION_RETENTION_MS };
+}
+
+// ---- The change feed (Store.changesAfter) and federation invalidations (Store.putCopy) ----
+
+/** A read of the feed: after a seq (0: from the start) and how many at most (1 or more). */
+export function checkChangesRead(afterSeq: number, limit: number): void {
+  checkCount('afterSeq', afterSeq);
+  checkCount('limit', limit);
+  if (limit < 1) throw new RangeError(`limit must be at least 1, got ${limit}`);
+}
+
+/**
+ * A copy fetched from mark `fetchStartedAt` (Store.invalidationMark when the fetch began) is
+ * refused when the KRO's last invalidation, on any node, came after that mark: the answer it holds
+ * may predate the change the invalidation announced.
+ */
+export function putCopyOutcome(lastInvalidation: number | undefined, fetchStartedAt: number): PutCopyOutcome {
+  checkCount('fetchStartedAt', fetchStartedAt);
+  return lastInvalidation !== undefined && lastInvalidation > fetchStartedAt ? 'invalidated' : 'stored';
 }
 
 // ---- Extending the audit chain (Store.appendAudit) ----

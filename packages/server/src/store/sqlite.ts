@@ -11,14 +11,14 @@
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, ResourceRow, SweepResult } from '../model.js';
 import { LEADER_LEASE_MS } from '../limits.js';
-import type { NodeRow, PushRow } from '../model.js';
+import { PollingSignal, type ChangeSignal } from './change-signal.js';
 import { LeaseLeadership, type Leadership } from './leadership.js';
 import { nodeFromRow, pushFromRow } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
-import { auditFromRow, auditHeadFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, resourceFromRow, type Row } from './rows.js';
+import { auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, resourceFromRow, type Row } from './rows.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -27,6 +27,8 @@ const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB');
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const;
+  /** No NOTIFY in SQLite: other processes' changes are found by reading the feed often. */
+  readonly changeSignal: ChangeSignal = new PollingSignal();
   private readonly db: Database.Database;
   private readonly stmt: Record<string, Database.Statement>;
   /** Handshakes are frequent and independent: their channel rows share transactions. */
@@ -86,9 +88,24 @@ export class SqliteStore implements Store {
       peerRequestsAccepted: p('SELECT COALESCE(SUM(accepted), 0) AS n FROM peer_request_counts WHERE peer = ? AND slice >= ?'),
       rememberPeerRequest: p(`INSERT INTO peer_requests (peer, request_id, expires_at) VALUES (?, ?, ?)
                               ON CONFLICT (peer, request_id) DO UPDATE SET expires_at = excluded.expires_at`),
+      nextChangeSeq: p(`UPDATE counters SET value = value + 1 WHERE name = 'change_seq' RETURNING value`),
+      insertChange: p('INSERT INTO changes (seq, kind, subject, at) VALUES (?, ?, ?, ?)'),
+      changesAfter: p('SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?'),
+      lastChange: p(`SELECT value FROM counters WHERE name = 'change_seq'`),
+      invalidationMark: p(`SELECT value FROM counters WHERE name = 'invalidation_seq'`),
+      nextInvalidationSeq: p(`UPDATE counters SET value = value + 1 WHERE name = 'invalidation_seq' RETURNING value`),
+      rememberInvalidation: p(`INSERT INTO federated_invalidations (resource_uri, authority, seq, at) VALUES (?, ?, ?, ?)
+                               ON CONFLICT (resource_uri) DO UPDATE SET authority = excluded.authority, seq = excluded.seq, at = excluded.at`),
+      lastInvalidation: p('SELECT seq FROM federated_invalidations WHERE resource_uri = ?'),
       countPeerRequest: p(`INSERT INTO peer_request_counts (peer, slice, accepted, expires_at) VALUES (?, ?, 1, ?)
                            ON CONFLICT (peer, slice) DO UPDATE SET accepted = accepted + 1, expires_at = excluded.expires_at`),
     };
+  }
+
+  /** Records a change for other processes' caches, inside the caller's transaction. */
+  private recordChange(kind: ChangeRow['kind'], subject: string): void {
+    const seq = Number((this.stmt.nextChangeSeq!.get() as Row).value);
+    this.stmt.insertChange!.run(seq, kind, subject, Date.now());
   }
 
   /** One transaction that writes, holding the file's write lock from its first statement on. */
@@ -247,7 +264,11 @@ export class SqliteStore implements Store {
   }
 
   async deleteChannel(id: string): Promise<boolean> {
-    return this.stmt.deleteChannel!.run(id).changes === 1;
+    return this.write(() => {
+      const deleted = this.stmt.deleteChannel!.run(id).changes === 1;
+      if (deleted) this.recordChange('channel', id);
+      return deleted;
+    });
   }
 
   async insertCmk(row: CmkRow): Promise<void> {
@@ -255,6 +276,7 @@ export class SqliteStore implements Store {
     this.write(() => {
       if (row.state === 'active') this.stmt.deactivateCmks!.run(row.assignedOrgId);
       this.stmt.insertCmk!.run(row);
+      this.recordChange('cmk', row.id);
     });
   }
 
@@ -277,6 +299,7 @@ export class SqliteStore implements Store {
       if (!r) return;
       if (state === 'active') this.stmt.deactivateCmks!.run(r.assigned_org_id ?? null);
       this.stmt.setCmkState!.run(state, id);
+      this.recordChange('cmk', id);
     });
   }
 
@@ -291,9 +314,14 @@ export class SqliteStore implements Store {
     return (this.db.prepare('SELECT peer FROM peer_fetches WHERE resource_id = ? ORDER BY peer').all(resourceId) as Row[]).map((r) => r.peer as string);
   }
 
-  async putCopy(row: CopyRow, keyUris: string[]): Promise<void> {
+  async putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number): Promise<PutCopyOutcome> {
     rules.checkCopyRow(row);
-    this.write(() => {
+    rules.checkCount('fetchStartedAt', fetchStartedAt);
+    return this.write(() => {
+      // Under the write lock: no invalidation can commit between this check and the write.
+      const last = this.stmt.lastInvalidation!.get(row.resourceUri) as Row | undefined;
+      const outcome = rules.putCopyOutcome(last && Number(last.seq), fetchStartedAt);
+      if (outcome !== 'stored') return outcome;
       this.db
         .prepare(
           `INSERT INTO federated_copies (resource_uri, authority, fetched_at, cmk_id, sealed) VALUES (@resourceUri, @authority, @fetchedAt, @cmkId, @sealed)
@@ -303,6 +331,7 @@ export class SqliteStore implements Store {
       this.db.prepare('DELETE FROM federated_keys WHERE resource_uri = ?').run(row.resourceUri);
       const insert = this.db.prepare('INSERT INTO federated_keys (key_uri, resource_uri) VALUES (?, ?) ON CONFLICT (key_uri) DO UPDATE SET resource_uri = excluded.resource_uri');
       for (const uri of keyUris) insert.run(uri, row.resourceUri);
+      return outcome;
     });
   }
 
@@ -318,8 +347,28 @@ export class SqliteStore implements Store {
 
   async invalidateCopies(authority: string, resourceUris: string[]): Promise<number> {
     const stmt = this.db.prepare('UPDATE federated_copies SET fetched_at = ? WHERE resource_uri = ? AND authority = ?');
-    // A URI named twice is one copy: counted once.
-    return this.write(() => [...new Set(resourceUris)].reduce((n, uri) => n + stmt.run(COPY_INVALIDATED, uri, authority).changes, 0));
+    const uris = [...new Set(resourceUris)];
+    if (uris.length === 0) return 0;
+    return this.write(() => {
+      const seq = Number((this.stmt.nextInvalidationSeq!.get() as Row).value);
+      const at = Date.now();
+      for (const uri of uris) this.stmt.rememberInvalidation!.run(uri, authority, seq, at);
+      // A URI named twice is one copy: counted once.
+      return uris.reduce((n, uri) => n + stmt.run(COPY_INVALIDATED, uri, authority).changes, 0);
+    });
+  }
+
+  async invalidationMark(): Promise<number> {
+    return Number((this.stmt.invalidationMark!.get() as Row).value);
+  }
+
+  async changesAfter(afterSeq: number, limit: number): Promise<ChangeRow[]> {
+    rules.checkChangesRead(afterSeq, limit);
+    return (this.stmt.changesAfter!.all(afterSeq, limit) as Row[]).map(changeFromRow);
+  }
+
+  async lastChange(): Promise<number> {
+    return Number((this.stmt.lastChange!.get() as Row).value);
   }
 
   async appendAudit(link: (head: AuditHead) => AuditRow[]): Promise<void> {
@@ -372,7 +421,11 @@ export class SqliteStore implements Store {
       const channels = this.db.prepare('DELETE FROM channels WHERE expires_at <= ?').run(cutoff.channels).changes;
       const peerRequests = this.db.prepare('DELETE FROM peer_requests WHERE expires_at <= ?').run(cutoff.peerRequests).changes;
       this.db.prepare('DELETE FROM peer_request_counts WHERE expires_at <= ?').run(cutoff.peerRequests);
-      return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels, peerRequests };
+      const feed = rules.feedCutoffs(Date.now(), Number((this.stmt.lastChange!.get() as Row).value));
+      const changes =
+        this.db.prepare('DELETE FROM changes WHERE at <= ? OR seq <= ?').run(feed.changesAt, feed.changesSeq).changes +
+        this.db.prepare('DELETE FROM federated_invalidations WHERE at <= ?').run(feed.invalidationsAt).changes;
+      return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels, peerRequests, changes };
     });
     // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL
     // frames that still held the destroyed (sealed) key rows.
@@ -457,6 +510,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    await this.changeSignal.stop();
     await this.channelCommits.flush();
     if (this.db.open) this.db.close();
   }

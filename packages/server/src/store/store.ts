@@ -7,9 +7,9 @@
  * the plain types of model.ts. Times are epoch milliseconds; sealed columns hold key material
  * encrypted by the keyring, never plaintext.
  */
-import type { NodeRow, PushRow } from '../model.js';
+import type { ChangeSignal } from './change-signal.js';
 import type { Leadership } from './leadership.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, ResourceRow, SweepResult } from '../model.js';
 
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
@@ -46,9 +46,13 @@ export interface Store {
 
   insertChannel(row: ChannelRow): Promise<void>;
   getChannel(id: string): Promise<ChannelRow | undefined>;
+  /** Deletes a channel; when it existed, records a `channel` change in the same transaction. */
   deleteChannel(id: string): Promise<boolean>;
 
-  /** Inserts a CMK; when it is active, the previously active CMK of the same scope turns inactive. */
+  /**
+   * Inserts a CMK; when it is active, the previously active CMK of the same scope turns inactive.
+   * Records a `cmk` change in the same transaction (as does setCmkState when the CMK exists).
+   */
   insertCmk(row: CmkRow): Promise<void>;
   listCmks(assignedOrgId?: string | null): Promise<CmkRow[]>;
   getCmk(id: string): Promise<CmkRow | undefined>;
@@ -58,12 +62,39 @@ export interface Store {
   recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void>;
   peersThatFetched(resourceId: string): Promise<string[]>;
 
-  /** Federation, asking side: the copy of a peer's KRO and the key URIs it holds, replaced whole. */
-  putCopy(row: CopyRow, keyUris: string[]): Promise<void>;
+  /**
+   * Federation, asking side: the copy of a peer's KRO and the key URIs it holds, replaced whole,
+   * unless an invalidation of that KRO was received, by any process on this database, after
+   * `fetchStartedAt` (the invalidationMark() read when the fetch began): then nothing is written
+   * and the answer is 'invalidated' (rules.ts putCopyOutcome). Decided atomically with the
+   * invalidations: one that commits while the copy is written still marks it stale.
+   */
+  putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number): Promise<PutCopyOutcome>;
   getCopy(resourceUri: string): Promise<CopyRow | undefined>;
   copyOfKey(keyUri: string): Promise<string | undefined>;
-  /** Marks copies stale (they stay, for the archive); only those under `authority`. Returns how many, each once. */
+  /**
+   * Marks copies stale (they stay, for the archive); only those under `authority`. Returns how
+   * many, each once. Every named URI is remembered as invalidated at the next invalidation mark,
+   * for every process on this database, whether or not a copy exists yet (one may be being fetched).
+   */
   invalidateCopies(authority: string, resourceUris: string[]): Promise<number>;
+  /** The invalidation mark: how many invalidations were committed so far (a fetch notes it when it begins). */
+  invalidationMark(): Promise<number>;
+
+  /**
+   * The change feed: what other processes must drop from their caches, after `afterSeq`, in seq
+   * order, at most `limit` (rules.ts checkChangesRead). Seqs are gapless and committed in order,
+   * so a reader that saw up to N misses nothing by asking for > N; a gap before the first entry
+   * returned means entries were swept before it read them.
+   */
+  changesAfter(afterSeq: number, limit: number): Promise<ChangeRow[]>;
+  /** The seq of the last change committed (0 before any). */
+  lastChange(): Promise<number>;
+  /**
+   * Tells one listener when the feed may have moved (store/change-signal.ts): NOTIFY on
+   * PostgreSQL, polling on SQLite. A member, not a call: the deadline wrapper passes it through.
+   */
+  readonly changeSignal: ChangeSignal;
 
   /**
    * Extends the one audit chain that every process on this database shares, by one batch, in one
@@ -88,8 +119,9 @@ export interface Store {
 
   /**
    * Destroys what expired: resources past their TTL with their keys and authorizations, unbound
-   * keys more than `unboundGraceMs` past expiry, expired channels, and remembered peer requests
-   * (with their counts) whose window ended.
+   * keys more than `unboundGraceMs` past expiry, expired channels, remembered peer requests
+   * (with their counts) whose window ended, and change feed entries and remembered federation
+   * invalidations past their retention (rules.ts feedCutoffs, on the wall clock).
    */
   sweep(now: number, unboundGraceMs: number): Promise<SweepResult>;
 

@@ -64,6 +64,8 @@ export interface DevKmsOptions {
   config?: Record<string, unknown>;
   /** Reuse a database file (restart tests); default a fresh one, removed when the process exits. */
   dbPath?: string;
+  /** A storage URL instead of the SQLite file (e.g. postgres://…?schema=NAME: nodes on one database). */
+  db?: string;
   /** A fixed port (default: any free one); the KMS listens on 127.0.0.1. */
   port?: number;
   /** The lowest level kept in `logs` (default debug: tests check that no level leaks a secret). */
@@ -110,7 +112,7 @@ export async function startDevKms(options: DevKmsOptions = {}): Promise<DevKms> 
   const issuer = devIssuerOf(config);
   if (!issuer) throw new Error(`the KMS folder ${dir} has no development token issuer (identity.dev.enabled is false)`);
   const running = await startKms(config, {
-    db: `sqlite:${dbPath}`,
+    db: options.db ?? `sqlite:${dbPath}`,
     port: options.port ?? 0,
     host: '127.0.0.1',
     now: options.now,

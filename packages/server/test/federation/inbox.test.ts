@@ -1,52 +1,48 @@
 /**
- * The invalidation inbox (src/federation/inbox.ts): which of a peer's URIs count, and the arrival
- * order that keeps a fetch overtaken by an invalidation from being stored or served. The store is
- * a fake that records what it was told to invalidate.
+ * The invalidation inbox (src/federation/inbox.ts): which of a peer's URIs count, and that a fetch
+ * overtaken by an invalidation cannot store its answer, also when the invalidation reached another
+ * node on the same database. Real SQLite stores on one file, one per node (the PostgreSQL side of
+ * the same decisions is in the Store contract).
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { describe, test } from 'node:test';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { Invalidations } from '../../src/federation/inbox.js';
-import { MAX_TRACKED_KROS } from '../../src/limits.js';
+import { COPY_INVALIDATED, type CopyRow } from '../../src/model.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
 
 const PEER = 'kms.a.example';
+const file = join(mkdtempSync(join(tmpdir(), 'kms-inbox-')), 'kms.db');
+const cmkId = randomUUID();
+let node1: SqliteStore;
+let node2: SqliteStore;
 
-class CopyStore {
-  readonly calls: { authority: string; uris: readonly string[] }[] = [];
-  async invalidateCopies(authority: string, uris: readonly string[]): Promise<number> {
-    this.calls.push({ authority, uris });
-    return uris.length;
-  }
-}
+before(async () => {
+  node1 = new SqliteStore(file);
+  node2 = new SqliteStore(file);
+  await node1.insertCmk({ id: cmkId, state: 'active', assignedOrgId: null, createdAt: 1, sealed: new Uint8Array([1]) });
+});
+after(async () => {
+  await node1.close();
+  await node2.close();
+});
 
 const kro = (authority = PEER) => `kms://${authority}/resources/${randomUUID()}`;
+const copy = (resourceUri: string): CopyRow => ({ resourceUri, authority: PEER, fetchedAt: 1000, cmkId, sealed: new Uint8Array([7]) });
 
-function inbox() {
-  const store = new CopyStore();
-  return { inbox: new Invalidations(store), store };
-}
-
-/** A fetch held open until `finish()`: the mark it began at, and its end. */
-function heldFetch(box: Invalidations): { startedAt: number; finish: () => Promise<void> } {
-  let release!: () => void;
-  let startedAt = -1;
-  // during() calls the fetch at once, so both are set when it returns.
-  const done = box.during(async (s) => {
-    startedAt = s;
-    await new Promise<void>((resolve) => (release = resolve));
+/** Stores a fetched copy of `uri` as copies.ts does: with the mark its fetch began at. */
+const store = (box: Invalidations, via: SqliteStore, uri: string, during?: () => Promise<unknown>) =>
+  box.during(async (startedAt) => {
+    await during?.();
+    return via.putCopy(copy(uri), [], startedAt);
   });
-  return {
-    startedAt,
-    finish: () => {
-      release();
-      return done;
-    },
-  };
-}
 
 describe('which URIs count', () => {
-  test('only the sender\'s own absolute KRO URIs reach the store', async () => {
-    const { inbox: box, store } = inbox();
+  test("only the sender's own absolute KRO URIs are invalidated", async () => {
+    const box = new Invalidations(node1);
     const own = [kro(), kro()];
     const others = [
       `/resources/${randomUUID()}`, // relative: would mean this KMS's own
@@ -56,63 +52,61 @@ describe('which URIs count', () => {
       `kms://${PEER}/resources/not-a-uuid`,
       `kms://${PEER}/resources/${randomUUID()}/keys`,
       `kms://${PEER}/resources/${randomUUID()}?authId=x`,
-      'not a uri',
     ];
+    for (const uri of [...own, ...others]) assert.equal(await node1.putCopy({ ...copy(uri), authority: PEER }, [], 0), 'stored');
     assert.equal(await box.invalidated(PEER, [others[0]!, own[0]!, ...others.slice(1), own[1]!]), 2);
-    assert.deepEqual(store.calls, [{ authority: PEER, uris: own }]);
-    // Only what counted is remembered against later fetches.
-    for (const uri of others) assert.equal(box.overtook(uri, 0), false, uri);
-    for (const uri of own) assert.equal(box.overtook(uri, 0), true, uri);
+    for (const uri of own) assert.equal((await node1.getCopy(uri))!.fetchedAt, COPY_INVALIDATED, uri);
+    for (const uri of others) assert.equal((await node1.getCopy(uri))!.fetchedAt, 1000, uri);
+    // Only what counted holds against fetches under way.
+    for (const uri of others) assert.equal(await node1.putCopy(copy(uri), [], 0), 'stored', uri);
+    for (const uri of own) assert.equal(await node1.putCopy(copy(uri), [], 0), 'invalidated', uri);
   });
 
-  test('nothing that counts: 0, and the store is not asked', async () => {
-    const { inbox: box, store } = inbox();
+  test('nothing that counts: 0, and the mark does not move', async () => {
+    const box = new Invalidations(node1);
+    const mark = await node1.invalidationMark();
     assert.equal(await box.invalidated(PEER, [kro('kms.c.example'), `/resources/${randomUUID()}`]), 0);
-    assert.deepEqual(store.calls, []);
+    assert.equal(await node1.invalidationMark(), mark);
   });
 });
 
-describe('overtook', () => {
-  test('an invalidation that arrived during a fetch overtook it; one from before did not', async () => {
-    const { inbox: box } = inbox();
+describe('a fetch overtaken by an invalidation', () => {
+  test('an invalidation during a fetch refuses its copy; one from before does not', async () => {
+    const box = new Invalidations(node1);
     const before = kro();
     const during = kro();
     await box.invalidated(PEER, [before]);
-    const result = await box.during(async (startedAt) => {
-      await box.invalidated(PEER, [during]);
-      return { before: box.overtook(before, startedAt), during: box.overtook(during, startedAt), untouched: box.overtook(kro(), startedAt) };
-    });
-    assert.deepEqual(result, { before: false, during: true, untouched: false });
+    assert.equal(await store(box, node1, before), 'stored');
+    assert.equal(await store(box, node1, during, () => box.invalidated(PEER, [during])), 'invalidated');
+    assert.equal(await node1.getCopy(during), undefined, 'nothing was written');
+    assert.equal(await store(box, node1, during), 'stored', 'a fetch begun after it');
   });
 
-  test('a KRO invalidated again during a fetch overtook it, though it was invalidated before too', async () => {
-    const { inbox: box } = inbox();
+  test('received by node 1, in force on node 2 at once', async () => {
+    const onNode1 = new Invalidations(node1);
+    const onNode2 = new Invalidations(node2);
     const uri = kro();
-    await box.invalidated(PEER, [uri]);
-    assert.equal(await box.during(async (startedAt) => box.overtook(uri, startedAt)), false);
-    assert.equal(
-      await box.during(async (startedAt) => {
-        await box.invalidated(PEER, [uri]);
-        return box.overtook(uri, startedAt);
-      }),
-      true,
-    );
+    assert.equal(await store(onNode2, node2, uri, () => onNode1.invalidated(PEER, [uri])), 'invalidated');
+    // And the other way round, for a copy already stored by node 2: node 1's invalidation marks it stale.
+    assert.equal(await store(onNode2, node2, uri), 'stored');
+    await onNode1.invalidated(PEER, [uri]);
+    assert.equal((await node2.getCopy(uri))!.fetchedAt, COPY_INVALIDATED);
   });
 
-  test('each fetch is judged from its own start: a later fetch is not overtaken by what came before it', async () => {
-    const { inbox: box } = inbox();
+  test('a slow fetch is judged from its own start, a later one from its own', async () => {
+    const box = new Invalidations(node1);
     const uri = kro();
-    const slow = heldFetch(box);
+    let release!: () => void;
+    const slow = store(box, node1, uri, () => new Promise<void>((r) => (release = r)));
+    await new Promise((r) => setImmediate(r));
     await box.invalidated(PEER, [uri]);
-    assert.equal(await box.during(async (startedAt) => box.overtook(uri, startedAt)), false, 'the later fetch');
-    assert.equal(box.overtook(uri, slow.startedAt), true, 'the fetch that was under way');
-    await slow.finish();
+    assert.equal(await store(box, node2 as SqliteStore, uri), 'stored', 'the later fetch');
+    release();
+    assert.equal(await slow, 'invalidated', 'the fetch that was under way');
   });
-});
 
-describe('during: the bookkeeping', () => {
   test('a fetch that throws rejects with its own error', async () => {
-    const { inbox: box } = inbox();
+    const box = new Invalidations(node1);
     const err = new Error('peer failed');
     await assert.rejects(
       box.during(async () => {
@@ -120,56 +114,5 @@ describe('during: the bookkeeping', () => {
       }),
       (e) => e === err,
     );
-  });
-
-  /**
-   * Past MAX_TRACKED_KROS remembered KROs, the inbox forgets invalidations older than every fetch
-   * under way. So whether an old invalidation is still remembered shows whether a fetch is still
-   * counted as under way.
-   */
-  async function afterPruning(box: Invalidations, uri: string, startedAt: number): Promise<boolean> {
-    const flood = Array.from({ length: MAX_TRACKED_KROS + 1 }, () => kro());
-    await box.invalidated(PEER, flood);
-    await box.invalidated(PEER, [kro()]); // prunes
-    return box.overtook(uri, startedAt);
-  }
-
-  test('a fetch under way keeps the invalidations that can still overtake it', async () => {
-    const { inbox: box } = inbox();
-    const uri = kro();
-    const fetch = heldFetch(box);
-    await box.invalidated(PEER, [uri]);
-    assert.equal(await afterPruning(box, uri, fetch.startedAt), true);
-    await fetch.finish();
-  });
-
-  test('a fetch that threw no longer counts as under way: its invalidations are forgotten in turn', async () => {
-    const { inbox: box } = inbox();
-    const uri = kro();
-    let startedAt = -1;
-    await assert.rejects(
-      box.during(async (s) => {
-        startedAt = s;
-        await box.invalidated(PEER, [uri]);
-        throw new Error('peer failed');
-      }),
-    );
-    assert.equal(await afterPruning(box, uri, startedAt), false);
-  });
-
-  test('two fetches from one mark: one throwing leaves the other counted', async () => {
-    const { inbox: box } = inbox();
-    const uri = kro();
-    const survivor = heldFetch(box);
-    await assert.rejects(
-      box.during(async (startedAt) => {
-        assert.equal(startedAt, survivor.startedAt);
-        throw new Error('peer failed');
-      }),
-      /peer failed/,
-    );
-    await box.invalidated(PEER, [uri]);
-    assert.equal(await afterPruning(box, uri, survivor.startedAt), true);
-    await survivor.finish();
   });
 });

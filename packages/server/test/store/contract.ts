@@ -11,7 +11,8 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { AuditLog, auditHash, verifyAudit, type AuditEntry } from '../../src/audit/audit.js';
-import { COPY_INVALIDATED, type AuditHead, type AuditRow, type AuthorizationRow, type KeyRow, type ResourceRow } from '../../src/model.js';
+import type { ChangeListener } from '../../src/store/change-signal.js';
+import { COPY_INVALIDATED, type AuditHead, type ChannelRow, type AuditRow, type AuthorizationRow, type KeyRow, type ResourceRow } from '../../src/model.js';
 import type { Store } from '../../src/store/store.js';
 
 /** `open`: a new instance of the store on the suite's one database, at every call. */
@@ -332,11 +333,11 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
     test('copies: replaced whole with their key URIs; invalidated only by their authority, each counted once', async () => {
       const uri = `kms://b.example/resources/${randomUUID()}`;
       const copy = { resourceUri: uri, authority: 'b.example', fetchedAt: now, cmkId, sealed: new Uint8Array([4, 2]) };
-      await store.putCopy(copy, [`${uri}/k1`, `${uri}/k2`]);
+      assert.equal(await store.putCopy(copy, [`${uri}/k1`, `${uri}/k2`], await store.invalidationMark()), 'stored');
       const got = await store.getCopy(uri);
       assert.deepEqual({ ...got, sealed: Buffer.from(got!.sealed) }, { ...copy, sealed: Buffer.from(copy.sealed) });
       assert.equal(await store.copyOfKey(`${uri}/k1`), uri);
-      await store.putCopy({ ...copy, fetchedAt: now + 1 }, [`${uri}/k2`, `${uri}/k3`, `${uri}/k3`]);
+      await store.putCopy({ ...copy, fetchedAt: now + 1 }, [`${uri}/k2`, `${uri}/k3`, `${uri}/k3`], await store.invalidationMark());
       assert.equal(await store.copyOfKey(`${uri}/k1`), undefined, 'a key the new copy does not hold');
       assert.equal(await store.copyOfKey(`${uri}/k3`), uri);
       assert.equal((await store.getCopy(uri))!.fetchedAt, now + 1);
@@ -346,6 +347,71 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.equal((await store.getCopy(uri))!.fetchedAt, COPY_INVALIDATED, 'kept, marked stale');
       assert.equal(await store.invalidateCopies('b.example', []), 0);
       assert.equal(await store.getCopy(`kms://b.example/resources/${randomUUID()}`), undefined);
+    });
+
+    test('an invalidation received by another process after a fetch began refuses its copy; one before does not', async () => {
+      const uri = `kms://b.example/resources/${randomUUID()}`;
+      const copy = { resourceUri: uri, authority: 'b.example', fetchedAt: now, cmkId, sealed: new Uint8Array([4, 2]) };
+      const before = await store.invalidationMark();
+      assert.equal(await other.invalidateCopies('b.example', [uri]), 0, 'no copy yet, but remembered');
+      const after = await store.invalidationMark();
+      assert.equal(after, before + 1, 'the mark moved, seen by the other process');
+      assert.equal(await store.putCopy(copy, [`${uri}/k1`], before), 'invalidated');
+      assert.equal(await store.getCopy(uri), undefined, 'nothing written');
+      assert.equal(await store.copyOfKey(`${uri}/k1`), undefined);
+      assert.equal(await store.putCopy(copy, [`${uri}/k1`], after), 'stored', 'a fetch begun after the invalidation');
+      // Racing: every pair of (invalidation, copy from the earlier mark) ends with no fresh copy.
+      const racing = Array.from({ length: 10 }, () => `kms://b.example/resources/${randomUUID()}`);
+      const mark = await store.invalidationMark();
+      await Promise.all(racing.flatMap((u) => [other.invalidateCopies('b.example', [u]), store.putCopy({ ...copy, resourceUri: u }, [], mark)]));
+      for (const u of racing) assert.ok([undefined, COPY_INVALIDATED].includes((await store.getCopy(u))?.fetchedAt), u);
+    });
+
+    const channelRow = (): ChannelRow => ({ id: randomUUID(), owner: 'alice@a.example', clientId: 'c1', createdAt: now, expiresAt: now + 60_000, cmkId, sealed: new Uint8Array([5]) });
+
+    test('the change feed: deleted channels and CMK changes, gapless, in order, seen by the other process', async () => {
+      const from = await other.lastChange();
+      const c = channelRow();
+      await store.insertChannel(c);
+      assert.equal(await store.deleteChannel(c.id), true);
+      assert.equal(await store.deleteChannel(c.id), false, 'nothing deleted: no change');
+      const cmk = { id: randomUUID(), state: 'inactive' as const, assignedOrgId: 'org-feed', createdAt: now, sealed: new Uint8Array([1]) };
+      await store.insertCmk(cmk);
+      await store.setCmkState(cmk.id, 'active');
+      await store.setCmkState(randomUUID(), 'active');
+      const changes = await other.changesAfter(from, 100);
+      assert.deepEqual(
+        changes.map((x) => [x.seq, x.kind, x.subject]),
+        [
+          [from + 1, 'channel', c.id],
+          [from + 2, 'cmk', cmk.id],
+          [from + 3, 'cmk', cmk.id],
+        ],
+      );
+      assert.ok(changes.every((x) => Number.isSafeInteger(x.at) && x.at > 0));
+      assert.equal(await other.lastChange(), from + 3);
+      assert.deepEqual(await other.changesAfter(from + 3, 100), []);
+      assert.deepEqual((await other.changesAfter(from, 2)).map((x) => x.seq), [from + 1, from + 2], 'limit');
+      await assert.rejects(other.changesAfter(-1, 10), RangeError);
+      await assert.rejects(other.changesAfter(0, 0), RangeError);
+      await assert.rejects(other.changesAfter(0.5, 10), RangeError);
+      await assert.rejects(store.putCopy({ resourceUri: 'kms://b.example/resources/x', authority: 'b.example', fetchedAt: now, cmkId, sealed: new Uint8Array([1]) }, [], -1), RangeError);
+    });
+
+    test("the change signal wakes the other process after a write (NOTIFY, or SQLite's polling)", async () => {
+      let listening!: () => void;
+      const up = new Promise<void>((r) => (listening = r));
+      let wake = () => {};
+      const listener: ChangeListener = { listening: () => listening(), changed: () => wake(), lost: () => {} };
+      other.changeSignal.start(listener);
+      await up;
+      const c = channelRow();
+      await store.insertChannel(c);
+      const from = await other.lastChange();
+      const woken = new Promise<string>((r) => (wake = () => r('woken')));
+      await store.deleteChannel(c.id);
+      assert.equal(await Promise.race([woken, new Promise((r) => setTimeout(r, 5000, 'not within 5 s'))]), 'woken');
+      assert.deepEqual((await other.changesAfter(from, 10)).map((x) => x.subject), [c.id]);
     });
 
     test('both backends refuse the same malformed inputs, before writing anything', async () => {

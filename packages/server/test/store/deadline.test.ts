@@ -140,6 +140,15 @@ describe('a storage deadline', () => {
     assert.equal(wrapped.close, real.close);
   });
 
+  test('the change feed reads have the deadline; the long-lived change signal passes through as it is', async () => {
+    const real = open();
+    const hanging = Object.assign(Object.create(real) as SqliteStore, { changesAfter: () => new Promise(() => {}), invalidationMark: () => new Promise(() => {}) });
+    const wrapped = withDeadline(hanging, 100);
+    await rejectsWith(wrapped.changesAfter(0, 10), 'STORAGE_UNAVAILABLE', 503, /^storage unavailable: retry later$/);
+    await rejectsWith(wrapped.invalidationMark(), 'STORAGE_UNAVAILABLE', 503, /^storage unavailable: retry later$/);
+    assert.equal(withDeadline(real, 100).changeSignal, real.changeSignal);
+  });
+
   test('a deadline that is not a positive number of milliseconds is refused', () => {
     for (const ms of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) assert.throws(() => withDeadline(open(), ms), RangeError);
   });

@@ -12,15 +12,19 @@ import {
   bindWrites,
   checkAuditLink,
   checkAuditRow,
+  checkChangesRead,
   checkCount,
   checkKeyFilter,
   checkKeyRow,
+  feedCutoffs,
   PEER_REQUEST_SLICE_MS,
   peerRequestOutcome,
   peerRequestSlices,
   planAuthorizations,
+  putCopyOutcome,
   sweepCutoffs,
 } from '../../src/store/rules.js';
+import { CHANGE_RETENTION_MS, INVALIDATION_RETENTION_MS, MAX_KEPT_CHANGES } from '../../src/limits.js';
 
 const now = 1_800_000_000_000;
 const key = (id: string, over: Partial<KeyRow> = {}): KeyRow => ({
@@ -147,6 +151,29 @@ describe('planAuthorizations', () => {
   test('authIdsOf: the non-null authIds, once each, in order', () => {
     assert.deepEqual(authIdsOf([row('b'), row(null), row('a'), row('b')]), ['b', 'a']);
     assert.deepEqual(authIdsOf([row(null)]), []);
+  });
+});
+
+describe('the change feed and federation invalidations', () => {
+  test('a sweep keeps feed entries for their retention and the newest MAX_KEPT_CHANGES, invalidations for theirs', () => {
+    assert.deepEqual(feedCutoffs(now, 5), { changesAt: now - CHANGE_RETENTION_MS, changesSeq: 5 - MAX_KEPT_CHANGES, invalidationsAt: now - INVALIDATION_RETENTION_MS });
+    assert.throws(() => feedCutoffs(now + 0.5, 0), RangeError);
+  });
+
+  test('a copy is refused only when the KRO was invalidated after its fetch began', () => {
+    assert.equal(putCopyOutcome(undefined, 0), 'stored', 'never invalidated');
+    assert.equal(putCopyOutcome(3, 3), 'stored', 'invalidated before the fetch began (the mark includes it)');
+    assert.equal(putCopyOutcome(2, 3), 'stored');
+    assert.equal(putCopyOutcome(4, 3), 'invalidated');
+    assert.throws(() => putCopyOutcome(1, -1), RangeError);
+    assert.throws(() => putCopyOutcome(1, 0.5), RangeError);
+  });
+
+  test('a read of the feed names a seq and at least one entry', () => {
+    checkChangesRead(0, 1);
+    assert.throws(() => checkChangesRead(0, 0), /limit must be at least 1/);
+    assert.throws(() => checkChangesRead(-1, 10), /afterSeq must be a non-negative integer/);
+    assert.throws(() => checkChangesRead(Number.NaN, 10), RangeError);
   });
 });
 
