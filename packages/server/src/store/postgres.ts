@@ -34,10 +34,10 @@
  */
 import pg from 'pg';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, ResourceRow, SweepResult } from '../model.js';
+import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, PeerRequest, PeerRequestOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
-import { auditFromRow, auditHeadFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
+import { answerStateFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -546,6 +546,7 @@ export class PostgresStore implements Store {
       const channels = await c.query('DELETE FROM channels WHERE expires_at <= $1', [cutoff.channels]);
       const peerRequests = await c.query('DELETE FROM peer_requests WHERE expires_at <= $1', [cutoff.peerRequests]);
       await c.query('DELETE FROM peer_request_counts WHERE expires_at <= $1', [cutoff.peerRequests]);
+      const answers = await c.query('DELETE FROM retry_answers WHERE expires_at <= $1', [now]);
       // Locked in id order (two sweepers cannot deadlock); binds and adds into them now wait.
       const expired = await c.query<Row>('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY id COLLATE "C" FOR UPDATE', [
         cutoff.resources,
@@ -563,8 +564,50 @@ export class PostgresStore implements Store {
         keys: bound + (unbound.rowCount ?? 0),
         channels: channels.rowCount ?? 0,
         peerRequests: peerRequests.rowCount ?? 0,
+        answers: answers.rowCount ?? 0,
       };
     });
+  }
+
+  /**
+   * The row is inserted if absent; otherwise read FOR UPDATE, so concurrent claims of one request
+   * (on any node) are decided one after the other, each seeing what the one before wrote.
+   */
+  async claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome> {
+    rules.answerClaimDecision(undefined, claim); // refuses a malformed claim before anything is written
+    const values = [claim.channelId, claim.requestId, claim.digest, claim.claimant, claim.leaseUntil, claim.expiresAt];
+    return this.tx(async (c) => {
+      const inserted = await c.query(
+        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, expires_at, cmk_id, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL) ON CONFLICT (channel_id, request_id) DO NOTHING`,
+        values,
+      );
+      if (inserted.rowCount === 1) return { state: 'claimed' } as const;
+      const r = (await c.query<Row>('SELECT * FROM retry_answers WHERE channel_id = $1 AND request_id = $2 FOR UPDATE', [claim.channelId, claim.requestId])).rows[0];
+      const decision = rules.answerClaimDecision(r && answerStateFromRow(r), claim);
+      if (typeof decision !== 'string') return decision;
+      // 'take-over' (or 'insert' if the row was swept meanwhile: the upsert writes it either way).
+      await c.query(
+        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, expires_at, cmk_id, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)
+         ON CONFLICT (channel_id, request_id) DO UPDATE SET digest = excluded.digest, claimant = excluded.claimant,
+           lease_until = excluded.lease_until, expires_at = excluded.expires_at, cmk_id = NULL, sealed = NULL`,
+        values,
+      );
+      return { state: 'claimed' } as const;
+    });
+  }
+
+  async rememberAnswer(key: AnswerClaimKey, answer: RememberedAnswer): Promise<boolean> {
+    const r = await this.pool.query(
+      'UPDATE retry_answers SET cmk_id = $1, sealed = $2 WHERE channel_id = $3 AND request_id = $4 AND claimant = $5 AND sealed IS NULL',
+      [answer.cmkId, bytes(answer.sealed), key.channelId, key.requestId, key.claimant],
+    );
+    return r.rowCount === 1;
+  }
+
+  async releaseAnswer(key: AnswerClaimKey): Promise<void> {
+    await this.pool.query('DELETE FROM retry_answers WHERE channel_id = $1 AND request_id = $2 AND claimant = $3 AND sealed IS NULL', [key.channelId, key.requestId, key.claimant]);
   }
 
   async ping(): Promise<void> {

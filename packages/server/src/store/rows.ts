@@ -3,6 +3,7 @@
  * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
  */
 import type { AuditHead, AuditRow, AuthorizationRow, ChannelRow, CmkRow, CopyRow, KeyRow, ResourceRow } from '../model.js';
+import type { AnswerState } from './rules.js';
 
 export type Row = Record<string, unknown>;
 
@@ -78,4 +79,12 @@ export const copyFromRow = (r: Row): CopyRow => ({
   fetchedAt: num(r.fetched_at),
   cmkId: r.cmk_id as string,
   sealed: r.sealed as Uint8Array,
+});
+
+/** A retry_answers row as a claim decision reads it (rules.ts answerClaimDecision). */
+export const answerStateFromRow = (r: Row): AnswerState => ({
+  digest: r.digest as string,
+  leaseUntil: num(r.lease_until),
+  expiresAt: num(r.expires_at),
+  answer: r.sealed === null || r.sealed === undefined ? undefined : { cmkId: r.cmk_id as string, sealed: r.sealed as Uint8Array },
 });
