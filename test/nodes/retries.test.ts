@@ -21,7 +21,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { KmsClient, KmsError } from '@openkms/client';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { KmsClient, KmsError, type WebSocketConstructor } from '@openkms/client';
 import { postgresProblem, TEST_POSTGRES_URL } from '@openkms/server/testing';
 import { runKms, serve, type Served } from '../support/cli.js';
 
@@ -80,13 +81,46 @@ async function balancer(nodes: Served[]): Promise<Balancer> {
       answer(res, a);
     })().catch((err: Error) => res.writeHead(502).end(err.message));
   });
+  // WebSocket: each client connection is relayed to the next node; a frame planned 'lose' is
+  // forwarded, and when the node's answer comes back the client's socket is cut instead.
+  const wss = new WebSocketServer({ noServer: true });
+  server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (down) => {
+    const i = turn++ % nodes.length;
+    const up = new WebSocket(`${nodes[i]!.url.replace(/^http/, 'ws')}/kms/ws`);
+    const early: RawData[] = [];
+    let lose = 0;
+    up.on('open', () => early.splice(0).forEach((m) => up.send(m.toString())));
+    up.on('message', (m) => {
+      if (lose > 0) {
+        lose--;
+        log.push(`lose ws ${i}`);
+        return down.terminate();
+      }
+      down.send(m.toString());
+    });
+    down.on('message', (m) => {
+      if (plans[0] === 'lose') {
+        plans.shift();
+        lose++;
+      }
+      if (up.readyState === WebSocket.OPEN) up.send(m.toString());
+      else early.push(m);
+    });
+    down.on('close', () => up.close());
+    up.on('close', () => down.close());
+    up.on('error', () => down.terminate());
+  }));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as { port: number };
   return {
     url: `http://127.0.0.1:${port}`,
     plan: (...next) => void plans.push(...next),
     log,
-    close: () => new Promise((r) => server.close(() => r())),
+    close: () => {
+      for (const c of wss.clients) c.terminate();
+      wss.close();
+      return new Promise((r) => server.close(() => r()));
+    },
   };
 }
 
@@ -104,8 +138,16 @@ function retries(name: string, backend: () => Backend): void {
       assert.equal(r.code, 0, r.stderr);
       return r.stdout.trim();
     };
-    const client = (user: string) => {
-      const c = new KmsClient({ url: lb.url, authority: AUTHORITY, token: token(user), trustAnchors: [readFileSync(join(dir, 'ca.pem'), 'utf8')], debounceMs: 0 });
+    const client = (user: string, transport: 'http' | 'websocket' = 'http') => {
+      const c = new KmsClient({
+        url: lb.url,
+        authority: AUTHORITY,
+        token: token(user),
+        trustAnchors: [readFileSync(join(dir, 'ca.pem'), 'utf8')],
+        debounceMs: 0,
+        transport,
+        WebSocket: WebSocket as unknown as WebSocketConstructor,
+      });
       clients.push(c);
       return c;
     };
@@ -175,6 +217,18 @@ function retries(name: string, backend: () => Backend): void {
       const added = await carol.authorize(resource.uri, ['erin@retries.example']);
       const listed = await carol.listAuthorizations(resource.uri, 'erin@retries.example');
       assert.deepEqual(listed.map((a) => a.uri), added.map((a) => a.uri), 'the authorization the first answer named');
+    });
+
+    test('over WebSocket: the socket cut before the answer; the retry on a new socket (the other node) gets the same keys', TEST, async () => {
+      const user = `gina-${randomBytes(3).toString('hex')}@retries.example`;
+      const gina = client(user, 'websocket');
+      await gina.ping();
+      lb.plan('lose');
+      const keys = await gina.createKeys(2);
+      assert.deepEqual(await keysOf(user), keys.map((k) => idOf(k.uri)).sort(), 'only the first key set exists');
+      assert.ok(lb.log.some((l) => l.startsWith('lose ws')), lb.log.join());
+      assert.equal(gina.handshakes, 1, 'on the same channel');
+      for (const k of keys) assert.equal((await gina.retrieveKey(k.uri)).jwk.k, k.jwk.k);
     });
 
     test('two copies of one request at once, on both nodes: it runs once', TEST, async () => {
