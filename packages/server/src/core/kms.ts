@@ -118,7 +118,10 @@ export class Kms {
       const resolved = resolver.resolve(authenticated, opened.channel ? 'channel' : 'static', record);
       // The peer's answer is bounded by the peer timeout, on top of this KMS's own storage time.
       if (resolved.dispatch === 'askPeer') extendRequestDeadline(this.parts.deadline?.peerMs ?? 0);
-      response = await retries.once(opened.channel, authenticated.request, resolved.spec, () => runner.run(authenticated, resolved, opened.channel));
+      // A peer's channel is not keyed for retries: its replay window already refuses a second copy
+      // of a signed request (same requestId) before it gets here (docs/decisions.md).
+      const retryChannel = to.toPeer ? undefined : opened.channel;
+      response = await retries.once(retryChannel, authenticated.request, resolved.spec, () => runner.run(authenticated, resolved, opened.channel));
     } catch (err) {
       response = this.failure(err);
     }

@@ -56,7 +56,10 @@ export class Retries {
     if (!(times.leaseMs > 0 && times.windowMs >= times.leaseMs)) throw new RangeError('retries: need 0 < leaseMs <= windowMs');
   }
 
-  /** Runs the request once per (channel, requestId) when its operation keeps its first answer. */
+  /**
+   * Runs the request once per (channel, requestId) when its operation keeps its first answer.
+   * `channel`: the user's channel it came on; none for a handshake or a peer KMS's request.
+   */
   async once(channel: Channel | undefined, request: KmsRequest, spec: Operation, run: () => Promise<KmsResponse>): Promise<KmsResponse> {
     // Handshakes come under the static key (no channel: a retry makes a second channel, harmless).
     if (!channel || spec.retry !== 'firstAnswer') return run();
