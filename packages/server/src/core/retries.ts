@@ -63,8 +63,10 @@ export class Retries {
   async once(channel: Channel | undefined, request: KmsRequest, spec: Operation, run: () => Promise<KmsResponse>): Promise<KmsResponse> {
     // Handshakes come under the static key (no channel: a retry makes a second channel, harmless).
     if (!channel || spec.retry !== 'firstAnswer') return run();
-    const key: AnswerClaimKey = { channelId: channel.id, requestId: `${typeof request.requestId}:${request.requestId}`, claimant: randomUUID() };
     const digest = requestDigest(request);
+    // Nested deeper than any request the operations accept: it runs, to be refused by them (400).
+    if (digest === undefined) return run();
+    const key: AnswerClaimKey = { channelId: channel.id, requestId: `${typeof request.requestId}:${request.requestId}`, claimant: randomUUID() };
     const waitUntil = performance.now() + remainingMs(this.times.leaseMs);
     for (;;) {
       const now = this.now();
@@ -118,25 +120,49 @@ export class Retries {
   }
 }
 
+/** Deeper than any member of a valid request (the deepest are a few levels): not worth a digest. */
+const MAX_DEPTH = 32;
+
 /**
  * What identifies a request across its copies: SHA-256 over its members in a canonical order,
  * without the requestId (the key it is found by), the credential (a token may be refreshed
  * between two copies; the channel already binds the principal) and a peer's `iat` (re-signed).
+ * Undefined for a request nested deeper than MAX_DEPTH: it has not been validated yet (the
+ * operation does that), so it must not cost a recursion its depth.
  */
-export function requestDigest(request: KmsRequest): string {
+export function requestDigest(request: KmsRequest): string | undefined {
   const { requestId: _id, client, iat: _iat, ...rest } = request;
   const { credential: _credential, ...clientRest } = (client ?? {}) as unknown as Record<string, unknown>;
-  return createHash('sha256').update(canonicalJson({ ...rest, client: clientRest })).digest('hex');
+  const canonical = canonicalJson({ ...rest, client: clientRest });
+  return canonical === undefined ? undefined : createHash('sha256').update(canonical).digest('hex');
 }
 
-/** JSON with object members sorted by name, so equal requests hash alike however they were written. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+/**
+ * JSON with object members sorted by name, so equal requests hash alike however they were written;
+ * undefined when nested deeper than `maxDepth`.
+ */
+export function canonicalJson(value: unknown, maxDepth = MAX_DEPTH): string | undefined {
+  if (maxDepth < 0) return undefined;
+  if (Array.isArray(value)) {
+    const items: string[] = [];
+    for (const v of value) {
+      const item = canonicalJson(v, maxDepth - 1);
+      if (item === undefined) return undefined;
+      items.push(item);
+    }
+    return `[${items.join(',')}]`;
+  }
   if (value !== null && typeof value === 'object') {
     const entries = Object.entries(value as Record<string, unknown>)
       .filter(([, v]) => v !== undefined)
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+    const members: string[] = [];
+    for (const [k, v] of entries) {
+      const member = canonicalJson(v, maxDepth - 1);
+      if (member === undefined) return undefined;
+      members.push(`${JSON.stringify(k)}:${member}`);
+    }
+    return `{${members.join(',')}}`;
   }
   return JSON.stringify(value) ?? 'null';
 }

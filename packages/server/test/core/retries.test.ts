@@ -149,7 +149,7 @@ describe('retries: the first answer', () => {
     const channel = channelOf('alice@a.example');
     const request = requestOf('create', '/keys', { count: 1 });
     // The dead node's claim, as it left it: claimed, never answered.
-    const claim = { channelId: channel.id, requestId: `string:${request.requestId}`, digest: requestDigest(request), claimant: randomUUID(), now: clock, leaseUntil: clock + LEASE, expiresAt: clock + 600_000 };
+    const claim = { channelId: channel.id, requestId: `string:${request.requestId}`, digest: requestDigest(request)!, claimant: randomUUID(), now: clock, leaseUntil: clock + LEASE, expiresAt: clock + 600_000 };
     assert.deepEqual(await nodeA.store.claimAnswer(claim), { state: 'claimed' });
     const { run, handler } = creating();
     await rejectsWith(withRequestDeadline(60, () => nodeB.retries.once(channel, request, spec('createKeys'), handler)), 'STORAGE_UNAVAILABLE', 503);
@@ -177,7 +177,7 @@ describe('the request digest', () => {
   const base: KmsRequest = { requestId: 'r1', client: { clientId: 'c1', credential: { bearer: 'one' } }, method: 'create', uri: '/resources', authIds: ['a', 'b'], ttl: 60 };
 
   test('ignores the requestId, the credential, member order and a peer\'s iat; sees everything else', () => {
-    const d = requestDigest(base);
+    const d = requestDigest(base)!;
     assert.match(d, /^[0-9a-f]{64}$/);
     assert.equal(requestDigest({ ttl: 60, authIds: ['a', 'b'], uri: '/resources', method: 'create', client: { credential: { bearer: 'two' }, clientId: 'c1' }, requestId: 'r2' }), d);
     assert.equal(requestDigest({ ...base, iat: 123 }), d);
@@ -189,5 +189,12 @@ describe('the request digest', () => {
   test('canonical JSON sorts members at every depth and keeps arrays in order', () => {
     assert.equal(canonicalJson({ b: 1, a: { d: [2, { f: 1, e: 0 }], c: null } }), '{"a":{"c":null,"d":[2,{"e":0,"f":1}]},"b":1}');
     assert.equal(canonicalJson({ a: undefined, b: 'x' }), '{"b":"x"}');
+  });
+
+  test('a request nested deeper than any valid one has no digest (it runs, and its operation refuses it); no recursion its depth', () => {
+    const deep = JSON.parse('['.repeat(50_000) + ']'.repeat(50_000)) as unknown;
+    assert.equal(requestDigest({ ...base, authIds: deep }), undefined);
+    assert.equal(canonicalJson([[1]], 1), undefined);
+    assert.equal(canonicalJson([[1]], 2), '[[1]]');
   });
 });
