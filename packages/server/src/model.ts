@@ -221,7 +221,7 @@ export interface PeerRequest {
  */
 export interface AnswerClaim {
   channelId: string;
-  /** `<typeof requestId>:<requestId>`, so that the string "1" and the number 1 stay apart. */
+  /** The requestId as core/retries.ts requestIdKey stores it (a digest of its JSON). */
   requestId: string;
   /** SHA-256 (hex) of the request without its requestId and credential. */
   digest: string;

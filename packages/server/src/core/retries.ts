@@ -66,7 +66,7 @@ export class Retries {
     const digest = requestDigest(request);
     // Nested deeper than any request the operations accept: it runs, to be refused by them (400).
     if (digest === undefined) return run();
-    const key: AnswerClaimKey = { channelId: channel.id, requestId: `${typeof request.requestId}:${request.requestId}`, claimant: randomUUID() };
+    const key: AnswerClaimKey = { channelId: channel.id, requestId: requestIdKey(request.requestId), claimant: randomUUID() };
     const waitUntil = performance.now() + remainingMs(this.times.leaseMs);
     for (;;) {
       const now = this.now();
@@ -118,6 +118,15 @@ export class Retries {
     const plain = await this.keyring.unseal(answer.cmkId, answer.sealed, this.aad(key));
     return JSON.parse(new TextDecoder().decode(plain.reveal())) as KmsResponse;
   }
+}
+
+/**
+ * How a requestId is stored: SHA-256 (hex) of its JSON. It is not validated beyond its type and
+ * length before the operation runs, so it must not reach a TEXT column as it came (PostgreSQL
+ * refuses U+0000); JSON keeps the number 1 and the string "1" apart and escapes lone surrogates.
+ */
+export function requestIdKey(requestId: KmsRequest['requestId']): string {
+  return createHash('sha256').update(JSON.stringify(requestId)).digest('hex');
 }
 
 /** Deeper than any member of a valid request (the deepest are a few levels): not worth a digest. */

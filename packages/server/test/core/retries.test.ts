@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { KmsError, operation, type KmsRequest, type KmsResponse, type Operation } from '@openkms/protocol';
-import { requestDigest, canonicalJson, Retries } from '../../src/core/retries.js';
+import { requestDigest, requestIdKey, canonicalJson, Retries } from '../../src/core/retries.js';
 import { Keyring } from '../../src/keyring/keyring.js';
 import { silentLogger } from '../../src/logger.js';
 import { withRequestDeadline } from '../../src/store/deadline.js';
@@ -71,6 +71,11 @@ describe('retries: the first answer', () => {
     await nodeA.retries.once(channel, { ...request, requestId: randomUUID() }, spec('createKeys'), handler);
     await nodeA.retries.once(channelOf('alice@a.example'), request, spec('createKeys'), handler);
     assert.equal(run.count, 3);
+    // The number 1 and the string "1" are two requestIds; one with U+0000 is stored like any other.
+    for (const requestId of [1, '1', 'a\u0000b', '\ud800']) await nodeA.retries.once(channel, { ...request, requestId }, spec('createKeys'), handler);
+    assert.equal(run.count, 7);
+    assert.notEqual(requestIdKey(1), requestIdKey('1'));
+    assert.notEqual(requestIdKey('\ud800'), requestIdKey('\ud801'));
   });
 
   test('the remembered answer is sealed: no key material in the database file', async () => {
@@ -149,7 +154,7 @@ describe('retries: the first answer', () => {
     const channel = channelOf('alice@a.example');
     const request = requestOf('create', '/keys', { count: 1 });
     // The dead node's claim, as it left it: claimed, never answered.
-    const claim = { channelId: channel.id, requestId: `string:${request.requestId}`, digest: requestDigest(request)!, claimant: randomUUID(), now: clock, leaseUntil: clock + LEASE, expiresAt: clock + 600_000 };
+    const claim = { channelId: channel.id, requestId: requestIdKey(request.requestId), digest: requestDigest(request)!, claimant: randomUUID(), now: clock, leaseUntil: clock + LEASE, expiresAt: clock + 600_000 };
     assert.deepEqual(await nodeA.store.claimAnswer(claim), { state: 'claimed' });
     const { run, handler } = creating();
     await rejectsWith(withRequestDeadline(60, () => nodeB.retries.once(channel, request, spec('createKeys'), handler)), 'STORAGE_UNAVAILABLE', 503);
