@@ -11,7 +11,9 @@ import {
   generateEphemeralKeyPair,
   importEcPublicKey,
   joseCodec,
+  matchOperation,
   parseDate,
+  parseKmsUri,
   peekHeader,
   segmentCount,
   verifyStatic,
@@ -22,11 +24,12 @@ import {
   type KmsResponse,
   type RequestId,
   type ResourceRep,
+  type RetryMode,
 } from '@openkms/protocol';
 import { answerFor, checkStatus, readPayload } from './answers.js';
 import { decryptContent, contentKeyUri, encryptContent } from './content.js';
 import { discover, type StaticKey } from './discovery.js';
-import { answerStep, failureDetail } from './failures.js';
+import { answerStep, failureDetail, isConnectionLost } from './failures.js';
 import { HttpTransport } from './http-transport.js';
 import { checkOptions, type KmsClientOptions } from './options.js';
 import type { Answer, FetchLike, Transport } from './transport.js';
@@ -57,6 +60,15 @@ const dec = new TextDecoder();
 
 function uuid(): string {
   return globalThis.crypto.randomUUID();
+}
+
+/**
+ * What a retry of a request gets, from the operation table (PROTOCOL.md §5): `never` for a request
+ * the table does not know (the KMS will refuse it anyway; nothing is gained by sending it twice).
+ */
+export function retryModeOf(method: string, uri: string): RetryMode {
+  const parsed = parseKmsUri(uri);
+  return (parsed && matchOperation(method, parsed.segments)?.spec.retry) ?? 'never';
 }
 
 function dateString(value: string | Date | undefined): string | undefined {
@@ -255,15 +267,53 @@ export class KmsClient {
     return (await this.exchange(body)).payload;
   }
 
-  /** As `request`, also returning the KMS's signature over the answer when it nested one. */
+  /**
+   * As `request`, also returning the KMS's signature over the answer when it nested one.
+   *
+   * Two failures are retried once each, at once. A reset (499): the channel is gone, so a new one
+   * is made and the request sent on it with a new requestId. A lost connection (refused, reset, a
+   * WebSocket closed before the answer; never an HTTP status or a KMS error answer, never a
+   * timeout): the request is sent again, on a new connection, on the same channel with the same
+   * requestId — the KMS gives a create or bind it already ran its first answer back (PROTOCOL.md
+   * operation table, `retry`), so the retry makes no second key and gets no 409. Requests that must
+   * not be sent twice (deleting a channel), and every request of a peer KMS (its replay window
+   * refuses a requestId seen before), are not retried.
+   */
   async exchange(body: { method: string; uri: string; [member: string]: unknown }): Promise<Answer> {
-    for (let attempt = 0; ; attempt++) {
+    const retryLost = this.options.peer === undefined && retryModeOf(body.method, body.uri) !== 'never';
+    let lostRetried = false;
+    let resetRetried = false;
+    /** The channel and requestId of the copy that may have reached the KMS: a retry repeats both. */
+    let resend: { channel: ChannelState; requestId: RequestId } | undefined;
+    for (;;) {
       this.refuseIfClosed();
-      const channel = await this.ensureChannel();
-      const requestId: RequestId = uuid();
+      let channel: ChannelState;
+      try {
+        // Still usable: the KMS matches a retry by channel and requestId.
+        channel = resend && this.channelKeys.has(resend.channel.uri) && resend.channel.expiresAt > this.now() ? resend.channel : await this.ensureChannel();
+      } catch (err) {
+        // The handshake's connection failed: a handshake is safe to repeat (a second channel at most).
+        if (retryLost && !lostRetried && isConnectionLost(err)) {
+          lostRetried = true;
+          continue;
+        }
+        throw err;
+      }
+      const requestId: RequestId = resend?.channel === channel ? resend.requestId : uuid();
+      resend = undefined;
       const { plaintext, cty } = await this.sealable({ ...body, requestId }, (await this.static()).authority);
       const message = await joseCodec.encryptChannel(plaintext, channel.key, channel.uri, cty);
-      const answer = await this.getTransport(requestId).exchange(message, requestId);
+      let answer: Answer;
+      try {
+        answer = await this.getTransport(requestId).exchange(message, requestId);
+      } catch (err) {
+        if (retryLost && !lostRetried && isConnectionLost(err)) {
+          lostRetried = true;
+          resend = { channel, requestId };
+          continue;
+        }
+        throw err;
+      }
       const { payload, signed } = answer;
       // A reset may carry a requestId of its own (the KMS could not read the request); any other
       // answer must be the one to this request, or an old answer was replayed on the transport.
@@ -271,7 +321,10 @@ export class KmsClient {
       if (this.options.peer && !signed && !answer.proof) throw new KmsError('ANSWER_INVALID', 'a peer KMS answers signed (cty JOSE); this answer is not', { requestId });
       if (signed && payload.status === 499) {
         this.dropChannel(channel.uri);
-        if (attempt === 0) continue;
+        if (!resetRetried) {
+          resetRetried = true;
+          continue;
+        }
       }
       checkStatus(payload, requestId);
       return answer;

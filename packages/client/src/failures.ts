@@ -24,9 +24,28 @@ export function failureDetail(err: unknown): string {
   return detail;
 }
 
+/**
+ * Failures of the connection itself (refused, reset, a WebSocket closed before the answer), as
+ * opposed to an answer (an HTTP status, a KMS error) or a timeout: after these, and only these, the
+ * client retries a request at once (client.ts). Both are KMS_UNREACHABLE: the code says what the
+ * application sees, this mark what the client may do about it.
+ */
+const lostConnections = new WeakSet<KmsError>();
+
+/** Marks `err` as the failure of a connection: nothing came back, the request may be retried. */
+export function connectionLost(err: KmsError): KmsError {
+  lostConnections.add(err);
+  return err;
+}
+
+/** Whether `err` says the connection failed before an answer came (see connectionLost). */
+export function isConnectionLost(err: unknown): boolean {
+  return err instanceof KmsError && lostConnections.has(err);
+}
+
 /** `what` (e.g. "POST https://kms/kms/messages") never reached the KMS, or its connection broke. */
 export function unreachable(what: string, cause: unknown, requestId?: RequestId): KmsError {
-  return new KmsError('KMS_UNREACHABLE', `KMS unreachable: ${what}: ${failureDetail(cause)}`, { cause, requestId });
+  return connectionLost(new KmsError('KMS_UNREACHABLE', `KMS unreachable: ${what}: ${failureDetail(cause)}`, { cause, requestId }));
 }
 
 /** `what` got no answer within the request timeout. */

@@ -4,7 +4,7 @@
  * client does. Answers come back in request order.
  */
 import { KmsError, type RequestId } from '@openkms/protocol';
-import { httpFailure, timedOut, unreachable } from './failures.js';
+import { connectionLost, httpFailure, isConnectionLost, timedOut, unreachable } from './failures.js';
 import type { Answer, Decoder, FetchLike, Transport } from './transport.js';
 
 export interface HttpTransportOptions {
@@ -118,5 +118,6 @@ export class HttpTransport implements Transport {
 /** One batch's failure as the failure of one of its requests (the same code, reason and cause). */
 function forRequest(err: unknown, requestId: RequestId | undefined): unknown {
   if (!(err instanceof KmsError) || requestId === undefined) return err;
-  return new KmsError(err.code, err.reason, { requestId, cause: err.cause, handshake: err.handshake });
+  const mine = new KmsError(err.code, err.reason, { requestId, cause: err.cause, handshake: err.handshake });
+  return isConnectionLost(err) ? connectionLost(mine) : mine;
 }

@@ -4,7 +4,7 @@
  * pushed by the KMS are passed to `onReset`.
  */
 import { KmsError, peekHeader, type RequestId } from '@openkms/protocol';
-import { failureDetail, timedOut, unreachable } from './failures.js';
+import { connectionLost, failureDetail, timedOut, unreachable } from './failures.js';
 import type { Answer, Decoder, Transport } from './transport.js';
 
 /** The subset of the WHATWG WebSocket the transport uses (browsers, Node 22+, or the `ws` package). */
@@ -100,8 +100,8 @@ export class WsTransport implements Transport {
         if (this.socket === attempt) this.socket = undefined;
         const closed = `code ${event?.code ?? 'unknown'}${event?.reason ? `, ${event.reason}` : ''}`;
         const detail = lastError === undefined ? closed : `${failureDetail(lastError)}; ${closed}`;
-        if (!opened) reject(new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${url} closed before it opened (${detail})`, { cause: lastError }));
-        this.failAll((requestId) => new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${url} closed before the KMS answered (${detail})`, { cause: lastError, requestId }), ws);
+        if (!opened) reject(connectionLost(new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${url} closed before it opened (${detail})`, { cause: lastError })));
+        this.failAll((requestId) => connectionLost(new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${url} closed before the KMS answered (${detail})`, { cause: lastError, requestId })), ws);
       });
       ws.addEventListener('message', (event) => void this.receive(String(event.data)));
     });
@@ -170,7 +170,7 @@ export class WsTransport implements Transport {
         reject(err);
       };
       if (ws.readyState !== OPEN) {
-        return unsent(new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${this.url} is no longer open (readyState ${ws.readyState})`, { requestId }));
+        return unsent(connectionLost(new KmsError('KMS_UNREACHABLE', `KMS unreachable: WebSocket ${this.url} is no longer open (readyState ${ws.readyState})`, { requestId })));
       }
       try {
         ws.send(message);

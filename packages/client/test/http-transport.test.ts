@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import { KmsError, type ErrorCode } from '@openkms/protocol';
 import { HttpTransport, type HttpTransportOptions } from '../src/http-transport.js';
 import type { Answer, FetchLike } from '../src/transport.js';
+import { isConnectionLost } from '../src/failures.js';
 import { refusal } from './support.js';
 
 const URL = 'http://127.0.0.1:7001';
@@ -76,6 +77,7 @@ test('a refused connection is KMS_UNREACHABLE naming the request and ECONNREFUSE
   assert.deepEqual([first.requestId, second.requestId], ['r-1', 'r-2']);
   assert.equal(second.cause, first.cause);
   assert.equal(second.reason, first.reason);
+  assert.ok(isConnectionLost(first) && isConnectionLost(second), 'a lost connection, for each request: the client may retry');
 });
 
 test('a body that breaks off is KMS_UNREACHABLE with that error as cause', async () => {
@@ -95,6 +97,7 @@ test('no answer within timeoutMs is KMS_TIMEOUT; the request is aborted', async 
   assert.equal(err.requestId, 'r-1');
   assert.equal(calls[0]!.signal!.aborted, true);
   assert.equal((err.cause as Error).name, 'AbortError');
+  assert.ok(!isConnectionLost(err), 'a timeout is not retried: the KMS may still be running the request');
 });
 
 test('HTTP statuses: 413 TOO_LARGE and 500 INTERNAL (the KMS\'s own), 502-503 KMS_UNREACHABLE and 504 KMS_TIMEOUT (a gateway), others ANSWER_INVALID', async () => {
@@ -115,6 +118,7 @@ test('HTTP statuses: 413 TOO_LARGE and 500 INTERNAL (the KMS\'s own), 502-503 KM
     const { fetch } = playedFetch(() => ({ status, text }));
     const err = await refusal(transport(fetch).exchange('a', 'r-1'), code, new RegExp(`answered HTTP ${status}: `));
     assert.equal(err.requestId, 'r-1', `HTTP ${status}`);
+    assert.ok(!isConnectionLost(err), `HTTP ${status} is an answer: never retried at once`);
   }
   const { fetch } = playedFetch(() => ({ status: 413, text: '{"error":"at most 100 messages per batch"}' }));
   await refusal(transport(fetch).exchange('a', 'r-1'), 'TOO_LARGE', /HTTP 413: at most 100 messages per batch$/);

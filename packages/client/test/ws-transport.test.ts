@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Answer } from '../src/transport.js';
 import { WsTransport, type WebSocketConstructor, type WebSocketLike, type WsTransportOptions } from '../src/ws-transport.js';
+import { isConnectionLost } from '../src/failures.js';
 import { refusal } from './support.js';
 
 const CONNECTING = 0;
@@ -160,6 +161,7 @@ test('a socket that closes under waiting requests fails each with KMS_UNREACHABL
   for (const err of errors) {
     assert.match(err.reason, /closed before the KMS answered \(read ECONNRESET; code 1009, message too big\)$/);
     assert.equal(err.cause, reset);
+    assert.ok(isConnectionLost(err), 'a lost connection: the client may retry the request');
   }
   await ws.close();
 });

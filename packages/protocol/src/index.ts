@@ -48,4 +48,4 @@ export {
 } from './schemas.js';
 export { CertificateError, checkOwnCertificateChain, loadX509, parsePemCertificates, verifyKmsCertificate } from './certs.js';
 export { Limits } from './limits.js';
-export { matchOperation, operation, operations, operationsFor, type Caller, type FederationMode, type Operation, type OperationName, type OperationSpec } from './operations.js';
+export { matchOperation, operation, operations, operationsFor, type Caller, type FederationMode, type Operation, type OperationName, type OperationSpec, type RetryMode } from './operations.js';

@@ -30,6 +30,18 @@ export type FederationMode = 'local' | 'read' | 'forward';
 /** Where the object an operation acts on is named: the request URI or the `resourceUri` member. */
 export type Subject = 'uri' | 'resourceUri';
 
+/**
+ * What a second copy of a request (same channel, same requestId: a client retrying after its
+ * connection broke before the answer came) gets:
+ * - `repeat`: it runs again, which is harmless (reads, ping, a handshake: a second channel,
+ *   invalidations: the copies are stale either way);
+ * - `firstAnswer`: the KMS remembers the first answer (for its retry window) and gives it back,
+ *   so a retried create makes no second key or resource and a retried bind or delete is no 409 or
+ *   404; the request runs once;
+ * - `never`: clients do not retry it (deleting a channel: the retry arrives on a dead channel).
+ */
+export type RetryMode = 'repeat' | 'firstAnswer' | 'never';
+
 export interface OperationSpec {
   readonly name: string;
   readonly method: Method;
@@ -44,6 +56,8 @@ export interface OperationSpec {
   readonly roles: readonly string[];
   readonly federation: FederationMode;
   readonly subject: Subject;
+  /** What a retry of it gets (RetryMode). */
+  readonly retry: RetryMode;
   /** What it does, in a few words (the README's table). */
   readonly summary: string;
 }
@@ -55,6 +69,7 @@ const op = <const N extends string, const F extends FederationMode = 'local'>(
   section: string,
   callers: readonly Caller[],
   summary: string,
+  retry: RetryMode,
   more: Partial<Pick<OperationSpec, 'key' | 'roles' | 'subject'>> & { federation?: F } = {},
 ) =>
   ({
@@ -68,6 +83,7 @@ const op = <const N extends string, const F extends FederationMode = 'local'>(
     roles: more.roles ?? [],
     federation: (more.federation ?? 'local') as F,
     subject: more.subject ?? 'uri',
+    retry,
   }) satisfies OperationSpec;
 
 const USER = ['user'] as const;
@@ -76,25 +92,25 @@ const AUTHORIZERS = ['user', 'peerUser'] as const;
 const ADMIN = ['kmsAdmin', 'orgAgent'] as const;
 
 export const operations = [
-  op('createEphemeralKey', 'create', '/ecdhe', '4.7.1', ['user', 'anonymous', 'peer'], 'the ECDHE handshake: a channel key', { key: 'static' }),
-  op('deleteEphemeralKey', 'delete', '/ecdhe/{id}', '4.7.2', ['user', 'anonymous', 'peer'], 'close one of your own channels'),
-  op('createResource', 'create', '/resources', '4.7.3', USER, 'a KRO, with `authIds`/`userIds`, `keyUris`, `anonymous`, `ttl`'),
-  op('retrieveResource', 'retrieve', '/resources/{id}', '4.7.4', USER, 'a KRO'),
-  op('createKeys', 'create', '/keys', '4.7.5', USER, '`count` (1–100) new unbound keys'),
-  op('bindKey', 'update', '/keys/{id}', '4.7.6', USER, 'bind a key to a KRO (`resourceUri`)'),
-  op('retrieveKey', 'retrieve', '/keys/{id}', '4.7.7', READERS, 'one key', { federation: 'read' }),
-  op('retrieveResourceKeys', 'retrieve', '/resources/{id}/keys', '4.7.7', READERS, 'a KRO’s keys (`boundAfter`, `boundBefore`, `count`)', { federation: 'read' }),
-  op('createAuthorizations', 'create', '/authorizations', '4.7.8', AUTHORIZERS, 'authorize `authIds` (or `anonymous` bearers) on `resourceUri`', { federation: 'forward', subject: 'resourceUri' }),
-  op('retrieveAuthorizations', 'retrieve', '/resources/{id}/authorizations', '4.7.9–10', AUTHORIZERS, 'a KRO’s authorizations (`?authId=`)', { federation: 'forward' }),
-  op('deleteAuthorization', 'delete', '/authorizations/{id}', '4.7.11', AUTHORIZERS, 'remove one authorization', { federation: 'forward' }),
-  op('deleteAuthorizationByAuthId', 'delete', '/resources/{id}/authorizations', '4.7.11', AUTHORIZERS, 'remove the authorization of `?authId=`', { federation: 'forward' }),
-  op('bulkDeleteAuthorizations', 'delete', '/authorizations', '4.7.11', AUTHORIZERS, 'remove `authIds` from `resourceUri`', { federation: 'forward', subject: 'resourceUri' }),
-  op('ping', 'update', '/ping', '4.7.12', ['user', 'anonymous', 'peer'], 'check the channel'),
-  op('createCmk', 'create', '/cmk', 'Administrative API', USER, 'a new active CMK (`assignedOrgId`); the previous one turns inactive', { roles: ADMIN }),
-  op('updateCmk', 'update', '/cmk/{id}', 'Administrative API', USER, 'a CMK’s `state`', { roles: ADMIN }),
-  op('listCmks', 'retrieve', '/cmk', 'Administrative API', USER, 'the CMKs you administer (`assignedOrgId`)', { roles: ADMIN }),
-  op('retrieveCmk', 'retrieve', '/cmk/{id}', 'Administrative API', USER, 'one CMK you administer', { roles: ADMIN }),
-  op('receiveInvalidations', 'update', '/federation/invalidations', 'PROTOCOL.md §6', ['peer'], 'a peer’s KROs changed: its copies here are stale'),
+  op('createEphemeralKey', 'create', '/ecdhe', '4.7.1', ['user', 'anonymous', 'peer'], 'the ECDHE handshake: a channel key', 'repeat', { key: 'static' }),
+  op('deleteEphemeralKey', 'delete', '/ecdhe/{id}', '4.7.2', ['user', 'anonymous', 'peer'], 'close one of your own channels', 'never'),
+  op('createResource', 'create', '/resources', '4.7.3', USER, 'a KRO, with `authIds`/`userIds`, `keyUris`, `anonymous`, `ttl`', 'firstAnswer'),
+  op('retrieveResource', 'retrieve', '/resources/{id}', '4.7.4', USER, 'a KRO', 'repeat'),
+  op('createKeys', 'create', '/keys', '4.7.5', USER, '`count` (1–100) new unbound keys', 'firstAnswer'),
+  op('bindKey', 'update', '/keys/{id}', '4.7.6', USER, 'bind a key to a KRO (`resourceUri`)', 'firstAnswer'),
+  op('retrieveKey', 'retrieve', '/keys/{id}', '4.7.7', READERS, 'one key', 'repeat', { federation: 'read' }),
+  op('retrieveResourceKeys', 'retrieve', '/resources/{id}/keys', '4.7.7', READERS, 'a KRO’s keys (`boundAfter`, `boundBefore`, `count`)', 'repeat', { federation: 'read' }),
+  op('createAuthorizations', 'create', '/authorizations', '4.7.8', AUTHORIZERS, 'authorize `authIds` (or `anonymous` bearers) on `resourceUri`', 'firstAnswer', { federation: 'forward', subject: 'resourceUri' }),
+  op('retrieveAuthorizations', 'retrieve', '/resources/{id}/authorizations', '4.7.9–10', AUTHORIZERS, 'a KRO’s authorizations (`?authId=`)', 'repeat', { federation: 'forward' }),
+  op('deleteAuthorization', 'delete', '/authorizations/{id}', '4.7.11', AUTHORIZERS, 'remove one authorization', 'firstAnswer', { federation: 'forward' }),
+  op('deleteAuthorizationByAuthId', 'delete', '/resources/{id}/authorizations', '4.7.11', AUTHORIZERS, 'remove the authorization of `?authId=`', 'firstAnswer', { federation: 'forward' }),
+  op('bulkDeleteAuthorizations', 'delete', '/authorizations', '4.7.11', AUTHORIZERS, 'remove `authIds` from `resourceUri`', 'firstAnswer', { federation: 'forward', subject: 'resourceUri' }),
+  op('ping', 'update', '/ping', '4.7.12', ['user', 'anonymous', 'peer'], 'check the channel', 'repeat'),
+  op('createCmk', 'create', '/cmk', 'Administrative API', USER, 'a new active CMK (`assignedOrgId`); the previous one turns inactive', 'firstAnswer', { roles: ADMIN }),
+  op('updateCmk', 'update', '/cmk/{id}', 'Administrative API', USER, 'a CMK’s `state`', 'firstAnswer', { roles: ADMIN }),
+  op('listCmks', 'retrieve', '/cmk', 'Administrative API', USER, 'the CMKs you administer (`assignedOrgId`)', 'repeat', { roles: ADMIN }),
+  op('retrieveCmk', 'retrieve', '/cmk/{id}', 'Administrative API', USER, 'one CMK you administer', 'repeat', { roles: ADMIN }),
+  op('receiveInvalidations', 'update', '/federation/invalidations', 'PROTOCOL.md §6', ['peer'], 'a peer’s KROs changed: its copies here are stale', 'repeat'),
 ] as const;
 
 export type OperationName = (typeof operations)[number]['name'];

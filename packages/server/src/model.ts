@@ -210,6 +210,8 @@ export interface SweepResult {
   peerRequests: number;
   /** Change feed entries and federation invalidations destroyed, past their retention. */
   changes: number;
+  /** Remembered answers destroyed, past their retry window. */
+  answers: number;
 }
 
 /**
@@ -258,4 +260,43 @@ export interface NodeRow {
   seenAt: number;
   /** Whether it led the background work when it last recorded itself. */
   leading: boolean;
+}
+
+/**
+ * A request remembered for its retries (core/retries.ts): which channel and requestId, a digest of
+ * what it asked, who runs it until when (the claim's lease), and how long it is remembered.
+ */
+export interface AnswerClaim {
+  channelId: string;
+  /** The requestId as core/retries.ts requestIdKey stores it (a digest of its JSON). */
+  requestId: string;
+  /** SHA-256 (hex) of the request without its requestId and credential. */
+  digest: string;
+  /** A fresh id of this attempt: only it may remember the answer or give the claim up. */
+  claimant: string;
+  now: number;
+  /** Until then another copy of the request waits for this one's answer; after it, takes over. */
+  leaseUntil: number;
+  /** Forgotten (and swept) from then on. */
+  expiresAt: number;
+}
+
+/** A remembered answer, sealed by the keyring (it may hold key material). */
+export interface RememberedAnswer {
+  cmkId: string;
+  sealed: Uint8Array;
+}
+
+/**
+ * How claiming a request ended (Store.claimAnswer): 'claimed', run it; 'answered', a copy ran
+ * and this is its answer; 'running', a copy holds a live lease; 'mismatch', the requestId was
+ * used on this channel for a different request.
+ */
+export type AnswerClaimOutcome = { state: 'claimed' } | { state: 'answered'; answer: RememberedAnswer } | { state: 'running' } | { state: 'mismatch' };
+
+/** Which claim a remember or a release is about. */
+export interface AnswerClaimKey {
+  channelId: string;
+  requestId: string;
+  claimant: string;
 }

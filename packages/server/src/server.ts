@@ -19,6 +19,7 @@ import { Authentication } from './core/authenticate.js';
 import { Kms, type PublicStaticJwk } from './core/kms.js';
 import { Opener } from './core/open.js';
 import { Resolver } from './core/resolve.js';
+import { Retries, RETRY_WINDOW_MS } from './core/retries.js';
 import { Runner } from './core/run.js';
 import { Copies } from './federation/copies.js';
 import { Forwarding } from './federation/forwarding.js';
@@ -61,6 +62,11 @@ export interface KmsOptions {
   peers?: PeerRegistry;
   /** Where the parts count what an operator watches (startKms: served at /metrics). */
   metrics?: Metrics;
+  /**
+   * One storage deadline per request (ms; startKms: storage.timeoutSeconds), shared by all its
+   * storage calls and its audit write. None: each call has only the store's own deadline.
+   */
+  requestDeadlineMs?: number;
 }
 
 /**
@@ -128,6 +134,9 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
     ),
     resolver: new Resolver(config.authority, peers),
     runner: new Runner(handlers, deps, { ...deps, copies, forwarder }),
+    // A claim outlives any request that holds it: its storage deadline plus a peer's timeout, twice.
+    retries: new Retries(store, keyring, { windowMs: RETRY_WINDOW_MS, leaseMs: 2 * (config.storage.timeoutSeconds + config.federation.peerTimeout) * 1000 }, logger, now),
+    deadline: options.requestDeadlineMs === undefined ? undefined : { storageMs: options.requestDeadlineMs, peerMs: config.federation.peerTimeout * 1000 },
     answerer: new Answerer(audit, codec, signing, logger, now),
     channels,
     store,
@@ -357,7 +366,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   const store = instrumented(bounded, metrics.storageCall);
   let kms: Kms;
   try {
-    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec, peers, metrics });
+    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec, peers, metrics, requestDeadlineMs: timeoutMs });
   } catch (err) {
     await store.close();
     throw err;

@@ -64,7 +64,7 @@ export const OPTIONS = {
     default: 2,
     unit: 'seconds',
     meaning:
-      'The deadline of every storage call (and, on SQLite, how long a write waits for a lock held by another process): storage that fails to connect, drops the connection or does not answer within it makes the request a 503 (retry later), never a 500 or a hang; `/readyz` then says 503. A write that timed out may still commit afterwards.',
+      'The storage deadline of a request, one for the whole request: its storage calls and its audit write share it (and, on SQLite, how long a write waits for a lock held by another process); a request that asks a peer KMS has `federation.peerTimeout` more. Storage that fails to connect, drops the connection or does not answer within it makes the request a 503 (retry later), never a 500 or a hang; `/readyz` then says 503. A write that timed out may still commit afterwards.',
     recommendation: 'Keep it well under the client timeout (the SDK waits 30 s) and above the slowest normal write of your storage; raise it on slow disks or a distant database.',
   },
   'staticKey.key': {

@@ -10,6 +10,7 @@ import { KmsError, Status, type KmsResponse, type MessageCodec, type OperationNa
 import type { AuditEntry } from '../audit/audit.js';
 import type { Channel } from '../channels.js';
 import { describeError, type Logger } from '../logger.js';
+import { withinRequestDeadline } from '../store/deadline.js';
 import type { RequestRecord } from './record.js';
 
 export interface RequestEvent {
@@ -44,7 +45,9 @@ export class Answerer {
     const requestId = response.status === Status.RESET && record.requestId === undefined ? randomUUID() : record.requestId;
     let out: KmsResponse = { ...response, requestId };
     try {
-      await this.audit.record({
+      // Within what is left of the request's one deadline (store/deadline.ts): a request whose
+      // operation used most of it gets its 503 then, not one more deadline later.
+      await withinRequestDeadline('audit', () => this.audit.record({
         time: this.now(),
         principal: record.principal,
         clientId: record.clientId,
@@ -53,7 +56,7 @@ export class Answerer {
         status: out.status,
         peer: record.peer,
         requestId: requestId === undefined ? null : String(requestId),
-      });
+      }));
       this.auditFailure = undefined;
     } catch (err) {
       // An answer that could not be audited is not given: the client gets a 500 and nothing else.

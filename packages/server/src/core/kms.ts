@@ -18,7 +18,9 @@ import type { Authentication } from './authenticate.js';
 import { peerOwning, type Opener } from './open.js';
 import { newRecord } from './record.js';
 import type { Resolver } from './resolve.js';
+import type { Retries } from './retries.js';
 import type { Runner } from './run.js';
+import { extendRequestDeadline, withRequestDeadline } from '../store/deadline.js';
 
 export type { RequestEvent } from './answer.js';
 
@@ -42,7 +44,15 @@ export interface KmsParts {
   authentication: Authentication;
   resolver: Resolver;
   runner: Runner;
+  /** Creates and binds run once per (channel, requestId): their retries get the first answer. */
+  retries: Retries;
   answerer: Answerer;
+  /**
+   * One deadline per request (store/deadline.ts): every storage call of a request, and its audit
+   * write, share `storageMs` from its arrival; a request that asks a peer KMS has `peerMs` more.
+   * None: calls have only the store's own per-call deadline, if any.
+   */
+  deadline?: { storageMs: number; peerMs: number };
   channels: Channels;
   store: Store;
   changes: ChangeNotifier;
@@ -116,9 +126,14 @@ export class Kms {
     return this.parts.answerer.auditWritable();
   }
 
-  async handle(compact: string): Promise<string> {
+  handle(compact: string): Promise<string> {
+    const deadline = this.parts.deadline;
+    return deadline ? withRequestDeadline(deadline.storageMs, () => this.handleOne(compact)) : this.handleOne(compact);
+  }
+
+  private async handleOne(compact: string): Promise<string> {
     const startedAt = performance.now();
-    const { opener, authentication, resolver, runner, answerer } = this.parts;
+    const { opener, authentication, resolver, runner, retries, answerer } = this.parts;
     const record = newRecord();
     const to: Destination = { toPeer: false };
     let response: KmsResponse;
@@ -128,7 +143,12 @@ export class Kms {
       to.toPeer = opened.channel !== undefined && peerOwning(opened.channel) !== undefined;
       const authenticated = await authentication.authenticate(opened, record);
       const resolved = resolver.resolve(authenticated, opened.channel ? 'channel' : 'static', record);
-      response = await runner.run(authenticated, resolved, opened.channel);
+      // The peer's answer is bounded by the peer timeout, on top of this KMS's own storage time.
+      if (resolved.dispatch === 'askPeer') extendRequestDeadline(this.parts.deadline?.peerMs ?? 0);
+      // A peer's channel is not keyed for retries: its replay window already refuses a second copy
+      // of a signed request (same requestId) before it gets here (docs/decisions.md).
+      const retryChannel = to.toPeer ? undefined : opened.channel;
+      response = await retries.once(retryChannel, authenticated.request, resolved.spec, () => runner.run(authenticated, resolved, opened.channel));
     } catch (err) {
       response = this.failure(err);
     }

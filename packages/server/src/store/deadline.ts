@@ -14,7 +14,16 @@
  * dropped; a write may still commit after the client was told 503 (docs/decisions.md, "A storage
  * deadline"). better-sqlite3 is synchronous, so its calls cannot be raced: SQLite's own
  * busy_timeout (set to the same deadline when the store is opened) bounds its waits instead.
+ *
+ * One deadline per request, not per call: a request runs inside `withRequestDeadline(ms, …)` (the
+ * core does it), and every storage call it makes — its operation's, the retry memo's, its audit
+ * write's wait — gets only what remains of that one deadline (AsyncLocalStorage carries it through
+ * the request's awaits). So a request whose storage hangs gets its 503 after about one deadline,
+ * never one deadline per call. Work that serves many requests (a group commit's batch, the sweeper)
+ * runs outside any request (`outsideRequest`) with the whole per-call deadline.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { performance } from 'node:perf_hooks';
 import { KmsError } from '@openkms/protocol';
 import type { Store } from './store.js';
 
@@ -90,8 +99,51 @@ export function storageUnavailable(cause: unknown): KmsError {
   return new KmsError('STORAGE_UNAVAILABLE', 'storage unavailable: retry later', { cause });
 }
 
+/** The deadline of the request being handled, in performance.now() milliseconds (monotonic). */
+interface RequestDeadline {
+  at: number;
+}
+
+const requestDeadline = new AsyncLocalStorage<RequestDeadline>();
+
+/** Runs `fn` as one request whose storage calls share one deadline `ms` from now. */
+export function withRequestDeadline<T>(ms: number, fn: () => Promise<T>): Promise<T> {
+  return requestDeadline.run({ at: performance.now() + ms }, fn);
+}
+
+/**
+ * Gives the current request `ms` more (a request that waits for a peer KMS: the peer timeout is
+ * the federation's own bound, not storage time); no-op outside a request.
+ */
+export function extendRequestDeadline(ms: number): void {
+  const current = requestDeadline.getStore();
+  if (current) current.at += ms;
+}
+
+/** What remains of the current request's deadline, at most `ms`; `ms` outside a request. */
+export function remainingMs(ms: number): number {
+  const current = requestDeadline.getStore();
+  return current === undefined ? ms : Math.min(ms, Math.max(0, Math.floor(current.at - performance.now())));
+}
+
+/** Runs `fn` outside any request's deadline (shared work: a batch several requests wait on). */
+export function outsideRequest<T>(fn: () => T): T {
+  return requestDeadline.exit(fn);
+}
+
+/**
+ * Waits for `work` at most what remains of the current request's deadline; outside a request, or
+ * in a request without one, simply waits. For a wait that is not itself a storage call, e.g. a
+ * request's audit record in a group commit.
+ */
+export function withinRequestDeadline<T>(what: string, work: () => Promise<T>): Promise<T> {
+  return requestDeadline.getStore() === undefined ? work() : withinDeadline(what, remainingMs(Number.MAX_SAFE_INTEGER), work);
+}
+
 /** Rejects with StorageTimeout when `work` has not settled within `ms`; classifies its failure. */
 export async function withinDeadline<T>(method: string, ms: number, work: () => Promise<T>): Promise<T> {
+  // Nothing left of the request's deadline: fail now, without starting the call.
+  if (ms <= 0) throw storageUnavailable(new StorageTimeout(method, 0));
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new StorageTimeout(method, ms)), ms);
@@ -116,7 +168,7 @@ export function withDeadline(store: Store, ms: number): Store {
     get(target, property, receiver) {
       const value: unknown = Reflect.get(target, property, receiver);
       if (typeof value !== 'function' || property === 'close' || typeof property !== 'string') return value;
-      return (...args: unknown[]) => withinDeadline(property, ms, () => (value as (...a: unknown[]) => Promise<unknown>).apply(target, args));
+      return (...args: unknown[]) => withinDeadline(property, remainingMs(ms), () => (value as (...a: unknown[]) => Promise<unknown>).apply(target, args));
     },
   });
 }

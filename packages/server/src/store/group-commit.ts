@@ -4,6 +4,8 @@
  * only once its own write is durable. With synchronous=FULL an fsync costs milliseconds; without
  * this, channel creation and audit appends would cap the KMS at a few hundred requests a second.
  */
+import { outsideRequest } from './deadline.js';
+
 export class GroupCommit<T> {
   private queue: { item: T; done: (err?: unknown) => void }[] = [];
   private running: Promise<void> | undefined;
@@ -14,7 +16,9 @@ export class GroupCommit<T> {
   add(item: T): Promise<void> {
     return new Promise((resolve, reject) => {
       this.queue.push({ item, done: (err) => (err === undefined ? resolve() : reject(err)) });
-      this.running ??= this.drain();
+      // The batch serves every request in it, so it runs outside the request that started it:
+      // it must not inherit (and die of) that one request's deadline (deadline.ts).
+      this.running ??= outsideRequest(() => this.drain());
     });
   }
 

@@ -227,4 +227,24 @@ CREATE TABLE nodes (
 );
 `,
   },
+  {
+    version: 8,
+    name: 'retries: the first answer to a (channel, requestId), sealed, for the retry window',
+    // One row per request that changes state, claimed before it runs (claimant, lease_until) and
+    // answered after (cmk_id, sealed: the answer sealed by the keyring, as it may hold keys).
+    sql: `
+CREATE TABLE retry_answers (
+  channel_id TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  digest TEXT NOT NULL,
+  claimant TEXT NOT NULL,
+  lease_until BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  cmk_id TEXT REFERENCES cmks (id),
+  sealed BYTEA,
+  PRIMARY KEY (channel_id, request_id)
+);
+CREATE INDEX retry_answers_expiry ON retry_answers (expires_at);
+`,
+  },
 ];

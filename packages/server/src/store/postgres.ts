@@ -40,13 +40,12 @@
  */
 import pg from 'pg';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, ResourceRow, SweepResult } from '../model.js';
+import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
 import { CHANGES_CHANNEL, PostgresSignal, type ChangeSignal } from './change-signal.js';
 import { AdvisoryLeadership, type Leadership } from './leadership.js';
-import { nodeFromRow, pushFromRow } from './rows.js';
+import { answerStateFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, num, pushFromRow, resourceFromRow, type Row, str } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
-import { auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, num, resourceFromRow, str, type Row } from './rows.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -614,6 +613,7 @@ export class PostgresStore implements Store {
       const channels = await c.query('DELETE FROM channels WHERE expires_at <= $1', [cutoff.channels]);
       const peerRequests = await c.query('DELETE FROM peer_requests WHERE expires_at <= $1', [cutoff.peerRequests]);
       await c.query('DELETE FROM peer_request_counts WHERE expires_at <= $1', [cutoff.peerRequests]);
+      const answers = await c.query('DELETE FROM retry_answers WHERE expires_at <= $1', [now]);
       // Locked in id order (two sweepers cannot deadlock); binds and adds into them now wait.
       const expired = await c.query<Row>('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY id COLLATE "C" FOR UPDATE', [
         cutoff.resources,
@@ -636,6 +636,7 @@ export class PostgresStore implements Store {
         channels: channels.rowCount ?? 0,
         peerRequests: peerRequests.rowCount ?? 0,
         changes,
+        answers: answers.rowCount ?? 0,
       };
     });
   }
@@ -698,6 +699,47 @@ export class PostgresStore implements Store {
 
   async removeNode(id: string): Promise<void> {
     await this.pool.query('DELETE FROM nodes WHERE id = $1', [id]);
+  }
+
+  /**
+   * The row is inserted if absent; otherwise read FOR UPDATE, so concurrent claims of one request
+   * (on any node) are decided one after the other, each seeing what the one before wrote.
+   */
+  async claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome> {
+    rules.answerClaimDecision(undefined, claim); // refuses a malformed claim before anything is written
+    const values = [claim.channelId, claim.requestId, claim.digest, claim.claimant, claim.leaseUntil, claim.expiresAt];
+    return this.tx(async (c) => {
+      const inserted = await c.query(
+        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, expires_at, cmk_id, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL) ON CONFLICT (channel_id, request_id) DO NOTHING`,
+        values,
+      );
+      if (inserted.rowCount === 1) return { state: 'claimed' } as const;
+      const r = (await c.query<Row>('SELECT * FROM retry_answers WHERE channel_id = $1 AND request_id = $2 FOR UPDATE', [claim.channelId, claim.requestId])).rows[0];
+      const decision = rules.answerClaimDecision(r && answerStateFromRow(r), claim);
+      if (typeof decision !== 'string') return decision;
+      // 'take-over' (or 'insert' if the row was swept meanwhile: the upsert writes it either way).
+      await c.query(
+        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, expires_at, cmk_id, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)
+         ON CONFLICT (channel_id, request_id) DO UPDATE SET digest = excluded.digest, claimant = excluded.claimant,
+           lease_until = excluded.lease_until, expires_at = excluded.expires_at, cmk_id = NULL, sealed = NULL`,
+        values,
+      );
+      return { state: 'claimed' } as const;
+    });
+  }
+
+  async rememberAnswer(key: AnswerClaimKey, answer: RememberedAnswer): Promise<boolean> {
+    const r = await this.pool.query(
+      'UPDATE retry_answers SET cmk_id = $1, sealed = $2 WHERE channel_id = $3 AND request_id = $4 AND claimant = $5 AND sealed IS NULL',
+      [answer.cmkId, bytes(answer.sealed), key.channelId, key.requestId, key.claimant],
+    );
+    return r.rowCount === 1;
+  }
+
+  async releaseAnswer(key: AnswerClaimKey): Promise<void> {
+    await this.pool.query('DELETE FROM retry_answers WHERE channel_id = $1 AND request_id = $2 AND claimant = $3 AND sealed IS NULL', [key.channelId, key.requestId, key.claimant]);
   }
 
   async ping(): Promise<void> {

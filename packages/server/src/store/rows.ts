@@ -3,6 +3,7 @@
  * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
  */
 import type { AuditHead, AuditRow, AuthorizationRow, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyRow, NodeRow, PushRow, ResourceRow } from '../model.js';
+import type { AnswerState } from './rules.js';
 
 export type Row = Record<string, unknown>;
 
@@ -100,3 +101,11 @@ export const nodeFromRow = (r: Row): NodeRow => ({
   leading: num(r.is_leader) === 1,
 });
 export const changeFromRow = (r: Row): ChangeRow => ({ seq: num(r.seq), kind: r.kind as ChangeRow['kind'], subject: r.subject as string, at: num(r.at) });
+
+/** A retry_answers row as a claim decision reads it (rules.ts answerClaimDecision). */
+export const answerStateFromRow = (r: Row): AnswerState => ({
+  digest: r.digest as string,
+  leaseUntil: num(r.lease_until),
+  expiresAt: num(r.expires_at),
+  answer: r.sealed === null || r.sealed === undefined ? undefined : { cmkId: r.cmk_id as string, sealed: r.sealed as Uint8Array },
+});

@@ -6,7 +6,7 @@
  * store: nothing here reads or writes.
  */
 import { CHANGE_RETENTION_MS, INVALIDATION_RETENTION_MS, MAX_KEPT_CHANGES, MAX_KRO_VISITS, MAX_PUSH_OUTBOX_IDS } from '../limits.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, ResourceRow } from '../model.js';
+import type { AnswerClaim, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow } from '../model.js';
 
 // ---- Binding keys (Store.bindKey, Store.createResource) ----
 
@@ -309,4 +309,35 @@ export function leaseUntil(now: number, leaseMs: number): number {
   checkInstant('now', now);
   checkCount('leaseMs', leaseMs);
   return now + leaseMs;
+}
+
+// ---- Remembered answers (core/retries.ts) ----
+
+/** What the store holds for a (channel, requestId), as a claim decision needs it. */
+export interface AnswerState {
+  digest: string;
+  leaseUntil: number;
+  expiresAt: number;
+  answer: RememberedAnswer | undefined;
+}
+
+/**
+ * What claiming a request does: 'insert' (nothing remembered, or only an expired row), 'take-over'
+ * (the running copy's lease ended: its node died or stalled; the row is replaced by this claim),
+ * or the outcome told as it is. A different request under the same requestId is a mismatch even
+ * once answered: its answer is never given for another request.
+ */
+export function answerClaimDecision(state: AnswerState | undefined, claim: AnswerClaim): 'insert' | 'take-over' | AnswerClaimOutcome {
+  checkAnswerClaim(claim);
+  if (state === undefined) return 'insert';
+  if (state.expiresAt <= claim.now) return 'take-over';
+  if (state.digest !== claim.digest) return { state: 'mismatch' };
+  if (state.answer) return { state: 'answered', answer: state.answer };
+  return state.leaseUntil > claim.now ? { state: 'running' } : 'take-over';
+}
+
+function checkAnswerClaim(c: AnswerClaim): void {
+  checkIntegers('answer claim', c, ['now', 'leaseUntil', 'expiresAt']);
+  if (!(c.now < c.leaseUntil && c.leaseUntil <= c.expiresAt)) throw new RangeError(`answer claim needs now < leaseUntil <= expiresAt, got ${c.now}, ${c.leaseUntil}, ${c.expiresAt}`);
+  if (!/^[0-9a-f]{64}$/.test(c.digest)) throw new RangeError('answer claim digest must be 64 hex digits');
 }

@@ -11,14 +11,13 @@
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, ResourceRow, SweepResult } from '../model.js';
+import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
 import { LEADER_LEASE_MS } from '../limits.js';
 import { PollingSignal, type ChangeSignal } from './change-signal.js';
 import { LeaseLeadership, type Leadership } from './leadership.js';
-import { nodeFromRow, pushFromRow } from './rows.js';
+import { answerStateFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, pushFromRow, resourceFromRow, type Row } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { migrations } from './migrations.js';
-import { auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, resourceFromRow, type Row } from './rows.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -425,7 +424,8 @@ export class SqliteStore implements Store {
       const changes =
         this.db.prepare('DELETE FROM changes WHERE at <= ? OR seq <= ?').run(feed.changesAt, feed.changesSeq).changes +
         this.db.prepare('DELETE FROM federated_invalidations WHERE at <= ?').run(feed.invalidationsAt).changes;
-      return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels, peerRequests, changes };
+      const answers = this.db.prepare('DELETE FROM retry_answers WHERE expires_at <= ?').run(now).changes;
+      return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels, peerRequests, changes, answers };
     });
     // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL
     // frames that still held the destroyed (sealed) key rows.
@@ -503,6 +503,40 @@ export class SqliteStore implements Store {
 
   async removeNode(id: string): Promise<void> {
     this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
+  }
+
+  async claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome> {
+    return this.write(() => {
+      // Under the write lock: no other process claims between this read and the write.
+      const r = this.db.prepare('SELECT * FROM retry_answers WHERE channel_id = ? AND request_id = ?').get(claim.channelId, claim.requestId) as Row | undefined;
+      const decision = rules.answerClaimDecision(r && answerStateFromRow(r), claim);
+      if (typeof decision !== 'string') return decision;
+      this.db
+        .prepare(
+          `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, expires_at, cmk_id, sealed)
+           VALUES (@channelId, @requestId, @digest, @claimant, @leaseUntil, @expiresAt, NULL, NULL)
+           ON CONFLICT (channel_id, request_id) DO UPDATE SET digest = excluded.digest, claimant = excluded.claimant,
+             lease_until = excluded.lease_until, expires_at = excluded.expires_at, cmk_id = NULL, sealed = NULL`,
+        )
+        .run({ channelId: claim.channelId, requestId: claim.requestId, digest: claim.digest, claimant: claim.claimant, leaseUntil: claim.leaseUntil, expiresAt: claim.expiresAt });
+      return { state: 'claimed' } as const;
+    });
+  }
+
+  async rememberAnswer(key: AnswerClaimKey, answer: RememberedAnswer): Promise<boolean> {
+    const changed = this.write(
+      () =>
+        this.db
+          .prepare('UPDATE retry_answers SET cmk_id = ?, sealed = ? WHERE channel_id = ? AND request_id = ? AND claimant = ? AND sealed IS NULL')
+          .run(answer.cmkId, Buffer.from(answer.sealed.buffer, answer.sealed.byteOffset, answer.sealed.byteLength), key.channelId, key.requestId, key.claimant).changes,
+    );
+    return changed === 1;
+  }
+
+  async releaseAnswer(key: AnswerClaimKey): Promise<void> {
+    this.write(() => {
+      this.db.prepare('DELETE FROM retry_answers WHERE channel_id = ? AND request_id = ? AND claimant = ? AND sealed IS NULL').run(key.channelId, key.requestId, key.claimant);
+    });
   }
 
   async ping(): Promise<void> {

@@ -9,7 +9,7 @@
  */
 import type { ChangeSignal } from './change-signal.js';
 import type { Leadership } from './leadership.js';
-import type { AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, ResourceRow, SweepResult } from '../model.js';
+import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
 
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
@@ -118,10 +118,25 @@ export interface Store {
   acceptPeerRequest(request: PeerRequest, limit: number): Promise<PeerRequestOutcome>;
 
   /**
+   * Retries (core/retries.ts), shared by every process on this database: claims a request before
+   * it runs. Nothing remembered (or only an expired row) → the claim is written, 'claimed'; the
+   * same request answered → 'answered' with the sealed answer; a copy of it running under a live
+   * lease → 'running'; a copy whose lease ended → this claim replaces it, 'claimed'; another
+   * request under the same requestId → 'mismatch' (rules.ts answerClaimDecision decides).
+   * Concurrent claims of one request are decided one after the other: exactly one is 'claimed'.
+   */
+  claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome>;
+  /** Stores the answer of a claim this claimant still holds; false when it no longer does. */
+  rememberAnswer(key: AnswerClaimKey, answer: RememberedAnswer): Promise<boolean>;
+  /** Gives up a claim not answered (the request failed: a retry runs it again). */
+  releaseAnswer(key: AnswerClaimKey): Promise<void>;
+
+  /**
    * Destroys what expired: resources past their TTL with their keys and authorizations, unbound
    * keys more than `unboundGraceMs` past expiry, expired channels, remembered peer requests
-   * (with their counts) whose window ended, and change feed entries and remembered federation
-   * invalidations past their retention (rules.ts feedCutoffs, on the wall clock).
+   * (with their counts) whose window ended, change feed entries and remembered federation
+   * invalidations past their retention (rules.ts feedCutoffs, on the wall clock), and remembered
+   * answers past their retry window.
    */
   sweep(now: number, unboundGraceMs: number): Promise<SweepResult>;
 

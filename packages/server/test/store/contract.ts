@@ -12,7 +12,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { AuditLog, auditHash, verifyAudit, type AuditEntry } from '../../src/audit/audit.js';
 import type { ChangeListener } from '../../src/store/change-signal.js';
-import { COPY_INVALIDATED, type AuditHead, type ChannelRow, type AuditRow, type AuthorizationRow, type KeyRow, type ResourceRow } from '../../src/model.js';
+import { type AnswerClaim, type AuditHead, type AuditRow, type AuthorizationRow, type ChannelRow, COPY_INVALIDATED, type KeyRow, type RememberedAnswer, type ResourceRow } from '../../src/model.js';
 import type { Store } from '../../src/store/store.js';
 
 /** `open`: a new instance of the store on the suite's one database, at every call. */
@@ -319,6 +319,94 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.ok(result.peerRequests >= 1, JSON.stringify(result));
       assert.equal(await store.acceptPeerRequest(req('string:live', t), 10), 'replayed', 'kept: its window has not ended');
       assert.equal(await store.acceptPeerRequest(req('string:old', t), 10), 'accepted');
+    });
+
+    // ---- remembered answers (core/retries.ts) ----
+    const claimOf = (over: Partial<AnswerClaim> = {}): AnswerClaim => ({
+      channelId: randomUUID(),
+      requestId: 'string:r1',
+      digest: 'a'.repeat(64),
+      claimant: randomUUID(),
+      now,
+      leaseUntil: now + 10_000,
+      expiresAt: now + 600_000,
+      ...over,
+    });
+    const answerOf = (): RememberedAnswer => ({ cmkId, sealed: new Uint8Array(randomBytes(48)) });
+    const keyOf = (c: AnswerClaim) => ({ channelId: c.channelId, requestId: c.requestId, claimant: c.claimant });
+
+    test('remembered answers: claimed once, answered to every copy on any instance, refused for another request', async () => {
+      const first = claimOf();
+      assert.deepEqual(await store.claimAnswer(first), { state: 'claimed' });
+      const copy = { ...first, claimant: randomUUID() };
+      assert.deepEqual(await other.claimAnswer(copy), { state: 'running' }, 'a copy under a live lease waits');
+      assert.deepEqual(await other.claimAnswer({ ...copy, digest: 'b'.repeat(64) }), { state: 'mismatch' });
+      assert.equal(await other.rememberAnswer(keyOf(copy), answerOf()), false, 'only the claimant remembers');
+      const answer = answerOf();
+      assert.equal(await store.rememberAnswer(keyOf(first), answer), true);
+      assert.equal(await store.rememberAnswer(keyOf(first), answerOf()), false, 'the first answer stays');
+      const got = await other.claimAnswer(copy);
+      assert.equal(got.state, 'answered');
+      assert.deepEqual(got.state === 'answered' && { cmkId: got.answer.cmkId, sealed: Buffer.from(got.answer.sealed) }, { cmkId, sealed: Buffer.from(answer.sealed) });
+      assert.deepEqual(await other.claimAnswer({ ...copy, digest: 'b'.repeat(64) }), { state: 'mismatch' }, 'never the answer of another request');
+      assert.deepEqual(await other.claimAnswer({ ...copy, now: first.leaseUntil + 1, leaseUntil: first.leaseUntil + 2 }), got, 'answered stays answered past the lease');
+      // Keyed by channel and requestId: the number 1 and the string "1" are other requests.
+      assert.deepEqual(await store.claimAnswer({ ...first, requestId: 'number:1', claimant: randomUUID() }), { state: 'claimed' });
+      assert.deepEqual(await store.claimAnswer({ ...first, channelId: randomUUID(), claimant: randomUUID() }), { state: 'claimed' });
+    });
+
+    test('remembered answers: of concurrent copies on two instances exactly one is claimed', async () => {
+      const base = claimOf();
+      const outcomes = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? other : store).claimAnswer({ ...base, claimant: randomUUID() })));
+      assert.equal(outcomes.filter((o) => o.state === 'claimed').length, 1, JSON.stringify(outcomes));
+      assert.equal(outcomes.filter((o) => o.state === 'running').length, 11);
+    });
+
+    test('remembered answers: a claim whose lease ended is taken over; a released one is claimed again', async () => {
+      const dead = claimOf();
+      assert.deepEqual(await store.claimAnswer(dead), { state: 'claimed' });
+      const after = { ...dead, claimant: randomUUID(), now: dead.leaseUntil, leaseUntil: dead.leaseUntil + 10_000 };
+      assert.deepEqual(await other.claimAnswer(after), { state: 'claimed' }, 'the lease ended: the node that claimed it is gone');
+      assert.equal(await store.rememberAnswer(keyOf(dead), answerOf()), false, 'the first claimant lost its claim');
+      await store.releaseAnswer(keyOf(dead)); // not its claim any more: nothing happens
+      assert.deepEqual(await store.claimAnswer({ ...after, claimant: randomUUID() }), { state: 'running' });
+      await other.releaseAnswer(keyOf(after));
+      assert.deepEqual(await store.claimAnswer({ ...after, claimant: randomUUID() }), { state: 'claimed' }, 'a failed request runs again');
+      // A release never removes an answer.
+      const answered = claimOf();
+      await store.claimAnswer(answered);
+      await store.rememberAnswer(keyOf(answered), answerOf());
+      await store.releaseAnswer(keyOf(answered));
+      assert.equal((await other.claimAnswer({ ...answered, claimant: randomUUID() })).state, 'answered');
+    });
+
+    test('remembered answers: forgotten after their window, and swept', async () => {
+      const t = now + 60_000_000;
+      const old = claimOf({ now: t - 700_000, leaseUntil: t - 690_000, expiresAt: t - 100_000 });
+      const live = claimOf({ now: t - 10_000, leaseUntil: t - 5_000, expiresAt: t + 590_000 });
+      for (const c of [old, live]) {
+        await store.claimAnswer(c);
+        await store.rememberAnswer(keyOf(c), answerOf());
+      }
+      const result = await other.sweep(t, 0);
+      assert.ok(result.answers >= 1, JSON.stringify(result));
+      const again = (c: AnswerClaim) => ({ ...c, claimant: randomUUID(), now: t, leaseUntil: t + 10_000, expiresAt: t + 600_000 });
+      assert.equal((await store.claimAnswer(again(live))).state, 'answered', 'within its window: kept');
+      assert.deepEqual(await store.claimAnswer(again(old)), { state: 'claimed' }, 'past its window: a new request');
+      // Expired but not yet swept: treated as gone.
+      const stale = claimOf({ now: t - 20_000, leaseUntil: t - 15_000, expiresAt: t - 1 });
+      await store.claimAnswer(stale);
+      await store.rememberAnswer(keyOf(stale), answerOf());
+      assert.deepEqual(await other.claimAnswer(again(stale)), { state: 'claimed' });
+    });
+
+    test('remembered answers: both backends refuse the same malformed claims, writing nothing', async () => {
+      const bad: Partial<AnswerClaim>[] = [{ now: 1.5 }, { leaseUntil: now }, { expiresAt: now + 1 }, { digest: 'xyz' }, { digest: 'A'.repeat(64) }, { leaseUntil: Number.NaN }];
+      for (const over of bad) {
+        const c = claimOf(over);
+        await assert.rejects(store.claimAnswer(c), RangeError, JSON.stringify(over));
+        assert.deepEqual(await other.claimAnswer(claimOf({ channelId: c.channelId })), { state: 'claimed' }, 'nothing was written');
+      }
     });
 
     test('peer fetches: one row per resource and peer, the latest time kept; peers listed in order', async () => {

@@ -16,7 +16,8 @@ import { after, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { KmsError } from '@openkms/protocol';
 import type { KeyRow } from '../../src/model.js';
-import { isStorageUnavailable, StorageTimeout, withDeadline } from '../../src/store/deadline.js';
+import { extendRequestDeadline, isStorageUnavailable, outsideRequest, remainingMs, StorageTimeout, withDeadline, withinRequestDeadline, withRequestDeadline } from '../../src/store/deadline.js';
+import { GroupCommit } from '../../src/store/group-commit.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { rejectsWith } from '../support/core.js';
 import { storeContract } from './contract.js';
@@ -151,6 +152,75 @@ describe('a storage deadline', () => {
 
   test('a deadline that is not a positive number of milliseconds is refused', () => {
     for (const ms of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) assert.throws(() => withDeadline(open(), ms), RangeError);
+  });
+});
+
+describe('one deadline per request', () => {
+  const stores: SqliteStore[] = [];
+  after(() => Promise.all(stores.map((s) => s.close())));
+  const slow = (ms: number) => {
+    const real = new SqliteStore(dbPath());
+    stores.push(real);
+    // Each call answers after `ms`: two of them fit one store deadline, not one request deadline.
+    return Object.assign(Object.create(real) as SqliteStore, { getKey: (id: string) => new Promise((r) => setTimeout(() => r(real.getKey(id)), ms)) });
+  };
+
+  test('calls of one request share its deadline: the second of two slow calls fails with what is left, not a new deadline', async () => {
+    const store = withDeadline(slow(300), 500);
+    assert.equal(await store.getKey('k'), undefined, 'alone, a call fits its deadline');
+    const started = performance.now();
+    const err = await rejectsWith(
+      withRequestDeadline(500, async () => {
+        await store.getKey('a');
+        await store.getKey('b');
+      }),
+      'STORAGE_UNAVAILABLE',
+      503,
+    );
+    const waited = performance.now() - started;
+    assert.ok(err.cause instanceof StorageTimeout);
+    assert.ok(err.cause.ms < 500, `the second call got ${err.cause.ms} ms, what was left`);
+    // Generous: about one deadline (500 ms), never two (1000) unless the machine stalls.
+    assert.ok(waited >= 450 && waited < 5000, `failed after ${Math.round(waited)} ms`);
+  });
+
+  test('nothing left: a call fails at once without starting; outside a request the whole deadline applies', async () => {
+    let started = 0;
+    const real = new SqliteStore(dbPath());
+    stores.push(real);
+    const counting = withDeadline(Object.assign(Object.create(real) as SqliteStore, { getKey: async () => void started++ }), 1000);
+    await rejectsWith(withRequestDeadline(1, async () => {
+      await new Promise((r) => setTimeout(r, 20));
+      await counting.getKey('k');
+    }), 'STORAGE_UNAVAILABLE', 503);
+    assert.equal(started, 0);
+    assert.equal(remainingMs(1234), 1234);
+    await withRequestDeadline(1, async () => {
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(remainingMs(1000), 0);
+      assert.equal(outsideRequest(() => remainingMs(1000)), 1000, 'shared work runs outside the request');
+      extendRequestDeadline(10_000);
+      assert.ok(remainingMs(60_000) > 9000, 'extended (a request that asks a peer)');
+    });
+  });
+
+  test('a wait that is not a storage call is bounded by the request, unbounded outside one', async () => {
+    const never = () => new Promise<never>(() => {});
+    await rejectsWith(withRequestDeadline(50, () => withinRequestDeadline('audit', never)), 'STORAGE_UNAVAILABLE', 503);
+    assert.equal(await withinRequestDeadline('audit', async () => 7), 7);
+  });
+
+  test('a group commit started by a request does not inherit its deadline: a later batch has the whole deadline', async () => {
+    const real = new SqliteStore(dbPath());
+    stores.push(real);
+    const store = withDeadline(Object.assign(Object.create(real) as SqliteStore, { getKey: (id: string) => new Promise((r) => setTimeout(() => r(real.getKey(id)), 60)) }), 1000);
+    const commits = new GroupCommit<string>(async (ids) => {
+      for (const id of ids) await store.getKey(id);
+    });
+    // The request that starts the drain has 30 ms; the batches take 60 ms each and must all succeed.
+    const first = withRequestDeadline(30, () => commits.add('a'));
+    const second = commits.add('b');
+    await Promise.all([first, second]);
   });
 });
 

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { AuditRow, AuthorizationRow, KeyBind, KeyRow } from '../../src/model.js';
 import {
+  answerClaimDecision,
   authIdsOf,
   bindOutcome,
   bindWrites,
@@ -23,6 +24,7 @@ import {
   planAuthorizations,
   putCopyOutcome,
   sweepCutoffs,
+  type AnswerState,
 } from '../../src/store/rules.js';
 import { CHANGE_RETENTION_MS, INVALIDATION_RETENTION_MS, MAX_KEPT_CHANGES } from '../../src/limits.js';
 
@@ -267,5 +269,36 @@ describe('input checks', () => {
     const audit = { seq: 1, time: now, principal: null, clientId: null, method: null, uri: null, status: 200, peer: null, requestId: null, node: null, prevHash: '0', hash: 'h' };
     assert.doesNotThrow(() => checkAuditRow(audit));
     assert.throws(() => checkAuditRow({ ...audit, status: 200.5 }), /audit\.status/);
+  });
+});
+
+describe('remembered answers (answerClaimDecision)', () => {
+  const now = 1_800_000_000_000;
+  const claim = { channelId: 'c', requestId: 'string:r', digest: 'a'.repeat(64), claimant: 'x', now, leaseUntil: now + 10, expiresAt: now + 100 };
+  const state = (over: Partial<AnswerState> = {}): AnswerState => ({ digest: claim.digest, leaseUntil: now + 5, expiresAt: now + 50, answer: undefined, ...over });
+  const answer = { cmkId: 'k', sealed: new Uint8Array([1]) };
+
+  test('nothing remembered: insert; an expired row, whatever it held: taken over', () => {
+    assert.equal(answerClaimDecision(undefined, claim), 'insert');
+    assert.equal(answerClaimDecision(state({ expiresAt: now, answer }), claim), 'take-over');
+    assert.equal(answerClaimDecision(state({ expiresAt: now, digest: 'b'.repeat(64) }), claim), 'take-over');
+  });
+
+  test('another request is a mismatch, answered or not; the same one gets its answer, past the lease too', () => {
+    assert.deepEqual(answerClaimDecision(state({ digest: 'b'.repeat(64) }), claim), { state: 'mismatch' });
+    assert.deepEqual(answerClaimDecision(state({ digest: 'b'.repeat(64), answer }), claim), { state: 'mismatch' });
+    assert.deepEqual(answerClaimDecision(state({ answer }), claim), { state: 'answered', answer });
+    assert.deepEqual(answerClaimDecision(state({ answer, leaseUntil: now - 1 }), claim), { state: 'answered', answer });
+  });
+
+  test('running under a live lease; taken over once it ended', () => {
+    assert.deepEqual(answerClaimDecision(state(), claim), { state: 'running' });
+    assert.equal(answerClaimDecision(state({ leaseUntil: now }), claim), 'take-over');
+  });
+
+  test('a malformed claim is a RangeError', () => {
+    for (const over of [{ now: 0.5 }, { leaseUntil: now }, { expiresAt: now + 5 }, { digest: 'short' }]) {
+      assert.throws(() => answerClaimDecision(undefined, { ...claim, ...over }), RangeError, JSON.stringify(over));
+    }
   });
 });
