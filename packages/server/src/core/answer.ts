@@ -45,9 +45,10 @@ export class Answerer {
     const requestId = response.status === Status.RESET && record.requestId === undefined ? randomUUID() : record.requestId;
     let out: KmsResponse = { ...response, requestId };
     try {
-      // Within what is left of the request's one deadline (store/deadline.ts): a request whose
-      // operation used most of it gets its 503 then, not one more deadline later.
-      await withinRequestDeadline('audit', () => this.audit.record({
+      // The record is always queued, even when nothing is left of the request's one deadline
+      // (store/deadline.ts): the log learns of every request. The wait for it is what is bounded,
+      // so a request whose operation used the deadline gets its 503 then, not a deadline later.
+      const written = this.audit.record({
         time: this.now(),
         principal: record.principal,
         clientId: record.clientId,
@@ -56,7 +57,9 @@ export class Answerer {
         status: out.status,
         peer: record.peer,
         requestId: requestId === undefined ? null : String(requestId),
-      }));
+      });
+      written.catch(() => undefined); // a write that fails after the wait gave up is counted by the audit log
+      await withinRequestDeadline('audit', () => written);
       this.auditFailure = undefined;
     } catch (err) {
       // An answer that could not be audited is not given: the client gets a 500 and nothing else.
