@@ -21,6 +21,9 @@ import { migrations } from './migrations.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
+/** How long a write waits for the lock while the file is taken for locked (write()). */
+const LOCKED_WAIT_MS = 50;
+
 /** SQLite spells BYTEA as BLOB; the rest of the shared migration SQL is accepted as is. */
 const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB');
 
@@ -29,6 +32,9 @@ export class SqliteStore implements Store {
   /** No NOTIFY in SQLite: other processes' changes are found by reading the feed often. */
   readonly changeSignal: ChangeSignal = new PollingSignal();
   private readonly db: Database.Database;
+  private readonly busyTimeoutMs: number;
+  /** The last write found the file locked by another process for a whole busy timeout (write()). */
+  private locked = false;
   private readonly stmt: Record<string, Database.Statement>;
   /** Handshakes are frequent and independent: their channel rows share transactions. */
   private readonly channelCommits = new GroupCommit<ChannelRow>((rows) => {
@@ -50,7 +56,8 @@ export class SqliteStore implements Store {
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('secure_delete = ON');
-    this.db.pragma(`busy_timeout = ${Math.round(options.busyTimeoutMs ?? 5000)}`);
+    this.busyTimeoutMs = Math.round(options.busyTimeoutMs ?? 5000);
+    this.db.pragma(`busy_timeout = ${this.busyTimeoutMs}`);
     this.migrate();
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
@@ -107,9 +114,30 @@ export class SqliteStore implements Store {
     this.stmt.insertChange!.run(seq, kind, subject, Date.now());
   }
 
-  /** One transaction that writes, holding the file's write lock from its first statement on. */
+  /**
+   * One transaction that writes, holding the file's write lock from its first statement on.
+   *
+   * A wait for the lock blocks the whole process (better-sqlite3 is synchronous), so once a write
+   * has waited its whole busy timeout in vain the file is taken for locked (another process holds
+   * a long transaction, a backup, an operator's sqlite3 shell): until a write gets the lock again,
+   * each waits only LOCKED_WAIT_MS and fails fast. Otherwise every write queued behind it (audit
+   * batches, heartbeats, the lease, other requests) would each stall the event loop a whole
+   * timeout, and one request would wait for all of them; a locked file must be a 503 within about
+   * one deadline (docs/decisions.md, "A locked SQLite file").
+   */
   private write<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    const locked = this.locked;
+    if (locked) this.db.pragma(`busy_timeout = ${LOCKED_WAIT_MS}`);
+    try {
+      const result = this.db.transaction(fn).immediate();
+      this.locked = false;
+      return result;
+    } catch (err) {
+      if (String((err as { code?: unknown }).code).startsWith('SQLITE_BUSY')) this.locked = true;
+      throw err;
+    } finally {
+      if (locked) this.db.pragma(`busy_timeout = ${this.busyTimeoutMs}`);
+    }
   }
 
   private migrate(): void {
@@ -304,9 +332,11 @@ export class SqliteStore implements Store {
 
   async recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void> {
     rules.checkInstant('at', at);
-    this.db
-      .prepare('INSERT INTO peer_fetches (resource_id, peer, fetched_at) VALUES (?, ?, ?) ON CONFLICT (resource_id, peer) DO UPDATE SET fetched_at = excluded.fetched_at')
-      .run(resourceId, peer, at);
+    this.write(() =>
+      this.db
+        .prepare('INSERT INTO peer_fetches (resource_id, peer, fetched_at) VALUES (?, ?, ?) ON CONFLICT (resource_id, peer) DO UPDATE SET fetched_at = excluded.fetched_at')
+        .run(resourceId, peer, at),
+    );
   }
 
   async peersThatFetched(resourceId: string): Promise<string[]> {
@@ -472,11 +502,11 @@ export class SqliteStore implements Store {
     rules.checkPushTargets(targets);
     rules.checkCount('attempts', attempts);
     rules.checkInstant('nextAttemptAt', nextAttemptAt);
-    this.db.prepare('UPDATE push_outbox SET targets = ?, attempts = ?, next_attempt_at = ? WHERE id = ?').run(JSON.stringify(targets), attempts, nextAttemptAt, id);
+    this.write(() => this.db.prepare('UPDATE push_outbox SET targets = ?, attempts = ?, next_attempt_at = ? WHERE id = ?').run(JSON.stringify(targets), attempts, nextAttemptAt, id));
   }
 
   async deletePush(id: string): Promise<void> {
-    this.db.prepare('DELETE FROM push_outbox WHERE id = ?').run(id);
+    this.write(() => this.db.prepare('DELETE FROM push_outbox WHERE id = ?').run(id));
   }
 
   async countPushes(): Promise<number> {
@@ -502,7 +532,7 @@ export class SqliteStore implements Store {
   }
 
   async removeNode(id: string): Promise<void> {
-    this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
+    this.write(() => this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id));
   }
 
   async claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome> {

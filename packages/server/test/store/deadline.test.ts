@@ -103,6 +103,40 @@ describe('a storage deadline', () => {
     await withDeadline(store, 2000).insertKeys([keyRow(cmkId)]);
   });
 
+  test('once a write waited its whole busy timeout, the next ones fail fast until the lock is gone', async () => {
+    // better-sqlite3 waits synchronously: were every queued write to wait the whole timeout, one
+    // request would wait for all of them. Bounds here come from the mechanism, not from speed: a
+    // write that waits the busy timeout takes at least that long; one that fails fast does not.
+    const BUSY_MS = 3000;
+    const path = dbPath();
+    const store = open(path, BUSY_MS);
+    const cmkId = randomUUID();
+    await store.insertCmk({ id: cmkId, state: 'active', assignedOrgId: null, createdAt: 0, sealed: new Uint8Array([1]) });
+    const other = new Database(path);
+    other.exec('BEGIN EXCLUSIVE');
+    const timedWrite = async () => {
+      const started = performance.now();
+      await assert.rejects(store.insertKeys([keyRow(cmkId)]), (err: { code?: string }) => /^SQLITE_BUSY/.test(String(err.code)));
+      return performance.now() - started;
+    };
+    try {
+      assert.ok((await timedWrite()) >= BUSY_MS * 0.9, 'the first write waits the whole busy timeout');
+      const next = [await timedWrite(), await timedWrite()];
+      assert.ok(next.every((ms) => ms < BUSY_MS * 0.9), `the next writes fail fast: ${next.map(Math.round).join(', ')} ms`);
+    } finally {
+      other.exec('ROLLBACK');
+    }
+    // The lock gone, a write succeeds, and the whole busy timeout applies again to the next wait.
+    await store.insertKeys([keyRow(cmkId)]);
+    other.exec('BEGIN EXCLUSIVE');
+    try {
+      assert.ok((await timedWrite()) >= BUSY_MS * 0.9, 'after a success the whole timeout is waited again');
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
+    }
+  });
+
   test('a database that refuses writes is STORAGE_UNAVAILABLE (SQLITE_READONLY) on write', async () => {
     const store = open(dbPath());
     // File modes do not stop root (CI runs as root), so the database is made read-only the way
