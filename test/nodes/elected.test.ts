@@ -6,31 +6,25 @@
  * left (a push waiting for its retry) is delivered by the survivor to a real peer KMS, B, which
  * records the invalidation. Both processes record themselves in the nodes table.
  *
- * PostgreSQL: 127.0.0.1:5432, database `test` (KMS_TEST_POSTGRES_URL overrides it), a fresh schema
- * per run, dropped afterwards; skipped without a server, except under CI=true.
+ * Both backends through test/support/nodes.ts (PostgreSQL: a fresh schema, skipped without a
+ * server except under CI=true).
  */
 import assert from 'node:assert/strict';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { after, describe, test } from 'node:test';
-import Database from 'better-sqlite3';
-import pg from 'pg';
-import { postgresProblem, startDevKms, TEST_POSTGRES_URL, type DevKms } from '@openkms/server/testing';
+import { startDevKms, type DevKms } from '@openkms/server/testing';
 import { runKms, serve, type Served } from '../support/cli.js';
+import { onEachBackend, type Backend } from '../support/nodes.js';
 import { audit, caPem, peerEntry, waitFor } from '../support/federation.js';
 
 const A_AUTH = 'kms.elected.example';
 const B_AUTH = 'kms.b.example';
 const TEST = { timeout: 120_000 };
 const LEADS = 'this node leads the background work';
-
-interface Backend {
-  dbArgs: string[];
-  query<T>(sql: string, params?: unknown[]): Promise<T[]>;
-}
 
 /** The node id in the log line where a process says it leads, if it did. */
 function ledAs(node: Served): string | undefined {
@@ -49,14 +43,15 @@ async function waitUntil(cond: () => Promise<boolean>, what: string, ms: number)
   return performance.now() - started;
 }
 
-function elected(name: string, backend: (dir: string) => Backend): void {
-  describe(`one elected node among two kms serve processes on one ${name} database`, () => {
+function elected(backend: Backend): void {
+  describe(`one elected node among two kms serve processes on one ${backend.name} database`, () => {
     const dir = mkdtempSync(join(tmpdir(), 'kms-elected-'));
     const config = join(dir, 'kms.json');
     after(() => rmSync(dir, { recursive: true, force: true }));
 
     test('exactly one leads; SIGKILLed, the other takes over and delivers the push it left in the outbox to the peer', TEST, async (t) => {
-      const { dbArgs, query } = backend(dir);
+      const { dbArgs } = backend;
+      const query = <T>(sql: string, params?: unknown[]) => backend.sql<T>(dir, sql, params);
       const init = runKms(['init', '--dir', dir, '--authority', A_AUTH, '--domain', 'elected.example']);
       assert.equal(init.code, 0, init.stderr);
       // B, a real peer (in this process), that accepts A's invalidations.
@@ -94,7 +89,7 @@ function elected(name: string, backend: (dir: string) => Backend): void {
         leader.signal('SIGKILL');
 
         await waitFor(() => ledAs(survivor) !== undefined, 'the survivor to lead', 20_000);
-        t.diagnostic(`${name}: the survivor led ${Math.round(performance.now() - killedAt)} ms after the leader was SIGKILLed`);
+        t.diagnostic(`${backend.name}: the survivor led ${Math.round(performance.now() - killedAt)} ms after the leader was SIGKILLed`);
         assert.equal(await leaderGauge(survivor), '1');
         await waitUntil(async () => (await query('SELECT id FROM push_outbox WHERE id = $1', [row[0]])).length === 0, 'the outbox row to be delivered', 10_000);
         const atB = audit(b.dbPath).filter((r) => r.principal === `kms://${A_AUTH}` && r.method === 'update' && r.uri === `kms://${B_AUTH}/federation/invalidations`);
@@ -116,35 +111,4 @@ function elected(name: string, backend: (dir: string) => Backend): void {
   });
 }
 
-elected('SQLite', (dir) => ({
-  dbArgs: [],
-  // A second connection to the nodes' file, as another process would have.
-  async query<T>(sql: string, params: unknown[] = []) {
-    const db = new Database(join(dir, 'kms.db'));
-    try {
-      const stmt = db.prepare(sql.replace(/\$\d+/g, '?'));
-      return (stmt.reader ? stmt.all(...params) : (stmt.run(...params), [])) as T[];
-    } finally {
-      db.close();
-    }
-  },
-}));
-
-const problem = await postgresProblem(TEST_POSTGRES_URL);
-if (problem !== undefined) {
-  if (process.env.CI === 'true') test('one elected node on one PostgreSQL database', () => assert.fail(`${problem} (required under CI=true)`));
-  else test('one elected node on one PostgreSQL database', { skip: `skipped: ${problem}` }, () => {});
-} else {
-  const schema = `kms_elected_${randomBytes(6).toString('hex')}`;
-  const query = async <T>(sql: string, params: unknown[] = []): Promise<T[]> => {
-    const client = new pg.Client({ connectionString: TEST_POSTGRES_URL, options: `-c search_path=${schema}` });
-    await client.connect();
-    try {
-      return (await client.query(sql, params)).rows as T[];
-    } finally {
-      await client.end();
-    }
-  };
-  after(() => query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`));
-  elected('PostgreSQL', () => ({ dbArgs: ['--db', `${TEST_POSTGRES_URL}${TEST_POSTGRES_URL.includes('?') ? '&' : '?'}schema=${schema}`], query }));
-}
+await onEachBackend('one elected node among two kms serve processes on one database', elected);

@@ -19,21 +19,13 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import Database from 'better-sqlite3';
-import pg from 'pg';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { KmsClient, KmsError, type WebSocketConstructor } from '@openkms/client';
-import { postgresProblem, TEST_POSTGRES_URL } from '@openkms/server/testing';
 import { runKms, serve, type Served } from '../support/cli.js';
+import { onEachBackend, type Backend } from '../support/nodes.js';
 
 const AUTHORITY = 'kms.retries.example';
 const TEST = { timeout: 120_000 };
-
-interface Backend {
-  dbArgs: string[];
-  /** Rows of a query on the nodes' database (table names unqualified). */
-  rows(dir: string, sql: string): Promise<Record<string, unknown>[]>;
-}
 
 /** What the balancer does with the next POST /kms/messages. */
 type Plan = 'forward' | 'lose' | 'duplicate';
@@ -124,14 +116,13 @@ async function balancer(nodes: Served[]): Promise<Balancer> {
   };
 }
 
-function retries(name: string, backend: () => Backend): void {
-  describe(`retries on two kms serve processes on one ${name} database`, () => {
+function retries(db: Backend): void {
+  describe(`retries on two kms serve processes on one ${db.name} database`, () => {
     const dir = mkdtempSync(join(tmpdir(), 'kms-retries-'));
     const config = join(dir, 'kms.json');
     const nodes: Served[] = [];
     const clients: KmsClient[] = [];
     let lb: Balancer;
-    let db: Backend;
 
     const token = (user: string) => {
       const r = runKms(['token', '--config', config, '--user', user]);
@@ -151,13 +142,12 @@ function retries(name: string, backend: () => Backend): void {
       clients.push(c);
       return c;
     };
-    const keysOf = async (user: string) => (await db.rows(dir, `SELECT id FROM keys WHERE user_id = '${user}' ORDER BY id`)).map((r) => r.id as string);
+    const keysOf = async (user: string) => (await db.sql(dir, `SELECT id FROM keys WHERE user_id = '${user}' ORDER BY id`)).map((r) => r.id as string);
     const audited = async (method: string, uriLike: string) =>
-      (await db.rows(dir, `SELECT node, status, request_id FROM audit WHERE method = '${method}' AND uri LIKE '${uriLike}' ORDER BY seq`)).map((r) => ({ node: r.node as string, status: Number(r.status), requestId: r.request_id as string }));
+      (await db.sql(dir, `SELECT node, status, request_id FROM audit WHERE method = '${method}' AND uri LIKE '${uriLike}' ORDER BY seq`)).map((r) => ({ node: r.node as string, status: Number(r.status), requestId: r.request_id as string }));
     const idOf = (uri: string) => uri.slice(uri.lastIndexOf('/') + 1);
 
     before(async () => {
-      db = backend();
       const init = runKms(['init', '--dir', dir, '--authority', AUTHORITY, '--domain', 'retries.example']);
       assert.equal(init.code, 0, init.stderr);
       nodes.push(await serve(['--config', config, '--port', '0', ...db.dbArgs]));
@@ -211,7 +201,7 @@ function retries(name: string, backend: () => Backend): void {
       const keys = await carol.createKeys(2);
       lb.plan('lose');
       const { resource } = await carol.createResource({ keyUris: keys.map((k) => k.uri), authIds: ['dave@retries.example'] });
-      const resources = await db.rows(dir, `SELECT id FROM resources WHERE creator = '${user}'`);
+      const resources = await db.sql(dir, `SELECT id FROM resources WHERE creator = '${user}'`);
       assert.deepEqual(resources.map((r) => r.id), [idOf(resource.uri)], 'one resource');
       lb.plan('lose');
       const added = await carol.authorize(resource.uri, ['erin@retries.example']);
@@ -251,37 +241,4 @@ function retries(name: string, backend: () => Backend): void {
   });
 }
 
-retries('SQLite', () => ({
-  dbArgs: [],
-  async rows(dir, sql) {
-    const db = new Database(join(dir, 'kms.db'), { readonly: true, fileMustExist: true });
-    try {
-      return db.prepare(sql).all() as Record<string, unknown>[];
-    } finally {
-      db.close();
-    }
-  },
-}));
-
-const problem = await postgresProblem(TEST_POSTGRES_URL);
-if (problem !== undefined) {
-  if (process.env.CI === 'true') test('retries on one PostgreSQL database', () => assert.fail(`${problem} (required under CI=true)`));
-  else test('retries on one PostgreSQL database', { skip: `skipped: ${problem}` }, () => {});
-} else {
-  const schema = `kms_retries_${randomBytes(6).toString('hex')}`;
-  const query = async (sql: string): Promise<Record<string, unknown>[]> => {
-    const client = new pg.Client({ connectionString: TEST_POSTGRES_URL });
-    await client.connect();
-    try {
-      await client.query(`SET search_path TO ${schema}`);
-      return (await client.query(sql)).rows as Record<string, unknown>[];
-    } finally {
-      await client.end();
-    }
-  };
-  after(() => query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`));
-  retries('PostgreSQL', () => ({
-    dbArgs: ['--db', `${TEST_POSTGRES_URL}${TEST_POSTGRES_URL.includes('?') ? '&' : '?'}schema=${schema}`],
-    rows: (_dir, sql) => query(sql),
-  }));
-}
+await onEachBackend('retries on two kms serve processes on one database', retries);

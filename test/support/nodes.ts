@@ -35,7 +35,8 @@ export async function onEachBackend(title: string, register: (backend: Backend) 
     async sql<T>(dir: string, text: string, params: unknown[] = []) {
       const db = new Database(join(dir, 'kms.db'), { fileMustExist: true });
       try {
-        const stmt = db.prepare(text);
+        // One SQL text serves both: PostgreSQL's $1, $2… become SQLite's ?, in the order written.
+        const stmt = db.prepare(text.replace(/\$\d+/g, '?'));
         return (stmt.reader ? stmt.all(...params) : (stmt.run(...params), [])) as T[];
       } finally {
         db.close();
