@@ -136,6 +136,10 @@ await onEachBackend('two nodes on one database: concurrent binds, and one node k
       t.diagnostic(`${backend.name}: first write sent after the kill acknowledged ${Math.round(load.firstAcknowledgedAfterKillMs ?? -1)} ms after it; ${load.acknowledgedAfterKill} acknowledged after it, all by node 2; read back in ${Math.round(verifyMs)} ms with ${load.verifyRetries} reads asked again after a 503; lost: ${lost.length}`);
       assert.deepEqual(lost.slice(0, 20), [], `${lost.length} acknowledged writes lost`);
 
+      // Each acknowledged answer, of node 1 or node 2 (a resend's answer is node 2's), has its record.
+      const audited = await backend.sql<{ request_id: string }>(cluster.dir, 'SELECT request_id FROM audit WHERE status >= 200 AND status < 300');
+      const unaudited = load.unaudited(audited.map((r) => r.request_id));
+      assert.deepEqual(unaudited.slice(0, 20), [], `${unaudited.length} acknowledged requests have no 2xx audit record`);
       const internal = await backend.sql(cluster.dir, 'SELECT seq FROM audit WHERE status = 500');
       assert.deepEqual(internal, [], 'no request was a 500, on either node');
 

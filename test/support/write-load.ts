@@ -12,7 +12,8 @@
  */
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { KmsError, type KeyRep, type KmsClient } from '@openkms/client';
+import { KmsError, type AuthorizationRep, type KeyRep, type KmsClient, type ResourceRep } from '@openkms/client';
+import type { KmsResponse } from '@openkms/protocol';
 
 /** One write a client was told succeeded. */
 interface Acknowledged {
@@ -57,8 +58,8 @@ export class WriteLoad {
   /** How long after the kill the first request sent after it was acknowledged (ms). */
   firstAcknowledgedAfterKillMs: number | undefined;
   private killedAtMs = 0;
-  /** Acknowledged requests by operation. */
-  readonly acknowledgedByOp: Record<string, number> = {};
+  /** The requestIds of the acknowledged requests. */
+  readonly acknowledgedRequestIds = new Set<string>();
   readonly failures: Failure[] = [];
   /** Reads of `verify` answered 503 and asked again. */
   verifyRetries = 0;
@@ -94,14 +95,18 @@ export class WriteLoad {
     await this.running;
   }
 
-  /** Runs one request, counting it in flight, and records its outcome. */
-  private async call<T>(op: string, work: () => Promise<T>): Promise<T | undefined> {
+  /**
+   * Sends one request through the SDK (`client.request`: the answer's payload, its requestId
+   * echoed, so the audit record of each acknowledged write can be found), counting it in flight,
+   * and records its outcome.
+   */
+  private async call(client: KmsClient, op: string, body: { method: string; uri: string; [member: string]: unknown }): Promise<KmsResponse | undefined> {
     const sentAt = ++this.sequence;
     this.inFlight++;
     try {
-      const value = await work();
+      const answer = await client.request(body);
       this.acknowledged++;
-      this.acknowledgedByOp[op] = (this.acknowledgedByOp[op] ?? 0) + 1;
+      this.acknowledgedRequestIds.add(String(answer.requestId));
       if (this.killedAt !== undefined) {
         if (sentAt < this.killedAt) this.inFlightAcknowledged++;
         else {
@@ -109,7 +114,7 @@ export class WriteLoad {
           this.firstAcknowledgedAfterKillMs ??= performance.now() - this.killedAtMs;
         }
       }
-      return value;
+      return answer;
     } catch (error) {
       const afterKill = this.killedAt !== undefined && sentAt > this.killedAt;
       this.failures.push({ op, inFlightAtKill: this.killedAt !== undefined && !afterKill, afterKill, error });
@@ -122,25 +127,35 @@ export class WriteLoad {
   private async worker(client: KmsClient, i: number): Promise<void> {
     const acked = this.acked[i]!;
     while (!this.stopping) {
-      const keys = await this.call('create keys', () => client.createKeys(2));
-      if (!keys) continue;
+      const created = await this.call(client, 'create keys', { method: 'create', uri: '/keys', count: 2 });
+      if (!created) continue;
+      const keys = created.keys as KeyRep[];
       for (const k of keys) acked.keys.set(k.uri, k.jwk.k);
       const [first, second] = keys as [KeyRep, KeyRep];
       if (this.stopping) break;
       const n = this.sequence;
-      const created = await this.call('create resource', () => client.createResource({ keyUris: [first.uri], authIds: [`reader-${n}@${this.authorizeDomain}`] }));
-      if (!created) continue;
-      const resource = created.resource.uri;
+      const made = await this.call(client, 'create resource', { method: 'create', uri: '/resources', keyUris: [first.uri], authIds: [`reader-${n}@${this.authorizeDomain}`] });
+      if (!made) continue;
+      const resource = (made.resource as ResourceRep).uri;
       acked.bound.set(first.uri, resource);
-      acked.authorizations.set(resource, new Set(created.resource.authorizationUris));
+      acked.authorizations.set(resource, new Set((made.resource as ResourceRep).authorizationUris));
       if (this.stopping) break;
-      const added = await this.call('create authorizations', () => client.authorize(resource, [`added-${n}@${this.authorizeDomain}`]));
+      const added = await this.call(client, 'create authorizations', { method: 'create', uri: '/authorizations', resourceUri: resource, authIds: [`added-${n}@${this.authorizeDomain}`] });
       if (!added) continue;
-      for (const a of added) acked.authorizations.get(resource)!.add(a.uri);
+      for (const a of added.authorizations as AuthorizationRep[]) acked.authorizations.get(resource)!.add(a.uri);
       if (this.stopping) break;
-      const bound = await this.call('bind key', () => client.bindKey(second.uri, resource));
+      const bound = await this.call(client, 'bind key', { method: 'update', uri: second.uri, resourceUri: resource });
       if (bound) acked.bound.set(second.uri, resource);
     }
+  }
+
+  /**
+   * The acknowledged requests missing from the audit log: `audited` are the requestIds of its
+   * 2xx records. Each answer is sent only once its record is committed, so none may be missing.
+   */
+  unaudited(audited: Iterable<string>): string[] {
+    const inLog = new Set(audited);
+    return [...this.acknowledgedRequestIds].filter((id) => !inLog.has(id));
   }
 
   /** How many writes of each kind were acknowledged. */
