@@ -81,6 +81,8 @@ await onEachBackend('a node killed with SIGKILL under write load', (backend) => 
       const verify = cluster.verifyAudit();
       assert.equal(verify.code, 0, verify.stderr);
       assert.match(verify.stdout, /^audit log intact: \d+ records\n/);
+      // The killed process and its restart (a node id of its own): one chain.
+      assert.equal([...verify.stdout.matchAll(/^ {2}\d+ by node \S+$/gm)].length, 2, verify.stdout);
       // Every acknowledged request is in the log with its 2xx status: its record was committed before its answer.
       const audited = await backend.sql<{ request_id: string }>(cluster.dir, 'SELECT request_id FROM audit WHERE status >= 200 AND status < 300');
       const unaudited = load.unaudited(audited.map((r) => r.request_id));
