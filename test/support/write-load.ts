@@ -8,7 +8,8 @@
  * another user), add an authorization to it, bind the second key to it. A step that fails ends
  * its cycle (the next step needs its result) and the worker starts a new one; afterwards
  * `verify` reads every acknowledged write back through the client that made it (the creator may
- * read its unbound keys and is authorized on its resources) and names what is missing or changed.
+ * read its unbound keys and is authorized on its resources) and names what is missing or changed,
+ * and `unaudited` names the acknowledged requests (by requestId) the audit log has no 2xx record of.
  */
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -66,8 +67,8 @@ export class WriteLoad {
   private sequence = 0;
 
   /**
-   * `clients[i]` acts as `users[i]`; `workers` cycles run at once on each client (their requests
-   * share its channel and its HTTP batches). `authorizeDomain`: the domain of the users authorized.
+   * `workers` cycles run at once on each client (their requests share its channel and its HTTP
+   * batches). `authorizeDomain`: the domain of the users the resources authorize.
    */
   constructor(
     private readonly clients: KmsClient[],
