@@ -48,6 +48,8 @@ export interface Served {
   signal(name: NodeJS.Signals): void;
   /** Sends SIGTERM and resolves with the exit code. */
   stop(): Promise<number | null>;
+  /** Sends SIGKILL (no shutdown of any kind: a crash) and resolves once the process is gone. */
+  kill(): Promise<void>;
 }
 
 /** Starts `kms serve` and resolves once it prints where it listens. */
@@ -76,6 +78,10 @@ export function serve(args: string[], env: Record<string, string> = {}): Promise
           stop: () => {
             child.kill('SIGTERM');
             return exited;
+          },
+          kill: async () => {
+            child.kill('SIGKILL');
+            await exited;
           },
         });
       }

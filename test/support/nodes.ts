@@ -3,7 +3,8 @@
  * (`kms init`), its SQLite file or a fresh PostgreSQL schema (127.0.0.1:5432, database `test`;
  * KMS_TEST_POSTGRES_URL overrides it; dropped afterwards; skipped without a server, except under
  * CI=true), the nodes started one after the other, and SDK clients pinned to a node of the test's
- * choosing (as a load balancer would route them).
+ * choosing (as a load balancer would route them). A node may be killed (Served.kill) and started
+ * again on the same folder and database (`restart`): its clients follow it to its new port.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -13,9 +14,9 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { KmsClient, type FetchLike } from '@openkms/client';
+import { KmsClient, type FetchLike, type KmsClientOptions } from '@openkms/client';
 import { postgresProblem, TEST_POSTGRES_URL } from '@openkms/server/testing';
-import { runKms, serve, type Served } from './cli.js';
+import { runKms, serve, type RunResult, type Served } from './cli.js';
 
 export interface Backend {
   name: 'SQLite' | 'PostgreSQL';
@@ -67,16 +68,33 @@ export async function onEachBackend(title: string, register: (backend: Backend) 
   });
 }
 
+/** One HTTP request of the clients: the node it went to, its messages, and once settled how. */
+export interface Sent {
+  node: number;
+  messages: string[];
+  /** `answered`: an HTTP answer came; `failed`: the connection failed (refused, reset). */
+  outcome?: 'answered' | 'failed';
+}
+
+/** What a test may set of a client's own options (the rest is the cluster's). */
+export type ClientOptions = Pick<KmsClientOptions, 'clientId' | 'maxBatch' | 'timeoutMs'>;
+
 export interface Nodes {
   dir: string;
+  /** The KMS folder's kms.json. */
+  config: string;
   authority: string;
   nodes: Served[];
   /** A development token for `user`. */
   token(user: string): string;
   /** Every batch of messages the clients sent, with the node it went to, in order. */
-  sent: { node: number; messages: string[] }[];
+  sent: Sent[];
   /** An SDK client whose every HTTP request goes to node `route()` (read at each request). */
-  client(user: string, route: () => number): KmsClient;
+  client(user: string, route: () => number, options?: ClientOptions): KmsClient;
+  /** Starts node `i` again on the same folder and database (after it stopped or was killed); its clients follow it. */
+  restart(i: number): Promise<Served>;
+  /** `kms audit verify` of the nodes' database. */
+  verifyAudit(): RunResult;
   /** Stops the clients and the nodes. */
   stop(): Promise<void>;
 }
@@ -90,29 +108,46 @@ export async function startNodes(backend: Backend, count: number, authority = 'k
   const nodes: Served[] = [];
   const clients: KmsClient[] = [];
   const sent: Nodes['sent'] = [];
+  const start = () => serve(['--config', config, '--port', '0', ...backend.dbArgs]);
   // One after the other: the first creates the database's first CMK, the others find it.
-  for (let i = 0; i < count; i++) nodes.push(await serve(['--config', config, '--port', '0', ...backend.dbArgs]));
+  for (let i = 0; i < count; i++) nodes.push(await start());
+  // Clients are made for the first node's URL and routed from it: it stays their base when a node
+  // is started again (on another port).
+  const base = nodes[0]!.url;
   const token = (user: string) => {
     const r = runKms(['token', '--config', config, '--user', user]);
     assert.equal(r.code, 0, r.stderr);
     return r.stdout.trim();
   };
+  // One `kms token` run per user (a process start each): a user's clients share it.
+  const tokens = new Map<string, string>();
   return {
     dir,
+    config,
     authority,
     nodes,
     token,
     sent,
-    client(user, route) {
+    client(user, route, options = {}) {
       const routed: FetchLike = (input, init) => {
         const node = route();
-        if (typeof init?.body === 'string' && input.endsWith('/kms/messages')) sent.push({ node, messages: (JSON.parse(init.body) as { kmsMessages: string[] }).kmsMessages });
-        return fetch(input.replace(nodes[0]!.url, nodes[node]!.url), init);
+        const answer = fetch(input.replace(base, nodes[node]!.url), init);
+        if (typeof init?.body !== 'string' || !input.endsWith('/kms/messages')) return answer;
+        const entry: Sent = { node, messages: (JSON.parse(init.body) as { kmsMessages: string[] }).kmsMessages };
+        sent.push(entry);
+        return answer.then(
+          (res) => ((entry.outcome = 'answered'), res),
+          (err: unknown) => {
+            entry.outcome = 'failed';
+            throw err;
+          },
+        );
       };
       const c = new KmsClient({
-        url: nodes[0]!.url,
+        ...options,
+        url: base,
         authority,
-        token: token(user),
+        token: tokens.get(user) ?? tokens.set(user, token(user)).get(user)!,
         trustAnchors: [readFileSync(join(dir, 'ca.pem'), 'utf8')],
         fetch: routed,
         debounceMs: 0,
@@ -120,6 +155,11 @@ export async function startNodes(backend: Backend, count: number, authority = 'k
       clients.push(c);
       return c;
     },
+    async restart(i) {
+      nodes[i] = await start();
+      return nodes[i];
+    },
+    verifyAudit: () => runKms(['audit', 'verify', '--config', config, ...backend.dbArgs]),
     async stop() {
       await Promise.all(clients.map((c) => c.close().catch(() => {})));
       await Promise.all(nodes.map((n) => n.stop()));
