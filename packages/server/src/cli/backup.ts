@@ -47,9 +47,19 @@ function storageUrl(flag: string | undefined, config: KmsConfig): string {
 /** A failure said in one line: the file's problems name the file; PostgreSQL's never the password. */
 function oneLine(err: unknown, url: string, file?: string): never {
   if (err instanceof BackupFileError) throw new ConfigError(`${file}: ${err.message}`);
-  if (err instanceof SnapshotError || err instanceof ConfigError || err instanceof UsageError) throw err instanceof SnapshotError ? new ConfigError(err.message) : err;
-  if (!url.startsWith('sqlite:')) throw new ConfigError(postgresProblem(url, err));
-  throw new ConfigError(`${(err as Error).message ?? String(err)}`);
+  if (err instanceof SnapshotError) throw new ConfigError(err.message);
+  if (err instanceof ConfigError || err instanceof UsageError) throw err;
+  if (url.startsWith('sqlite:')) throw new ConfigError(`SQLite database ${url.slice('sqlite:'.length)}: ${(err as Error).message ?? String(err)}`);
+  throw new ConfigError(postgresProblem(url, err));
+}
+
+/** Runs a write to the backup file; a failure (a full disk) says so, not as a database problem. */
+function writing<T>(file: string, write: () => T): T {
+  try {
+    return write();
+  } catch (err) {
+    throw new ConfigError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
 }
 
 const counted = (rows: Record<string, number>) =>
@@ -69,16 +79,14 @@ export async function backupCommand(argv: string[]): Promise<void> {
   let rows: Record<string, number>;
   try {
     rows = await readSnapshot(url, async (snapshot) => {
-      try {
-        writer = BackupWriter.create(file, { schemaVersion: snapshot.schemaVersion, authority: config.authority, createdAt: new Date().toISOString(), kmsVersion: KMS_VERSION });
-      } catch (err) {
-        throw new ConfigError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-      }
+      const w = (writer = writing(file, () =>
+        BackupWriter.create(file, { schemaVersion: snapshot.schemaVersion, authority: config.authority, createdAt: new Date().toISOString(), kmsVersion: KMS_VERSION }),
+      ));
       for (const table of snapshot.tables) {
-        writer.startTable(table);
-        for await (const row of snapshot.rows(table)) writer.row(row);
+        writing(file, () => w.startTable(table));
+        for await (const row of snapshot.rows(table)) writing(file, () => w.row(row));
       }
-      return writer.finish();
+      return writing(file, () => w.finish());
     });
   } catch (err) {
     writer?.abort();
@@ -91,8 +99,9 @@ export async function backupCommand(argv: string[]): Promise<void> {
  * Reads the whole file once before anything is written: its header must be of this KMS and of a
  * schema this kms knows, its trailer must match, its CMKs must unseal under this root key.
  */
-async function checkedBackup(file: string, config: KmsConfig, rootKey: Uint8Array): Promise<BackupHeader> {
+async function checkedBackup(file: string, config: KmsConfig, rootKey: Uint8Array): Promise<{ header: BackupHeader; sha256: string }> {
   let header: BackupHeader | undefined;
+  let sha256 = '';
   let table: TableShape | undefined;
   const cmks: { id: string; sealed: Uint8Array }[] = [];
   for await (const entry of readBackup(file)) {
@@ -110,18 +119,24 @@ async function checkedBackup(file: string, config: KmsConfig, rootKey: Uint8Arra
       const sealed = at('sealed');
       if (typeof id !== 'string' || !(sealed instanceof Uint8Array)) throw new BackupFileError('a CMK row has no id or sealed key');
       cmks.push({ id, sealed });
+    } else if ('trailer' in entry) {
+      sha256 = entry.trailer.sha256;
     }
   }
   const foreign = cmks.find((cmk) => !sealedUnder(rootKey, cmk));
   if (foreign) throw new BackupFileError(`CMK ${foreign.id} was not sealed under this config's root key: restoring needs the root key the backup was made under`);
-  return header!;
+  return { header: header!, sha256 };
 }
 
-/** The file's tables and rows as a restore takes them (the trailer, checked again, ends it). */
-async function* entriesOf(file: string): AsyncGenerator<RestoreEntry> {
+/**
+ * The file's tables and rows as a restore takes them. Its trailer ends them, checked again, and
+ * must be the one checkedBackup read: a file replaced meanwhile rolls the restore back.
+ */
+async function* entriesOf(file: string, sha256: string): AsyncGenerator<RestoreEntry> {
   for await (const entry of readBackup(file)) {
     if ('table' in entry) yield { table: entry.table };
     else if ('row' in entry) yield { row: entry.row };
+    else if ('trailer' in entry && entry.trailer.sha256 !== sha256) throw new BackupFileError('it changed while it was being restored');
   }
 }
 
@@ -135,12 +150,13 @@ export async function restoreCommand(argv: string[]): Promise<void> {
   if (!existsSync(file)) throw new ConfigError(`no backup at ${file}`);
   const rootKey = rootKeyOf(config);
 
-  let header: BackupHeader;
+  let checked: { header: BackupHeader; sha256: string };
   try {
-    header = await checkedBackup(file, config, rootKey);
+    checked = await checkedBackup(file, config, rootKey);
   } catch (err) {
     oneLine(err, url, file);
   }
+  const { header } = checked;
   const held = await dataHeldAt(url, '--db');
   if (held) throw new ConfigError(`refusing to restore: ${held}; restore needs an empty database`);
 
@@ -148,7 +164,7 @@ export async function restoreCommand(argv: string[]): Promise<void> {
   const createdFile = url.startsWith('sqlite:') && !existsSync(url.slice('sqlite:'.length)) ? url.slice('sqlite:'.length) : undefined;
   let rows: Record<string, number>;
   try {
-    rows = await restoreSnapshot(url, header.schemaVersion, entriesOf(file));
+    rows = await restoreSnapshot(url, header.schemaVersion, entriesOf(file, checked.sha256));
   } catch (err) {
     if (createdFile) for (const suffix of ['', '-wal', '-shm']) rmSync(`${createdFile}${suffix}`, { force: true });
     oneLine(err, url, file);

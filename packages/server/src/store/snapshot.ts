@@ -435,9 +435,11 @@ export async function restoreSnapshot(url: string, schemaVersion: number, entrie
     return counts;
   } catch (err) {
     await c.rollback();
-    if (err instanceof SnapshotError) throw err;
-    const e = err as { message?: string; code?: string };
-    throw new SnapshotError(`cannot restore: ${String(e.message ?? e.code ?? err).split('\n')[0]}; nothing was written`);
+    // The database's own refusals (a constraint, a lost connection: they carry a code) in one line;
+    // anything else, such as the entries failing, as it was thrown.
+    const e = err as { message?: string; code?: unknown };
+    if (err instanceof SnapshotError || typeof e.code !== 'string') throw err;
+    throw new SnapshotError(`cannot restore: ${String(e.message ?? e.code).split('\n')[0]}; nothing was written`);
   } finally {
     await c.close();
   }
