@@ -217,12 +217,13 @@ await onEachBackend('kms restore', (backend) => {
       assert.equal(await count(), before);
     });
 
-    test('a backup of it restores into a SQLite file (from PostgreSQL: across backends)', TEST, async () => {
+    test('a backup of it restores into a SQLite file (from PostgreSQL: across backends); every option from the environment', TEST, async () => {
       const again = join(dir, 'again.backup');
-      const b = runKms(['backup', '--config', configOf(dir), ...backend.dbArgs, '--out', again]);
+      const db: Record<string, string> = backend.dbArgs.length > 0 ? { KMS_DB: backend.dbArgs[1]! } : {};
+      const b = runKms(['backup'], { KMS_CONFIG: configOf(dir), ...db, KMS_BACKUP_OUT: again });
       assert.equal(b.code, 0, b.stderr);
       const target = sameKmsFolder(`from-${backend.name}`);
-      const r = runKms(['restore', '--config', configOf(target), '--from', again]);
+      const r = runKms(['restore'], { KMS_CONFIG: configOf(target), KMS_RESTORE_FROM: again });
       assert.equal(r.code, 0, r.stderr);
       const { server } = await sameKeysServed(target, []);
       assert.equal(await server.stop(), 0);
