@@ -68,13 +68,18 @@ const counted = (rows: Record<string, number>) =>
     .join(', ');
 const total = (rows: Record<string, number>) => Object.values(rows).reduce((a, b) => a + b, 0);
 
-export async function backupCommand(argv: string[]): Promise<void> {
-  const { values } = parse(argv, { config: { type: 'string' }, db: { type: 'string' }, out: { type: 'string' } }, { usage: BACKUP_USAGE });
-  const out = flagOrEnv(values.str('out'), 'KMS_BACKUP_OUT');
-  if (!out) throw new UsageError('kms backup needs --out FILE (or KMS_BACKUP_OUT)');
+/** Both commands' flags: the config, the database and the backup file (`fileFlag`), each also from the environment. */
+function commandLine(argv: string[], command: string, fileFlag: 'out' | 'from', fileEnv: string, usage: string): { config: KmsConfig; url: string; urlFrom: string; file: string } {
+  const { values } = parse(argv, { config: { type: 'string' }, db: { type: 'string' }, [fileFlag]: { type: 'string' } }, { usage });
+  const file = flagOrEnv(values.str(fileFlag), fileEnv);
+  if (!file) throw new UsageError(`kms ${command} needs --${fileFlag} FILE (or ${fileEnv})`);
   const config = loadConfig(flagOrEnv(values.str('config'), 'KMS_CONFIG') ?? DEFAULT_CONFIG);
-  const url = storageUrl(values.str('db'), config);
-  const file = resolve(out);
+  const urlFrom = values.str('db') !== undefined ? '--db' : process.env.KMS_DB ? 'KMS_DB' : 'storage.url of the config';
+  return { config, url: storageUrl(values.str('db'), config), urlFrom, file: resolve(file) };
+}
+
+export async function backupCommand(argv: string[]): Promise<void> {
+  const { config, url, file } = commandLine(argv, 'backup', 'out', 'KMS_BACKUP_OUT', BACKUP_USAGE);
   let writer: BackupWriter | undefined;
   let rows: Record<string, number>;
   try {
@@ -141,12 +146,7 @@ async function* entriesOf(file: string, sha256: string): AsyncGenerator<RestoreE
 }
 
 export async function restoreCommand(argv: string[]): Promise<void> {
-  const { values } = parse(argv, { config: { type: 'string' }, db: { type: 'string' }, from: { type: 'string' } }, { usage: RESTORE_USAGE });
-  const from = flagOrEnv(values.str('from'), 'KMS_RESTORE_FROM');
-  if (!from) throw new UsageError('kms restore needs --from FILE (or KMS_RESTORE_FROM)');
-  const config = loadConfig(flagOrEnv(values.str('config'), 'KMS_CONFIG') ?? DEFAULT_CONFIG);
-  const url = storageUrl(values.str('db'), config);
-  const file = resolve(from);
+  const { config, url, urlFrom, file } = commandLine(argv, 'restore', 'from', 'KMS_RESTORE_FROM', RESTORE_USAGE);
   if (!existsSync(file)) throw new ConfigError(`no backup at ${file}`);
   const rootKey = rootKeyOf(config);
 
@@ -157,7 +157,7 @@ export async function restoreCommand(argv: string[]): Promise<void> {
     oneLine(err, url, file);
   }
   const { header } = checked;
-  const held = await dataHeldAt(url, '--db');
+  const held = await dataHeldAt(url, urlFrom);
   if (held) throw new ConfigError(`refusing to restore: ${held}; restore needs an empty database`);
 
   // A SQLite file this restore creates is removed again if the restore fails: nothing is left behind.
