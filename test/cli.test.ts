@@ -114,6 +114,8 @@ describe('--help on every command prints its usage and does nothing else', () =>
     { args: ['peer', 'remove', '--config', cfg, '--authority', 'kms.b.example'], usage: /^usage: kms peer add / },
     { args: ['audit'], usage: /^usage: kms audit verify / },
     { args: ['audit', 'verify', '--config', cfg], usage: /^usage: kms audit verify / },
+    { args: ['backup', '--config', cfg, '--out', join(kmsDir, 'kms.backup')], usage: /^usage: kms backup / },
+    { args: ['restore', '--config', cfg, '--db', `sqlite:${join(kmsDir, 'restored.db')}`, '--from', join(kmsDir, 'kms.backup')], usage: /^usage: kms restore / },
     { args: ['client'], usage: /^usage: kms client / },
     { args: ['client', 'keys', 'create', '--config', cfg, '--token', 't'], usage: /^usage: kms client / },
     { args: ['client', 'key', 'get', 'kms://kms.a.example/keys/x', '--config', cfg, '--token', 't'], usage: /^usage: kms client / },

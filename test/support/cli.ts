@@ -17,6 +17,19 @@ export function runKms(args: string[], env: Record<string, string> = {}, options
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** runKms without blocking this process: the test's own clients go on meanwhile (e.g. writing to a KMS while it is backed up). */
+export function runKmsAsync(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+  const child = spawn(process.execPath, [KMS_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
 /** What OPERATING.md promises for bad input: one `kms: …` line on stderr, no stack trace. */
 export function oneClearLine(stderr: string): void {
   const lines = stderr.trim().split('\n');

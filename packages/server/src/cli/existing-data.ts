@@ -9,10 +9,15 @@ import { isAbsolute, join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
 import { postgresConnection } from '../store/postgres.js';
+import { SEEDED } from '../store/snapshot.js';
 import { postgresAddress, postgresProblem } from '../server.js';
 
-/** Bookkeeping of the schema, not data: a database that holds only this is as good as empty. */
+/**
+ * Bookkeeping of the schema, not data: a database that holds only this, and the rows the
+ * migrations seed (store/snapshot.ts SEEDED), is as good as empty.
+ */
 const NOT_DATA = new Set(['schema_migrations']);
+const rowsOf = (table: string, from: string) => `SELECT 1 FROM ${from}${SEEDED[table] ? ` WHERE NOT (${SEEDED[table]})` : ''} LIMIT 1`;
 const CHECK_TIMEOUT_MS = 5_000;
 
 /** The databases a folder's KMS would use: its default kms.db, and whatever its kms.json names. */
@@ -35,7 +40,7 @@ function sqliteTablesWithRows(path: string): string[] {
   try {
     db.pragma('query_only = ON');
     const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").all() as { name: string }[]).map((t) => t.name);
-    return tables.filter((t) => !NOT_DATA.has(t) && db.prepare(`SELECT 1 FROM "${t.replaceAll('"', '""')}" LIMIT 1`).get() !== undefined);
+    return tables.filter((t) => !NOT_DATA.has(t) && db.prepare(rowsOf(t, `"${t.replaceAll('"', '""')}"`)).get() !== undefined);
   } finally {
     db.close();
   }
@@ -55,7 +60,7 @@ async function postgresTablesWithRows(url: string): Promise<string[]> {
     for (const { table_schema, table_name } of rows) {
       if (NOT_DATA.has(table_name)) continue;
       const ident = (s: string) => `"${s.replaceAll('"', '""')}"`;
-      const found = await client.query(`SELECT 1 FROM ${ident(table_schema)}.${ident(table_name)} LIMIT 1`);
+      const found = await client.query(rowsOf(table_name, `${ident(table_schema)}.${ident(table_name)}`));
       if (found.rowCount) full.push(table_name);
     }
     return full;
@@ -73,25 +78,36 @@ const listed = (tables: string[]) => `table${tables.length === 1 ? '' : 's'} ${t
  */
 export async function dataHeldFor(dir: string, configFile: string): Promise<string | undefined> {
   for (const url of databasesOf(dir, configFile)) {
-    if (url.startsWith('sqlite:')) {
-      const path = url.slice('sqlite:'.length);
-      if (path === ':memory:' || path === '' || !existsSync(path) || statSync(path).size === 0) continue;
-      let tables: string[];
-      try {
-        tables = sqliteTablesWithRows(path);
-      } catch (err) {
-        return `${path} exists and cannot be read as a KMS database (${(err as Error).message}); move it away first`;
-      }
-      if (tables.length > 0) return `${path} holds data (${listed(tables)})`;
-    } else if (url.startsWith('postgres://') || url.startsWith('postgresql://')) {
-      let tables: string[];
-      try {
-        tables = await postgresTablesWithRows(url);
-      } catch (err) {
-        return `cannot tell whether the database holds data: ${postgresProblem(url, err)}`;
-      }
-      if (tables.length > 0) return `the PostgreSQL database at ${postgresAddress(url)} (storage.url of ${configFile}) holds data (${listed(tables)})`;
+    const held = await dataHeldAt(url, `storage.url of ${configFile}`);
+    if (held) return held;
+  }
+  return undefined;
+}
+
+/**
+ * Why the database at `url` (a SQLite path already resolved) is not empty, in one line, or
+ * undefined when it holds no data or does not exist yet. `named`: where a PostgreSQL URL came
+ * from, for the message (never the URL itself, which may hold a password).
+ */
+export async function dataHeldAt(url: string, named: string): Promise<string | undefined> {
+  if (url.startsWith('sqlite:')) {
+    const path = url.slice('sqlite:'.length);
+    if (path === ':memory:' || path === '' || !existsSync(path) || statSync(path).size === 0) return undefined;
+    let tables: string[];
+    try {
+      tables = sqliteTablesWithRows(path);
+    } catch (err) {
+      return `${path} exists and cannot be read as a KMS database (${(err as Error).message}); move it away first`;
     }
+    if (tables.length > 0) return `${path} holds data (${listed(tables)})`;
+  } else if (url.startsWith('postgres://') || url.startsWith('postgresql://')) {
+    let tables: string[];
+    try {
+      tables = await postgresTablesWithRows(url);
+    } catch (err) {
+      return `cannot tell whether the database holds data: ${postgresProblem(url, err)}`;
+    }
+    if (tables.length > 0) return `the PostgreSQL database at ${postgresAddress(url)} (${named}) holds data (${listed(tables)})`;
   }
   return undefined;
 }

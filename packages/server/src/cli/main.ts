@@ -7,6 +7,7 @@ import { ConfigError } from '../config.js';
 import { KMS_VERSION } from '../version.js';
 import { HelpRequested, UsageError } from './args.js';
 import { auditCommand } from './audit.js';
+import { backupCommand, restoreCommand } from './backup.js';
 import { clientCommand } from './client.js';
 import { demoCommand } from './demo.js';
 import { initCommand } from './init.js';
@@ -21,6 +22,8 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   status: statusCommand,
   token: tokenCommand,
   audit: auditCommand,
+  backup: backupCommand,
+  restore: restoreCommand,
   client: clientCommand,
   peer: peerCommand,
   demo: demoCommand,
@@ -33,6 +36,8 @@ const USAGE = `usage: kms <command> [options]
   token         print a development access token
   peer          add, list or remove federation peers (other KMSs this one trusts)
   audit verify  check the audit log's hash chain
+  backup        write an online, consistent backup of the database (never the root key)
+  restore       restore a backup into an empty database
   client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)
   demo          the federation scenario end to end: two KMSs, a file service, Alice and Bob
   version       print the version of this kms (also kms --version)

@@ -50,6 +50,19 @@ export function generateRootKey(): string {
   return randomBytes(32).toString('base64') + '\n';
 }
 
+/**
+ * Whether a CMK row was sealed under this root key: a restore checks a backup's CMKs before it
+ * writes, since a database is unreadable under any other root key.
+ */
+export function sealedUnder(rootKey: Uint8Array, row: Pick<CmkRow, 'id' | 'sealed'>): boolean {
+  try {
+    unseal(rootKey, row.sealed, `cmk:${row.id}`).fill(0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 interface LoadedCmk {
   row: CmkRow;
   key: Secret;

@@ -88,7 +88,7 @@ function insertSql(table: string, columns: string[], rows: number): string {
   return `INSERT INTO ${table} (${columns.join(', ')}) VALUES ${tuples.join(', ')}`;
 }
 
-async function insertRows(q: Queryable, table: string, columns: string[], values: unknown[][]): Promise<void> {
+export async function insertRows(q: Queryable, table: string, columns: string[], values: unknown[][]): Promise<void> {
   for (let i = 0; i < values.length; i += CHUNK) {
     const chunk = values.slice(i, i + CHUNK);
     await q.query(insertSql(table, columns, chunk.length), chunk.flat());
@@ -99,8 +99,8 @@ async function insertRows(q: Queryable, table: string, columns: string[], values
 const toPostgres = (sql: string) => sql;
 
 /** Advisory lock keys (two int4 form): class, then a constant or a hash. */
-const LOCK_CLASS = 0x4b4d5300; // 'KMS\0'
-const LOCK_MIGRATE = 1;
+export const LOCK_CLASS = 0x4b4d5300; // 'KMS\0'
+export const LOCK_MIGRATE = 1;
 /** Second key: hashtext(peer authority); see acceptPeerRequest. (LOCK_CLASS + 1: CMK scopes.) */
 const LOCK_PEER_REQUESTS = LOCK_CLASS + 2;
 /** Second key: hashtext(resource URI); see putCopy and invalidateCopies. */

@@ -25,7 +25,7 @@ import type { Store } from './store.js';
 const LOCKED_WAIT_MS = 50;
 
 /** SQLite spells BYTEA as BLOB; the rest of the shared migration SQL is accepted as is. */
-const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB');
+export const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB');
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const;
