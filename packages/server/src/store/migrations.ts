@@ -248,3 +248,17 @@ CREATE INDEX retry_answers_expiry ON retry_answers (expires_at);
 `,
   },
 ];
+
+/** The schema version this kms creates and reads (the last migration). */
+export const SCHEMA_VERSION = Math.max(...migrations.map((m) => m.version));
+
+/**
+ * Refuses a database a newer kms has migrated: this one does not know what the newer tables and
+ * columns must be kept in step with (a rolled-back node would write rows the newer nodes read
+ * wrong, or miss the change feed they rely on). Upgrades roll forward; going back is a restore.
+ */
+export function checkSchemaKnown(applied: number): void {
+  if (applied > SCHEMA_VERSION) {
+    throw new Error(`the database's schema is at version ${applied}, newer than this kms knows (${SCHEMA_VERSION}): run the newer kms, or restore a backup into a new database to go back`);
+  }
+}

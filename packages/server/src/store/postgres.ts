@@ -45,7 +45,7 @@ import { CHANGES_CHANNEL, PostgresSignal, type ChangeSignal } from './change-sig
 import { AdvisoryLeadership, type Leadership } from './leadership.js';
 import { answerStateFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, num, pushFromRow, resourceFromRow, type Row, str } from './rows.js';
 import { GroupCommit } from './group-commit.js';
-import { migrations } from './migrations.js';
+import { checkSchemaKnown, migrations } from './migrations.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -201,6 +201,7 @@ export class PostgresStore implements Store {
       await c.query(lock);
       if (this.schema) await c.query(`CREATE SCHEMA IF NOT EXISTS ${this.schema}`);
       await c.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)');
+      checkSchemaKnown(Number((await c.query('SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations')).rows[0].v));
     });
     for (const m of migrations) {
       await this.tx(async (c) => {

@@ -19,7 +19,7 @@
 import { chmodSync, existsSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { migrations } from './migrations.js';
+import { migrations, SCHEMA_VERSION } from './migrations.js';
 import { insertRows, LOCK_CLASS, LOCK_MIGRATE, postgresConnection } from './postgres.js';
 import { toSqlite } from './sqlite.js';
 
@@ -35,9 +35,6 @@ export interface TableShape {
   name: string;
   columns: Column[];
 }
-
-/** The schema version this kms creates and reads (the last migration). */
-export const SCHEMA_VERSION = Math.max(...migrations.map((m) => m.version));
 
 /**
  * The tables a backup holds, in the order a restore inserts them: a table after those its foreign

@@ -17,7 +17,7 @@ import { PollingSignal, type ChangeSignal } from './change-signal.js';
 import { LeaseLeadership, type Leadership } from './leadership.js';
 import { answerStateFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, pushFromRow, resourceFromRow, type Row } from './rows.js';
 import { GroupCommit } from './group-commit.js';
-import { migrations } from './migrations.js';
+import { checkSchemaKnown, migrations } from './migrations.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -142,6 +142,7 @@ export class SqliteStore implements Store {
 
   private migrate(): void {
     this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
+    checkSchemaKnown(Number((this.db.prepare('SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations').get() as Row).v));
     for (const m of migrations) {
       this.write(() => {
         // Read under the write lock: another process opening the file may have applied it meanwhile.
