@@ -190,6 +190,25 @@ describe('kms serve --workers: counts, start failures, signals', () => {
     assert.deepEqual(pids.filter(alive), []);
   });
 
+  test('without --config, the primary makes ./.kms once, before the workers start', TEST, async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'kms-workers-fresh-'));
+    try {
+      const server = await serve(['--port', '0', '--workers', '2'], {}, { cwd });
+      try {
+        const stderr = server.stderr.join('');
+        assert.equal(stderr.match(/no \.kms\/kms\.json yet: creating a development KMS/g)?.length, 1, stderr);
+        assert.equal(stderr.match(/listening on/g)?.length, 1, stderr);
+        assert.match(stderr, /get a development token: TOKEN=\$\(npx kms token --config \.kms\/kms\.json --user alice@localhost\)\n/);
+        assert.equal(workerPids(server.pid).length, 2);
+        assert.equal((await fetch(`${server.url}/readyz`)).status, 200);
+      } finally {
+        assert.equal(await server.stop(), 0);
+      }
+    } finally {
+      rmSync(cwd, { recursive: true, force: true });
+    }
+  });
+
   test('a worker that cannot start fails the command with its one line', TEST, async () => {
     const blocker = createServer();
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));

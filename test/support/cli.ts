@@ -51,8 +51,8 @@ export interface Served {
 }
 
 /** Starts `kms serve` and resolves once it prints where it listens. */
-export function serve(args: string[], env: Record<string, string> = {}): Promise<Served> {
-  const child = spawn(process.execPath, [KMS_BIN, 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+export function serve(args: string[], env: Record<string, string> = {}, options: { cwd?: string } = {}): Promise<Served> {
+  const child = spawn(process.execPath, [KMS_BIN, 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], cwd: options.cwd });
   const stdout: string[] = [];
   const stderr: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));

@@ -2,13 +2,15 @@
  * `kms serve`: runs the KMS until SIGTERM/SIGINT, then stops accepting, drains and exits 0. SIGHUP
  * re-reads kms.json and takes the peers, the log level and the TLS certificate without a restart;
  * an invalid file is refused with a warning and the running settings stay. It never stops the server.
+ * With --workers N (N > 1) this process is the primary of N workers that each run this same path
+ * (cli/workers.ts); with 1 it serves itself.
  */
 import { existsSync } from 'node:fs';
 import { relative } from 'node:path';
 import { loadConfig, type KmsConfig } from '../config.js';
 import { LOG_LEVELS } from '../config/options.js';
 import { createLogger } from '../logger.js';
-import { startKms, type RunningKms } from '../server.js';
+import { startKms } from '../server.js';
 import { DEFAULT_CONFIG, DEFAULT_DIR, UsageError, flagOrEnv, intFlag, parse } from './args.js';
 import { initKmsDir } from './init.js';
 import { MAX_WORKERS, WorkerSide, isWorker, superviseWorkers, workerCount } from './workers.js';
@@ -23,6 +25,18 @@ const USAGE = `usage: kms serve [--config D/kms.json] [--db URL] [--port P] [--h
 Environment: KMS_CONFIG, KMS_DB, KMS_PORT, KMS_HOST, KMS_FEDERATION_MAX_STALENESS, KMS_LOG_LEVEL, KMS_WORKERS, KMS_ROOT_KEY.`;
 
 export async function serveCommand(argv: string[]): Promise<void> {
+  if (!isWorker()) return serve(argv);
+  // A worker of `--workers N` takes its orders from the primary (cli/workers.ts), not from signals,
+  // and tells it, not stderr, why it cannot start: the primary prints that line once.
+  const worker = new WorkerSide();
+  try {
+    await serve(argv, worker);
+  } catch (err) {
+    worker.failed(err);
+  }
+}
+
+async function serve(argv: string[], worker?: WorkerSide): Promise<void> {
   const { values } = parse(
     argv,
     {
@@ -42,8 +56,6 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const level = flagOrEnv(values.str('log-level'), 'KMS_LOG_LEVEL');
   if (level !== undefined && !(LOG_LEVELS as readonly string[]).includes(level)) throw new UsageError(`--log-level ${level} is not one of ${LOG_LEVELS.join(', ')}`);
   const workers = workerCount(flagOrEnv(values.str('workers'), 'KMS_WORKERS'));
-  // A worker of `--workers N` takes its orders from the primary (cli/workers.ts), not from signals.
-  const worker = isWorker() ? new WorkerSide() : undefined;
   // From here on SIGHUP never kills (its default): until the KMS runs, there is nothing to reload.
   let reload: () => void = () => {};
   const onHangup = () => reload();
@@ -84,13 +96,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     return;
   }
   const logger = createLogger(level ?? config.log.level, undefined, worker?.fields);
-  let running: RunningKms;
-  try {
-    running = await startKms(config, { db: flagOrEnv(values.str('db'), 'KMS_DB'), port, host: flagOrEnv(values.str('host'), 'KMS_HOST'), logger });
-  } catch (err) {
-    if (!worker) throw err;
-    return worker.failed(err);
-  }
+  const running = await startKms(config, { db: flagOrEnv(values.str('db'), 'KMS_DB'), port, host: flagOrEnv(values.str('host'), 'KMS_HOST'), logger });
   logger.info({ authority: config.authority, domains: config.domains, url: running.url, node: running.kms.node }, 'KMS listening');
   reload = () => {
     try {

@@ -280,7 +280,7 @@ class Supervisor {
   private stop(why: string): Promise<void> {
     const { logger } = this.options;
     this.stopping ??= (async () => {
-      logger.info({ signal: why, workers: this.members.size }, 'shutting down: stopping the workers');
+      logger.info({ reason: why, workers: this.members.size }, 'shutting down: stopping the workers');
       const members = [...this.members.values()];
       for (const m of members) tell(m, { kms: 'stop', signal: why });
       const exits = await Promise.all(members.map(async (m) => ({ m, exit: await m.gone })));
