@@ -5,22 +5,24 @@
  * workers (the audit records name two nodes, the two of the nodes table), "listening on" is
  * printed once; SIGHUP reaches every worker (a log level change applies, none stops); a worker
  * SIGKILLed is replaced and the KMS serves on; SIGTERM exits 0 and leaves no process behind.
- * Without a backend of its own: bad counts are refused with one line (exit 2), `auto` is taken, a
- * worker that cannot start fails the command with its one line, SIGINT stops it, and a crash loop
- * ends it with exit 1.
+ * Without a backend of its own: bad counts are refused with one line (exit 2), `auto` is taken,
+ * SIGINT stops it, without --config the primary makes ./.kms once, SIGHUP gives every worker the
+ * new TLS certificate, a worker that cannot start fails the command with its one line, and a crash
+ * loop ends it with exit 1.
  *
  * PostgreSQL: 127.0.0.1:5432, database `test` (KMS_TEST_POSTGRES_URL overrides it), a fresh schema
  * per run, dropped afterwards; skipped without a server, except under CI=true.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { nodeKmsFlow, nodeKmsSession } from '../support/node-kms.js';
-import { oneClearLine, runKms, serve, type Served } from '../support/cli.js';
+import { oneClearLine, runKms, serve, servedCertificate, type Served } from '../support/cli.js';
 import { onEachBackend, within } from '../support/nodes.js';
 
 const TEST = { timeout: 120_000 };
@@ -206,6 +208,38 @@ describe('kms serve --workers: counts, start failures, signals', () => {
       }
     } finally {
       rmSync(cwd, { recursive: true, force: true });
+    }
+  });
+
+  test('SIGHUP: every worker takes the new TLS certificate for new connections', TEST, async () => {
+    const tls = kmsFolder('kms-workers-tls-');
+    try {
+      for (const name of ['one', 'two']) {
+        execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-days', '2', '-keyout', join(tls.dir, `${name}.key`), '-out', join(tls.dir, `${name}.crt`)], { stdio: 'ignore' });
+      }
+      const use = (name: string) => {
+        writeFileSync(join(tls.dir, 'tls.crt'), readFileSync(join(tls.dir, `${name}.crt`)));
+        writeFileSync(join(tls.dir, 'tls.key'), readFileSync(join(tls.dir, `${name}.key`)));
+        return new X509Certificate(readFileSync(join(tls.dir, `${name}.crt`))).fingerprint256;
+      };
+      const one = use('one');
+      writeFileSync(tls.config, JSON.stringify({ ...JSON.parse(readFileSync(tls.config, 'utf8')), tls: { cert: 'tls.crt', key: 'tls.key' } }, null, 2));
+      const server = await serve(['--config', tls.config, '--port', '0', '--workers', '2']);
+      try {
+        assert.match(server.url, /^https:/);
+        // Connections are dealt to the workers in turn: six new ones meet both.
+        const certificates = async () => Promise.all(Array.from({ length: 6 }, () => servedCertificate(server.url)));
+        assert.deepEqual(new Set(await certificates()), new Set([one]));
+        const two = use('two');
+        server.signal('SIGHUP');
+        await within(30_000, 'both workers reload', async () => logLines(server, RELOADED).length === 2);
+        assert.deepEqual(logLines(server, RELOADED).map((l) => l.applied), [['peers', 'tls', 'log.level'], ['peers', 'tls', 'log.level']]);
+        assert.deepEqual(new Set(await certificates()), new Set([two]));
+      } finally {
+        assert.equal(await server.stop(), 0);
+      }
+    } finally {
+      rmSync(tls.dir, { recursive: true, force: true });
     }
   });
 

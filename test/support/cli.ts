@@ -1,6 +1,8 @@
 /** Runs the real `kms` command (the package bin) as a child process. */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { request } from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 
@@ -84,5 +86,18 @@ export function serve(args: string[], env: Record<string, string> = {}, options:
       clearTimeout(timer);
       reject(new Error(`kms serve exited with ${code}: ${stderr.join('')}`));
     });
+  });
+}
+
+/** The SHA-256 fingerprint of the certificate a new TLS connection to `url` gets (read only, not verified). */
+export function servedCertificate(url: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const req = request(`${url}/.well-known/kms`, { rejectUnauthorized: false, agent: false }, (res) => {
+      const fingerprint = (res.socket as TLSSocket).getPeerCertificate().fingerprint256;
+      res.resume();
+      res.on('end', () => resolve(fingerprint));
+    });
+    req.on('error', reject);
+    req.end();
   });
 }
