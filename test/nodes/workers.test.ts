@@ -96,6 +96,8 @@ onEachBackend('kms serve --workers', (backend) => {
       try {
         assert.equal(server.stderr.join('').match(/listening on/g)?.length, 1, `one listening line: ${server.stderr.join('')}`);
         assert.match(server.url, /^http:\/\/127\.0\.0\.1:[1-9]\d*$/, 'the real port, not 0');
+        // --port 0: every worker got the one socket cluster bound, so they all listen where the KMS says.
+        assert.deepEqual(logLines(server, /"msg":"KMS listening"/).map((l) => l.url), [server.url, server.url]);
         const pids = workerPids(server.pid);
         pids.forEach((p) => seen.add(p));
         assert.equal(pids.length, 2, `two workers: ${pids.join(', ')}`);
@@ -200,7 +202,7 @@ describe('kms serve --workers: counts, start failures, signals', () => {
         const stderr = server.stderr.join('');
         assert.equal(stderr.match(/no \.kms\/kms\.json yet: creating a development KMS/g)?.length, 1, stderr);
         assert.equal(stderr.match(/listening on/g)?.length, 1, stderr);
-        assert.match(stderr, /get a development token: TOKEN=\$\(npx kms token --config \.kms\/kms\.json --user alice@localhost\)\n/);
+        assert.equal(stderr.match(/get a development token: TOKEN=\$\(npx kms token --config \.kms\/kms\.json --user alice@localhost\)\n/g)?.length, 1, stderr);
         assert.equal(workerPids(server.pid).length, 2);
         assert.equal((await fetch(`${server.url}/readyz`)).status, 200);
       } finally {
