@@ -98,18 +98,7 @@ export async function setup(): Promise<Fixture> {
     await sdk.close();
   }
 
-  const open = async (answer: string, channel?: { key: Uint8Array }): Promise<KmsResponse> => {
-    if (segmentCount(answer) === 3) return JSON.parse(dec.decode((await verifyStatic(answer, staticPublic)).plaintext)) as KmsResponse;
-    if (!channel) throw new Error('a channel answer without a channel');
-    return JSON.parse(dec.decode((await joseCodec.decryptChannel(answer, channel.key)).plaintext)) as KmsResponse;
-  };
-
-  const sealHandshake = async () => {
-    const pair = await generateEphemeralKeyPair();
-    const body = { requestId: randomUUID(), client, method: 'create', uri: `kms://${authority}/ecdhe`, jwk: pair.publicJwk };
-    const plaintext = enc.encode(JSON.stringify(body));
-    return { message: await encryptStatic(plaintext, staticPublic, kid), plaintext, pair };
-  };
+  const { open, seal, sealHandshake, channel } = messages(authority, kid, staticPublic, client);
 
   return {
     running,
@@ -123,21 +112,56 @@ export async function setup(): Promise<Fixture> {
     problems,
     clientOptions,
     open,
-    async channel() {
-      const { message, pair } = await sealHandshake();
-      const answer = await open(await kms.handle(message));
-      const rep = answer.key as EphemeralKeyRep | undefined;
-      if (answer.status !== 201 || !rep) throw new Error(`handshake refused: ${answer.status} ${answer.reason ?? ''}`);
-      return { uri: rep.uri, key: await deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk)) };
-    },
-    async seal(channel, body) {
-      const plaintext = enc.encode(JSON.stringify({ requestId: randomUUID(), client, ...body }));
-      return { message: await joseCodec.encryptChannel(plaintext, channel.key, channel.uri), plaintext };
-    },
+    channel: () => channel((message) => kms.handle(message)),
+    seal,
+    sealHandshake,
+    close: () => running.close(),
+  };
+}
+
+/**
+ * Messages as a client makes them, for a KMS of `authority` whose static public key is
+ * `staticPublic` (kid `kid`), from `client`: handshakes under the static key, common messages under
+ * a channel, and answers opened. Shared by the in-process fixture and the service benchmark.
+ */
+export interface Messages {
+  open(answer: string, channel?: { key: Uint8Array }): Promise<KmsResponse>;
+  seal(channel: { uri: string; key: Uint8Array }, body: Record<string, unknown>): Promise<{ message: string; plaintext: Uint8Array }>;
+  sealHandshake(): Promise<{ message: string; plaintext: Uint8Array }>;
+  /** A channel agreed through `send` (one handshake message in, its answer out). */
+  channel(send: (message: string) => Promise<string>): Promise<{ uri: string; key: Uint8Array }>;
+}
+
+export function messages(authority: string, kid: string, staticPublic: KeyObject, client: { clientId: string; credential: { bearer: string } }): Messages {
+  const open = async (answer: string, channel?: { key: Uint8Array }): Promise<KmsResponse> => {
+    if (segmentCount(answer) === 3) return JSON.parse(dec.decode((await verifyStatic(answer, staticPublic)).plaintext)) as KmsResponse;
+    if (!channel) throw new Error('a channel answer without a channel');
+    return JSON.parse(dec.decode((await joseCodec.decryptChannel(answer, channel.key)).plaintext)) as KmsResponse;
+  };
+  const sealHandshake = async () => {
+    const pair = await generateEphemeralKeyPair();
+    const body = { requestId: randomUUID(), client, method: 'create', uri: `kms://${authority}/ecdhe`, jwk: pair.publicJwk };
+    const plaintext = enc.encode(JSON.stringify(body));
+    return { message: await encryptStatic(plaintext, staticPublic, kid), plaintext, pair };
+  };
+  const seal = async (channel: { uri: string; key: Uint8Array }, body: Record<string, unknown>) => {
+    const plaintext = enc.encode(JSON.stringify({ requestId: randomUUID(), client, ...body }));
+    return { message: await joseCodec.encryptChannel(plaintext, channel.key, channel.uri), plaintext };
+  };
+  const channel = async (send: (message: string) => Promise<string>): Promise<{ uri: string; key: Uint8Array }> => {
+    const { message, pair } = await sealHandshake();
+    const answer = await open(await send(message));
+    const rep = answer.key as EphemeralKeyRep | undefined;
+    if (answer.status !== 201 || !rep) throw new Error(`handshake refused: ${answer.status} ${answer.reason ?? ''}`);
+    return { uri: rep.uri, key: await deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk)) };
+  };
+  return {
+    open,
+    seal,
     sealHandshake: async () => {
       const { message, plaintext } = await sealHandshake();
       return { message, plaintext };
     },
-    close: () => running.close(),
+    channel,
   };
 }

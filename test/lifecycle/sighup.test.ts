@@ -9,12 +9,11 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { nodeKmsSession } from '../support/node-kms.js';
-import { runKms, serve, type Served } from '../support/cli.js';
+import { runKms, serve, servedCertificate, type Served } from '../support/cli.js';
 
 const TEST = { timeout: 60_000 };
 let dir: string;
@@ -115,17 +114,8 @@ describe('SIGHUP', () => {
     use('one.crt', 'one.key');
     writeFileSync(config, original);
     edit((c) => ({ ...c, tls: { cert: 'tls.crt', key: 'tls.key' } }));
-    /** The certificate a new TLS connection gets (the certificates are self-signed: only read here). */
-    const served = (url: string) =>
-      new Promise<string>((resolve, reject) => {
-        const req = request(`${url}/.well-known/kms`, { rejectUnauthorized: false, agent: false }, (res) => {
-          const fingerprint = (res.socket as import('node:tls').TLSSocket).getPeerCertificate().fingerprint256;
-          res.resume();
-          res.on('end', () => resolve(fingerprint));
-        });
-        req.on('error', reject);
-        req.end();
-      });
+    // The certificates are self-signed: only read here.
+    const served = servedCertificate;
     const fingerprint = (file: string) => new X509Certificate(readFileSync(join(dir, file))).fingerprint256;
     const server = await serve(['--config', config, '--port', '0']);
     try {

@@ -1,6 +1,8 @@
 /** Runs the real `kms` command (the package bin) as a child process. */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { request } from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 
@@ -66,8 +68,8 @@ export interface Served {
 }
 
 /** Starts `kms serve` and resolves once it prints where it listens. */
-export function serve(args: string[], env: Record<string, string> = {}): Promise<Served> {
-  const child = spawn(process.execPath, [KMS_BIN, 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+export function serve(args: string[], env: Record<string, string> = {}, options: { cwd?: string } = {}): Promise<Served> {
+  const child = spawn(process.execPath, [KMS_BIN, 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], cwd: options.cwd });
   const stdout: string[] = [];
   const stderr: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -103,5 +105,18 @@ export function serve(args: string[], env: Record<string, string> = {}): Promise
       clearTimeout(timer);
       reject(new Error(`kms serve exited with ${code}: ${stderr.join('')}`));
     });
+  });
+}
+
+/** The SHA-256 fingerprint of the certificate a new TLS connection to `url` gets (read only, not verified). */
+export function servedCertificate(url: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const req = request(`${url}/.well-known/kms`, { rejectUnauthorized: false, agent: false }, (res) => {
+      const fingerprint = (res.socket as TLSSocket).getPeerCertificate().fingerprint256;
+      res.resume();
+      res.on('end', () => resolve(fingerprint));
+    });
+    req.on('error', reject);
+    req.end();
   });
 }

@@ -2,6 +2,7 @@
  * Drives the real Cisco client, node-kms@0.4.1 (the one the Webex SDK uses), unchanged: its own
  * Context, Request and Response objects do the ECDHE handshake and wrap every request.
  */
+import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
@@ -58,4 +59,49 @@ export async function nodeKmsSession(url: string, bearer: string, clientId: stri
       return response.unwrap(ctx);
     },
   };
+}
+
+/**
+ * The interop flow against the KMS at `url` (users of a.example; `token` makes their bearers):
+ * handshake, create keys -> create resource -> retrieve as another user, and the refusals.
+ */
+export async function nodeKmsFlow(url: string, token: (user: string) => string): Promise<void> {
+  const alice = await nodeKmsSession(url, token('alice@a.example'), 'alice-web');
+  assert.match(alice.channelUri, /^kms:\/\/kms\.a\.example\/ecdhe\/[0-9a-f-]{36}$/);
+
+  const created = await alice.call({ method: 'create', uri: '/keys', count: 2 });
+  assert.equal(created.status, 201);
+  const keys = created.keys as { uri: string; jwk: { k: string; kid: string; kty: string }; userId: string; clientId: string }[];
+  assert.equal(keys.length, 2);
+  assert.equal(keys[0]!.jwk.kty, 'oct');
+  assert.equal(Buffer.from(keys[0]!.jwk.k, 'base64url').length, 32);
+  assert.equal(keys[0]!.userId, 'alice@a.example');
+  assert.equal(keys[0]!.clientId, 'alice-web');
+
+  const resource = await alice.call({ method: 'create', uri: '/resources', userIds: ['bob@a.example'], keyUris: [keys[0]!.uri] });
+  assert.equal(resource.status, 201);
+  const rep = resource.resource as { uri: string; keyUris: string[]; authorizationUris: string[] };
+  assert.deepEqual(rep.keyUris, [keys[0]!.uri]);
+  assert.equal(rep.authorizationUris.length, 2);
+
+  const bob = await nodeKmsSession(url, token('bob@a.example'), 'bob-phone');
+  const got = await bob.call({ method: 'retrieve', uri: keys[0]!.uri });
+  assert.equal(got.status, 200);
+  const key = got.key as { jwk: { k: string }; resourceUri: string; bindDate: string };
+  assert.equal(key.jwk.k, keys[0]!.jwk.k, 'Bob reads the key Alice bound');
+  assert.equal(key.resourceUri, rep.uri);
+  assert.match(key.bindDate, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+
+  const all = await bob.call({ method: 'retrieve', uri: `${rep.uri}/keys` });
+  assert.equal(all.status, 200);
+  assert.deepEqual((all.keys as { uri: string }[]).map((k) => k.uri), [keys[0]!.uri]);
+
+  const carol = await nodeKmsSession(url, token('carol@a.example'), 'carol-web');
+  const refused = await carol.call({ method: 'retrieve', uri: keys[0]!.uri });
+  assert.equal(refused.status, 403);
+
+  // The unbound second key stays Alice's alone.
+  assert.equal((await bob.call({ method: 'retrieve', uri: keys[1]!.uri })).status, 403);
+  assert.equal((await alice.call({ method: 'retrieve', uri: keys[1]!.uri })).status, 200);
+  assert.equal((await bob.call({ method: 'update', uri: '/ping' })).status, 200);
 }

@@ -35,9 +35,10 @@ export function describeError(err: unknown): { name: string; message: string; st
   return { name: 'unknown', message: String(err) };
 }
 
-export function createLogger(level: string, destination?: NodeJS.WritableStream): Pino {
+/** `fields` go on every line (`kms serve --workers`: which process of the KMS wrote it). */
+export function createLogger(level: string, destination?: NodeJS.WritableStream, fields: Record<string, string | number> = {}): Pino {
   return pino(
-    { level, base: { service: 'kms' }, redact: { paths: REDACT_PATHS, censor: '[redacted]' }, timestamp: pino.stdTimeFunctions.isoTime },
+    { level, base: { service: 'kms', ...fields }, redact: { paths: REDACT_PATHS, censor: '[redacted]' }, timestamp: pino.stdTimeFunctions.isoTime },
     destination ?? process.stdout,
   );
 }
