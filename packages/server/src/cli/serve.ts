@@ -97,6 +97,14 @@ async function serve(argv: string[], worker?: WorkerSide): Promise<void> {
   }
   const logger = createLogger(level ?? config.log.level, undefined, worker?.fields);
   const running = await startKms(config, { db: flagOrEnv(values.str('db'), 'KMS_DB'), port, host: flagOrEnv(values.str('host'), 'KMS_HOST'), logger });
+  // Caught before anyone is told where the KMS listens: a SIGTERM sent as soon as the line is read
+  // must drain and exit 0, not meet the default action (death by signal) while this is set up.
+  const stopRequested =
+    worker?.stopRequested ??
+    new Promise<string>((resolve) => {
+      process.once('SIGTERM', () => resolve('SIGTERM'));
+      process.once('SIGINT', () => resolve('SIGINT'));
+    });
   logger.info({ authority: config.authority, domains: config.domains, url: running.url, node: running.kms.node }, 'KMS listening');
   reload = () => {
     try {
@@ -115,11 +123,7 @@ async function serve(argv: string[], worker?: WorkerSide): Promise<void> {
   };
   if (worker) worker.listening(running.url, (running.transport.server.address() as { port: number }).port, running.kms.node);
   else announce(config, file, running.url);
-  const signal = await (worker?.stopRequested ??
-    new Promise<string>((resolve) => {
-      process.once('SIGTERM', () => resolve('SIGTERM'));
-      process.once('SIGINT', () => resolve('SIGINT'));
-    }));
+  const signal = await stopRequested;
   logger.info({ signal }, 'shutting down: finishing in-flight requests');
   await running.close().catch((err: Error) => {
     logger.error({ err: { message: err.message } }, 'shutdown failed');
