@@ -7,20 +7,17 @@
  * group-committed batches interleave under the database lock), each record names its node, and
  * `kms audit verify` finds the chain intact with both nodes' records.
  *
- * PostgreSQL: 127.0.0.1:5432, database `test` (KMS_TEST_POSTGRES_URL overrides it), a fresh schema
- * per run, dropped afterwards; skipped without a server, except under CI=true.
+ * Both backends through test/support/nodes.ts (PostgreSQL: a fresh schema, skipped without a
+ * server except under CI=true).
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import Database from 'better-sqlite3';
-import pg from 'pg';
 import { KmsClient, type FetchLike } from '@openkms/client';
-import { postgresProblem, TEST_POSTGRES_URL } from '@openkms/server/testing';
 import { runKms, serve, type Served } from '../support/cli.js';
+import { onEachBackend, type Backend } from '../support/nodes.js';
 
 const AUTHORITY = 'kms.nodes.example';
 const TEST = { timeout: 120_000 };
@@ -34,22 +31,17 @@ interface AuditLine {
   status: number;
 }
 
-interface Backend {
-  /** `kms serve` / `kms audit verify` arguments naming the database (none: the config's SQLite file). */
-  dbArgs: string[];
-  auditLines(dir: string): Promise<AuditLine[]>;
-}
-
 const AUDIT_SQL = 'SELECT seq, node, principal, method, uri, status FROM audit ORDER BY seq';
 
-function sharedDatabase(name: string, backend: () => Backend): void {
-  describe(`two kms serve processes on one ${name} database`, () => {
+function sharedDatabase(backend: Backend): void {
+  describe(`two kms serve processes on one ${backend.name} database`, () => {
     const dir = mkdtempSync(join(tmpdir(), 'kms-nodes-'));
     const config = join(dir, 'kms.json');
     after(() => rmSync(dir, { recursive: true, force: true }));
 
     test('requests alternate between the nodes: a channel of one serves on the other, no 500, one audit chain naming both', TEST, async () => {
-      const { dbArgs, auditLines } = backend();
+      const { dbArgs } = backend;
+      const auditLines = async () => (await backend.sql<Record<string, unknown>>(dir, AUDIT_SQL)).map((r) => ({ ...r, seq: Number(r.seq), status: Number(r.status) }) as AuditLine);
       const init = runKms(['init', '--dir', dir, '--authority', AUTHORITY, '--domain', 'nodes.example']);
       assert.equal(init.code, 0, init.stderr);
       // One after the other: the first creates the database's first CMK, the second finds it.
@@ -116,7 +108,7 @@ function sharedDatabase(name: string, backend: () => Backend): void {
         const codes = await Promise.all(nodes.splice(0).map((n) => n.stop()));
         assert.deepEqual(codes, [0, 0]);
 
-        const lines = await auditLines(dir);
+        const lines = await auditLines();
         assert.deepEqual(lines.map((l) => l.seq), lines.map((_, i) => i + 1), 'one chain, no gap');
         assert.deepEqual(lines.filter((l) => l.status >= 500), [], 'no request of either node failed');
         const byNode = new Map<string, number>();
@@ -142,39 +134,4 @@ function sharedDatabase(name: string, backend: () => Backend): void {
   });
 }
 
-sharedDatabase('SQLite', () => ({
-  dbArgs: [],
-  async auditLines(dir) {
-    const db = new Database(join(dir, 'kms.db'), { readonly: true, fileMustExist: true });
-    try {
-      return db.prepare(AUDIT_SQL).all() as AuditLine[];
-    } finally {
-      db.close();
-    }
-  },
-}));
-
-const problem = await postgresProblem(TEST_POSTGRES_URL);
-if (problem !== undefined) {
-  if (process.env.CI === 'true') test('two kms serve processes on one PostgreSQL database', () => assert.fail(`${problem} (required under CI=true)`));
-  else test('two kms serve processes on one PostgreSQL database', { skip: `skipped: ${problem}` }, () => {});
-} else {
-  const schema = `kms_nodes_${randomBytes(6).toString('hex')}`;
-  const query = async <T>(sql: string): Promise<T[]> => {
-    const client = new pg.Client({ connectionString: TEST_POSTGRES_URL });
-    await client.connect();
-    try {
-      return (await client.query(sql)).rows as T[];
-    } finally {
-      await client.end();
-    }
-  };
-  after(() => query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`));
-  sharedDatabase('PostgreSQL', () => ({
-    dbArgs: ['--db', `${TEST_POSTGRES_URL}${TEST_POSTGRES_URL.includes('?') ? '&' : '?'}schema=${schema}`],
-    async auditLines() {
-      const rows = await query<Record<string, unknown>>(AUDIT_SQL.replace('FROM audit', `FROM ${schema}.audit`));
-      return rows.map((r) => ({ ...r, seq: Number(r.seq), status: Number(r.status) }) as AuditLine);
-    },
-  }));
-}
+await onEachBackend('two kms serve processes on one database', sharedDatabase);
