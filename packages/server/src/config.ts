@@ -70,6 +70,16 @@ export const configSchema = z.strictObject({
       maxResourceTtl: z.number().int().min(0).default(defaultOf('lifetimes.maxResourceTtl')),
     })
     .prefault({}),
+  audit: z
+    .strictObject({
+      checkpoints: z
+        .strictObject({
+          file: z.string().min(1).default(defaultOf('audit.checkpoints.file')),
+          intervalSeconds: seconds.max(3600).default(defaultOf('audit.checkpoints.intervalSeconds')),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
   sweeper: z.strictObject({ intervalSeconds: seconds.default(defaultOf('sweeper.intervalSeconds')) }).prefault({}),
   limits: z
     .strictObject({

@@ -10,6 +10,7 @@ import { isAbsolute, resolve } from 'node:path';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { joseCodec, type MessageCodec } from '@openkms/protocol';
 import { AuditLog, newNodeId } from './audit/audit.js';
+import { Checkpointer } from './audit/checkpointer.js';
 import { Channels } from './channels.js';
 import { Coherence } from './coherence.js';
 import { fastCodec } from './codec/fast-codec.js';
@@ -67,6 +68,8 @@ export interface KmsOptions {
    * storage calls and its audit write. None: each call has only the store's own deadline.
    */
   requestDeadlineMs?: number;
+  /** Signs audit checkpoints into this file (startKms: audit.checkpoints.file); none: no checkpoints. */
+  checkpointFile?: string;
 }
 
 /**
@@ -91,6 +94,11 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
   const node = newNodeId();
   const audit = new AuditLog(store, auditKeyOf(rootKey), node);
   audit.onWriteFailure = options.metrics?.auditWriteFailed;
+  const checkpointer =
+    options.checkpointFile === undefined
+      ? undefined
+      : new Checkpointer({ store, file: options.checkpointFile, intervalMs: config.audit.checkpoints.intervalSeconds * 1000, key: signing, logger, now });
+  if (checkpointer) audit.onWritten = (records) => checkpointer.written(records);
   const peers = options.peers ?? new PeerRegistry(config);
   const bearers = new AnonymousBearers(config.authority, staticKey.privateKey, createPublicKey(staticKey.privateKey), now);
 
@@ -117,6 +125,7 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
   leader.whileLeading(() => push.lead());
   await leader.start();
   await heartbeat.start();
+  checkpointer?.start();
 
   const deps: Deps = { authority: config.authority, config, store, keyring, channels, bearers, changes: push, inbox, now };
   return new Kms({
@@ -154,6 +163,8 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
       await heartbeat.close();
       await peerChannels.close();
       await audit.flush();
+      // After the flush: the last checkpoint covers every record this process wrote.
+      await checkpointer?.close();
     },
   });
 }
@@ -366,7 +377,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   const store = instrumented(bounded, metrics.storageCall);
   let kms: Kms;
   try {
-    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec, peers, metrics, requestDeadlineMs: timeoutMs });
+    kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec, peers, metrics, requestDeadlineMs: timeoutMs, checkpointFile: configPath(config, config.audit.checkpoints.file) });
   } catch (err) {
     await store.close();
     throw err;

@@ -50,6 +50,7 @@ const complete = () => ({
   },
   lifetimes: { channel: 600, unboundKey: 600, boundKey: 86_400, unboundGrace: 3600, anonymousBearerMax: 86_400, maxResourceTtl: 86_400 },
   sweeper: { intervalSeconds: 30 },
+  audit: { checkpoints: { file: 'elsewhere/audit.checkpoints', intervalSeconds: 5 } },
   limits: { maxAuthorizationsPerResource: 100, requestsPerMinutePerPrincipal: 600 },
   peers: [{ authority: 'kms.b.example', domains: ['b.example'], endpoint: 'https://kms.b.example', trustAnchors: [CERT] }],
   federation: { maxStaleness: 10, peerTimeout: 2 },
@@ -139,6 +140,11 @@ describe('the documented options are the schema', () => {
   test('the storage deadline is a positive number of seconds, at most 60', () => {
     for (const timeoutSeconds of [0, -1, 61, '2']) refused({ ...minimal(), storage: { timeoutSeconds } }, /^kms\.json: storage\.timeoutSeconds: /);
     assert.equal(parseConfig({ ...minimal(), storage: { timeoutSeconds: 0.25 } }, scratch).storage.timeoutSeconds, 0.25);
+  });
+
+  test('the checkpoint interval is a whole number of seconds, 1 to 3600', () => {
+    for (const intervalSeconds of [0, 0.5, 3601, '60']) refused({ ...minimal(), audit: { checkpoints: { intervalSeconds } } }, /^kms\.json: audit\.checkpoints\.intervalSeconds: /);
+    assert.equal(parseConfig({ ...minimal(), audit: { checkpoints: { intervalSeconds: 1 } } }, scratch).audit.checkpoints.intervalSeconds, 1);
   });
 
   test('a required option left out is named', () => {

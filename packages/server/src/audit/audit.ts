@@ -44,6 +44,8 @@ export class AuditLog {
   private readonly commits: GroupCommit<AuditEntry>;
   /** Told how many records a failed write lost (metrics); each one's caller is refused. */
   onWriteFailure: ((records: number) => void) | undefined;
+  /** Told how many records a batch made durable (checkpointer.ts counts them). */
+  onWritten: ((records: number) => void) | undefined;
 
   /** `node`: the id this process's records carry (newNodeId() unless given). */
   constructor(
@@ -56,6 +58,7 @@ export class AuditLog {
     this.commits = new GroupCommit(async (entries) => {
       try {
         await this.store.appendAudit((head) => this.link(head, entries));
+        this.onWritten?.(entries.length);
       } catch (err) {
         this.onWriteFailure?.(entries.length);
         throw err;

@@ -35,7 +35,8 @@ const USAGE = `usage: kms <command> [options]
   status        version, storage, audit head, certificate expiry, peers; exit 1 if something needs attention
   token         print a development access token
   peer          add, list or remove federation peers (other KMSs this one trusts)
-  audit verify  check the audit log's hash chain
+  audit verify  check the audit log's hash chain and its newest signed checkpoint
+  audit export  write the audit records as JSON lines (for a SIEM)
   backup        write an online, consistent backup of the database (never the root key)
   restore       restore a backup into an empty database
   client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)

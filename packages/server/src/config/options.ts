@@ -201,6 +201,19 @@ export const OPTIONS = {
     unit: 'seconds',
     meaning: "The largest `ttl` a create `/resources` may ask for; 0: the protocol's bound (100 years).",
   },
+  'audit.checkpoints.file': {
+    default: 'audit.checkpoints',
+    unit: 'file',
+    meaning:
+      'Where the KMS appends its signed audit checkpoints (the chain head `{seq, hash, time}`, a JWS by the static key, one a line) at least every `audit.checkpoints.intervalSeconds`, every 10,000 records it writes and when it stops; `kms audit verify` checks the newest. Kept outside the database: removing the newest audit records is detected even by whoever can rewrite the database.',
+    recommendation: 'Owner-only, on another disk or shipped off the host with the log stream (each checkpoint is also logged at info): a checkpoint is worth what its file is out of an intruder\'s reach.',
+  },
+  'audit.checkpoints.intervalSeconds': {
+    default: 60,
+    unit: 'seconds',
+    meaning: 'How often, at least, a checkpoint is signed and appended (1 to 3600).',
+    recommendation: 'The default; shorter narrows what can be removed unnoticed between two checkpoints.',
+  },
   'sweeper.intervalSeconds': {
     default: 60,
     unit: 'seconds',
