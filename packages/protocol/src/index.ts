@@ -48,4 +48,5 @@ export {
 } from './schemas.js';
 export { CertificateError, checkOwnCertificateChain, loadX509, parsePemCertificates, verifyKmsCertificate } from './certs.js';
 export { Limits } from './limits.js';
+export { isPlainText, isWellFormedText, textProblem } from './text.js';
 export { matchOperation, operation, operations, operationsFor, type Caller, type FederationMode, type Operation, type OperationName, type OperationSpec, type RetryMode } from './operations.js';

@@ -7,28 +7,42 @@ import { z } from 'zod';
 import { KmsError } from './errors.js';
 import { parseDate } from './dates.js';
 import { Limits } from './limits.js';
+import { textProblem } from './text.js';
 
-const id = z.string().min(1).max(Limits.maxIdChars);
+/**
+ * Every string member of a request goes through one of these two (PROTOCOL.md §4 "Strings"):
+ * `text` refuses lone surrogates and U+0000, `plain` (identifiers, URIs, tokens, request ids)
+ * control characters too. The refusal names the field like any other.
+ */
+const withText = (plain: boolean) => (value: string, ctx: z.RefinementCtx) => {
+  const problem = textProblem(value, plain);
+  if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+};
+const text = () => z.string().superRefine(withText(false));
+const plain = (min: number, max: number) => z.string().min(min).max(max).superRefine(withText(true));
+
+const id = plain(1, Limits.maxIdChars);
+const uri = plain(1, Limits.maxUriChars);
 /**
  * Any whole number: counts over their limit are the operations' to refuse with 413, which a
  * bounded integer type here would turn into a 400.
  */
 const whole = z.number().refine(Number.isInteger, 'not an integer');
-const date = z.string().max(64).refine((v) => parseDate(v) !== undefined, 'not an RFC 3339 date-time');
+const date = plain(0, 64).refine((v) => parseDate(v) !== undefined, 'not an RFC 3339 date-time');
 
-export const requestIdSchema = z.union([z.string().max(Limits.maxIdChars), z.number().int().safe()]);
+export const requestIdSchema = z.union([plain(0, Limits.maxIdChars), z.number().int().safe()]);
 
 export const credentialSchema = z.object({
-  userId: z.string().max(Limits.maxIdChars).optional(),
-  bearer: z.string().min(1).max(Limits.maxBearerChars).optional(),
-  jwk: z.record(z.string(), z.unknown()).optional(),
+  userId: plain(0, Limits.maxIdChars).optional(),
+  bearer: plain(1, Limits.maxBearerChars).optional(),
+  jwk: z.record(text(), z.unknown()).optional(),
 });
 
 export const basicRequestSchema = z.object({
   requestId: requestIdSchema,
   client: z.object({ clientId: id, credential: credentialSchema }),
   method: z.enum(['create', 'retrieve', 'update', 'delete']),
-  uri: z.string().min(1).max(2048),
+  uri,
 });
 
 /** A list of identifiers whose length over the limit is a 413, not a 400. */
@@ -39,7 +53,7 @@ function boundedList(item: z.ZodType<string>) {
 }
 
 export const ecdheSchema = z.object({
-  jwk: z.object({ kty: z.string(), crv: z.string().optional(), x: z.string().max(128).optional(), y: z.string().max(128).optional() }),
+  jwk: z.object({ kty: plain(0, 64), crv: plain(0, 64).optional(), x: plain(0, 128).optional(), y: plain(0, 128).optional() }),
 });
 
 const authIds = boundedList(id);
@@ -47,14 +61,14 @@ const authIds = boundedList(id);
 export const createResourceSchema = z.object({
   authIds: authIds.optional(),
   userIds: authIds.optional(),
-  keyUris: boundedList(z.string().max(2048)).optional(),
+  keyUris: boundedList(plain(0, Limits.maxUriChars)).optional(),
   anonymous: whole.pipe(z.number().min(0)).optional(),
   ttl: whole.pipe(z.number().min(0)).optional(),
 });
 
 export const createKeysSchema = z.object({ count: whole.pipe(z.number().min(1)) });
 
-export const bindKeySchema = z.object({ resourceUri: z.string().min(1).max(2048) });
+export const bindKeySchema = z.object({ resourceUri: uri });
 
 export const retrieveKeysSchema = z.object({
   boundAfter: date.optional(),
@@ -63,20 +77,20 @@ export const retrieveKeysSchema = z.object({
 });
 
 export const createAuthorizationsSchema = z.object({
-  resourceUri: z.string().min(1).max(2048),
+  resourceUri: uri,
   authIds: authIds.optional(),
   userIds: authIds.optional(),
   anonymous: whole.pipe(z.number().min(0)).optional(),
-  roleUri: z.string().min(1).max(2048).optional(),
+  roleUri: uri.optional(),
 });
 
 export const bulkDeleteAuthorizationsSchema = z.object({
-  resourceUri: z.string().min(1).max(2048),
+  resourceUri: uri,
   authIds: authIds.min(1),
 });
 
 /** A peer's invalidations (PROTOCOL.md §6): the KROs whose copies must be refreshed. */
-export const invalidationsSchema = z.object({ resourceUris: boundedList(z.string().max(2048)).min(1) });
+export const invalidationsSchema = z.object({ resourceUris: boundedList(plain(0, Limits.maxUriChars)).min(1) });
 
 export const createCmkSchema = z.object({ assignedOrgId: id.optional() });
 export const updateCmkSchema = z.object({ state: z.enum(['active', 'inactive']) });

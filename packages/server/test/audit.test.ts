@@ -125,3 +125,19 @@ test('node ids name the host and the process, and differ between logs of one pro
   assert.match(a, new RegExp(`^[^/]+/${process.pid}/[0-9a-f]{8}$`));
   assert.notEqual(a, b);
 });
+
+test('a record with a string the store would not keep as hashed is refused alone; its group is written', async () => {
+  const store = new SqliteStore(join(mkdtempSync(join(tmpdir(), 'kms-audit-')), 'kms.db'));
+  const log = new AuditLog(store, key);
+  const outcomes = await Promise.allSettled([
+    log.record(entry(0)),
+    log.record({ ...entry(1), uri: '/ping\ud800' }),
+    log.record({ ...entry(2), clientId: 'c\u0000' }),
+    log.record(entry(3)),
+  ]);
+  assert.deepEqual(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'rejected', 'fulfilled']);
+  assert.match(String((outcomes[1] as PromiseRejectedResult).reason), /audit\.uri contains a lone UTF-16 surrogate/);
+  assert.match(String((outcomes[2] as PromiseRejectedResult).reason), /audit\.clientId contains U\+0000/);
+  assert.deepEqual(await verifyAudit(store, key), { ok: true, records: 2, nodes: { [log.node]: 2 }, unattributed: 0 });
+  await store.close();
+});

@@ -359,6 +359,15 @@ describe('claims', () => {
     await refused(verifier.verify(await sign({ sub: 42 })), 'credential user id invalid');
     await refused(verifier.verify(await sign({ sub: 'eve@example.com\nforged log line' })), 'credential user id invalid');
     await refused(verifier.verify(await sign({ sub: '' })), 'credential has no user id');
+    // Neither could be stored or audited as it is (PROTOCOL.md §4 "Strings").
+    await refused(verifier.verify(await sign({ sub: 'eve\ud800@example.com' })), 'credential user id invalid');
+    await refused(verifier.verify(await sign({ sub: 'eve\u0000@example.com' })), 'credential user id invalid');
+    assert.equal((await verifier.verify(await sign({ sub: 'eve😀@example.com' }))).userId, 'eve😀@example.com');
+  });
+
+  test('userClaim = email: an email with a lone surrogate is refused like any invalid user id', async () => {
+    const { verifier } = jwtVerifier({ t: T0 }, { userClaim: 'email' });
+    await refused(verifier.verify(await sign({ sub: '248289761001', email: 'bob\udc00@example.com' })), 'credential user id invalid');
   });
 });
 

@@ -8,7 +8,10 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { CompactEncrypt, CompactSign, decodeProtectedHeader, generateKeyPair, importJWK, type CryptoKey as JoseKey } from 'jose';
 import WebSocket from 'ws';
-import { generateEphemeralKeyPair, joseCodec, segmentCount } from '@openkms/protocol';
+import { generateEphemeralKeyPair, isPlainText, joseCodec, segmentCount } from '@openkms/protocol';
+import { verifyAudit } from '../src/audit/audit.js';
+import { auditKeyOf } from '../src/keyring/keyring.js';
+import { openStore, rootKeyOf } from '../src/server.js';
 import { startDevKms, type DevKms } from '../src/testing/harness.js';
 import { assertHealthy, TestClient } from './support/client.js';
 import { seededRandom } from './support/random.js';
@@ -60,6 +63,8 @@ interface Item {
   signed?: boolean;
   /** The requestId the answer must echo. */
   rid?: string | number;
+  /** What the reason must say (the field a 400 names). */
+  reason?: RegExp;
 }
 
 const ALLOWED = [400, 401, 403, 404, 409, 413, 499] as const;
@@ -152,6 +157,29 @@ function brokenBasic(base: Record<string, unknown>): { text: string; rid?: strin
   return { text: JSON.stringify(body), rid: keepsRid ? rid : undefined, expect: [400] };
 }
 
+/** Text no member may hold (PROTOCOL.md §4 "Strings"); a pair and other junk are fine elsewhere. */
+const BAD_TEXT = ['\ud800', '\udbff', '\udc00', '\udfff', '\u0000', '\u0001', '\u001f', '\u007f', '\ud83d\ud83d', '\ude00\ud83d'];
+
+/**
+ * A request with one string member made of text no member may hold: refused with a 400 naming that
+ * member, echoing the requestId unless it is the requestId itself.
+ */
+function badText(base: Record<string, unknown>): { text: string; rid?: string | number; reason: RegExp } {
+  const bad = `${pick(['', 'x', '😀'])}${pick(BAD_TEXT)}${pick(['', 'y', '😀'])}`;
+  const body: Record<string, unknown> = { ...base };
+  const c = { ...(body.client as { clientId: string; credential: Record<string, unknown> }) };
+  c.credential = { ...c.credential };
+  body.client = c;
+  const field = pick(['requestId', 'client.clientId', 'uri', 'client.credential.bearer', 'client.credential.userId']);
+  if (field === 'requestId') body.requestId = bad;
+  else if (field === 'client.clientId') c.clientId = bad;
+  else if (field === 'uri') body.uri = `${body.uri as string}${bad}`;
+  else if (field === 'client.credential.bearer') c.credential.bearer = `${c.credential.bearer as string}${bad}`;
+  else c.credential.userId = bad;
+  const name = field.replace(/\./g, '\\.');
+  return { text: JSON.stringify(body), rid: field === 'requestId' ? undefined : (body.requestId as string), reason: new RegExp(`invalid field ${name}: contains`) };
+}
+
 const validPing = (): Record<string, unknown> => ({ requestId: nextRid(), client: client(), method: 'update', uri: '/ping' });
 
 /** Valid JSON requests that fail at the operation (decrypts, validates as a basic request). */
@@ -194,7 +222,8 @@ function brokenOperation(): { body: Record<string, unknown>; expect: readonly nu
     [{ method: 'update', uri: `/cmk/${u}`, state: 'inactive' }, [404]],
     [{ method: 'update', uri: '/ping', client: client(tokens.bob) }, [403]],
     [{ method: 'update', uri: '/ping', client: client(tokens.eve) }, [403]],
-    [{ method: 'update', uri: '/ping', client: client(pick(['x', 'a.b.c', `${b64u({ alg: 'none' })}.${b64u({ sub: 'alice@a.example' })}.`, `${b64u({ alg: 'PS256' })}.${b64u({ iss: 'kms://kms.a.example' })}.${randB64u(40)}`, randB64u(200), junk(20)])) }, [401]],
+    [{ method: 'update', uri: '/ping', client: client(pick(['x', 'a.b.c', `${b64u({ alg: 'none' })}.${b64u({ sub: 'alice@a.example' })}.`, `${b64u({ alg: 'PS256' })}.${b64u({ iss: 'kms://kms.a.example' })}.${randB64u(40)}`, randB64u(200)])) }, [401]],
+    [{ method: 'update', uri: '/ping', client: client(junk(20)) }, [400, 401]], // 400 when the junk is not plain text
     [{ method: 'update', uri: '/ping', client: { clientId: 'c', credential: {} } }, [401]],
     [{ method: 'update', uri: '/ping', client: { clientId: 'c', credential: { jwk: alice.wellKnown.rsaPublicKey } } }, [401]],
   ];
@@ -439,17 +468,28 @@ async function generate(): Promise<Item[]> {
     } else if (r < 89) {
       const p = pathological();
       add({ kind: 'channel-pathological', msg: await sealText(p.text), expect: p.expect, signed: false, rid: p.rid });
-    } else if (r < 93) {
-      // Unicode junk in fields: a junk requestId must come back verbatim.
+    } else if (r < 91) {
+      // Unicode junk in fields: a junk requestId must come back verbatim when it is plain text; one
+      // with a lone surrogate or a control character is refused itself and cannot be echoed.
       const rid = junk(1 + int(40));
       const body = { ...validPing(), requestId: rid, [junk(3)]: junk(5) };
       if (chance(0.5)) body.method = junk(1 + int(6));
       else body.uri = `/${junk(1 + int(10))}`;
-      add({ kind: 'channel-unicode', msg: await sealText(JSON.stringify(body)), expect: [400], signed: false, rid });
+      add({ kind: 'channel-unicode', msg: await sealText(JSON.stringify(body)), expect: [400], signed: false, rid: isPlainText(rid) ? rid : undefined });
+    } else if (r < 93) {
+      if (chance(0.2)) {
+        // A user's message marked as nested (cty) is refused, still echoing its requestId.
+        const ping = validPing();
+        const msg = await joseCodec.encryptChannel(enc.encode(JSON.stringify(ping)), alice.channelKey, alice.channelUri, pick(['JOSE', 'JWT', 'json', '']));
+        add({ kind: 'channel-cty', msg, expect: [400], signed: false, rid: ping.requestId as string, reason: /nested messages/ });
+      } else {
+        const b = badText(validPing());
+        add({ kind: 'channel-bad-text', msg: await sealText(b.text), expect: [400], signed: false, rid: b.rid, reason: b.reason });
+      }
     } else {
       // Valid JOSE under the static key (ECDHE shape) around invalid content.
       const rid = nextRid();
-      const which = int(7);
+      const which = int(8);
       let msg: string;
       let expect: readonly number[] = [400];
       let echo: string | number | undefined = rid;
@@ -480,8 +520,15 @@ async function generate(): Promise<Item[]> {
       } else if (which === 3) {
         msg = await sealStaticText(JSON.stringify({ requestId: rid, client: client(), method: pick(['update', 'retrieve', 'delete', 'create']), uri: pick(['/keys', '/ping', `/ecdhe/${randomUUID()}`, 'kms://kms.b.example/ecdhe', '/ecdhe/x']), jwk: goodJwk }));
       } else if (which === 4) {
-        msg = await sealStaticText(JSON.stringify({ requestId: rid, client: client(pick(['x', tokens.eve!, junk(10)])), method: 'create', uri: '/ecdhe', jwk: goodJwk }));
-        expect = [401, 403];
+        const bearer = pick(['x', tokens.eve!, junk(10)]);
+        msg = await sealStaticText(JSON.stringify({ requestId: rid, client: client(bearer), method: 'create', uri: '/ecdhe', jwk: goodJwk }));
+        expect = isPlainText(bearer) ? [401, 403] : [400];
+      } else if (which === 7) {
+        const b = badText({ requestId: rid, client: client(), method: 'create', uri: '/ecdhe', jwk: goodJwk });
+        msg = await sealStaticText(b.text);
+        echo = b.rid;
+        add({ kind: 'static-bad-text', msg, expect, signed: true, rid: echo, reason: b.reason });
+        continue;
       } else if (which === 5) {
         const p = protoText();
         msg = await sealStaticText(p.text);
@@ -531,6 +578,7 @@ async function check(item: Item, answer: unknown, index: number): Promise<number
     assert.ok(!/internal|stack|Error:|at \w+ \(/.test(decoded.reason!), `${where}: reason leaks internals: ${decoded.reason}`);
   }
   if (item.rid !== undefined) assert.equal(decoded.requestId, item.rid, `${where}: requestId echoed verbatim`);
+  if (item.reason !== undefined) assert.match(String(decoded.reason), item.reason, `${where}: reason`);
   return status;
 }
 
@@ -659,4 +707,14 @@ test('a generated corpus of malformed messages: every answer well-formed, never 
   // Nothing went to the error paths.
   const bad = kms.logs.filter((line) => line.includes('internal error') || /"level":(50|60)/.test(line));
   assert.deepEqual(bad.slice(0, 5), [], at(`${bad.length} error log lines`));
+
+  // Every answered message was audited as it was hashed: the chain verifies to its end.
+  const store = await openStore(`sqlite:${kms.dbPath}`, kms.config.baseDir);
+  try {
+    const verified = await verifyAudit(store, auditKeyOf(rootKeyOf(kms.config)));
+    assert.equal(verified.ok, true, at(`audit: ${JSON.stringify(verified)}`));
+    assert.ok(verified.records >= items.length, at(`audit: ${verified.records} records for ${items.length} messages`));
+  } finally {
+    await store.close();
+  }
 });

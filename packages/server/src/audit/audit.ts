@@ -13,6 +13,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { GroupCommit } from '../store/group-commit.js';
+import { checkText } from '../store/rules.js';
 import { AUDIT_GENESIS, type AuditEntry, type AuditRow } from '../model.js';
 import type { Store } from '../store/store.js';
 
@@ -77,8 +78,17 @@ export class AuditLog {
     });
   }
 
-  /** Resolves once the record is durable. */
+  /**
+   * Resolves once the record is durable. A string the store would not keep as it is hashed (a
+   * lone surrogate, U+0000: store/rules.ts checkText) is refused here, alone, rather than failing
+   * the whole group it would join; requests are refused for such strings long before.
+   */
   record(entry: AuditEntry): Promise<void> {
+    try {
+      for (const [field, value] of Object.entries(entry)) if (typeof value === 'string') checkText(`audit.${field}`, value);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return this.commits.add(entry);
   }
 

@@ -5,13 +5,13 @@
  * key that opened its channel. A channel belongs to the principal that opened it; a peer's request
  * marked `federated` with `onBehalfOf` acts for one of that peer's users.
  */
-import { KmsError, Limits, peekHeader, type KmsRequest } from '@openkms/protocol';
+import { KmsError, Limits, isPlainText, peekHeader, type KmsRequest } from '@openkms/protocol';
 import type { Channel } from '../channels.js';
 import { principalId, type PeerPrincipal, type Principal } from '../identity/principal.js';
 import { domainOf, isUserId, normalizeUserId } from '../identity/users.js';
 import { peerOwning, type Opened } from './open.js';
 import type { RequestRecord } from './record.js';
-import { onlyHandshake, parseJson, readRequest, text } from './request.js';
+import { noteRequestId, onlyHandshake, parseJson, readRequest, text } from './request.js';
 
 /** Bearer -> principal (identity/authenticator.ts). */
 export interface BearerAuthenticator {
@@ -58,7 +58,9 @@ export class Authentication {
     if (opened.cty === 'JOSE') {
       const jws = text(opened.plaintext);
       const claimed = peekHeader(jws)?.kid;
-      if (typeof claimed === 'string') record.peer = claimed.slice(0, Limits.maxIdChars); // audited even when refused
+      // Audited even when refused, cut to the id limit (never inside a surrogate pair); a kid that
+      // is not plain text is not recorded: it could not be stored as it would be hashed.
+      if (typeof claimed === 'string' && isPlainText(claimed)) record.peer = claimed.slice(0, Limits.maxIdChars).replace(/[\ud800-\udbff]$/, '');
       const verified = await this.proofs.verifyHandshake(jws, this.channelLifetimeMs);
       const request = onlyHandshake(readRequest(verified.request, record), this.authority);
       record.principal = record.peer = principalId(verified.principal);
@@ -81,8 +83,12 @@ export class Authentication {
       record.principal = principalId(principal);
       return { request, principal, peer };
     }
-    if (opened.cty !== undefined) throw new KmsError('PAYLOAD_INVALID', 'nested messages are for peer KMS channels');
-    const request = readRequest(parseJson(opened.plaintext), record);
+    const raw = parseJson(opened.plaintext);
+    if (opened.cty !== undefined) {
+      noteRequestId(raw, record); // the refusal echoes the requestId like any other 400
+      throw new KmsError('PAYLOAD_INVALID', 'nested messages are for peer KMS channels');
+    }
+    const request = readRequest(raw, record);
     const principal = await this.bearer(request, record);
     if (principalId(principal) !== channel.owner) throw KmsError.forbidden('the ephemeral key belongs to another principal');
     return { request, principal };

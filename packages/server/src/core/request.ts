@@ -3,7 +3,7 @@
  * schema (the operation's own members are validated by the operation), and the rule that the
  * static key establishes channels and nothing else.
  */
-import { KmsError, Limits, basicRequestSchema, parseKmsUri, validate, type KmsRequest } from '@openkms/protocol';
+import { KmsError, Limits, basicRequestSchema, isPlainText, parseKmsUri, validate, type KmsRequest } from '@openkms/protocol';
 import type { RequestRecord } from './record.js';
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -27,14 +27,20 @@ export function parseJson(plaintext: Uint8Array): unknown {
 }
 
 /**
- * Validates the basic request and records what it says. The requestId is recorded first, even
- * from a request that fails validation, so that the error answer can echo it.
+ * Records the requestId of a payload that may fail later, so that the error answer can echo it:
+ * only one that is valid itself (a malformed one, say with a lone surrogate, cannot be echoed or
+ * audited verbatim, so the answer carries none: docs/decisions.md).
  */
-export function readRequest(raw: unknown, record: RequestRecord): KmsRequest {
+export function noteRequestId(raw: unknown, record: RequestRecord): void {
   if (raw && typeof raw === 'object' && !Array.isArray(raw)) {
     const rid = (raw as { requestId?: unknown }).requestId;
-    if ((typeof rid === 'string' && rid.length <= Limits.maxIdChars) || (typeof rid === 'number' && Number.isSafeInteger(rid))) record.requestId = rid;
+    if ((typeof rid === 'string' && rid.length <= Limits.maxIdChars && isPlainText(rid)) || (typeof rid === 'number' && Number.isSafeInteger(rid))) record.requestId = rid;
   }
+}
+
+/** Validates the basic request and records what it says; the requestId first (noteRequestId). */
+export function readRequest(raw: unknown, record: RequestRecord): KmsRequest {
+  noteRequestId(raw, record);
   const base = validate(basicRequestSchema, raw);
   record.method = base.method;
   record.uri = base.uri;

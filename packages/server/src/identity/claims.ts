@@ -1,4 +1,4 @@
-import { KmsError, Limits } from '@openkms/protocol';
+import { KmsError, Limits, isPlainText } from '@openkms/protocol';
 import type { VerifiedToken } from './principal.js';
 
 /** Which claims of a verified token (or introspection answer) carry the user, roles and org. */
@@ -7,9 +7,6 @@ export interface ClaimMapping {
   rolesClaim: string;
   orgClaim?: string;
 }
-
-/** Ids end up in channel ownership, ACLs and the audit log: keep them short and printable. */
-const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
 
 /**
  * Maps the claims of a token that has already been verified to what the KMS needs. Only the user
@@ -40,6 +37,10 @@ export function parseRoles(value: unknown): string[] {
   return roles.filter((r): r is string => typeof r === 'string' && r.length > 0 && isId(r));
 }
 
+/**
+ * Ids end up in channel ownership, ACLs and the audit log: short, and plain text (no control
+ * character, no lone surrogate, which storage would not keep as it was hashed).
+ */
 function isId(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0 && value.length <= Limits.maxIdChars && !CONTROL_CHARS.test(value);
+  return typeof value === 'string' && value.length > 0 && value.length <= Limits.maxIdChars && isPlainText(value);
 }

@@ -5,6 +5,7 @@
  * rules are unit-tested without a database (test/store/rules.test.ts). Atomicity stays with each
  * store: nothing here reads or writes.
  */
+import { textProblem } from '@openkms/protocol';
 import { CHANGE_RETENTION_MS, INVALIDATION_RETENTION_MS, MAX_KEPT_CHANGES, MAX_KRO_VISITS, MAX_PUSH_OUTBOX_IDS } from '../limits.js';
 import type { AnswerClaim, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow } from '../model.js';
 
@@ -227,7 +228,7 @@ export function peerRequestOutcome(state: PeerRequestState, limit: number): Peer
 }
 
 function checkPeerRequest(r: PeerRequest): void {
-  checkIntegers('peer request', r, ['now', 'expiresAt']);
+  checkRow('peer request', r, ['now', 'expiresAt']);
   if (r.expiresAt <= r.now) throw new RangeError(`peer request expiresAt must be after now, got ${r.expiresAt} <= ${r.now}`);
 }
 
@@ -259,18 +260,43 @@ function checkIntegers<T extends object>(what: string, row: T, fields: readonly 
   }
 }
 
-export const checkInstant = (name: string, at: number) => checkIntegers('instant', { [name]: at }, [name]);
-export const checkKeyRow = (row: KeyRow) => checkIntegers('key', row, ['createdAt', 'expiresAt', 'bindDate', 'bindSeq']);
-export const checkResourceRow = (row: ResourceRow) => checkIntegers('resource', row, ['createdAt', 'expiresAt']);
-export const checkAuthorizationRow = (row: AuthorizationRow) => checkIntegers('authorization', row, ['createdAt']);
-export const checkChannelRow = (row: ChannelRow) => checkIntegers('channel', row, ['createdAt', 'expiresAt']);
-export const checkCmkRow = (row: CmkRow) => checkIntegers('cmk', row, ['createdAt']);
-export const checkCopyRow = (row: CopyRow) => checkIntegers('copy', row, ['fetchedAt']);
-export const checkAuditRow = (row: AuditRow) => checkIntegers('audit', row, ['seq', 'time', 'status']);
-export const checkKeyBind = (bind: KeyBind) => checkIntegers('bind', bind, ['bindDate', 'expiresAt', 'now']);
+/**
+ * Refuses a string that a TEXT column would not keep as it is: a lone UTF-16 surrogate (encoded
+ * as U+FFFD, so the row would differ from what was checked and hashed) or U+0000 (PostgreSQL
+ * refuses it, SQLite keeps it). Requests are refused with a 400 long before (PROTOCOL.md §4
+ * "Strings"); this keeps any other path from storing such a string in one backend only.
+ */
+export function checkText(name: string, value: string): void {
+  const problem = textProblem(value);
+  if (problem !== undefined) throw new RangeError(`${name} ${problem}`);
+}
+
+/** Every string of a row, and of its lists of strings, as checkText takes them. */
+function checkTexts(what: string, row: object): void {
+  for (const [field, value] of Object.entries(row)) {
+    if (typeof value === 'string') checkText(`${what}.${field}`, value);
+    else if (Array.isArray(value)) value.forEach((v, i) => typeof v === 'string' && checkText(`${what}.${field}[${i}]`, v));
+  }
+}
+
+/** A row's strings (checkTexts) and its integer columns (checkIntegers). */
+function checkRow<T extends object>(what: string, row: T, fields: readonly IntegerField<T>[]): void {
+  checkTexts(what, row);
+  checkIntegers(what, row, fields);
+}
+
+export const checkInstant = (name: string, at: number) => checkRow('instant', { [name]: at }, [name]);
+export const checkKeyRow = (row: KeyRow) => checkRow('key', row, ['createdAt', 'expiresAt', 'bindDate', 'bindSeq']);
+export const checkResourceRow = (row: ResourceRow) => checkRow('resource', row, ['createdAt', 'expiresAt']);
+export const checkAuthorizationRow = (row: AuthorizationRow) => checkRow('authorization', row, ['createdAt']);
+export const checkChannelRow = (row: ChannelRow) => checkRow('channel', row, ['createdAt', 'expiresAt']);
+export const checkCmkRow = (row: CmkRow) => checkRow('cmk', row, ['createdAt']);
+export const checkCopyRow = (row: CopyRow) => checkRow('copy', row, ['fetchedAt']);
+export const checkAuditRow = (row: AuditRow) => checkRow('audit', row, ['seq', 'time', 'status']);
+export const checkKeyBind = (bind: KeyBind) => checkRow('bind', bind, ['bindDate', 'expiresAt', 'now']);
 
 export function checkKeyFilter(filter: KeyFilter): void {
-  checkIntegers('filter', filter, ['boundAfter', 'boundBefore']);
+  checkRow('filter', filter, ['boundAfter', 'boundBefore']);
   if (filter.limit !== undefined) checkCount('limit', filter.limit);
 }
 
@@ -278,7 +304,7 @@ export function checkKeyFilter(filter: KeyFilter): void {
 
 /** Ids of one outbox row: 1..MAX_PUSH_OUTBOX_IDS resources, strings of bounded length. */
 export function checkPushRow(row: PushRow): void {
-  checkIntegers('push', row, ['createdAt', 'attempts', 'nextAttemptAt']);
+  checkRow('push', row, ['createdAt', 'attempts', 'nextAttemptAt']);
   checkCount('push.attempts', row.attempts);
   if (row.resourceIds.length === 0 || row.resourceIds.length > MAX_PUSH_OUTBOX_IDS) {
     throw new RangeError(`push.resourceIds must hold 1 to ${MAX_PUSH_OUTBOX_IDS} ids, got ${row.resourceIds.length}`);
@@ -298,7 +324,7 @@ export function checkPushTargets(targets: Record<string, string[]> | null): void
 }
 
 export function checkNodeRow(row: NodeRow): void {
-  checkIntegers('node', row, ['pid', 'startedAt', 'seenAt']);
+  checkRow('node', row, ['pid', 'startedAt', 'seenAt']);
   for (const field of ['id', 'host', 'version'] as const) {
     if (row[field].length === 0 || row[field].length > 255) throw new RangeError(`node.${field} must be 1 to 255 characters`);
   }
@@ -337,7 +363,7 @@ export function answerClaimDecision(state: AnswerState | undefined, claim: Answe
 }
 
 function checkAnswerClaim(c: AnswerClaim): void {
-  checkIntegers('answer claim', c, ['now', 'leaseUntil', 'expiresAt']);
+  checkRow('answer claim', c, ['now', 'leaseUntil', 'expiresAt']);
   if (!(c.now < c.leaseUntil && c.leaseUntil <= c.expiresAt)) throw new RangeError(`answer claim needs now < leaseUntil <= expiresAt, got ${c.now}, ${c.leaseUntil}, ${c.expiresAt}`);
   if (!/^[0-9a-f]{64}$/.test(c.digest)) throw new RangeError('answer claim digest must be 64 hex digits');
 }

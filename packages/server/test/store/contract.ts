@@ -537,6 +537,23 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.equal(await store.acceptPeerRequest(request, 10), 'accepted', 'none of the refused was remembered');
     });
 
+    test('both backends refuse a lone surrogate or U+0000 in any text column, writing nothing', async () => {
+      for (const junk of ['\ud800', '\udfff', '\u0000']) {
+        const k = key({ clientId: `c${junk}` });
+        await assert.rejects(store.insertKeys([key(), k]), /key\.clientId contains/);
+        assert.equal(await store.getKey(k.id), undefined);
+        const r = resource();
+        await assert.rejects(store.createResource(r, [auth(r.id, `bob${junk}@a.example`)], []), /authorization\.authId contains/);
+        assert.equal(await store.getResource(r.id), undefined);
+        const channel = { id: randomUUID(), owner: `alice${junk}@a.example`, clientId: 'c', createdAt: now, expiresAt: now + 60_000, cmkId, sealed: new Uint8Array([5]) };
+        await assert.rejects(store.insertChannel(channel), /channel\.owner contains/);
+        assert.equal(await store.getChannel(channel.id), undefined);
+        const head = await store.auditHead();
+        await assert.rejects(store.appendAudit((h) => chained(h, [auditEntry(1), { ...auditEntry(2), uri: `/keys${junk}` }], 'node-a')), /audit\.uri contains/);
+        assert.deepEqual(await store.auditHead(), head, 'no record of the batch written');
+      }
+    });
+
     test('sweep destroys expired resources with their keys, old unbound keys, dead channels', async () => {
       const t = now + 10_000_000;
       const dying = resource({ expiresAt: t - 1 });

@@ -17,6 +17,8 @@ import {
   checkCount,
   checkKeyFilter,
   checkKeyRow,
+  checkPushRow,
+  checkText,
   feedCutoffs,
   PEER_REQUEST_SLICE_MS,
   peerRequestOutcome,
@@ -269,6 +271,22 @@ describe('input checks', () => {
     const audit = { seq: 1, time: now, principal: null, clientId: null, method: null, uri: null, status: 200, peer: null, requestId: null, node: null, prevHash: '0', hash: 'h' };
     assert.doesNotThrow(() => checkAuditRow(audit));
     assert.throws(() => checkAuditRow({ ...audit, status: 200.5 }), /audit\.status/);
+  });
+
+  test('text columns: a lone surrogate or U+0000 is refused, any other text kept as it is', () => {
+    assert.doesNotThrow(() => checkKeyRow(key('k', { clientId: 'c😀\n\u0007' })));
+    for (const junk of ['\ud800', '\udfff', '\u0000']) {
+      assert.throws(() => checkKeyRow(key('k', { clientId: `c${junk}` })), /key\.clientId contains/);
+      assert.throws(() => checkKeyRow(key('k', { userId: `u${junk}@a.example` })), /key\.userId contains/);
+      assert.throws(() => checkText('x', junk), RangeError);
+      assert.throws(() => bindOutcome([bind('k', { clientId: junk })], found(key('k'))), /bind\.clientId contains/);
+      assert.throws(() => checkPushRow({ id: 'p', resourceIds: ['r', `r${junk}`], userIds: [], targets: null, createdAt: now, attempts: 0, nextAttemptAt: now }), /push\.resourceIds\[1\] contains/);
+    }
+    const audit = { seq: 1, time: now, principal: null, clientId: null, method: 'create', uri: '/keys', status: 200, peer: null, requestId: 'r', node: null, prevHash: '0', hash: 'h' };
+    for (const field of ['principal', 'clientId', 'method', 'uri', 'peer', 'requestId', 'node'] as const) {
+      assert.throws(() => checkAuditRow({ ...audit, [field]: 'x\ud800' }), new RegExp(`audit\\.${field} contains a lone UTF-16 surrogate`));
+      assert.throws(() => checkAuditLink({ seq: 0, hash: '0' }, [{ ...audit, [field]: 'x\u0000' }]), new RegExp(`audit\\.${field} contains U\\+0000`));
+    }
   });
 });
 
