@@ -11,7 +11,7 @@ const README = new URL('../../README.md', import.meta.url);
 const BEGIN = '<!-- operations: generated from packages/protocol/src/operations.ts (test/docs/operations-table.test.ts) -->';
 const END = '<!-- /operations -->';
 
-const CALLERS: Record<Caller, string> = { user: 'user', anonymous: 'anonymous bearer', peer: 'peer KMS', peerUser: "peer's user" };
+const CALLERS: Record<Caller, string> = { user: 'user', anonymous: 'anonymous bearer', peer: 'peer KMS', peerUser: "peer's user", agent: 'compliance (`onBehalfOf`)' };
 const FEDERATION = { local: 'local', read: 'federated read', forward: 'forwarded' } as const;
 
 function renderOperations(): string {

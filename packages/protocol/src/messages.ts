@@ -7,6 +7,8 @@ export interface Credential {
   userId?: string;
   bearer?: string;
   jwk?: Record<string, unknown>;
+  /** Compliance access: an `orgAgent`'s request read as this user of its organisation (PROTOCOL.md §4). */
+  onBehalfOf?: string;
 }
 
 export interface ClientInfo {

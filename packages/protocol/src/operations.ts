@@ -13,9 +13,11 @@ import { isUuid } from './uri.js';
  * - `user`: a user of this KMS's domains, with a bearer token from the identity provider;
  * - `anonymous`: the holder of an anonymous authorization's bearer (PROTOCOL.md §5);
  * - `peer`: a peer KMS speaking for itself over its mutually authenticated channel (§6);
- * - `peerUser`: a peer KMS speaking for one of its users (`federated` + `onBehalfOf`, §6).
+ * - `peerUser`: a peer KMS speaking for one of its users (`federated` + `onBehalfOf`, §6);
+ * - `agent`: a user with the `orgAgent` role reading for a user of its organisation
+ *   (`credential.onBehalfOf`, §4 "Compliance"): the request is evaluated as that user, reads only.
  */
-export type Caller = 'user' | 'anonymous' | 'peer' | 'peerUser';
+export type Caller = 'user' | 'anonymous' | 'peer' | 'peerUser' | 'agent';
 
 /**
  * How an operation crosses KMSs (PROTOCOL.md §6):
@@ -87,7 +89,7 @@ const op = <const N extends string, const F extends FederationMode = 'local'>(
   }) satisfies OperationSpec;
 
 const USER = ['user'] as const;
-const READERS = ['user', 'anonymous', 'peerUser'] as const;
+const READERS = ['user', 'anonymous', 'peerUser', 'agent'] as const;
 const AUTHORIZERS = ['user', 'peerUser'] as const;
 const ADMIN = ['kmsAdmin', 'orgAgent'] as const;
 
@@ -95,13 +97,13 @@ export const operations = [
   op('createEphemeralKey', 'create', '/ecdhe', '4.7.1', ['user', 'anonymous', 'peer'], 'the ECDHE handshake: a channel key', 'repeat', { key: 'static' }),
   op('deleteEphemeralKey', 'delete', '/ecdhe/{id}', '4.7.2', ['user', 'anonymous', 'peer'], 'close one of your own channels', 'never'),
   op('createResource', 'create', '/resources', '4.7.3', USER, 'a KRO, with `authIds`/`userIds`, `keyUris`, `anonymous`, `ttl`', 'firstAnswer'),
-  op('retrieveResource', 'retrieve', '/resources/{id}', '4.7.4', USER, 'a KRO', 'repeat'),
+  op('retrieveResource', 'retrieve', '/resources/{id}', '4.7.4', ['user', 'agent'], 'a KRO', 'repeat'),
   op('createKeys', 'create', '/keys', '4.7.5', USER, '`count` (1–100) new unbound keys', 'firstAnswer'),
   op('bindKey', 'update', '/keys/{id}', '4.7.6', USER, 'bind a key to a KRO (`resourceUri`)', 'firstAnswer'),
   op('retrieveKey', 'retrieve', '/keys/{id}', '4.7.7', READERS, 'one key', 'repeat', { federation: 'read' }),
   op('retrieveResourceKeys', 'retrieve', '/resources/{id}/keys', '4.7.7', READERS, 'a KRO’s keys (`boundAfter`, `boundBefore`, `count`)', 'repeat', { federation: 'read' }),
   op('createAuthorizations', 'create', '/authorizations', '4.7.8', AUTHORIZERS, 'authorize `authIds` (or `anonymous` bearers) on `resourceUri`', 'firstAnswer', { federation: 'forward', subject: 'resourceUri' }),
-  op('retrieveAuthorizations', 'retrieve', '/resources/{id}/authorizations', '4.7.9–10', AUTHORIZERS, 'a KRO’s authorizations (`?authId=`)', 'repeat', { federation: 'forward' }),
+  op('retrieveAuthorizations', 'retrieve', '/resources/{id}/authorizations', '4.7.9–10', ['user', 'peerUser', 'agent'], 'a KRO’s authorizations (`?authId=`)', 'repeat', { federation: 'forward' }),
   op('deleteAuthorization', 'delete', '/authorizations/{id}', '4.7.11', AUTHORIZERS, 'remove one authorization', 'firstAnswer', { federation: 'forward' }),
   op('deleteAuthorizationByAuthId', 'delete', '/resources/{id}/authorizations', '4.7.11', AUTHORIZERS, 'remove the authorization of `?authId=`', 'firstAnswer', { federation: 'forward' }),
   op('bulkDeleteAuthorizations', 'delete', '/authorizations', '4.7.11', AUTHORIZERS, 'remove `authIds` from `resourceUri`', 'firstAnswer', { federation: 'forward', subject: 'resourceUri' }),

@@ -36,6 +36,8 @@ export const credentialSchema = z.object({
   userId: plain(0, Limits.maxIdChars).optional(),
   bearer: plain(1, Limits.maxBearerChars).optional(),
   jwk: z.record(text(), z.unknown()).optional(),
+  /** Compliance access (PROTOCOL.md §4): the user an `orgAgent` reads for. */
+  onBehalfOf: plain(1, Limits.maxIdChars).optional(),
 });
 
 export const basicRequestSchema = z.object({

@@ -10,7 +10,7 @@ import type { Method } from '../src/messages.js';
 import { matchOperation, operation, operations, operationsFor, type Caller, type OperationName } from '../src/operations.js';
 
 const METHODS: readonly Method[] = ['create', 'retrieve', 'update', 'delete'];
-const CALLERS: readonly Caller[] = ['user', 'anonymous', 'peer', 'peerUser'];
+const CALLERS: readonly Caller[] = ['user', 'anonymous', 'peer', 'peerUser', 'agent'];
 
 /** The path segments of a request for a path pattern, each `{id}` filled with `id`. */
 const segmentsOf = (path: string, id: string) => path.split('/').filter(Boolean).map((part) => (part === '{id}' ? id : part));
@@ -71,6 +71,8 @@ describe('operationsFor', () => {
     peer: ['createEphemeralKey', 'deleteEphemeralKey', 'ping', 'receiveInvalidations'],
     // The federated ones: reads and authorization management (§6).
     peerUser: ['retrieveKey', 'retrieveResourceKeys', 'createAuthorizations', 'retrieveAuthorizations', 'deleteAuthorization', 'deleteAuthorizationByAuthId', 'bulkDeleteAuthorizations'],
+    // Compliance access reads, and nothing else (§4 "Compliance"): not even a handshake or a ping.
+    agent: ['retrieveResource', 'retrieveKey', 'retrieveResourceKeys', 'retrieveAuthorizations'],
   };
 
   for (const caller of CALLERS) {

@@ -91,6 +91,8 @@ export interface AuditEntry {
   time: number;
   /** principalId() of the authenticated principal; null when authentication did not get that far. */
   principal: string | null;
+  /** The user a compliance officer (the principal) read as, with `credential.onBehalfOf`; absent: null. */
+  onBehalfOf?: string | null;
   clientId: string | null;
   /** The request's draft method (`create`, `retrieve`, …); null when it could not be read. */
   method: string | null;

@@ -6,6 +6,7 @@
 import { operation, type Caller, type OperationName } from '@openkms/protocol';
 import { kroOf, walkKros } from './authorization-graph.js';
 import type { PeerPrincipal, Principal } from './identity/principal.js';
+import { domainOf } from './identity/users.js';
 import type { AuthorizationRow, CmkRow, KeyRow } from './model.js';
 
 export type AuthorizationLoader = (resourceId: string) => Promise<AuthorizationRow[]>;
@@ -32,9 +33,12 @@ export async function isAuthorized(
   return end === 'stopped';
 }
 
-/** An unbound key is readable (and bindable) only by its creator, from the creating client. */
+/**
+ * An unbound key is readable (and bindable) only by its creator, from the creating client; its
+ * creator's compliance officer (onBehalfOf) reads it from any client (PROTOCOL.md §4 "Compliance").
+ */
 export function ownsUnboundKey(principal: Principal, key: KeyRow, clientId: string): boolean {
-  return principal.kind === 'user' && key.userId === principal.id && key.clientId === clientId;
+  return principal.kind === 'user' && key.userId === principal.id && (key.clientId === clientId || principal.agent !== undefined);
 }
 
 export const Roles = { kmsAdmin: 'kmsAdmin', orgAgent: 'orgAgent' } as const;
@@ -49,6 +53,17 @@ export function mayAdministerCmks(principal: Principal, assignedOrgId: string | 
   return principal.roles.includes(Roles.orgAgent) && assignedOrgId !== null && assignedOrgId === principal.orgId;
 }
 
+/**
+ * Compliance access (PROTOCOL.md §4): whether `agent` may read as the user `userId` (a user of a
+ * domain this KMS serves). It must hold `orgAgent` and be of the user's organisation. A user id
+ * carries only its domain, and a user's organisation is its domain unless its own token says
+ * otherwise (identity.orgClaim), so the user is of the agent's organisation when its domain is the
+ * agent's organisation id — by default the agent's own domain.
+ */
+export function mayActFor(agent: Principal, userId: string): boolean {
+  return agent.kind === 'user' && agent.roles.includes(Roles.orgAgent) && domainOf(userId) === agent.orgId;
+}
+
 /** The CMKs a principal may list: all for kmsAdmin, its own organisation's for orgAgent. */
 export function visibleCmks(principal: Principal, cmks: CmkRow[]): CmkRow[] {
   return cmks.filter((c) => mayAdministerCmks(principal, c.assignedOrgId));
@@ -58,6 +73,7 @@ export function visibleCmks(principal: Principal, cmks: CmkRow[]): CmkRow[] {
 export function callerOf(principal: Principal, via?: PeerPrincipal): Caller | undefined {
   if (via) return principal.kind === 'user' ? 'peerUser' : principal.kind === 'peer' ? 'peer' : undefined;
   // A peer principal only ever arrives over its own channel (`via`).
+  if (principal.kind === 'user' && principal.agent !== undefined) return 'agent';
   return principal.kind === 'peer' ? undefined : principal.kind;
 }
 

@@ -141,3 +141,36 @@ test('a record with a string the store would not keep as hashed is refused alone
   assert.deepEqual(await verifyAudit(store, key), { ok: true, records: 2, nodes: { [log.node]: 2 }, unattributed: 0 });
   await store.close();
 });
+
+test('onBehalfOf is hashed: removing, changing or adding it is detected; a record without one hashes as before', async () => {
+  const plain = { ...entry(1), node: 'n' };
+  assert.equal(auditHash(key, GENESIS, 1, { ...plain, onBehalfOf: null }), auditHash(key, GENESIS, 1, plain), 'null is the form of older records');
+  const acting = { ...plain, onBehalfOf: 'bob@a.example' };
+  assert.notEqual(auditHash(key, GENESIS, 1, acting), auditHash(key, GENESIS, 1, plain));
+  // The node stands in its place even when null, so a node cannot pass for an onBehalfOf.
+  assert.notEqual(auditHash(key, GENESIS, 1, { ...plain, node: null, onBehalfOf: 'n' }), auditHash(key, GENESIS, 1, plain));
+
+  const file = join(mkdtempSync(join(tmpdir(), 'kms-audit-')), 'kms.db');
+  const store = new SqliteStore(file);
+  const log = new AuditLog(store, key);
+  await log.record({ ...entry(1), principal: 'officer@a.example', onBehalfOf: 'bob@a.example' });
+  await log.record(entry(2));
+  await log.record({ ...entry(3), principal: 'officer@a.example', onBehalfOf: 'bob@a.example' });
+  assert.deepEqual((await store.readAudit(0, 10)).map((r) => r.onBehalfOf), ['bob@a.example', null, 'bob@a.example']);
+  assert.equal((await verifyAudit(store, key)).ok, true);
+  await store.close();
+  for (const [seq, value] of [[1, 'carol@a.example'], [1, null], [2, 'bob@a.example']] as const) {
+    const db = new Database(file);
+    const before = db.prepare('SELECT on_behalf_of FROM audit WHERE seq = ?').get(seq) as { on_behalf_of: string | null };
+    db.prepare('UPDATE audit SET on_behalf_of = ? WHERE seq = ?').run(value, seq);
+    db.close();
+    const reopened = new SqliteStore(file);
+    const result = await verifyAudit(reopened, key);
+    await reopened.close();
+    assert.equal(result.ok, false, `record ${seq} onBehalfOf → ${value}`);
+    assert.equal(!result.ok && result.seq, seq);
+    const restore = new Database(file);
+    restore.prepare('UPDATE audit SET on_behalf_of = ? WHERE seq = ?').run(before.on_behalf_of, seq);
+    restore.close();
+  }
+});

@@ -33,11 +33,15 @@ export function newNodeId(): string {
  * Each record's hash is an HMAC-SHA-256, keyed from the root key, over the previous hash and the
  * record: whoever can write the database but does not hold the root key cannot forge a chain
  * that verifies, even by recomputing it from the start. The node is hashed when the record names
- * one: records written before nodes were recorded keep the form they were hashed in.
+ * one, and onBehalfOf after it when there is one (the node then in its place even if null, so the
+ * two cannot pass for each other): records written before either existed keep the form they
+ * were hashed in.
  */
 export function auditHash(key: Uint8Array, prevHash: string, seq: number, e: AuditEntry & { node?: string | null }): string {
   const fields: unknown[] = [seq, e.time, e.principal, e.clientId, e.method, e.uri, e.status, e.peer, e.requestId];
-  if (e.node !== null && e.node !== undefined) fields.push(e.node);
+  const node = e.node ?? null;
+  if (e.onBehalfOf !== null && e.onBehalfOf !== undefined) fields.push(node, e.onBehalfOf);
+  else if (node !== null) fields.push(node);
   return createHmac('sha256', key).update(prevHash).update('\n').update(JSON.stringify(fields)).digest('hex');
 }
 

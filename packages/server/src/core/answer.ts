@@ -51,6 +51,7 @@ export class Answerer {
       const written = this.audit.record({
         time: this.now(),
         principal: record.principal,
+        onBehalfOf: record.onBehalfOf,
         clientId: record.clientId,
         method: record.method,
         uri: record.uri,
@@ -75,7 +76,7 @@ export class Answerer {
     // The operator's request log (info): who asked what and how it went. The principal is an id (a
     // user id, an authorization URI, kms://peer), never a credential; the fields are the record's
     // own, so nothing is serialised here, and pino drops the line itself when info is off.
-    this.logger.info({ op: record.op, status: out.status, principal: record.principal, peer: record.peer, latencyMs: Math.round(seconds * 1e4) / 10, requestId: out.requestId }, 'request');
+    this.logger.info({ op: record.op, status: out.status, principal: record.principal, onBehalfOf: record.onBehalfOf ?? undefined, peer: record.peer, latencyMs: Math.round(seconds * 1e4) / 10, requestId: out.requestId }, 'request');
     return this.seal(encoder.encode(JSON.stringify(out)), out.status, to);
   }
 

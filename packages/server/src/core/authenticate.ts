@@ -7,7 +7,7 @@
  */
 import { KmsError, Limits, isPlainText, peekHeader, type KmsRequest } from '@openkms/protocol';
 import type { Channel } from '../channels.js';
-import { principalId, type PeerPrincipal, type Principal } from '../identity/principal.js';
+import { auditIdentity, credentialHolder, principalId, type PeerPrincipal, type Principal } from '../identity/principal.js';
 import { domainOf, isUserId, normalizeUserId } from '../identity/users.js';
 import { peerOwning, type Opened } from './open.js';
 import type { RequestRecord } from './record.js';
@@ -48,7 +48,7 @@ export class Authentication {
   async authenticate(opened: Opened, record: RequestRecord): Promise<Authenticated> {
     const authenticated = opened.channel ? await this.onChannel(opened, opened.channel, record) : await this.handshake(opened, record);
     // Rate limits are per channel owner (the principal that handshook).
-    const owner = opened.channel?.owner ?? principalId(authenticated.principal);
+    const owner = opened.channel?.owner ?? credentialHolder(authenticated.principal);
     if (!this.limiter.allow(owner)) throw new KmsError('RATE_LIMITED', 'rate limited');
     return authenticated;
   }
@@ -90,13 +90,16 @@ export class Authentication {
     }
     const request = readRequest(raw, record);
     const principal = await this.bearer(request, record);
-    if (principalId(principal) !== channel.owner) throw KmsError.forbidden('the ephemeral key belongs to another principal');
+    if (credentialHolder(principal) !== channel.owner) throw KmsError.forbidden('the ephemeral key belongs to another principal');
     return { request, principal };
   }
 
+  /** The bearer's principal; under compliance access the agent is audited, the user as onBehalfOf. */
   private async bearer(request: KmsRequest, record: RequestRecord): Promise<Principal> {
     const principal = await this.bearers.authenticate(request.client.credential);
-    record.principal = principalId(principal);
+    const who = auditIdentity(principal);
+    record.principal = who.principal;
+    record.onBehalfOf = who.onBehalfOf;
     return principal;
   }
 }

@@ -9,6 +9,8 @@ export interface RequestRecord {
   /** The operation, once resolved; `reset` for a message that could not be opened. */
   op: OperationName | 'reset' | 'unknown';
   principal: string | null;
+  /** The user a compliance officer read as (`credential.onBehalfOf`), when it did. */
+  onBehalfOf: string | null;
   clientId: string | null;
   method: string | null;
   uri: string | null;
@@ -18,5 +20,5 @@ export interface RequestRecord {
 }
 
 export function newRecord(): RequestRecord {
-  return { op: 'reset', principal: null, clientId: null, method: null, uri: null, requestId: undefined, peer: null };
+  return { op: 'reset', principal: null, onBehalfOf: null, clientId: null, method: null, uri: null, requestId: undefined, peer: null };
 }

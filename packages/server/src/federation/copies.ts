@@ -87,7 +87,8 @@ export class Copies implements CopySource {
   /**
    * The copy that answers `user`'s request for a peer's key (`keyUri`) or KRO (`resourceUri`):
    * a fresh copy that already authorizes the user, else a new fetch. A's 403/404 reach the user;
-   * any other failure is a 502, no answer in time a 504. Never a grant from a stale copy.
+   * any other failure is a 502, no answer in time a 504. Never a grant from a stale copy, but to
+   * the user's compliance officer (`user.agent`), for whom any copy that authorizes the user serves.
    */
   async copyFor(user: UserPrincipal, target: CopyTarget): Promise<CopyContent> {
     const uri = 'keyUri' in target ? target.keyUri : target.resourceUri;
@@ -101,14 +102,20 @@ export class Copies implements CopySource {
     const peer = this.o.channels.peerOf(ref.authority);
     const resourceUri = 'resourceUri' in target ? target.resourceUri : await this.o.store.copyOfKey(target.keyUri);
     const copy = resourceUri === undefined ? undefined : await this.load(resourceUri);
-    if (copy && this.fresh(copy.fetchedAt)) {
+    if (copy) {
       const holdsKey = 'keyUri' in target ? copy.content.resource.keys.some((k) => k.uri === target.keyUri) : true;
-      if (holdsKey && authorizes(copy.content, user.id)) return copy.content;
-      // A user not (yet) in a fresh copy may just have been added: re-fetch, at most once a second.
-      const last = this.lastRefetch.get(copy.content.resource.uri) ?? 0;
-      if (holdsKey && this.o.now() - last < REFETCH_INTERVAL_MS) throw KmsError.forbidden('not authorized on this resource');
-      if (this.lastRefetch.size > MAX_TRACKED_KROS) this.lastRefetch.clear();
-      this.lastRefetch.set(copy.content.resource.uri, this.o.now());
+      const grants = holdsKey && authorizes(copy.content, user.id);
+      // Legal discovery (PROTOCOL.md §6): the copy is the organisation's archive. A compliance
+      // officer reading as the user is served what it shows the user was given, fresh or not, and
+      // without asking the peer (which may since have revoked the user, or be unreachable).
+      if (grants && (user.agent !== undefined || this.fresh(copy.fetchedAt))) return copy.content;
+      if (this.fresh(copy.fetchedAt)) {
+        // A user not (yet) in a fresh copy may just have been added: re-fetch, at most once a second.
+        const last = this.lastRefetch.get(copy.content.resource.uri) ?? 0;
+        if (holdsKey && this.o.now() - last < REFETCH_INTERVAL_MS) throw KmsError.forbidden('not authorized on this resource');
+        if (this.lastRefetch.size > MAX_TRACKED_KROS) this.lastRefetch.clear();
+        this.lastRefetch.set(copy.content.resource.uri, this.o.now());
+      }
     }
     // A KRO is asked for as its keys (the operation a peer channel may use), a key as itself.
     const askUri = 'keyUri' in target ? uri : `${uri}/keys`;

@@ -10,7 +10,7 @@ import type { KeyObject } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { AuditEntry } from '../audit/audit.js';
 import { describeError, type Logger } from '../logger.js';
-import type { UserPrincipal } from '../identity/principal.js';
+import { auditIdentity, type UserPrincipal } from '../identity/principal.js';
 import type { Peer, PeerRegistry } from './peers.js';
 
 export interface PeerChannelsOptions {
@@ -152,7 +152,7 @@ export class PeerChannels {
   audit(principal: UserPrincipal | 'self', peer: Peer, method: string, uri: string, status: number): Promise<void> {
     return this.o.audit({
       time: this.o.now(),
-      principal: principal === 'self' ? `kms://${this.o.authority}` : principal.id,
+      ...(principal === 'self' ? { principal: `kms://${this.o.authority}`, onBehalfOf: null } : auditIdentity(principal)),
       clientId: 'federation',
       method,
       uri,

@@ -12,6 +12,13 @@ export interface UserPrincipal {
   orgId: string;
   /** When the credential that proved it stops being valid (epoch ms). */
   expiresAt: number;
+  /**
+   * Compliance access (PROTOCOL.md §4, `credential.onBehalfOf`): the `orgAgent` whose bearer this
+   * request carried, reading as this user. The request is evaluated as the user; the operation
+   * table lets it read only (caller `agent`); the agent owns the channel and is audited as the
+   * principal, the user as onBehalfOf.
+   */
+  agent?: string;
 }
 
 export interface AnonymousPrincipal {
@@ -43,6 +50,19 @@ export function principalId(p: Principal): string {
     case 'peer':
       return `kms://${p.authority}`;
   }
+}
+
+/**
+ * Who proved itself by the request's credential: the owner of the channel it may use and the
+ * audited principal. The same as principalId() except under compliance access, where it is the agent.
+ */
+export function credentialHolder(p: Principal): string {
+  return p.kind === 'user' && p.agent !== undefined ? p.agent : principalId(p);
+}
+
+/** The audit record's two identities: who proved itself, and the user it acted for (or null). */
+export function auditIdentity(p: Principal): { principal: string; onBehalfOf: string | null } {
+  return { principal: credentialHolder(p), onBehalfOf: p.kind === 'user' && p.agent !== undefined ? p.id : null };
 }
 
 /** What an access-token check yields, before the KMS maps it to a principal. */

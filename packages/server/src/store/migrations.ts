@@ -247,6 +247,12 @@ CREATE TABLE retry_answers (
 CREATE INDEX retry_answers_expiry ON retry_answers (expires_at);
 `,
   },
+  {
+    version: 9,
+    name: 'audit: onBehalfOf, the user a compliance officer read as',
+    // Null for every other request, and for the records written before (their hashes do not cover it).
+    sql: `ALTER TABLE audit ADD COLUMN on_behalf_of TEXT;`,
+  },
 ];
 
 /** The schema version this kms creates and reads (the last migration). */

@@ -76,8 +76,8 @@ const AUTHORIZATION_COLUMNS = ['id', 'resource_id', 'auth_id', 'role_uri', 'crea
 const authorizationValues = (a: AuthorizationRow) => [a.id, a.resourceId, a.authId, a.roleUri, a.createdAt];
 const CHANNEL_COLUMNS = ['id', 'owner', 'client_id', 'created_at', 'expires_at', 'cmk_id', 'sealed'];
 const channelValues = (c: ChannelRow) => [c.id, c.owner, c.clientId, c.createdAt, c.expiresAt, c.cmkId, bytes(c.sealed)];
-const AUDIT_COLUMNS = ['seq', 'time', 'principal', 'client_id', 'method', 'uri', 'status', 'peer', 'request_id', 'node', 'prev_hash', 'hash'];
-const auditValues = (a: AuditRow) => [a.seq, a.time, a.principal, a.clientId, a.method, a.uri, a.status, a.peer, a.requestId, a.node, a.prevHash, a.hash];
+const AUDIT_COLUMNS = ['seq', 'time', 'principal', 'on_behalf_of', 'client_id', 'method', 'uri', 'status', 'peer', 'request_id', 'node', 'prev_hash', 'hash'];
+const auditValues = (a: AuditRow) => [a.seq, a.time, a.principal, a.onBehalfOf ?? null, a.clientId, a.method, a.uri, a.status, a.peer, a.requestId, a.node, a.prevHash, a.hash];
 
 /** Rows per multi-row INSERT: at most 12 columns, far below PostgreSQL's 65535 parameters. */
 const CHUNK = 1000;

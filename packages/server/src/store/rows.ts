@@ -60,6 +60,7 @@ export const auditFromRow = (r: Row): AuditRow => ({
   seq: num(r.seq),
   time: num(r.time),
   principal: str(r.principal),
+  onBehalfOf: str(r.on_behalf_of),
   clientId: str(r.client_id),
   method: str(r.method),
   uri: str(r.uri),

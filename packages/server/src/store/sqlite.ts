@@ -85,8 +85,8 @@ export class SqliteStore implements Store {
       insertCmk: p('INSERT INTO cmks (id, state, assigned_org_id, created_at, sealed) VALUES (@id, @state, @assignedOrgId, @createdAt, @sealed)'),
       getCmk: p('SELECT * FROM cmks WHERE id = ?'),
       setCmkState: p('UPDATE cmks SET state = ? WHERE id = ?'),
-      insertAudit: p(`INSERT INTO audit (seq, time, principal, client_id, method, uri, status, peer, request_id, node, prev_hash, hash)
-                      VALUES (@seq, @time, @principal, @clientId, @method, @uri, @status, @peer, @requestId, @node, @prevHash, @hash)`),
+      insertAudit: p(`INSERT INTO audit (seq, time, principal, on_behalf_of, client_id, method, uri, status, peer, request_id, node, prev_hash, hash)
+                      VALUES (@seq, @time, @principal, @onBehalfOf, @clientId, @method, @uri, @status, @peer, @requestId, @node, @prevHash, @hash)`),
       auditHead: p('SELECT seq, hash FROM audit_head WHERE id = 1'),
       moveAuditHead: p('UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1'),
       readAudit: p('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
@@ -407,7 +407,7 @@ export class SqliteStore implements Store {
       const head = auditHeadFromRow(this.stmt.auditHead!.get() as Row);
       const rows = link(head);
       rules.checkAuditLink(head, rows);
-      for (const row of rows) this.stmt.insertAudit!.run(row);
+      for (const row of rows) this.stmt.insertAudit!.run({ ...row, onBehalfOf: row.onBehalfOf ?? null });
       const last = rows.at(-1);
       if (last) this.stmt.moveAuditHead!.run(last.seq, last.hash);
     });

@@ -155,7 +155,7 @@ describe('the audit', () => {
     const record = recordOf({ peer: `kms://${PEER_AUTHORITY}` });
     await a.answer({ status: 403, reason: 'not authorized' }, record, toUser(channelOf('alice@a.example')), 0);
     assert.deepEqual(audit.entries, [
-      { time: NOW, principal: 'alice@a.example', clientId: 'client-1', method: 'retrieve', uri: record.uri, status: 403, peer: `kms://${PEER_AUTHORITY}`, requestId: 'r-1' },
+      { time: NOW, principal: 'alice@a.example', onBehalfOf: null, clientId: 'client-1', method: 'retrieve', uri: record.uri, status: 403, peer: `kms://${PEER_AUTHORITY}`, requestId: 'r-1' },
     ]);
     assert.deepEqual(
       events.map((e) => [e.op, e.status]),

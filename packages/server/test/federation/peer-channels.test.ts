@@ -166,9 +166,12 @@ describe('peerOf and audit', () => {
     const { c: audited, audited: entries } = channels();
     await audited.audit(userOf('alice@b.example'), peer, 'retrieve', 'kms://kms.a.example/keys/x', 200);
     await audited.audit('self', peer, 'update', 'kms://kms.a.example/federation/invalidations', 204);
+    await audited.audit({ ...userOf('bob@b.example'), agent: 'officer@b.example' }, peer, 'retrieve', 'kms://kms.a.example/keys/y', 200);
     assert.deepEqual(entries, [
-      { time: NOW, principal: 'alice@b.example', clientId: 'federation', method: 'retrieve', uri: 'kms://kms.a.example/keys/x', status: 200, peer: WHO, requestId: null },
-      { time: NOW, principal: 'kms://kms.b.example', clientId: 'federation', method: 'update', uri: 'kms://kms.a.example/federation/invalidations', status: 204, peer: WHO, requestId: null },
+      { time: NOW, principal: 'alice@b.example', onBehalfOf: null, clientId: 'federation', method: 'retrieve', uri: 'kms://kms.a.example/keys/x', status: 200, peer: WHO, requestId: null },
+      { time: NOW, principal: 'kms://kms.b.example', onBehalfOf: null, clientId: 'federation', method: 'update', uri: 'kms://kms.a.example/federation/invalidations', status: 204, peer: WHO, requestId: null },
+      // A compliance officer's read through the peer: the officer, for the user.
+      { time: NOW, principal: 'officer@b.example', onBehalfOf: 'bob@b.example', clientId: 'federation', method: 'retrieve', uri: 'kms://kms.a.example/keys/y', status: 200, peer: WHO, requestId: null },
     ]);
   });
 });

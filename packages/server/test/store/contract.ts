@@ -225,6 +225,14 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       });
     };
 
+    test('audit records keep onBehalfOf, null when there is none', async () => {
+      const start = await store.auditHead();
+      await store.appendAudit((head) => chained(head, [{ ...auditEntry(1), principal: 'officer@a.example', onBehalfOf: 'bob@a.example' }, auditEntry(2)], 'node-a'));
+      const written = await store.readAudit(start.seq, 10);
+      assert.deepEqual(written.map((r) => [r.principal, r.onBehalfOf]), [['officer@a.example', 'bob@a.example'], ['alice@a.example', null]]);
+      assert.equal(written[0]!.hash, auditHash(auditKey, start.hash, start.seq + 1, written[0]!), 'read back as it was hashed');
+    });
+
     test('the audit chain: a batch follows the head read in its transaction; one that does not is refused whole', async () => {
       const start = await store.auditHead();
       const heads: AuditHead[] = [];
