@@ -185,10 +185,17 @@ export class KmsClient {
     return { payload: readPayload(plaintext), signed: false };
   }
 
-  /** The request member `client`, and the message plaintext (nested and signed for a peer). */
-  private async sealable(body: Record<string, unknown>, authority: string): Promise<{ plaintext: Uint8Array; cty?: string }> {
+  /**
+   * The request member `client`, and the message plaintext (nested and signed for a peer). A
+   * handshake (`onChannel` false) never carries onBehalfOf: the channel is the token holder's.
+   */
+  private async sealable(body: Record<string, unknown>, authority: string, onChannel = true): Promise<{ plaintext: Uint8Array; cty?: string }> {
     const peer = this.options.peer;
-    if (!peer) return { plaintext: enc.encode(JSON.stringify({ ...body, client: { clientId: this.clientId, credential: await this.credential() } })) };
+    if (!peer) {
+      const credential: Record<string, unknown> = await this.credential();
+      if (onChannel && this.options.onBehalfOf !== undefined) credential.onBehalfOf = this.options.onBehalfOf;
+      return { plaintext: enc.encode(JSON.stringify({ ...body, client: { clientId: this.clientId, credential } })) };
+    }
     const signed = { ...body, client: { clientId: peer.kid, credential: { jwk: peer.jwk } }, aud: `kms://${authority}`, iat: Math.floor(this.now() / 1000) };
     let jws: unknown;
     try {
@@ -238,7 +245,7 @@ export class KmsClient {
     const pair = await generateEphemeralKeyPair();
     const requestId = uuid();
     const body = { requestId, method: 'create', uri: `kms://${key.authority}/ecdhe`, jwk: pair.publicJwk };
-    const { plaintext, cty } = await this.sealable(body, key.authority);
+    const { plaintext, cty } = await this.sealable(body, key.authority, false);
     const message = await encryptStatic(plaintext, key.encryptKey, key.kid, cty);
     const answer = await this.getTransport(requestId).exchange(message, requestId);
     this.handshakes++;

@@ -40,6 +40,13 @@ export interface KmsClientOptions {
    * with `aud` and `iat`) inside the channel JWE. `token` is then unused.
    */
   peer?: PeerCredential;
+  /**
+   * Compliance access (PROTOCOL.md §4): read as this user of your organisation; `token` must be
+   * of a user with the `orgAgent` role. Every request but the handshake (the channel stays yours)
+   * carries it in `credential.onBehalfOf`; the KMS allows the four reads only (retrieve a key, a
+   * resource, its keys, its authorizations) and answers anything else 403.
+   */
+  onBehalfOf?: string;
 }
 
 export interface PeerCredential {
@@ -118,4 +125,6 @@ export function checkOptions(options: KmsClientOptions): void {
   if (peer !== undefined && (typeof peer !== 'object' || peer === null || typeof peer.kid !== 'string' || typeof peer.jwk !== 'object' || peer.jwk === null || typeof peer.sign !== 'function')) {
     refuse('peer', 'must be { kid, jwk, sign }');
   }
+  if (o.onBehalfOf !== undefined && (typeof o.onBehalfOf !== 'string' || o.onBehalfOf === '')) refuse('onBehalfOf', 'must be a non-empty user id');
+  if (o.onBehalfOf !== undefined && peer !== undefined) refuse('onBehalfOf', 'is for a user’s token, not with options.peer');
 }

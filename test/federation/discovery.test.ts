@@ -1,0 +1,101 @@
+/**
+ * Legal discovery over federated copies (PROTOCOL.md §6 "Legal discovery", §4 "Compliance"): at
+ * B, a compliance officer of B's organisation reading as a B user is served, through B, what B's
+ * archive copy shows that user was given — also after A revoked the user (the copy marked stale)
+ * and while A is unreachable — and nothing the copy does not show. The user alone never gets a
+ * grant from a stale copy.
+ *
+ * Between REAL KMSs: each is the real server on loopback (real sockets, real SQLite files, real keys
+ * and certificates), and every user is the real SDK.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
+import { KmsClient } from '@openkms/client';
+import { manualClock } from '@openkms/server/testing';
+import { clients, closeClients, exchanges, invalidationsAt, statusOf, TEST, useFederatedPair, waitFor, type FederatedPair } from '../support/federation.js';
+
+after(closeClients);
+
+/** B's audit records of `principal` with their onBehalfOf, read straight from its database. */
+function auditedAs(dbPath: string, principal: string): { on_behalf_of: string | null; uri: string; status: number; peer: string | null }[] {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    return db.prepare('SELECT on_behalf_of, uri, status, peer FROM audit WHERE principal = ? ORDER BY seq').all(principal) as never;
+  } finally {
+    db.close();
+  }
+}
+
+describe('legal discovery: a compliance officer of B reads a B user’s federated keys from B’s copy', () => {
+  const clock = manualClock();
+  let pair: FederatedPair;
+  const closers = useFederatedPair(clock, (p) => (pair = p));
+
+  /** B's compliance officer (orgAgent of b.example) reading as `user`. */
+  function officerFor(user: string): KmsClient {
+    const client = new KmsClient({
+      url: pair.B.url,
+      authority: pair.B.config.authority,
+      trustAnchors: [pair.caB],
+      token: () => pair.B.token('officer@b.example', { roles: ['orgAgent'] }),
+      onBehalfOf: user,
+      debounceMs: 1,
+      now: clock.now,
+    });
+    clients.push(client);
+    return client;
+  }
+
+  test('fresh, revoked (stale copy), then A unreachable: the officer is served from the copy; Bob alone is not', TEST, async () => {
+    const { A, B, alice, bob, R, keys } = pair;
+    const asBob = officerFor('bob@b.example');
+    // Bob reads the KRO through B: B keeps a copy.
+    assert.deepEqual((await bob.retrieveResourceKeys(R)).map((k) => k.uri).sort(), keys.map((k) => k.uri).sort());
+    // The officer reads as Bob from the fresh copy.
+    assert.equal((await asBob.retrieveKey(keys[0]!.uri)).jwk.k, keys[0]!.jwk.k);
+
+    // Alice revokes Bob; A's invalidation marks B's copy stale.
+    const received = invalidationsAt(B);
+    await alice.deauthorize(R, 'bob@b.example');
+    await waitFor(() => invalidationsAt(B) > received, 'the invalidation after the revocation');
+    assert.equal(await statusOf(bob.retrieveKey(keys[0]!.uri)), 403, 'Bob alone: A refuses him now');
+    const asked = exchanges(B, 'officer@b.example').length;
+    // The officer still gets what the copy shows Bob was given, without asking A.
+    assert.equal((await asBob.retrieveKey(keys[1]!.uri)).jwk.k, keys[1]!.jwk.k);
+    const archived = await asBob.retrieveResourceKeys(R);
+    assert.deepEqual(archived.map((k) => [k.uri, k.jwk.k]).sort(), keys.map((k) => [k.uri, k.jwk.k]).sort());
+    assert.equal(exchanges(B, 'officer@b.example').length, asked, 'served from the archive copy: A was not asked');
+
+    // A unreachable: the officer is still served; Bob gets A's failure, never the copy.
+    await A.close();
+    closers[0] = async () => undefined;
+    assert.equal((await asBob.retrieveKey(keys[2]!.uri)).jwk.k, keys[2]!.jwk.k);
+    assert.equal(await statusOf(bob.retrieveKey(keys[2]!.uri)), 502, 'Bob alone with A down');
+
+    // Audited at B with both identities.
+    const rows = auditedAs(B.dbPath, 'officer@b.example').filter((r) => r.uri.startsWith(`kms://${A.config.authority}/`));
+    assert.ok(rows.length >= 4, JSON.stringify(rows));
+    assert.ok(rows.every((r) => r.on_behalf_of === 'bob@b.example'), JSON.stringify(rows));
+  });
+
+  test('only what the copy shows for that user: another B user the copy never authorized gets nothing from it', TEST, async () => {
+    const { keys } = pair;
+    const asCarol = officerFor('carol@b.example');
+    // Not in the copy: B would have to ask A, which is down now (502); nothing from the archive.
+    assert.equal(await statusOf(asCarol.retrieveKey(keys[0]!.uri)), 502);
+    // Read only, even on a copy that authorizes the user.
+    const asBob = officerFor('bob@b.example');
+    assert.equal(await statusOf(asBob.createKeys(1)), 403);
+    assert.equal(await statusOf(asBob.authorize(pair.R, ['mallory@b.example'])), 403);
+  });
+
+  test('without the orgAgent role (kmsAdmin is not enough), onBehalfOf gets nothing', TEST, async () => {
+    const { B, caB, keys } = pair;
+    for (const [who, roles] of [['officer@b.example', []], ['officer@b.example', ['kmsAdmin']]] as const) {
+      const client = new KmsClient({ url: B.url, authority: B.config.authority, trustAnchors: [caB], token: () => B.token(who, { roles: [...roles] }), onBehalfOf: 'bob@b.example', debounceMs: 1, now: clock.now });
+      clients.push(client);
+      assert.equal(await statusOf(client.retrieveKey(keys[0]!.uri)), 403, `roles ${roles.join(',') || 'none'}`);
+    }
+  });
+});
