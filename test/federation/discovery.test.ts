@@ -13,9 +13,19 @@ import { after, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { KmsClient } from '@openkms/client';
 import { manualClock } from '@openkms/server/testing';
-import { clients, closeClients, exchanges, invalidationsAt, statusOf, TEST, useFederatedPair, waitFor, type FederatedPair } from '../support/federation.js';
+import { clients, closeClients, exchanges, invalidationsAt, statusOf, TEST, useFederatedPair, userOn, waitFor, type FederatedPair } from '../support/federation.js';
 
 after(closeClients);
+
+/** How many versions of KRO `uri` B's archive holds. */
+function archivedVersions(dbPath: string, uri: string): number {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    return (db.prepare('SELECT COUNT(*) AS n FROM federated_archive WHERE resource_uri = ?').get(uri) as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
 
 /** B's audit records of `principal` with their onBehalfOf, read straight from its database. */
 function auditedAs(dbPath: string, principal: string): { on_behalf_of: string | null; uri: string; status: number; peer: string | null }[] {
@@ -47,7 +57,7 @@ describe('legal discovery: a compliance officer of B reads a B user’s federate
     return client;
   }
 
-  test('fresh, revoked (stale copy), then A unreachable: the officer is served from the copy; Bob alone is not', TEST, async () => {
+  test('fresh, revoked (stale copy, then replaced by a newer one without Bob), then A unreachable: the officer is served from the archive; Bob alone is not', TEST, async () => {
     const { A, B, alice, bob, R, keys } = pair;
     const asBob = officerFor('bob@b.example');
     // Bob reads the KRO through B: B keeps a copy.
@@ -55,11 +65,21 @@ describe('legal discovery: a compliance officer of B reads a B user’s federate
     // The officer reads as Bob from the fresh copy.
     assert.equal((await asBob.retrieveKey(keys[0]!.uri)).jwk.k, keys[0]!.jwk.k);
 
+    // Carol of B is authorized too, and reads: the copy now shows both.
+    let received = invalidationsAt(B);
+    await alice.authorize(R, ['carol@b.example']);
+    await waitFor(() => invalidationsAt(B) > received, 'the invalidation after Carol was added');
+    const carol = userOn(B, 'carol@b.example', pair.caB, clock);
+    await carol.retrieveResourceKeys(R);
     // Alice revokes Bob; A's invalidation marks B's copy stale.
-    const received = invalidationsAt(B);
+    received = invalidationsAt(B);
     await alice.deauthorize(R, 'bob@b.example');
     await waitFor(() => invalidationsAt(B) > received, 'the invalidation after the revocation');
     assert.equal(await statusOf(bob.retrieveKey(keys[0]!.uri)), 403, 'Bob alone: A refuses him now');
+    // Carol reads again: B's copy is replaced by A's new answer, which no longer shows Bob. The
+    // version that did stays in B's archive.
+    await carol.retrieveResourceKeys(R);
+    assert.ok(archivedVersions(B.dbPath, R) >= 3, 'every version B received is archived');
     const asked = exchanges(B, 'officer@b.example').length;
     // The officer still gets what the copy shows Bob was given, without asking A.
     assert.equal((await asBob.retrieveKey(keys[1]!.uri)).jwk.k, keys[1]!.jwk.k);
@@ -81,9 +101,10 @@ describe('legal discovery: a compliance officer of B reads a B user’s federate
 
   test('only what the copy shows for that user: another B user the copy never authorized gets nothing from it', TEST, async () => {
     const { keys } = pair;
-    const asCarol = officerFor('carol@b.example');
-    // Not in the copy: B would have to ask A, which is down now (502); nothing from the archive.
-    assert.equal(await statusOf(asCarol.retrieveKey(keys[0]!.uri)), 502);
+    const asDave = officerFor('dave@b.example');
+    // In no version: nothing from the archive (the fresh copy Carol's read made does not show Dave,
+    // and B asked A about this KRO less than a second ago: 403 without asking again).
+    assert.equal(await statusOf(asDave.retrieveKey(keys[0]!.uri)), 403);
     // Read only, even on a copy that authorizes the user.
     const asBob = officerFor('bob@b.example');
     assert.equal(await statusOf(asBob.createKeys(1)), 403);

@@ -180,7 +180,7 @@ export class KmsClient {
       const proof = dec.decode(plaintext);
       const verified = await answerStep('KMS answer\'s nested signature does not verify under its static key', () => verifyStatic(proof, key.verifyKey));
       if (verified.header.kid !== key.kid) throw new KmsError('ANSWER_INVALID', 'KMS answer signed under an unexpected kid');
-      return { payload: readPayload(verified.plaintext), signed: false, proof };
+      return { payload: readPayload(verified.plaintext), signed: false, proof, signer: key.jwk };
     }
     return { payload: readPayload(plaintext), signed: false };
   }

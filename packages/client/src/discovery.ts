@@ -7,7 +7,7 @@
 import { importJWK, type CryptoKey } from 'jose';
 import { CertificateError, KmsError, isAuthority, verifyKmsCertificate } from '@openkms/protocol';
 import { failureDetail, httpFailure, timedOut, unreachable } from './failures.js';
-import type { FetchLike } from './transport.js';
+import type { FetchLike, StaticJwk } from './transport.js';
 
 export interface StaticKey {
   authority: string;
@@ -16,6 +16,8 @@ export interface StaticKey {
   encryptKey: CryptoKey;
   /** For answers signed by the KMS (PS256). */
   verifyKey: CryptoKey;
+  /** The static public key as discovered, with the x5c chain it was checked by. */
+  jwk: StaticJwk;
   domains: string[];
 }
 
@@ -85,6 +87,7 @@ export async function discover(options: {
     kid: cluster,
     encryptKey: keys[0]!,
     verifyKey: keys[1]!,
+    jwk: { kty: 'RSA', kid: jwk.kid, n: jwk.n, e: jwk.e, x5c: [...(jwk.x5c as string[])] },
     domains: Array.isArray(doc.domains) ? doc.domains.filter((d): d is string => typeof d === 'string') : [],
   };
 }

@@ -9,4 +9,4 @@ export { encryptContent, decryptContent, decryptContentText, contentKeyUri, encr
 export { ErrorCodes, KmsError, hasCode, type ErrorCode } from '@openkms/protocol';
 export type { KeyRep, ResourceRep, AuthorizationRep, CmkRep } from '@openkms/protocol';
 export type { WebSocketConstructor, WebSocketLike } from './ws-transport.js';
-export type { FetchLike, Answer } from './transport.js';
+export type { FetchLike, Answer, StaticJwk } from './transport.js';

@@ -5,6 +5,15 @@
  */
 import type { KmsResponse, RequestId } from '@openkms/protocol';
 
+/** A KMS's static public key (RSA), as its discovery document gives it, with its x5c chain. */
+export interface StaticJwk {
+  kty: 'RSA';
+  kid: string;
+  n: string;
+  e: string;
+  x5c: string[];
+}
+
 export interface Answer {
   payload: KmsResponse;
   /** True when the answer was a JWS under the KMS static key (ECDHE answers, resets). */
@@ -14,6 +23,8 @@ export interface Answer {
    * PROTOCOL.md §6): kept so a federated copy can later prove what the KMS released.
    */
   proof?: string;
+  /** With a proof: the KMS's static public key it verified under, with its x5c chain. */
+  signer?: StaticJwk;
 }
 
 export type Decoder = (compact: string) => Promise<Answer>;

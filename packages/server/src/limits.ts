@@ -24,6 +24,11 @@ export const MAX_RELEASED_KEYS = 500;
 export const MAX_FEDERATED_PAGES = 20;
 /** KROs whose last re-fetch is remembered in memory (per node; invalidations are in the database). */
 export const MAX_TRACKED_KROS = 100_000;
+/**
+ * Archived versions of one KRO a compliance read looks through (newest first) for one that shows
+ * the user; the export reads them all, page by page.
+ */
+export const MAX_ARCHIVED_VERSIONS_READ = 1000;
 /** A user missing from a fresh copy makes a re-fetch at most this often per KRO (ms). */
 export const REFETCH_INTERVAL_MS = 1000;
 /** Waits between attempts to push an invalidation to a peer (the staleness bound is the backstop). */

@@ -165,6 +165,11 @@ export interface CopyRow {
   sealed: Uint8Array;
 }
 
+/** One version of a peer's KRO in the archive: the copy as stored then, numbered 1, 2, … per KRO. */
+export interface ArchivedCopy extends CopyRow {
+  version: number;
+}
+
 /** A request to bind one key: who asks, and what the key becomes once bound. */
 export interface KeyBind {
   /** The key's id. */

@@ -5,15 +5,16 @@
  * archiving and legal discovery), and enforces the policy for its own user from that copy. A copy
  * is used for `federation.maxStaleness` seconds; a refusal is never cached.
  */
-import type { Answer } from '@openkms/client';
+import type { Answer, StaticJwk } from '@openkms/client';
 import { KmsError, Status, isUuid, objectRef, parseDate, retrieveKeysSchema, validate } from '@openkms/protocol';
 import type { UserPrincipal } from '../identity/principal.js';
 import type { Keyring } from '../keyring/keyring.js';
 import { COPY_INVALIDATED } from '../model.js';
-import { MAX_FEDERATED_PAGES, MAX_KEYS_PER_ANSWER, MAX_TRACKED_KROS, REFETCH_INTERVAL_MS } from '../limits.js';
+import { MAX_ARCHIVED_VERSIONS_READ, MAX_FEDERATED_PAGES, MAX_KEYS_PER_ANSWER, MAX_TRACKED_KROS, REFETCH_INTERVAL_MS } from '../limits.js';
 import type { Handler } from '../operations/context.js';
 import { userPrincipal } from '../operations/guards.js';
 import type { Store } from '../store/store.js';
+import type { CopyRow } from '../model.js';
 import type { Invalidations } from './inbox.js';
 import type { PeerChannels } from './peer-channels.js';
 import type { Peer } from './peers.js';
@@ -35,10 +36,15 @@ export interface FederatedAuthorization {
   resourceUri: string;
 }
 
-/** What a copy holds: the KRO as released (all pages merged) and the peer's signed answers. */
+/**
+ * What a copy holds: the KRO as released (all pages merged), the peer's signed answers and the
+ * static key (with its certificate chain) they verified under — the proof of origin legal
+ * discovery hands on (copies made before the signer was kept have none).
+ */
 export interface CopyContent {
   resource: { uri: string; keys: FederatedKey[]; authorizations: FederatedAuthorization[] };
   proofs: string[];
+  signer?: StaticJwk;
 }
 
 export type CopyTarget = { keyUri: string } | { resourceUri: string };
@@ -75,9 +81,16 @@ export class Copies implements CopySource {
   /** The copy of `resourceUri`, unsealed, with its age; undefined when there is none. */
   private async load(resourceUri: string): Promise<{ content: CopyContent; fetchedAt: number } | undefined> {
     const row = await this.o.store.getCopy(resourceUri);
-    if (!row) return undefined;
-    const plain = await this.o.keyring.unseal(row.cmkId, row.sealed, copyAad(resourceUri));
-    return { content: JSON.parse(dec.decode(plain.reveal())) as CopyContent, fetchedAt: row.fetchedAt };
+    return row && { content: await unsealCopy(this.o.keyring, row), fetchedAt: row.fetchedAt };
+  }
+
+  /** The newest archived version of `resourceUri` that grants `user` the target, if any. */
+  private async fromArchive(resourceUri: string, user: UserPrincipal, target: CopyTarget): Promise<CopyContent | undefined> {
+    for (const row of await this.o.store.archivedCopies(resourceUri, MAX_ARCHIVED_VERSIONS_READ)) {
+      const content = await unsealCopy(this.o.keyring, row);
+      if (grants(content, user, target)) return content;
+    }
+    return undefined;
   }
 
   private fresh(fetchedAt: number): boolean {
@@ -102,37 +115,44 @@ export class Copies implements CopySource {
     const peer = this.o.channels.peerOf(ref.authority);
     const resourceUri = 'resourceUri' in target ? target.resourceUri : await this.o.store.copyOfKey(target.keyUri);
     const copy = resourceUri === undefined ? undefined : await this.load(resourceUri);
-    if (copy) {
-      const holdsKey = 'keyUri' in target ? copy.content.resource.keys.some((k) => k.uri === target.keyUri) : true;
-      const grants = holdsKey && authorizes(copy.content, user.id);
-      // Legal discovery (PROTOCOL.md §6): the copy is the organisation's archive. A compliance
-      // officer reading as the user is served what it shows the user was given, fresh or not, and
-      // without asking the peer (which may since have revoked the user, or be unreachable).
-      if (grants && (user.agent !== undefined || this.fresh(copy.fetchedAt))) return copy.content;
-      if (this.fresh(copy.fetchedAt)) {
-        // A user not (yet) in a fresh copy may just have been added: re-fetch, at most once a second.
-        const last = this.lastRefetch.get(copy.content.resource.uri) ?? 0;
-        if (holdsKey && this.o.now() - last < REFETCH_INTERVAL_MS) throw KmsError.forbidden('not authorized on this resource');
-        if (this.lastRefetch.size > MAX_TRACKED_KROS) this.lastRefetch.clear();
-        this.lastRefetch.set(copy.content.resource.uri, this.o.now());
-      }
+    // Legal discovery (PROTOCOL.md §6): the copies are the organisation's archive. A compliance
+    // officer reading as the user is served what the copy — or an archived version of it — shows
+    // the user was given, fresh or not, without asking the peer (which may since have revoked the
+    // user, or be unreachable).
+    if (user.agent !== undefined && resourceUri !== undefined) {
+      if (copy && grants(copy.content, user, target)) return copy.content;
+      const archived = await this.fromArchive(resourceUri, user, target);
+      if (archived) return archived;
+    }
+    if (copy && this.fresh(copy.fetchedAt)) {
+      if (grants(copy.content, user, target)) return copy.content;
+      // A user not (yet) in a fresh copy may just have been added: re-fetch, at most once a second.
+      const holdsKey = holdsTarget(copy.content, target);
+      const last = this.lastRefetch.get(copy.content.resource.uri) ?? 0;
+      if (holdsKey && this.o.now() - last < REFETCH_INTERVAL_MS) throw KmsError.forbidden('not authorized on this resource');
+      if (this.lastRefetch.size > MAX_TRACKED_KROS) this.lastRefetch.clear();
+      this.lastRefetch.set(copy.content.resource.uri, this.o.now());
     }
     // A KRO is asked for as its keys (the operation a peer channel may use), a key as itself.
     const askUri = 'keyUri' in target ? uri : `${uri}/keys`;
-    let content = await this.fetch(peer, user, askUri);
-    if (content === 'invalidated') content = await this.fetch(peer, user, askUri);
+    let content = await this.fetch(peer, user, askUri, copy?.content);
+    if (content === 'invalidated') content = await this.fetch(peer, user, askUri, copy?.content);
     if (content === 'invalidated') throw new KmsError('PEER_FAILED', `kms://${peer.authority} kept invalidating the KRO while it was fetched`);
     if (!authorizes(content, user.id)) throw KmsError.forbidden('not authorized on this resource');
     return content;
   }
 
-  /** Fetches every page of the KRO from the peer for `user`, checks it, stores the copy. */
-  private fetch(peer: Peer, user: UserPrincipal, uri: string): Promise<CopyContent | 'invalidated'> {
-    return this.o.inbox.during((startedAt) => this.fetchPages(peer, user, uri, startedAt));
+  /**
+   * Fetches every page of the KRO from the peer for `user`, checks it, stores the copy — and
+   * archives it when it is a new version: its keys or authorizations differ from `previous`.
+   */
+  private fetch(peer: Peer, user: UserPrincipal, uri: string, previous: CopyContent | undefined): Promise<CopyContent | 'invalidated'> {
+    return this.o.inbox.during((startedAt) => this.fetchPages(peer, user, uri, startedAt, previous));
   }
 
-  private async fetchPages(peer: Peer, user: UserPrincipal, uri: string, startedAt: number): Promise<CopyContent | 'invalidated'> {
+  private async fetchPages(peer: Peer, user: UserPrincipal, uri: string, startedAt: number, previous: CopyContent | undefined): Promise<CopyContent | 'invalidated'> {
     const proofs: string[] = [];
+    let signer: StaticJwk | undefined;
     let resource: CopyContent['resource'] | undefined;
     let next: string | undefined;
     let askUri = uri;
@@ -150,12 +170,13 @@ export class Copies implements CopySource {
       }
       const part = checkAnswer(answer, peer, uri);
       proofs.push(answer.proof!);
+      signer ??= answer.signer;
       resource = resource ? { ...resource, keys: [...resource.keys, ...part.resource.keys] } : part.resource;
       next = part.next;
       if (next === undefined) break;
       askUri = `${part.resource.uri}/keys`;
     }
-    const content: CopyContent = { resource: resource!, proofs };
+    const content: CopyContent = { resource: resource!, proofs, ...(signer && { signer }) };
     if (uri.includes('/keys/') && !content.resource.keys.some((k) => k.uri === uri)) {
       throw new KmsError('PEER_FAILED', `kms://${peer.authority} answered without the key asked for`);
     }
@@ -172,6 +193,7 @@ export class Copies implements CopySource {
       },
       content.resource.keys.map((k) => k.uri),
       startedAt,
+      previous === undefined || versionOf(previous) !== versionOf(content),
     );
     if (stored === 'invalidated') return 'invalidated';
     return content;
@@ -180,6 +202,27 @@ export class Copies implements CopySource {
 
 function authorizes(content: CopyContent, userId: string): boolean {
   return content.resource.authorizations.some((a) => a.authId === userId);
+}
+
+/** Whether a copy shows `user` authorized on its KRO and, for a key, holds that key. */
+function grants(content: CopyContent, user: UserPrincipal, target: CopyTarget): boolean {
+  return holdsTarget(content, target) && authorizes(content, user.id);
+}
+
+function holdsTarget(content: CopyContent, target: CopyTarget): boolean {
+  return 'keyUri' in target ? content.resource.keys.some((k) => k.uri === target.keyUri) : true;
+}
+
+/** What makes two copies of a KRO different versions for the archive: its keys and its authorizations. */
+function versionOf(content: CopyContent): string {
+  const { keys, authorizations } = content.resource;
+  return JSON.stringify([keys.map((k) => k.uri).sort(), authorizations.map((a) => `${a.uri} ${a.authId}`).sort()]);
+}
+
+/** A copy or archived version, unsealed (sealed under the CMK active then, AAD `copy:<KRO URI>`). */
+export async function unsealCopy(keyring: Keyring, row: CopyRow): Promise<CopyContent> {
+  const plain = await keyring.unseal(row.cmkId, row.sealed, copyAad(row.resourceUri));
+  return JSON.parse(dec.decode(plain.reveal())) as CopyContent;
 }
 
 const ABSOLUTE = (authority: string, collection: 'keys' | 'resources', uri: unknown): boolean => {

@@ -249,9 +249,26 @@ CREATE INDEX retry_answers_expiry ON retry_answers (expires_at);
   },
   {
     version: 9,
-    name: 'audit: onBehalfOf, the user a compliance officer read as',
-    // Null for every other request, and for the records written before (their hashes do not cover it).
-    sql: `ALTER TABLE audit ADD COLUMN on_behalf_of TEXT;`,
+    name: 'compliance: audit onBehalfOf, the archive of federated copies, keys by creator',
+    // on_behalf_of: null for every other request, and for the records written before (their
+    // hashes do not cover it). federated_archive: every distinct version of a peer's KRO this KMS
+    // received (the copy, as sealed then), kept when the copy is replaced: legal discovery reads
+    // it. It starts with the copies held now.
+    sql: `
+ALTER TABLE audit ADD COLUMN on_behalf_of TEXT;
+CREATE TABLE federated_archive (
+  resource_uri TEXT NOT NULL,
+  version BIGINT NOT NULL,
+  fetched_at BIGINT NOT NULL,
+  authority TEXT NOT NULL,
+  cmk_id TEXT NOT NULL REFERENCES cmks (id),
+  sealed BYTEA NOT NULL,
+  PRIMARY KEY (resource_uri, version)
+);
+INSERT INTO federated_archive (resource_uri, version, fetched_at, authority, cmk_id, sealed)
+  SELECT resource_uri, 1, fetched_at, authority, cmk_id, sealed FROM federated_copies;
+CREATE INDEX keys_by_creator ON keys (user_id, id);
+`,
   },
 ];
 

@@ -40,10 +40,10 @@
  */
 import pg from 'pg';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
+import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, ArchivedCopy, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
 import { CHANGES_CHANNEL, PostgresSignal, type ChangeSignal } from './change-signal.js';
 import { AdvisoryLeadership, type Leadership } from './leadership.js';
-import { answerStateFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, num, pushFromRow, resourceFromRow, type Row, str } from './rows.js';
+import { answerStateFromRow, archivedFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, num, pushFromRow, resourceFromRow, type Row, str } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { checkSchemaKnown, migrations } from './migrations.js';
 import * as rules from './rules.js';
@@ -313,6 +313,15 @@ export class PostgresStore implements Store {
     }
   }
 
+  async keysCreatedBy(userId: string, afterId: string, limit: number): Promise<KeyRow[]> {
+    rules.checkText('userId', userId);
+    rules.checkText('afterId', afterId);
+    rules.checkCount('limit', limit);
+    // COLLATE "C": the byte order SQLite uses, whatever the database's collation.
+    const r = await this.pool.query<Row>('SELECT * FROM keys WHERE user_id = $1 AND id > $2 COLLATE "C" ORDER BY id COLLATE "C" LIMIT $3', [userId, afterId, limit]);
+    return r.rows.map(keyFromRow);
+  }
+
   async listResourceKeys(resourceId: string, filter: KeyFilter = {}): Promise<KeyRow[]> {
     rules.checkKeyFilter(filter);
     const args: unknown[] = [resourceId];
@@ -489,7 +498,7 @@ export class PostgresStore implements Store {
     await c.query(`SELECT pg_advisory_xact_lock(${LOCK_COPY}, hashtext(u)) FROM unnest($1::text[]) AS u ORDER BY u COLLATE "C"`, [resourceUris]);
   }
 
-  async putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number): Promise<PutCopyOutcome> {
+  async putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number, archive = false): Promise<PutCopyOutcome> {
     rules.checkCopyRow(row);
     rules.checkCount('fetchStartedAt', fetchStartedAt);
     return this.tx(async (c) => {
@@ -513,6 +522,14 @@ export class PostgresStore implements Store {
           [uris, row.resourceUri],
         );
       }
+      if (archive) {
+        // Under the KRO's lock (lockCopies): the next version of this KRO is this one's alone.
+        await c.query(
+          `INSERT INTO federated_archive (resource_uri, version, fetched_at, authority, cmk_id, sealed)
+           SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5 FROM federated_archive WHERE resource_uri = $1`,
+          [row.resourceUri, row.fetchedAt, row.authority, row.cmkId, bytes(row.sealed)],
+        );
+      }
       return outcome;
     });
   }
@@ -520,6 +537,25 @@ export class PostgresStore implements Store {
   async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
     const r = await this.one('SELECT * FROM federated_copies WHERE resource_uri = $1', [resourceUri]);
     return r && copyFromRow(r);
+  }
+
+  async archivedCopies(resourceUri: string, limit: number): Promise<ArchivedCopy[]> {
+    rules.checkText('resourceUri', resourceUri);
+    rules.checkCount('limit', limit);
+    return (await this.pool.query<Row>('SELECT * FROM federated_archive WHERE resource_uri = $1 ORDER BY version DESC LIMIT $2', [resourceUri, limit])).rows.map(archivedFromRow);
+  }
+
+  async archivePage(after: { resourceUri: string; version: number } | undefined, limit: number): Promise<ArchivedCopy[]> {
+    rules.checkArchiveCursor(after);
+    rules.checkCount('limit', limit);
+    // COLLATE "C": the byte order SQLite uses, whatever the database's collation.
+    const r = after === undefined
+      ? await this.pool.query<Row>('SELECT * FROM federated_archive ORDER BY resource_uri COLLATE "C", version LIMIT $1', [limit])
+      : await this.pool.query<Row>(
+          'SELECT * FROM federated_archive WHERE resource_uri > $1 COLLATE "C" OR (resource_uri = $1 AND version > $2) ORDER BY resource_uri COLLATE "C", version LIMIT $3',
+          [after.resourceUri, after.version, limit],
+        );
+    return r.rows.map(archivedFromRow);
   }
 
   async copyOfKey(keyUri: string): Promise<string | undefined> {

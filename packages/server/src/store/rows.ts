@@ -2,7 +2,7 @@
  * Table rows as the Store contract's objects, shared by both backends. Numbers go through
  * Number() because pg returns BIGINT as strings; byte columns arrive as Buffers from both.
  */
-import type { AuditHead, AuditRow, AuthorizationRow, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyRow, NodeRow, PushRow, ResourceRow } from '../model.js';
+import type { AuditHead, AuditRow, AuthorizationRow, ChangeRow, ChannelRow, CmkRow, ArchivedCopy, CopyRow, KeyRow, NodeRow, PushRow, ResourceRow } from '../model.js';
 import type { AnswerState } from './rules.js';
 
 export type Row = Record<string, unknown>;
@@ -81,6 +81,8 @@ export const copyFromRow = (r: Row): CopyRow => ({
   cmkId: r.cmk_id as string,
   sealed: r.sealed as Uint8Array,
 });
+
+export const archivedFromRow = (r: Row): ArchivedCopy => ({ ...copyFromRow(r), version: num(r.version) });
 
 export const pushFromRow = (r: Row): PushRow => ({
   id: r.id as string,

@@ -292,6 +292,7 @@ export const checkAuthorizationRow = (row: AuthorizationRow) => checkRow('author
 export const checkChannelRow = (row: ChannelRow) => checkRow('channel', row, ['createdAt', 'expiresAt']);
 export const checkCmkRow = (row: CmkRow) => checkRow('cmk', row, ['createdAt']);
 export const checkCopyRow = (row: CopyRow) => checkRow('copy', row, ['fetchedAt']);
+export const checkArchiveCursor = (after: { resourceUri: string; version: number } | undefined) => after && checkRow('archive cursor', after, ['version']);
 export const checkAuditRow = (row: AuditRow) => checkRow('audit', row, ['seq', 'time', 'status']);
 export const checkKeyBind = (bind: KeyBind) => checkRow('bind', bind, ['bindDate', 'expiresAt', 'now']);
 

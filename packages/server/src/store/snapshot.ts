@@ -40,7 +40,7 @@ export interface TableShape {
  * The tables a backup holds, in the order a restore inserts them: a table after those its foreign
  * keys name. All of them are what the KMS promised or owes: keys, resources, authorizations and
  * CMKs; the counters (bind order, change and invalidation marks) and the audit chain with its
- * head; federation's record of who fetched a KRO, the copies of peers' KROs and the invalidations
+ * head; federation's record of who fetched a KRO, the copies of peers' KROs (and their archive) and the invalidations
  * received; the replay window of signed peer requests (a request accepted before the backup must
  * stay refused after a restore); the invalidation pushes still owed to peers.
  */
@@ -54,6 +54,7 @@ export const BACKED_UP: readonly string[] = [
   'audit_head',
   'peer_fetches',
   'federated_copies',
+  'federated_archive',
   'federated_keys',
   'federated_invalidations',
   'peer_requests',

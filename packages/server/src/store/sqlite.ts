@@ -11,11 +11,11 @@
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { COPY_INVALIDATED } from '../model.js';
-import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
+import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, ArchivedCopy, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
 import { LEADER_LEASE_MS } from '../limits.js';
 import { PollingSignal, type ChangeSignal } from './change-signal.js';
 import { LeaseLeadership, type Leadership } from './leadership.js';
-import { answerStateFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, pushFromRow, resourceFromRow, type Row } from './rows.js';
+import { answerStateFromRow, archivedFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, pushFromRow, resourceFromRow, type Row } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { checkSchemaKnown, migrations } from './migrations.js';
 import * as rules from './rules.js';
@@ -223,6 +223,13 @@ export class SqliteStore implements Store {
     return (this.db.prepare(sql).all(...args) as Row[]).map(keyFromRow);
   }
 
+  async keysCreatedBy(userId: string, afterId: string, limit: number): Promise<KeyRow[]> {
+    rules.checkText('userId', userId);
+    rules.checkText('afterId', afterId);
+    rules.checkCount('limit', limit);
+    return (this.db.prepare('SELECT * FROM keys WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?').all(userId, afterId, limit) as Row[]).map(keyFromRow);
+  }
+
   async createResource(resource: ResourceRow, authorizations: AuthorizationRow[], binds: KeyBind[]): Promise<BindOutcome> {
     rules.checkResourceRow(resource);
     authorizations.forEach(rules.checkAuthorizationRow);
@@ -344,7 +351,7 @@ export class SqliteStore implements Store {
     return (this.db.prepare('SELECT peer FROM peer_fetches WHERE resource_id = ? ORDER BY peer').all(resourceId) as Row[]).map((r) => r.peer as string);
   }
 
-  async putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number): Promise<PutCopyOutcome> {
+  async putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number, archive = false): Promise<PutCopyOutcome> {
     rules.checkCopyRow(row);
     rules.checkCount('fetchStartedAt', fetchStartedAt);
     return this.write(() => {
@@ -361,6 +368,15 @@ export class SqliteStore implements Store {
       this.db.prepare('DELETE FROM federated_keys WHERE resource_uri = ?').run(row.resourceUri);
       const insert = this.db.prepare('INSERT INTO federated_keys (key_uri, resource_uri) VALUES (?, ?) ON CONFLICT (key_uri) DO UPDATE SET resource_uri = excluded.resource_uri');
       for (const uri of keyUris) insert.run(uri, row.resourceUri);
+      if (archive) {
+        // Under the write lock: the next version of this KRO is this one's alone.
+        this.db
+          .prepare(
+            `INSERT INTO federated_archive (resource_uri, version, fetched_at, authority, cmk_id, sealed)
+             SELECT @resourceUri, COALESCE(MAX(version), 0) + 1, @fetchedAt, @authority, @cmkId, @sealed FROM federated_archive WHERE resource_uri = @resourceUri`,
+          )
+          .run(row);
+      }
       return outcome;
     });
   }
@@ -368,6 +384,23 @@ export class SqliteStore implements Store {
   async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
     const r = this.db.prepare('SELECT * FROM federated_copies WHERE resource_uri = ?').get(resourceUri) as Row | undefined;
     return r && copyFromRow(r);
+  }
+
+  async archivedCopies(resourceUri: string, limit: number): Promise<ArchivedCopy[]> {
+    rules.checkText('resourceUri', resourceUri);
+    rules.checkCount('limit', limit);
+    return (this.db.prepare('SELECT * FROM federated_archive WHERE resource_uri = ? ORDER BY version DESC LIMIT ?').all(resourceUri, limit) as Row[]).map(archivedFromRow);
+  }
+
+  async archivePage(after: { resourceUri: string; version: number } | undefined, limit: number): Promise<ArchivedCopy[]> {
+    rules.checkArchiveCursor(after);
+    rules.checkCount('limit', limit);
+    const rows = after === undefined
+      ? this.db.prepare('SELECT * FROM federated_archive ORDER BY resource_uri, version LIMIT ?').all(limit)
+      : this.db
+          .prepare('SELECT * FROM federated_archive WHERE resource_uri > ? OR (resource_uri = ? AND version > ?) ORDER BY resource_uri, version LIMIT ?')
+          .all(after.resourceUri, after.resourceUri, after.version, limit);
+    return (rows as Row[]).map(archivedFromRow);
   }
 
   async copyOfKey(keyUri: string): Promise<string | undefined> {

@@ -9,7 +9,7 @@
  */
 import type { ChangeSignal } from './change-signal.js';
 import type { Leadership } from './leadership.js';
-import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
+import type { AnswerClaim, AnswerClaimKey, AnswerClaimOutcome, AuditHead, AuditRow, AuthorizationRow, BindOutcome, ChangeRow, ChannelRow, CmkRow, ArchivedCopy, CopyRow, KeyBind, KeyFilter, KeyRow, NodeRow, PeerRequest, PeerRequestOutcome, PushRow, PutCopyOutcome, RememberedAnswer, ResourceRow, SweepResult } from '../model.js';
 
 export interface Store {
   readonly kind: 'sqlite' | 'postgres';
@@ -23,6 +23,8 @@ export interface Store {
   bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome>;
   /** The resource's keys, newest bindDate first (ties: latest bind first). A malformed filter is a RangeError. */
   listResourceKeys(resourceId: string, filter?: KeyFilter): Promise<KeyRow[]>;
+  /** The keys `userId` created (bound or not), in id order after `afterId`, at most `limit`. */
+  keysCreatedBy(userId: string, afterId: string, limit: number): Promise<KeyRow[]>;
 
   /**
    * Creates a resource with its authorizations and binds the given keys, all or nothing.
@@ -69,8 +71,16 @@ export interface Store {
    * and the answer is 'invalidated' (rules.ts putCopyOutcome). Decided atomically with the
    * invalidations: one that commits while the copy is written still marks it stale.
    */
-  putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number): Promise<PutCopyOutcome>;
+  putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number, archive?: boolean): Promise<PutCopyOutcome>;
   getCopy(resourceUri: string): Promise<CopyRow | undefined>;
+  /**
+   * The archive (legal discovery): with `archive`, a stored copy is also kept there, in the same
+   * transaction, as the KRO's next version (1, 2, …). Never replaced or removed by the KMS. The
+   * versions of one KRO, newest first, at most `limit`.
+   */
+  archivedCopies(resourceUri: string, limit: number): Promise<ArchivedCopy[]>;
+  /** Every archived version in (resourceUri, version) order after `after`, at most `limit`: paged reads. */
+  archivePage(after: { resourceUri: string; version: number } | undefined, limit: number): Promise<ArchivedCopy[]>;
   copyOfKey(keyUri: string): Promise<string | undefined>;
   /**
    * Marks copies stale (they stay, for the archive); only those under `authority`. Returns how

@@ -445,6 +445,52 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       assert.equal(await store.getCopy(`kms://b.example/resources/${randomUUID()}`), undefined);
     });
 
+    test('the archive: copies stored with `archive` are numbered versions, kept when the copy is replaced, read newest first and in pages', async () => {
+      const uris = [randomUUID(), randomUUID()].sort().map((id) => `kms://b.example/resources/${id}`);
+      const [u1, u2] = uris as [string, string];
+      const copy = (resourceUri: string, sealed: number[], fetchedAt = now) => ({ resourceUri, authority: 'b.example', fetchedAt, cmkId, sealed: new Uint8Array(sealed) });
+      const mark = await store.invalidationMark();
+      await store.putCopy(copy(u1, [1]), [], mark, true);
+      await store.putCopy(copy(u1, [2]), [], mark, false); // the same version again: not archived
+      // Same millisecond, from two processes: two versions all the same.
+      await Promise.all([store.putCopy(copy(u1, [3]), [], mark, true), other.putCopy(copy(u1, [4]), [], mark, true)]);
+      await store.putCopy(copy(u2, [5], now + 7), [], mark, true);
+      const versions = await other.archivedCopies(u1, 10);
+      assert.deepEqual(versions.map((v) => v.version), [3, 2, 1]);
+      assert.deepEqual(Buffer.from(versions.at(-1)!.sealed), Buffer.from([1]));
+      assert.deepEqual(new Set(versions.slice(0, 2).map((v) => Buffer.from(v.sealed)[0])), new Set([3, 4]));
+      assert.equal(versions[0]!.fetchedAt, now);
+      assert.equal((await store.archivedCopies(u1, 1)).length, 1, 'at most limit');
+      await store.invalidateCopies('b.example', [u1]);
+      assert.equal((await store.archivedCopies(u1, 10)).length, 3, 'an invalidation leaves the archive alone');
+      // Pages: every version once, in (resourceUri, version) order, whatever else the archive holds.
+      const seen: string[] = [];
+      let after: { resourceUri: string; version: number } | undefined;
+      for (;;) {
+        const page = await store.archivePage(after, 2);
+        if (page.length === 0) break;
+        for (const v of page) if (uris.includes(v.resourceUri)) seen.push(`${v.resourceUri === u1 ? 'u1' : 'u2'}/${v.version}`);
+        after = page.at(-1)!;
+      }
+      assert.deepEqual(seen, ['u1/1', 'u1/2', 'u1/3', 'u2/1']);
+      await assert.rejects(store.archivedCopies('bad\u0000uri', 1), RangeError);
+      await assert.rejects(store.archivePage({ resourceUri: u1, version: 1.5 }, 1), RangeError);
+    });
+
+    test('keysCreatedBy: a user’s keys, bound or not, in id order, in pages', async () => {
+      const creator = `creator-${randomUUID()}@a.example`;
+      const mine = [key({ userId: creator }), key({ userId: creator }), key({ userId: creator })];
+      await store.insertKeys([...mine, key()]);
+      const r = resource();
+      await store.createResource(r, [auth(r.id, creator)], [{ ...bind(mine[0]!.id), userId: creator }]);
+      const ids = mine.map((k) => k.id).sort();
+      const first = await store.keysCreatedBy(creator, '', 2);
+      assert.deepEqual(first.map((k) => k.id), ids.slice(0, 2));
+      assert.deepEqual((await store.keysCreatedBy(creator, first[1]!.id, 2)).map((k) => k.id), ids.slice(2));
+      assert.ok((await store.keysCreatedBy(creator, '', 10)).some((k) => k.resourceId === r.id), 'bound keys too');
+      await assert.rejects(store.keysCreatedBy('bad\ud800', '', 1), RangeError);
+    });
+
     test('an invalidation received by another process after a fetch began refuses its copy; one before does not', async () => {
       const uri = `kms://b.example/resources/${randomUUID()}`;
       const copy = { resourceUri: uri, authority: 'b.example', fetchedAt: now, cmkId, sealed: new Uint8Array([4, 2]) };
