@@ -9,11 +9,16 @@
  * and certificates), and every user is the real SDK.
  */
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir, userInfo } from 'node:os';
+import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { KmsClient } from '@openkms/client';
 import { manualClock } from '@openkms/server/testing';
 import { clients, closeClients, exchanges, invalidationsAt, statusOf, TEST, useFederatedPair, userOn, waitFor, type FederatedPair } from '../support/federation.js';
+import { oneClearLine, runKms } from '../support/cli.js';
 
 after(closeClients);
 
@@ -109,6 +114,82 @@ describe('legal discovery: a compliance officer of B reads a B user’s federate
     const asBob = officerFor('bob@b.example');
     assert.equal(await statusOf(asBob.createKeys(1)), 403);
     assert.equal(await statusOf(asBob.authorize(pair.R, ['mallory@b.example'])), 403);
+  });
+
+  test('kms discovery export: every key B holds for Bob, each sealed to the recipient, the peer’s signed answers as proof; verify checks them', TEST, async (t) => {
+    const { B, keys } = pair;
+    const bob = pair.bob;
+    // Bob's own key at B, and a KRO of B's that Carol made for him.
+    const [own] = await bob.createKeys(1);
+    const carol = userOn(B, 'carol@b.example', pair.caB, clock);
+    const [carols] = await carol.createKeys(1);
+    await carol.createResource({ authIds: ['bob@b.example'], keyUris: [carols!.uri] });
+    const dir = mkdtempSync(join(tmpdir(), 'kms-discovery-'));
+    const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    writeFileSync(join(dir, 'recipient.jwk'), JSON.stringify(publicKey.export({ format: 'jwk' })));
+    writeFileSync(join(dir, 'recipient.private.jwk'), JSON.stringify(privateKey.export({ format: 'jwk' })));
+    writeFileSync(join(dir, 'a-ca.pem'), pair.caA);
+    const out = join(dir, 'bob.discovery.json');
+    const config = join(B.dir, 'kms.json');
+    const exported = runKms(['discovery', 'export', '--config', config, '--db', `sqlite:${B.dbPath}`, '--user', 'bob@b.example', '--to-jwk', join(dir, 'recipient.jwk'), '--out', out]);
+    assert.equal(exported.code, 0, exported.stderr);
+    t.diagnostic(exported.stdout.trim());
+    assert.equal(statSync(out).mode & 0o777, 0o600, 'owner-only');
+    const text = readFileSync(out, 'utf8');
+    const doc = JSON.parse(text) as { user: string; keys: { uri: string; via: string; authority: string; jwe: string }[]; proofs: { authority: string; signer: unknown }[] };
+    assert.equal(doc.user, 'bob@b.example');
+    const via = (v: string) => doc.keys.filter((k) => k.via === v).map((k) => k.uri).sort();
+    assert.deepEqual(via('created'), [own!.uri]);
+    assert.deepEqual(via('authorized'), [carols!.uri]);
+    assert.deepEqual(via('federated'), keys.map((k) => k.uri).sort(), 'from the archive, although A revoked Bob and is down');
+    assert.ok(doc.proofs.length >= 1 && doc.proofs.every((p) => p.authority === pair.A.config.authority && p.signer !== null));
+    for (const k of [...keys, own!, carols!]) assert.ok(!text.includes(k.jwk.k), `no key material in clear (${k.uri})`);
+    // The export itself is in B's audit log, for Bob.
+    assert.ok(auditedAs(B.dbPath, `operator:${userInfo().username}`).some((r) => r.on_behalf_of === 'bob@b.example' && r.status === 200));
+
+    const verified = runKms(['discovery', 'verify', out, '--key', join(dir, 'recipient.private.jwk'), '--trust-anchors', join(dir, 'a-ca.pem')]);
+    assert.equal(verified.code, 0, verified.stderr);
+    t.diagnostic(verified.stdout.trim());
+    assert.match(verified.stdout, /3 federated keys proven by \d+ verified peer answers \(certificates checked against the trust anchors\)/);
+    assert.match(verified.stdout, /2 keys of kms:\/\/kms\.b\.example itself/);
+
+    // A federated key swapped for another is caught, and so is another KMS's CA.
+    const swapped = JSON.parse(text) as typeof doc;
+    const fed = swapped.keys.filter((k) => k.via === 'federated');
+    [fed[0]!.jwe, fed[1]!.jwe] = [fed[1]!.jwe, fed[0]!.jwe];
+    writeFileSync(join(dir, 'swapped.json'), JSON.stringify(swapped));
+    const caught = runKms(['discovery', 'verify', join(dir, 'swapped.json'), '--key', join(dir, 'recipient.private.jwk')]);
+    assert.equal(caught.code, 1);
+    assert.match(caught.stderr, /not the key kms:\/\/kms\.a\.example's signed answers released/);
+    writeFileSync(join(dir, 'b-ca.pem'), pair.caB);
+    const foreign = runKms(['discovery', 'verify', out, '--key', join(dir, 'recipient.private.jwk'), '--trust-anchors', join(dir, 'b-ca.pem')]);
+    assert.equal(foreign.code, 1);
+    assert.match(foreign.stderr, /certificate of kms:\/\/kms\.a\.example is refused/);
+
+    // --since: only what came since; an EC recipient (ECDH-ES) works the same.
+    const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    writeFileSync(join(dir, 'ec.jwk'), JSON.stringify(ec.publicKey.export({ format: 'jwk' })));
+    writeFileSync(join(dir, 'ec.private.jwk'), JSON.stringify(ec.privateKey.export({ format: 'jwk' })));
+    const later = runKms(['discovery', 'export', '--config', config, '--db', `sqlite:${B.dbPath}`, '--user', 'bob@b.example', '--since', new Date(clock.now() + 3_600_000).toISOString(), '--to-jwk', join(dir, 'ec.jwk'), '--out', join(dir, 'later.json')]);
+    assert.equal(later.code, 0, later.stderr);
+    assert.deepEqual((JSON.parse(readFileSync(join(dir, 'later.json'), 'utf8')) as typeof doc).keys, []);
+    const ecOut = join(dir, 'ec.json');
+    assert.equal(runKms(['discovery', 'export', '--config', config, '--db', `sqlite:${B.dbPath}`, '--user', 'bob@b.example', '--to-jwk', join(dir, 'ec.jwk'), '--out', ecOut]).code, 0);
+    const ecVerified = runKms(['discovery', 'verify', ecOut, '--key', join(dir, 'ec.private.jwk')]);
+    assert.equal(ecVerified.code, 0, ecVerified.stderr);
+    assert.match(ecVerified.stdout, /3 federated keys proven .*certificates not checked: give --trust-anchors or --config/);
+
+    // Refused in one line: a private key as recipient, a missing database, no --key.
+    for (const [args, why] of [
+      [['discovery', 'export', '--config', config, '--db', `sqlite:${B.dbPath}`, '--user', 'bob@b.example', '--to-jwk', join(dir, 'recipient.private.jwk'), '--out', join(dir, 'x.json')], /public key only/],
+      [['discovery', 'export', '--config', config, '--db', `sqlite:${join(dir, 'none.db')}`, '--user', 'bob@b.example', '--to-jwk', join(dir, 'recipient.jwk'), '--out', join(dir, 'x.json')], /no database at/],
+      [['discovery', 'verify', out], /needs --key FILE/],
+    ] as const) {
+      const r = runKms([...args]);
+      assert.notEqual(r.code, 0, args.join(' '));
+      oneClearLine(r.stderr);
+      assert.match(r.stderr, why);
+    }
   });
 
   test('without the orgAgent role (kmsAdmin is not enough), onBehalfOf gets nothing', TEST, async () => {

@@ -3,17 +3,15 @@
  * the first bad record, or the records a checkpoint proves were removed. `kms audit export`: the
  * records as JSON lines, for a SIEM.
  */
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { verifyAudit } from '../audit/audit.js';
 import { lastCheckpointLine, verifyCheckpoint } from '../audit/checkpoint.js';
 import { ConfigError, configPath, loadConfig, type KmsConfig } from '../config.js';
 import { auditKeyOf } from '../keyring/keyring.js';
-import pg from 'pg';
-import { openStore, postgresAddress, postgresProblem, rootKeyOf } from '../server.js';
-import { postgresConnection } from '../store/postgres.js';
-import type { Store } from '../store/store.js';
+import { rootKeyOf } from '../server.js';
+import { withStore } from './existing-store.js';
+import { writeOwnerOnly } from './owner-file.js';
 import { DEFAULT_CONFIG, HelpRequested, UsageError, asksForHelp, flagOrEnv, intFlag, parse } from './args.js';
 
 const USAGE = `usage: kms audit verify [--config D/kms.json] [--db URL] [--checkpoints FILE]
@@ -32,51 +30,6 @@ Environment: KMS_CONFIG, KMS_DB, KMS_ROOT_KEY, KMS_AUDIT_CHECKPOINTS, KMS_AUDIT_
 
 /** Records read per page by export: memory stays bounded whatever the log's length. */
 const PAGE = 1000;
-const CHECK_TIMEOUT_MS = 5_000;
-
-/**
- * Opening a SQLite file that is not there would create an empty one, and an empty log verifies:
- * a misspelt --db would then read as "intact". Verification only reads what exists.
- */
-function refuseMissingSqlite(url: string, baseDir: string, verb: string): void {
-  if (!url.startsWith('sqlite:')) return;
-  const path = url.slice('sqlite:'.length);
-  if (path === ':memory:') throw new ConfigError(`an in-memory database holds no audit log to ${verb}`);
-  const full = isAbsolute(path) ? path : resolve(baseDir, path);
-  if (path !== '' && !existsSync(full)) throw new ConfigError(`no database at ${full}: nothing to ${verb}`);
-}
-
-/**
- * Opening PostgreSQL migrates it, creating the tables (and a `?schema=` that is not there): a
- * misnamed schema would read as an empty, intact log. Asked with a plain SELECT first.
- */
-async function refuseMissingPostgres(url: string, verb: string): Promise<void> {
-  if (!url.startsWith('postgres://') && !url.startsWith('postgresql://')) return;
-  const { connectionString, schema } = postgresConnection(url);
-  const client = new pg.Client({ connectionString, connectionTimeoutMillis: CHECK_TIMEOUT_MS, query_timeout: CHECK_TIMEOUT_MS });
-  client.on('error', () => {}); // a dropped connection fails the query, which says so
-  try {
-    await client.connect();
-    const { rows } = await client.query("SELECT 1 FROM information_schema.tables WHERE table_name = 'audit' AND table_schema = COALESCE($1, current_schema())", [schema ?? null]);
-    if (rows.length === 0) throw new ConfigError(`no KMS database at ${postgresAddress(url)}${schema ? ` in schema ${schema}` : ''}: nothing to ${verb}`);
-  } catch (err) {
-    throw err instanceof ConfigError ? err : new ConfigError(postgresProblem(url, err));
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-async function withStore<T>(config: KmsConfig, db: string | undefined, verb: string, run: (store: Store) => Promise<T>): Promise<T> {
-  const url = flagOrEnv(db, 'KMS_DB') ?? config.storage.url;
-  refuseMissingSqlite(url, config.baseDir, verb);
-  await refuseMissingPostgres(url, verb);
-  const store = await openStore(url, config.baseDir);
-  try {
-    return await run(store);
-  } finally {
-    await store.close();
-  }
-}
 
 export async function auditCommand(argv: string[]): Promise<void> {
   const [sub, ...rest] = argv;
@@ -147,30 +100,19 @@ async function exportAudit(argv: string[]): Promise<void> {
   const since = intFlag(values.str('since'), '--since') ?? 0;
   const config = loadConfig(flagOrEnv(values.str('config'), 'KMS_CONFIG') ?? DEFAULT_CONFIG);
   const target = resolve(out);
-  if (!existsSync(dirname(target))) throw new ConfigError(`no folder ${dirname(target)} for ${basename(target)}`);
-  const count = await withStore(config, values.str('db'), 'verify', async (store) => {
-    // Beside the target, then renamed: a reader never sees half an export, and the file is
-    // owner-only from its first byte (the records name users and what they asked for).
-    const temp = join(dirname(target), `.${basename(target)}.${randomBytes(6).toString('hex')}.tmp`);
-    const fd = openSync(temp, 'wx', 0o600);
-    let n = 0;
-    try {
+  const count = await withStore(config, values.str('db'), 'verify', (store) =>
+    // Owner-only: the records name users and what they asked for.
+    writeOwnerOnly(target, async (write) => {
+      let n = 0;
       for (let after = since; ; ) {
         const rows = await store.readAudit(after, PAGE);
         if (rows.length === 0) break;
-        writeSync(fd, rows.map((r) => `${JSON.stringify(r)}\n`).join(''));
+        write(rows.map((r) => `${JSON.stringify(r)}\n`).join(''));
         n += rows.length;
         after = rows.at(-1)!.seq;
       }
-      fsyncSync(fd);
-      closeSync(fd);
-    } catch (err) {
-      closeSync(fd);
-      rmSync(temp, { force: true });
-      throw err;
-    }
-    renameSync(temp, target);
-    return n;
-  });
+      return n;
+    }),
+  );
   process.stdout.write(`exported ${count} audit records after record ${since} to ${target}\n`);
 }

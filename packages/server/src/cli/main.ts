@@ -10,6 +10,7 @@ import { auditCommand } from './audit.js';
 import { backupCommand, restoreCommand } from './backup.js';
 import { clientCommand } from './client.js';
 import { demoCommand } from './demo.js';
+import { discoveryCommand } from './discovery.js';
 import { initCommand } from './init.js';
 import { peerCommand } from './peer.js';
 import { serveCommand } from './serve.js';
@@ -22,6 +23,7 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   status: statusCommand,
   token: tokenCommand,
   audit: auditCommand,
+  discovery: discoveryCommand,
   backup: backupCommand,
   restore: restoreCommand,
   client: clientCommand,
@@ -37,6 +39,8 @@ const USAGE = `usage: kms <command> [options]
   peer          add, list or remove federation peers (other KMSs this one trusts)
   audit verify  check the audit log's hash chain and its newest signed checkpoint
   audit export  write the audit records as JSON lines (for a SIEM)
+  discovery export  legal discovery: every key held for a user, sealed to a recipient, with the peers' proofs
+  discovery verify  check a discovery export's keys and the peers' signatures
   backup        write an online, consistent backup of the database (never the root key)
   restore       restore a backup into an empty database
   client        talk to a KMS as a user (keys, resources, authorizations, encrypt, decrypt)
