@@ -16,6 +16,8 @@ import { noteRequestId, onlyHandshake, parseJson, readRequest, text } from './re
 /** Bearer -> principal (identity/authenticator.ts). */
 export interface BearerAuthenticator {
   authenticate(credential: KmsRequest['client']['credential'] | undefined): Promise<Principal>;
+  /** Compliance access: the principal a bearer's holder reads as with `credential.onBehalfOf`. */
+  actingFor(holder: Principal, onBehalfOf: string): Principal;
 }
 
 /** Peer proofs (federation/peer-proof.ts). */
@@ -94,12 +96,18 @@ export class Authentication {
     return { request, principal };
   }
 
-  /** The bearer's principal; under compliance access the agent is audited, the user as onBehalfOf. */
+  /**
+   * The bearer's principal, or under compliance access the user it reads as. The bearer's holder
+   * is audited as the principal and the user as onBehalfOf — as asked, when the request is refused.
+   */
   private async bearer(request: KmsRequest, record: RequestRecord): Promise<Principal> {
-    const principal = await this.bearers.authenticate(request.client.credential);
-    const who = auditIdentity(principal);
-    record.principal = who.principal;
-    record.onBehalfOf = who.onBehalfOf;
+    const holder = await this.bearers.authenticate(request.client.credential);
+    record.principal = principalId(holder);
+    const onBehalfOf = request.client.credential.onBehalfOf;
+    if (onBehalfOf === undefined) return holder;
+    record.onBehalfOf = onBehalfOf;
+    const principal = this.bearers.actingFor(holder, onBehalfOf);
+    record.onBehalfOf = auditIdentity(principal).onBehalfOf;
     return principal;
   }
 }

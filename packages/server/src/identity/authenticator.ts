@@ -8,7 +8,7 @@ import { KmsError, type Credential } from '@openkms/protocol';
 import type { Store } from '../store/store.js';
 import type { AnonymousBearers } from './anonymous.js';
 import { Roles, mayActFor } from '../policy.js';
-import type { Principal, TokenVerifier, UserPrincipal } from './principal.js';
+import type { Principal, TokenVerifier } from './principal.js';
 import { domainOf, isUserId, normalizeUserId } from './users.js';
 
 export class Authenticator {
@@ -30,15 +30,16 @@ export class Authenticator {
     if (!isUserId(id)) throw KmsError.unauthorized('credential names no valid user');
     const domain = domainOf(id);
     if (!this.domains.includes(domain)) throw KmsError.forbidden(`this KMS does not serve domain ${domain}`);
-    const user: UserPrincipal = { kind: 'user', id, domain, roles: token.roles, orgId: token.orgId ?? domain, expiresAt: token.expiresAt };
-    return credential.onBehalfOf === undefined ? user : this.actingFor(user, credential.onBehalfOf);
+    return { kind: 'user', id, domain, roles: token.roles, orgId: token.orgId ?? domain, expiresAt: token.expiresAt };
   }
 
   /**
-   * Compliance access (PROTOCOL.md §4): an `orgAgent` naming a user of its organisation reads as
-   * that user. Naming itself is its own access. The user's roles are not the agent's: none.
+   * Compliance access (PROTOCOL.md §4, `credential.onBehalfOf`): an `orgAgent` naming a user of
+   * its organisation reads as that user. Naming itself is its own access. The user's roles are not
+   * the agent's: none.
    */
-  private actingFor(agent: UserPrincipal, onBehalfOf: string): UserPrincipal {
+  actingFor(agent: Principal, onBehalfOf: string): Principal {
+    if (agent.kind !== 'user') throw KmsError.forbidden('credential.onBehalfOf needs the orgAgent role');
     const id = normalizeUserId(onBehalfOf, this.domains[0]!);
     if (id === agent.id) return agent;
     if (!isUserId(id)) throw KmsError.badRequest('invalid field credential.onBehalfOf: not a user id');

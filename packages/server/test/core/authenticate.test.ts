@@ -12,6 +12,7 @@ import { Authentication, type BearerAuthenticator, type PeerProofs } from '../..
 import type { Opened } from '../../src/core/open.js';
 import { newRecord } from '../../src/core/record.js';
 import type { PeerPrincipal, Principal } from '../../src/identity/principal.js';
+import { principalId } from '../../src/identity/principal.js';
 import { AUTHORITY, PEER_AUTHORITY, channelOf, peerPrincipal, rejectsWith, requestOf, staticKeyPair, userOf } from '../support/core.js';
 
 const enc = new TextEncoder();
@@ -26,6 +27,11 @@ class Bearers implements BearerAuthenticator {
     this.asked.push(credential);
     if (credential?.bearer === 'alice') return alice;
     throw KmsError.unauthorized();
+  }
+  /** Alice may read as anyone but mallory@a.example (identity/authenticator.ts decides for real). */
+  actingFor(holder: Principal, onBehalfOf: string): Principal {
+    if (onBehalfOf === 'mallory@a.example') throw KmsError.forbidden('not of your organisation');
+    return { ...userOf(onBehalfOf), agent: principalId(holder) };
   }
 }
 
@@ -140,6 +146,21 @@ describe('a request on a user\'s channel', () => {
     const record = newRecord();
     await auth.authenticate(plain(withBearer('update', '/ping'), channelOf('alice@a.example')), record);
     assert.deepEqual([record.op, record.principal, record.peer], ['unknown', 'alice@a.example', null]);
+  });
+
+  test('credential.onBehalfOf: the user read as, on the bearer holder’s channel; both recorded, also when refused', async () => {
+    const { auth, limiter } = setup();
+    const asBob = (onBehalfOf: string) => withBearer('retrieve', `kms://${AUTHORITY}/keys/x`, 'alice', { client: { clientId: 'client-1', credential: { bearer: 'alice', onBehalfOf } } });
+    const record = newRecord();
+    const out = await auth.authenticate(plain(asBob('bob@a.example'), channelOf('alice@a.example')), record);
+    assert.deepEqual(out.principal, { ...userOf('bob@a.example'), agent: 'alice@a.example' });
+    assert.deepEqual([record.principal, record.onBehalfOf], ['alice@a.example', 'bob@a.example']);
+    assert.deepEqual(limiter.asked, ['alice@a.example'], 'counted for the holder');
+    // Bob's channel is not Alice's, whatever she reads as.
+    await rejectsWith(auth.authenticate(plain(asBob('bob@a.example'), channelOf('bob@a.example')), newRecord()), 'NOT_AUTHORIZED', 403, /another principal/);
+    const refused = newRecord();
+    await rejectsWith(auth.authenticate(plain(asBob('mallory@a.example'), channelOf('alice@a.example')), refused), 'NOT_AUTHORIZED', 403);
+    assert.deepEqual([refused.principal, refused.onBehalfOf], ['alice@a.example', 'mallory@a.example']);
   });
 });
 

@@ -167,6 +167,9 @@ describe('compliance: audited with both identities', () => {
     expectStatus(await send(officer, { requestId, method: 'retrieve', uri: sharedKey.uri, client: { clientId: officer.clientId, credential: { bearer: officer.bearer, onBehalfOf: 'bob@a.example' } } }), 200);
     const refused = randomUUID();
     expectStatus(await send(officer, { requestId: refused, method: 'create', uri: '/keys', count: 1, client: { clientId: officer.clientId, credential: { bearer: officer.bearer, onBehalfOf: 'bob@a.example' } } }), 403);
+    const noRole = randomUUID();
+    const eve = await connect(kms, 'eve@a.example');
+    expectStatus(await send(eve, { requestId: noRole, method: 'retrieve', uri: sharedKey.uri, client: { clientId: eve.clientId, credential: { bearer: eve.bearer, onBehalfOf: 'bob@a.example' } } }), 403);
     const plain = randomUUID();
     await addAuthorizations(alice, shared.uri, ['dave@a.example']).then((a) => expectStatus(a, 201));
     expectStatus(await send(officer, { requestId: plain, method: 'update', uri: '/ping' }), 200);
@@ -178,6 +181,7 @@ describe('compliance: audited with both identities', () => {
     assert.equal(by(refused)?.onBehalfOf, 'bob@a.example');
     assert.equal(by(refused)?.status, 403);
     assert.equal(by(plain)?.onBehalfOf, null);
+    assert.deepEqual([by(noRole)?.principal, by(noRole)?.onBehalfOf, by(noRole)?.status], ['eve@a.example', 'bob@a.example', 403], 'refused: both, as asked');
     const verified = await verifyAudit(kms.store, auditKeyOf(rootKeyOf(kms.config)));
     assert.equal(verified.ok, true, JSON.stringify(verified));
   });
