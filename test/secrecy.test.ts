@@ -1,8 +1,8 @@
 /**
  * Secrecy: after a run that handled keys, bearer tokens, anonymous bearers and channel keys, none
- * of them appears in the server's logs (at debug level), in the audit log, or — for key values —
- * anywhere in the raw SQLite files (database and WAL): key material is only ever stored sealed. The
- * metrics name none of them, nor any user, key or resource.
+ * of them, nor the root key, appears in the server's logs (at debug level), in the audit log, or
+ * anywhere in the raw SQLite files (database and WAL): key material and channel keys are only ever
+ * stored sealed, bearers and the root key not at all. The metrics name none of them, nor any user, key or resource.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
@@ -36,6 +36,10 @@ test('no key value, bearer or channel key in logs, audit log or raw database', a
     let metrics = '';
     const named: string[] = [];
     const keyBytes: Buffer[] = [];
+    // The root key seals the CMKs: it is read from its file, never written anywhere else.
+    const rootKey = readFileSync(join(dir, 'root.key'), 'utf8').trim();
+    secrets.push(rootKey);
+    keyBytes.push(Buffer.from(rootKey, 'base64'));
     try {
       const alice = await nodeKmsSession(server.url, tokens[0]!, 'alice-web');
       secrets.push(...alice.secrets);
@@ -83,6 +87,7 @@ test('no key value, bearer or channel key in logs, audit log or raw database', a
         assert.ok(!metrics.includes(form), `a secret leaked into the metrics`);
         assert.ok(!logs.includes(form), `a secret leaked into the logs`);
         assert.ok(!audit.includes(form), `a secret leaked into the audit log`);
+        assert.ok(!rawText.includes(form), 'a key value, bearer or channel key found in the database files');
       }
     }
     for (const bytes of keyBytes) {

@@ -47,6 +47,20 @@ import {
 
 after(closeClients);
 
+/** B's handshake payload to A as PeerVerifier reads it: B's static JWK as credential, aud A, iat now. */
+function handshakeToA(jwk: Record<string, unknown>, over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    requestId: randomUUID(),
+    method: 'create',
+    uri: `kms://${A_AUTH}/ecdhe`,
+    jwk: generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' }),
+    client: { clientId: VIA_B, credential: { jwk } },
+    aud: `kms://${A_AUTH}`,
+    iat: Math.floor(Date.now() / 1000),
+    ...over,
+  };
+}
+
 describe('federation between kms.a.example and kms.b.example', () => {
   const clock = manualClock();
   let caA: string;
@@ -133,17 +147,7 @@ describe('federation between kms.a.example and kms.b.example', () => {
       const otherKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
       const registry = new PeerRegistry({ authority: A_AUTH, domains: ['a.example'], peers: [peerEntry(B_AUTH, 'b.example', NOWHERE, caB)] });
       const verifier = new PeerVerifier(A_AUTH, registry, A.store, Date.now);
-      const ephemeral = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
-      const handshake = (over: Record<string, unknown> = {}) => ({
-        requestId: randomUUID(),
-        method: 'create',
-        uri: `kms://${A_AUTH}/ecdhe`,
-        jwk: ephemeral,
-        client: { clientId: VIA_B, credential: { jwk: realJwk } },
-        aud: `kms://${A_AUTH}`,
-        iat: Math.floor(Date.now() / 1000),
-        ...over,
-      });
+      const handshake = (over: Record<string, unknown> = {}) => handshakeToA(realJwk, over);
       const refusedWith = (status: number) => (err: unknown) => {
         assert.ok(err instanceof KmsError, String(err));
         assert.equal(err.status, status, err.reason);
@@ -181,6 +185,25 @@ describe('federation between kms.a.example and kms.b.example', () => {
         refusedWith(401),
       );
     });
+  });
+
+  // Removing a peer is how trust is revoked (PROTOCOL.md §6): SIGHUP replaces the registry the
+  // verifier reads, so a channel B opened before is refused at its next request.
+  test('a peer removed from the configuration: its open channel and a new handshake are refused', TEST, async () => {
+    const realJwk = await wellKnownJwk(B.url);
+    const realKey = createPrivateKey(readFileSync(join(B.dir, 'static-key.pem')));
+    const registry = new PeerRegistry({ authority: A_AUTH, domains: ['a.example'], peers: [peerEntry(B_AUTH, 'b.example', NOWHERE, caB)] });
+    const verifier = new PeerVerifier(A_AUTH, registry, A.store, Date.now);
+    const onChannel = () => signJws({ requestId: randomUUID(), method: 'update', uri: '/ping', client: { clientId: VIA_B }, aud: `kms://${A_AUTH}`, iat: Math.floor(Date.now() / 1000) }, realKey, VIA_B);
+    const forbidden = (err: unknown) => err instanceof KmsError && err.status === 403;
+
+    // Control: while B is listed, its handshake and a later signed request on that channel pass.
+    await verifier.verifyHandshake(await signJws(handshakeToA(realJwk), realKey, VIA_B), 3_600_000);
+    assert.equal((await verifier.verify(await onChannel(), B_AUTH)).uri, '/ping');
+
+    registry.replace({ authority: A_AUTH, domains: ['a.example'], peers: [] });
+    await assert.rejects(verifier.verify(await onChannel(), B_AUTH), forbidden);
+    await assert.rejects(verifier.verifyHandshake(await signJws(handshakeToA(realJwk), realKey, VIA_B), 3_600_000), forbidden);
   });
 
   test("Bob's B-issued token presented to A directly is refused", TEST, async () => {

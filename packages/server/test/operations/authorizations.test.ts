@@ -185,4 +185,16 @@ describe('authorizations: create, retrieve, delete (draft 4.7.8–4.7.11)', () =
     expectStatus(await resourceKeys(bob, resource.uri), 200);
     expectStatus(await resourceKeys(alice, resource.uri), 200);
   });
+
+  // The draft's viral model has no owner: docs/security.md states it, this pins it.
+  test("any authorized user may remove any authorization, the creator's included", async () => {
+    const [own] = (await newKeys(alice)) as [KeyRep];
+    const shared = await newResource(alice, { keyUris: [own.uri], authIds: ['bob@a.example'] });
+    const r = await send(bob, { method: 'delete', uri: `${shared.uri}/authorizations?authId=alice@a.example` });
+    expectStatus(r, 200);
+    assert.equal(r.authorization.authId, 'alice@a.example');
+    expectStatus(await resourceKeys(alice, shared.uri), 403, 'the creator is refused like anyone removed');
+    expectStatus(await getKey(alice, own.uri), 403, 'her own key too, once bound to the resource');
+    expectStatus(await resourceKeys(bob, shared.uri), 200);
+  });
 });

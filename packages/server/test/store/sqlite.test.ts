@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -47,5 +47,27 @@ test('the database itself refuses a record that forks the audit chain (a writer 
     assert.throws(() => insert.run(head.seq + 1, last!.prev_hash, `x-${randomUUID()}`), /UNIQUE constraint failed: audit\.prev_hash/, 'a second successor of one record');
   } finally {
     db.close();
+  }
+});
+
+// What "destroyed" means at rest on SQLite (docs/decisions.md): secure_delete overwrites the row's
+// pages and the sweep's checkpoint retires the WAL, so the file no longer holds even the sealed key.
+test('a key the sweeper destroys leaves no trace of its sealed bytes in the database file or its WAL', async () => {
+  const path = join(mkdtempSync(join(tmpdir(), 'kms-destroyed-')), 'kms.db');
+  const raw = () => Buffer.concat([path, `${path}-wal`].filter((f) => existsSync(f)).map((f) => readFileSync(f)));
+  const store = new SqliteStore(path);
+  const now = 2_000_000_000_000;
+  const cmkId = randomUUID();
+  const sealed = randomBytes(64);
+  try {
+    await store.insertCmk({ id: cmkId, state: 'active', assignedOrgId: null, createdAt: now, sealed: new Uint8Array([1, 2, 3]) });
+    const id = randomUUID();
+    await store.insertKeys([{ id, userId: 'alice@a.example', clientId: 'c1', createdAt: now - 20_000, expiresAt: now - 10_000, resourceId: null, bindDate: null, bindSeq: null, cmkId, sealed }]);
+    assert.notEqual(raw().indexOf(sealed), -1, 'the sealed key is in the files before the sweep');
+    assert.equal((await store.sweep(now, 1000)).keys, 1);
+    assert.equal(await store.getKey(id), undefined);
+    assert.equal(raw().indexOf(sealed), -1, 'the destroyed key is still in the files');
+  } finally {
+    await store.close();
   }
 });
