@@ -68,7 +68,7 @@ await onEachBackend('kms audit checkpoints and export', (backend) => {
       assert.equal(statSync(out).mode & 0o777, 0o600);
       const rows = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
       assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: records }, (_, i) => i + 1));
-      assert.deepEqual(Object.keys(rows[0]!).sort(), ['clientId', 'hash', 'method', 'node', 'peer', 'prevHash', 'principal', 'requestId', 'seq', 'status', 'time', 'uri']);
+      assert.deepEqual(Object.keys(rows[0]!).sort(), ['clientId', 'hash', 'method', 'node', 'onBehalfOf', 'peer', 'prevHash', 'principal', 'requestId', 'seq', 'status', 'time', 'uri']);
       assert.ok(rows.some((r) => r.principal === 'alice@a.example' && r.uri === '/ping'));
       const since = runKms(['audit', 'export', '--config', config, ...backend.dbArgs, '--out', out, '--since', '3']);
       assert.equal(since.code, 0, since.stderr);
