@@ -9,9 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { verifyAudit } from '../audit/audit.js';
 import { lastCheckpointLine, verifyCheckpoint } from '../audit/checkpoint.js';
 import { ConfigError, configPath, loadConfig, type KmsConfig } from '../config.js';
-import { auditKeyOf } from '../keyring/keyring.js';
 import pg from 'pg';
-import { openStore, postgresAddress, postgresProblem, rootKeyOf } from '../server.js';
+import { openStore, postgresAddress, postgresProblem, withRootKey } from '../server.js';
 import { postgresConnection } from '../store/postgres.js';
 import type { Store } from '../store/store.js';
 import { DEFAULT_CONFIG, HelpRequested, UsageError, asksForHelp, flagOrEnv, intFlag, parse } from './args.js';
@@ -90,7 +89,7 @@ export async function auditCommand(argv: string[]): Promise<void> {
 async function verify(argv: string[]): Promise<void> {
   const { values } = parse(argv, { config: { type: 'string' }, db: { type: 'string' }, checkpoints: { type: 'string' } }, { usage: USAGE });
   const config = loadConfig(flagOrEnv(values.str('config'), 'KMS_CONFIG') ?? DEFAULT_CONFIG);
-  const key = auditKeyOf(rootKeyOf(config));
+  const key = await withRootKey(config, (root) => root.auditKey());
   const named = flagOrEnv(values.str('checkpoints'), 'KMS_AUDIT_CHECKPOINTS');
   const checkpoints = named === undefined ? configPath(config, config.audit.checkpoints.file) : resolve(named);
   await withStore(config, values.str('db'), 'verify', async (store) => {
