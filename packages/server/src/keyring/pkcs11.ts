@@ -78,10 +78,10 @@ let binding: Promise<Binding> | undefined;
 
 /** pkcs11js, loaded on first use; its absence is one line saying what to install. */
 function loadBinding(): Promise<Binding> {
-  // A specifier in a variable: the compiler neither needs nor checks the optional package.
-  const name = 'pkcs11js';
-  binding ??= import(name).then(
-    (m: { default?: Binding } & Binding) => m.default ?? m,
+  // Seen through the calls declared above: the build neither needs the optional package
+  // (pkcs11js.d.ts) nor depends on its types.
+  binding ??= (import('pkcs11js') as Promise<unknown>).then(
+    (m) => (m as { default?: Binding }).default ?? (m as Binding),
     (err: NodeJS.ErrnoException) => {
       binding = undefined;
       const why = err.code === 'ERR_MODULE_NOT_FOUND' ? 'it is not installed' : `it does not load (${err.message.split('\n')[0]})`;
