@@ -125,13 +125,21 @@ await describe('the root key in an HSM', async () => {
     oneClearLine(twice.stderr);
     assert.match(twice.stderr, /KMS_ROOT_KEY is set, but the root key of this config is in an HSM/);
 
+    const both = join(dir, 'both.json');
+    writeFileSync(both, JSON.stringify({ ...JSON.parse(readFileSync(config(dir), 'utf8')), rootKey: { file: 'root.key', pkcs11: JSON.parse(readFileSync(config(dir), 'utf8')).rootKey.pkcs11 } }));
+    const fileToo = runKms(['serve', '--config', both, '--port', '0'], env);
+    rmSync(both);
+    assert.equal(fileToo.code, 1);
+    oneClearLine(fileToo.stderr);
+    assert.match(fileToo.stderr, /rootKey\.file and rootKey\.pkcs11 name two root keys: keep one/);
+
     const badInit = join(work, 'bad-init');
     const refused = hsmInit(badInit, 'kms', [], { KMS_HSM_PIN: 'not-the-pin' });
     assert.equal(refused.code, 1);
     oneClearLine(refused.stderr);
     assert.match(refused.stderr, /CKR_PIN_INCORRECT/);
     assert.equal(existsSync(badInit), false, 'a refused init writes nothing');
-    for (const r of [wrong, none, absent, twice, refused]) noPin(r.stdout, r.stderr);
+    for (const r of [wrong, none, absent, twice, fileToo, refused]) noPin(r.stdout, r.stderr);
   });
 
   test('kms audit verify, kms backup and kms restore work with the HSM root; a restore under another token is refused', TEST, async () => {
