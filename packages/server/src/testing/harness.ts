@@ -171,4 +171,4 @@ export async function postgresProblem(url = TEST_POSTGRES_URL): Promise<string |
   }
 }
 
-export { SOFTHSM_MODULE, softHsm, softHsmProblem, type SoftHsm } from './softhsm.js';
+export { SOFTHSM_MODULE, softHsm, softHsmProblem, withoutSoftHsm, type SoftHsm } from './softhsm.js';

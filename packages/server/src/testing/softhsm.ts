@@ -3,12 +3,14 @@
  * named by SOFTHSM2_CONF), so a test never sees or changes another's tokens. Debian's package
  * `softhsm2` provides the module and softhsm2-util; `.ci/run` installs it when it is missing.
  */
+import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { test } from 'node:test';
 
 export const SOFTHSM_MODULE = process.env.KMS_TEST_SOFTHSM_MODULE ?? '/usr/lib/softhsm/libsofthsm2.so';
 
@@ -25,6 +27,18 @@ export function softHsmProblem(): string | undefined {
     return 'the optional package pkcs11js is not installed (npm install pkcs11js)';
   }
   return undefined;
+}
+
+/**
+ * For a suite of HSM tests: when SoftHSM cannot run here, registers one test that is skipped
+ * with the reason, or that fails under CI=true (where .ci/run installs softhsm2), and says so.
+ */
+export function withoutSoftHsm(): boolean {
+  const problem = softHsmProblem();
+  if (problem === undefined) return false;
+  if (process.env.CI === 'true') test('SoftHSMv2', () => assert.fail(`${problem} (required under CI=true)`));
+  else test('SoftHSMv2', { skip: `skipped: ${problem}` }, () => {});
+  return true;
 }
 
 export interface SoftHsm {
