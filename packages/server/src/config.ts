@@ -42,7 +42,13 @@ export const configSchema = z.strictObject({
   storage: z.strictObject({ url: z.string().min(1).default(defaultOf('storage.url')), timeoutSeconds: z.number().positive().max(60).default(defaultOf('storage.timeoutSeconds')) }).prefault({}),
   staticKey: z.strictObject({ key: z.string(), cert: z.string() }),
   ca: z.strictObject({ cert: z.string(), key: z.string().optional() }).optional(),
-  rootKey: z.strictObject({ file: z.string().optional() }).prefault({}),
+  rootKey: z
+    .strictObject({
+      file: z.string().optional(),
+      // Giving both file and pkcs11 is refused when the root key is opened (server.ts openRootKey).
+      pkcs11: z.strictObject({ module: z.string().min(1), token: z.string().min(1), key: z.string().min(1) }).optional(),
+    })
+    .prefault({}),
   tls: z.strictObject({ cert: z.string(), key: z.string() }).optional(),
   cors: z.strictObject({ origins: z.array(origin).default(() => defaultOf('cors.origins')) }).prefault({}),
   identity: z

@@ -11,3 +11,5 @@ export { loadConfig, parseConfig, configPath, ConfigError, type KmsConfig } from
 export type { Store } from './store/store.js';
 export { initKmsDir, type InitOptions } from './cli/init.js';
 export { createCa, type CaMaterial } from './identity/certificates.js';
+export { localRootKey, type RootKey } from './keyring/keyring.js';
+export { openPkcs11RootKey, type Pkcs11Options } from './keyring/pkcs11.js';

@@ -35,7 +35,8 @@ import { loadDevIssuer, type DevIssuer } from './identity/dev-issuer.js';
 import { chainNotAfter, loadStaticIdentity } from './identity/certificates.js';
 import type { TokenVerifier } from './identity/principal.js';
 import { createTokenVerifier } from './identity/tokens.js';
-import { Keyring, auditKeyOf, parseRootKey } from './keyring/keyring.js';
+import { Keyring, localRootKey, parseRootKey, type RootKey } from './keyring/keyring.js';
+import { openPkcs11RootKey } from './keyring/pkcs11.js';
 import { createLogger, silentLogger, type Logger } from './logger.js';
 import type { Deps } from './operations/context.js';
 import { handlers } from './core/handlers.js';
@@ -55,7 +56,8 @@ export interface KmsOptions {
   store: Store;
   verifier: TokenVerifier;
   staticKey: { privateKey: KeyObject; publicJwk: PublicStaticJwk };
-  rootKey: Uint8Array;
+  /** The root of at-rest encryption; the caller opened it and closes it (startKms: on close). */
+  rootKey: RootKey;
   now?: () => number;
   codec?: MessageCodec;
   logger?: Logger;
@@ -92,7 +94,7 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
   await coherence.settled(config.storage.timeoutSeconds * 1000);
   // One id per process: its audit records, its heartbeat and its claim to lead all carry it.
   const node = newNodeId();
-  const audit = new AuditLog(store, auditKeyOf(rootKey), node);
+  const audit = new AuditLog(store, rootKey.auditKey(), node);
   audit.onWriteFailure = options.metrics?.auditWriteFailed;
   const checkpointer =
     options.checkpointFile === undefined
@@ -276,15 +278,37 @@ export function postgresProblem(url: string, err: unknown): string {
   return `cannot open PostgreSQL storage at ${where}: ${message || code || 'error'}`;
 }
 
-export function rootKeyOf(config: KmsConfig): Uint8Array {
+/**
+ * The configured root key: KMS_ROOT_KEY, rootKey.file, or a key in an HSM (rootKey.pkcs11, PIN
+ * from KMS_HSM_PIN). The caller closes it. Every problem is a ConfigError of one line.
+ */
+export async function openRootKey(config: KmsConfig): Promise<RootKey> {
   const fromEnv = process.env.KMS_ROOT_KEY;
+  const hsm = config.rootKey.pkcs11;
+  if (hsm) {
+    if (config.rootKey.file) throw new ConfigError('rootKey.file and rootKey.pkcs11 name two root keys: keep one');
+    // Two root keys would make which one sealed the CMKs a guess.
+    if (fromEnv) throw new ConfigError('KMS_ROOT_KEY is set, but the root key of this config is in an HSM (rootKey.pkcs11): unset KMS_ROOT_KEY');
+    const opened = await openPkcs11RootKey({ module: configPath(config, hsm.module), token: hsm.token, key: hsm.key, pin: process.env.KMS_HSM_PIN });
+    return opened.root;
+  }
   try {
-    if (fromEnv) return parseRootKey(fromEnv);
-    if (!config.rootKey.file) throw new ConfigError('no root key: set rootKey.file in the config or KMS_ROOT_KEY');
-    return parseRootKey(read(config, config.rootKey.file, 'root key'));
+    if (fromEnv) return localRootKey(parseRootKey(fromEnv), 'KMS_ROOT_KEY');
+    if (!config.rootKey.file) throw new ConfigError('no root key: set rootKey.file or rootKey.pkcs11 in the config, or KMS_ROOT_KEY');
+    return localRootKey(parseRootKey(read(config, config.rootKey.file, 'root key')), `the root key file ${configPath(config, config.rootKey.file)}`);
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     throw new ConfigError(`root key: ${(err as Error).message}`);
+  }
+}
+
+/** Runs `use` with the configured root key open, and closes it after. */
+export async function withRootKey<T>(config: KmsConfig, use: (root: RootKey) => T | Promise<T>): Promise<T> {
+  const root = await openRootKey(config);
+  try {
+    return await use(root);
+  } finally {
+    root.close();
   }
 }
 
@@ -336,8 +360,10 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   }).catch((err: Error) => {
     throw new ConfigError(err.message);
   });
-  const rootKey = rootKeyOf(config);
   const dev = devIssuerOf(config);
+  // Opened before the identity provider and the store, so a problem with it (a wrong HSM PIN) is
+  // told first; every failure below closes it again, and so does the KMS's close.
+  const rootKey = await openRootKey(config);
   if (dev) {
     const id = config.identity;
     const alsoProduction = Boolean(id.issuer || id.jwksUri || id.jwksFile || id.introspection);
@@ -348,7 +374,9 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
         : 'the development token issuer is enabled (kms token): for development only',
     );
   }
-  const verifier = createTokenVerifier(
+  let verifier: ReturnType<typeof createTokenVerifier>;
+  try {
+    verifier = createTokenVerifier(
     { ...config.identity, audience: audienceOf(config) },
     {
       baseDir: config.baseDir,
@@ -362,12 +390,17 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
       },
     },
   );
+  } catch (err) {
+    rootKey.close();
+    throw err;
+  }
   const peers = new PeerRegistry(config);
   const timeoutMs = config.storage.timeoutSeconds * 1000;
   // Every storage call of the running KMS has a deadline: storage that is down or stuck is a 503.
   const bounded = withDeadline(
     await openStore(options.db ?? config.storage.url, config.baseDir, { timeoutMs }).catch((err: unknown) => {
       verifier.close?.();
+      rootKey.close();
       throw err;
     }),
     timeoutMs,
@@ -380,6 +413,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
     kms = await assembleKms({ config, store, verifier, staticKey, rootKey, now: options.now, logger, codec: fastCodec, peers, metrics, requestDeadlineMs: timeoutMs, checkpointFile: configPath(config, config.audit.checkpoints.file) });
   } catch (err) {
     await store.close();
+    rootKey.close();
     throw err;
   }
   kms.onRequest = metrics.request;
@@ -396,6 +430,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   } catch (err) {
     await kms.close();
     await store.close();
+    rootKey.close();
     const code = (err as NodeJS.ErrnoException).code;
     throw new ConfigError(code === 'EADDRINUSE' ? `port ${options.port ?? config.listen.port} on ${host} is in use` : `cannot listen: ${code ?? (err as Error).message}`);
   }
@@ -452,6 +487,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
         await kms.close();
         verifier.close?.();
         await store.close();
+        rootKey.close();
       })()),
   };
 }

@@ -15,7 +15,7 @@ import Database from 'better-sqlite3';
 import pg from 'pg';
 import { Channels } from '../src/channels.js';
 import { Coherence } from '../src/coherence.js';
-import { Keyring } from '../src/keyring/keyring.js';
+import { Keyring, localRootKey } from '../src/keyring/keyring.js';
 import { CHANNEL_RECHECK_MS } from '../src/limits.js';
 import { silentLogger } from '../src/logger.js';
 import { Secret } from '../src/secret.js';
@@ -33,7 +33,7 @@ interface Backend {
   cleanup(): Promise<void>;
 }
 
-const rootKey = new Uint8Array(randomBytes(32));
+const rootKey = localRootKey(new Uint8Array(randomBytes(32)), 'a test key');
 
 async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 5000): Promise<number> {
   const started = performance.now();

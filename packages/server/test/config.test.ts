@@ -32,7 +32,8 @@ const complete = () => ({
   storage: { url: 'postgres://kms@db.a.example/kms', timeoutSeconds: 0.5 },
   staticKey: { key: 'static-key.pem', cert: 'static-cert.pem' },
   ca: { cert: 'ca.pem', key: 'ca-key.pem' },
-  rootKey: { file: 'root.key' },
+  // Both only to cover every option: opening the root key refuses the two together (server.ts).
+  rootKey: { file: 'root.key', pkcs11: { module: '/usr/lib/softhsm/libsofthsm2.so', token: 'kms', key: 'kms-root' } },
   tls: { cert: 'tls.pem', key: 'tls-key.pem' },
   cors: { origins: ['https://app.a.example'] },
   identity: {

@@ -1,14 +1,15 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { inspect } from 'node:util';
-import { Keyring, generateRootKey, parseRootKey } from '../src/keyring/keyring.js';
+import { Keyring, generateRootKey, localRootKey, parseRootKey, sealedUnder } from '../src/keyring/keyring.js';
 import { Secret } from '../src/secret.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 
+const local = (bytes: Uint8Array) => localRootKey(bytes, 'a test key');
 const path = () => join(mkdtempSync(join(tmpdir(), 'kms-keyring-')), 'kms.db');
 
 test('root key parsing', () => {
@@ -19,7 +20,7 @@ test('root key parsing', () => {
 
 test('sealed material opens only under its CMK and its own identity', async () => {
   const store = new SqliteStore(path());
-  const ring = await Keyring.open(randomBytes(32), store, Date.now());
+  const ring = await Keyring.open(local(randomBytes(32)), store, Date.now());
   const cmk = ring.activeCmk();
   const sealed = ring.seal(cmk.id, Buffer.from('secret material'), 'key:1');
   assert.equal(Buffer.from(sealed).includes(Buffer.from('secret material')), false);
@@ -35,7 +36,7 @@ test('rotation keeps old material readable; a wrong root key is refused clearly'
   const file = path();
   const root = randomBytes(32);
   let store = new SqliteStore(file);
-  const ring = await Keyring.open(root, store, Date.now());
+  const ring = await Keyring.open(local(root), store, Date.now());
   const first = ring.activeCmk();
   const sealed = ring.seal(first.id, Buffer.from('old'), 'key:old');
   const second = await ring.createCmk(null, Date.now());
@@ -49,9 +50,30 @@ test('rotation keeps old material readable; a wrong root key is refused clearly'
   await store.close();
 
   store = new SqliteStore(file);
-  const reopened = await Keyring.open(root, store, Date.now());
+  const reopened = await Keyring.open(local(root), store, Date.now());
   assert.equal(Buffer.from((await reopened.unseal(first.id, sealed, 'key:old')).reveal()).toString(), 'old');
-  await assert.rejects(Keyring.open(randomBytes(32), store, Date.now()), /wrong root key/);
+  await assert.rejects(Keyring.open(local(randomBytes(32)), store, Date.now()), /wrong root key/);
+  await store.close();
+});
+
+test('a CMK row written before root keys became providers still opens under a file root key', async () => {
+  // The layout every CMK row on disk has: version 1 | iv | tag | AES-256-GCM body, AAD cmk:<id>.
+  const root = randomBytes(32);
+  const cmk = randomBytes(32);
+  const id = randomUUID();
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', root, iv).setAAD(Buffer.from(`cmk:${id}`));
+  const body = Buffer.concat([cipher.update(cmk), cipher.final()]);
+  const sealed = new Uint8Array(Buffer.concat([Buffer.from([1]), iv, cipher.getAuthTag(), body]));
+  const store = new SqliteStore(path());
+  await store.insertCmk({ id, state: 'active', assignedOrgId: null, createdAt: Date.now(), sealed });
+  assert.equal(sealedUnder(local(root), { id, sealed }), true);
+  assert.equal(sealedUnder(local(randomBytes(32)), { id, sealed }), false);
+  assert.equal(sealedUnder(local(root), { id: randomUUID(), sealed }), false, 'bound to its row');
+  const ring = await Keyring.open(local(root), store, Date.now());
+  assert.equal(ring.activeCmk().id, id, 'the existing CMK is used, no new one made');
+  const material = ring.seal(id, Buffer.from('m'), 'key:1');
+  assert.equal(Buffer.from((await ring.unseal(id, material, 'key:1')).reveal()).toString(), 'm');
   await store.close();
 });
 

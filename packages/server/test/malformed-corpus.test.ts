@@ -10,8 +10,7 @@ import { CompactEncrypt, CompactSign, decodeProtectedHeader, generateKeyPair, im
 import WebSocket from 'ws';
 import { generateEphemeralKeyPair, isPlainText, joseCodec, segmentCount } from '@openkms/protocol';
 import { verifyAudit } from '../src/audit/audit.js';
-import { auditKeyOf } from '../src/keyring/keyring.js';
-import { openStore, rootKeyOf } from '../src/server.js';
+import { openStore, withRootKey } from '../src/server.js';
 import { startDevKms, type DevKms } from '../src/testing/harness.js';
 import { assertHealthy, TestClient } from './support/client.js';
 import { seededRandom } from './support/random.js';
@@ -711,7 +710,7 @@ test('a generated corpus of malformed messages: every answer well-formed, never 
   // Every answered message was audited as it was hashed: the chain verifies to its end.
   const store = await openStore(`sqlite:${kms.dbPath}`, kms.config.baseDir);
   try {
-    const verified = await verifyAudit(store, auditKeyOf(rootKeyOf(kms.config)));
+    const verified = await verifyAudit(store, await withRootKey(kms.config, (root) => root.auditKey()));
     assert.equal(verified.ok, true, at(`audit: ${JSON.stringify(verified)}`));
     assert.ok(verified.records >= items.length, at(`audit: ${verified.records} records for ${items.length} messages`));
   } finally {

@@ -8,8 +8,7 @@ import { resolve } from 'node:path';
 import { verifyAudit } from '../audit/audit.js';
 import { lastCheckpointLine, verifyCheckpoint } from '../audit/checkpoint.js';
 import { ConfigError, configPath, loadConfig, type KmsConfig } from '../config.js';
-import { auditKeyOf } from '../keyring/keyring.js';
-import { rootKeyOf } from '../server.js';
+import { withRootKey } from '../server.js';
 import { withStore } from './existing-store.js';
 import { writeOwnerOnly } from './owner-file.js';
 import { DEFAULT_CONFIG, HelpRequested, UsageError, asksForHelp, flagOrEnv, intFlag, parse } from './args.js';
@@ -43,7 +42,7 @@ export async function auditCommand(argv: string[]): Promise<void> {
 async function verify(argv: string[]): Promise<void> {
   const { values } = parse(argv, { config: { type: 'string' }, db: { type: 'string' }, checkpoints: { type: 'string' } }, { usage: USAGE });
   const config = loadConfig(flagOrEnv(values.str('config'), 'KMS_CONFIG') ?? DEFAULT_CONFIG);
-  const key = auditKeyOf(rootKeyOf(config));
+  const key = await withRootKey(config, (root) => root.auditKey());
   const named = flagOrEnv(values.str('checkpoints'), 'KMS_AUDIT_CHECKPOINTS');
   const checkpoints = named === undefined ? configPath(config, config.audit.checkpoints.file) : resolve(named);
   await withStore(config, values.str('db'), 'verify', async (store) => {

@@ -8,8 +8,8 @@ import { existsSync, rmSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { verifyAudit } from '../audit/audit.js';
 import { ConfigError, loadConfig, type KmsConfig } from '../config.js';
-import { auditKeyOf, sealedUnder } from '../keyring/keyring.js';
-import { openStore, postgresProblem, rootKeyOf } from '../server.js';
+import { sealedUnder, type RootKey } from '../keyring/keyring.js';
+import { openStore, postgresProblem, withRootKey } from '../server.js';
 import { BackupFileError, BackupWriter, readBackup, type BackupHeader } from '../store/backup-file.js';
 import { SCHEMA_VERSION } from '../store/migrations.js';
 import { readSnapshot, restoreSnapshot, SnapshotError, type RestoreEntry, type TableShape, type Value } from '../store/snapshot.js';
@@ -28,10 +28,11 @@ Environment: KMS_CONFIG, KMS_DB, KMS_BACKUP_OUT.`;
 const RESTORE_USAGE = `usage: kms restore [--config D/kms.json] [--db URL] --from FILE
   restores a backup of this KMS (the config's authority) into an empty database (--db, else the
   config's storage.url), in one transaction, then migrates it to the current schema and verifies
-  the audit chain. Needs the root key the backup was made under (rootKey.file or KMS_ROOT_KEY).
+  the audit chain. Needs the root key the backup was made under (rootKey.file, KMS_ROOT_KEY,
+  or the same HSM key: rootKey.pkcs11 with KMS_HSM_PIN).
   Refuses, before writing anything, a file cut short, altered, of another KMS or of a newer schema,
   CMKs sealed under another root key, and a database that holds data.
-Environment: KMS_CONFIG, KMS_DB, KMS_RESTORE_FROM, KMS_ROOT_KEY.`;
+Environment: KMS_CONFIG, KMS_DB, KMS_RESTORE_FROM, KMS_ROOT_KEY, KMS_HSM_PIN.`;
 
 /** The storage URL to use, a SQLite path made absolute against the config's folder. */
 function storageUrl(flag: string | undefined, config: KmsConfig): string {
@@ -105,7 +106,7 @@ export async function backupCommand(argv: string[]): Promise<void> {
  * Reads the whole file once before anything is written: its header must be of this KMS and of a
  * schema this kms knows, its trailer must match, its CMKs must unseal under this root key.
  */
-async function checkedBackup(file: string, config: KmsConfig, rootKey: Uint8Array): Promise<{ header: BackupHeader; sha256: string }> {
+async function checkedBackup(file: string, config: KmsConfig, rootKey: RootKey): Promise<{ header: BackupHeader; sha256: string }> {
   let header: BackupHeader | undefined;
   let sha256 = '';
   let table: TableShape | undefined;
@@ -149,8 +150,10 @@ async function* entriesOf(file: string, sha256: string): AsyncGenerator<RestoreE
 export async function restoreCommand(argv: string[]): Promise<void> {
   const { config, url, urlFrom, file } = commandLine(argv, 'restore', 'from', 'KMS_RESTORE_FROM', RESTORE_USAGE);
   if (!existsSync(file)) throw new ConfigError(`no backup at ${file}`);
-  const rootKey = rootKeyOf(config);
+  await withRootKey(config, (rootKey) => restoreUnder(rootKey, config, url, urlFrom, file));
+}
 
+async function restoreUnder(rootKey: RootKey, config: KmsConfig, url: string, urlFrom: string, file: string): Promise<void> {
   let checked: { header: BackupHeader; sha256: string };
   try {
     checked = await checkedBackup(file, config, rootKey);
@@ -174,7 +177,7 @@ export async function restoreCommand(argv: string[]): Promise<void> {
   // Opening the store migrates the restored schema on to the current version.
   const store = await openStore(url, config.baseDir);
   try {
-    const audit = await verifyAudit(store, auditKeyOf(rootKey));
+    const audit = await verifyAudit(store, rootKey.auditKey());
     const migrated = header.schemaVersion < SCHEMA_VERSION ? `, migrated from schema version ${header.schemaVersion} to ${SCHEMA_VERSION}` : '';
     process.stdout.write(`restored ${total(rows)} rows from ${file} (made ${header.createdAt})${migrated}: ${counted(rows)}\n`);
     if (audit.ok) process.stdout.write(`audit log intact: ${audit.records} records\n`);

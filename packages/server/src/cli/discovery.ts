@@ -13,8 +13,8 @@ import { AuditLog } from '../audit/audit.js';
 import { exportDiscovery, recipientOf, verifyDiscovery, type DiscoveryExport } from '../compliance/discovery.js';
 import { ConfigError, loadConfig } from '../config.js';
 import { normalizeUserId, isUserId } from '../identity/users.js';
-import { auditKeyOf, Keyring } from '../keyring/keyring.js';
-import { rootKeyOf } from '../server.js';
+import { Keyring } from '../keyring/keyring.js';
+import { withRootKey } from '../server.js';
 import { DEFAULT_CONFIG, HelpRequested, UsageError, asksForHelp, flagOrEnv, parse } from './args.js';
 import { withStore } from './existing-store.js';
 import { writeOwnerOnly } from './owner-file.js';
@@ -67,11 +67,10 @@ async function exportCommand(argv: string[]): Promise<void> {
   const user = normalizeUserId(rawUser, config.domains[0]!);
   if (!isUserId(user)) throw new UsageError(`--user ${rawUser} is not a user id`);
   const recipient = recipientOf(readJwk(toJwk, 'recipient key'));
-  const rootKey = rootKeyOf(config);
   const target = resolve(out);
-  const doc = await withStore(config, values.str('db'), 'export', async (store) => {
+  const doc = await withRootKey(config, (rootKey) => withStore(config, values.str('db'), 'export', async (store) => {
     const keyring = await Keyring.open(rootKey, store, Date.now());
-    const audit = new AuditLog(store, auditKeyOf(rootKey));
+    const audit = new AuditLog(store, rootKey.auditKey());
     // Audited before a byte is written, as a request is before it is answered: an export the log
     // could not record does not happen.
     await audit.record({
@@ -88,7 +87,7 @@ async function exportCommand(argv: string[]): Promise<void> {
     const built = await exportDiscovery({ authority: config.authority, store, keyring, user, since, recipient, now: Date.now() });
     await writeOwnerOnly(target, async (write) => write(`${JSON.stringify(built, null, 1)}\n`));
     return built;
-  });
+  }));
   const by = (via: string) => doc.keys.filter((k) => k.via === via).length;
   process.stdout.write(
     `exported ${doc.keys.length} keys of ${user} to ${target}: ${by('created')} created, ${by('authorized')} of KROs authorized here, ` +

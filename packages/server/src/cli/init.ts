@@ -14,6 +14,7 @@ import { defaultOf } from '../config/options.js';
 import { createCa, generateStaticKeyPem, issueKmsCertificate, loadStaticIdentity } from '../identity/certificates.js';
 import { generateDevIssuerKey } from '../identity/dev-issuer.js';
 import { generateRootKey } from '../keyring/keyring.js';
+import { openPkcs11RootKey } from '../keyring/pkcs11.js';
 import { UsageError, flagOrEnv, intFlag, parse } from './args.js';
 import { dataHeldFor } from './existing-data.js';
 
@@ -25,6 +26,10 @@ export interface InitOptions {
   caCertPem?: string;
   caKeyPem?: string;
   force?: boolean;
+  /** The root key in an HSM (found, or created non-extractable) instead of a root.key file. */
+  hsm?: { module: string; token: string; key: string; pin: string | undefined };
+  /** Told what was found or created in the HSM. */
+  say?: (line: string) => void;
 }
 
 export const FILES = {
@@ -37,6 +42,9 @@ export const FILES = {
   devIssuerKey: 'dev-issuer-key.json',
 } as const;
 
+/** The label of the HSM root key when --hsm-key names none (its audit key is `<label>-audit`). */
+export const DEFAULT_HSM_KEY = 'openkms-root';
+
 export async function initKmsDir(o: InitOptions): Promise<string> {
   if (!isAuthority(o.authority)) throw new UsageError(`--authority ${o.authority} is not a DNS name (e.g. kms.a.example)`);
   for (const d of o.domains) if (!isAuthority(d.toLowerCase())) throw new UsageError(`--domain ${d} is not a domain name`);
@@ -48,6 +56,19 @@ export async function initKmsDir(o: InitOptions): Promise<string> {
   // still needs the root key beside it.
   const held = await dataHeldFor(dir, configFile);
   if (held) throw new UsageError(`refusing to write a new root key: ${held}; nothing was written (kms init --renew-certificates replaces only the certificate)`);
+  // The HSM before any file: a wrong PIN or token leaves nothing behind.
+  let rootKey: { file: string } | { pkcs11: { module: string; token: string; key: string } } = { file: FILES.rootKey };
+  if (o.hsm) {
+    const module = resolve(o.hsm.module);
+    const { root, created } = await openPkcs11RootKey({ ...o.hsm, module, create: true });
+    root.close();
+    const labels = [o.hsm.key, `${o.hsm.key}-audit`];
+    const found = labels.filter((l) => !created.includes(l));
+    o.say?.(
+      `PKCS#11 token '${o.hsm.token}': ${[created.length ? `created ${created.map((l) => `'${l}'`).join(' and ')}` : '', found.length ? `found ${found.map((l) => `'${l}'`).join(' and ')}` : ''].filter(Boolean).join(', ')} (non-extractable); no root key file is written`,
+    );
+    rootKey = { pkcs11: { module, token: o.hsm.token, key: o.hsm.key } };
+  }
   mkdirSync(dir, { recursive: true, mode: 0o700 });
 
   let ca: { certPem: string; keyPem: string; own: boolean };
@@ -64,7 +85,7 @@ export async function initKmsDir(o: InitOptions): Promise<string> {
   writeFileSync(join(dir, FILES.staticCert), certPem);
   writeFileSync(join(dir, FILES.ca), ca.certPem);
   if (ca.own) writeFileSync(join(dir, FILES.caKey), ca.keyPem, secret);
-  writeFileSync(join(dir, FILES.rootKey), generateRootKey(), secret);
+  if ('file' in rootKey) writeFileSync(join(dir, FILES.rootKey), generateRootKey(), secret);
   writeFileSync(join(dir, FILES.devIssuerKey), await generateDevIssuerKey(), secret);
 
   const config = {
@@ -75,7 +96,7 @@ export async function initKmsDir(o: InitOptions): Promise<string> {
     storage: { url: defaultOf('storage.url') },
     staticKey: { key: FILES.staticKey, cert: FILES.staticCert },
     ca: ca.own ? { cert: FILES.ca, key: FILES.caKey } : { cert: FILES.ca },
-    rootKey: { file: FILES.rootKey },
+    rootKey,
     identity: { audience: `kms://${o.authority.toLowerCase()}`, dev: { enabled: true, keyFile: FILES.devIssuerKey } },
     peers: [],
   };
@@ -144,16 +165,20 @@ function readPem(path: string | undefined, flag: string): string | undefined {
 }
 
 const USAGE = `usage: kms init --dir D --authority A --domain X [--domain Y…] [--port P] [--ca-cert F --ca-key F] [--force]
+                [--hsm-module PATH --hsm-token LABEL [--hsm-key LABEL]]
        kms init --renew-certificates --dir D [--ca-key F] [--new-static-key]
   writes D/kms.json, the static key and certificate (issued by a CA of its own, ca.pem, unless
   --ca-cert and --ca-key give one), root.key and the development issuer key; secrets owner-only.
+  --hsm-module, --hsm-token: the root key in an HSM instead of root.key: finds, or creates, the
+  non-extractable AES-256 key --hsm-key (default ${DEFAULT_HSM_KEY}) and the HMAC key
+  <key>-audit in the PKCS#11 token, with the user PIN from KMS_HSM_PIN (needs the package pkcs11js).
   --port: listen.port in kms.json (default ${defaultOf('listen.port')}); --force: overwrite an existing D/kms.json.
   Refuses, even with --force, while D/kms.db or the database D/kms.json names holds data: a new
   root key would make every stored key unreadable.
   --renew-certificates: a new static certificate from the folder's CA (--ca-key when the CA was
   given); keeps the root key, the CA, the static key (a new one with --new-static-key, which ends
   outstanding anonymous bearers) and the data.
-Environment: KMS_DIR, KMS_AUTHORITY, KMS_DOMAINS (comma-separated), KMS_PORT.`;
+Environment: KMS_DIR, KMS_AUTHORITY, KMS_DOMAINS (comma-separated), KMS_PORT, KMS_HSM_PIN.`;
 
 export async function initCommand(argv: string[]): Promise<void> {
   const { values } = parse(
@@ -168,6 +193,9 @@ export async function initCommand(argv: string[]): Promise<void> {
       force: { type: 'boolean' },
       'renew-certificates': { type: 'boolean' },
       'new-static-key': { type: 'boolean' },
+      'hsm-module': { type: 'string' },
+      'hsm-token': { type: 'string' },
+      'hsm-key': { type: 'string' },
     },
     { usage: USAGE },
   );
@@ -175,7 +203,7 @@ export async function initCommand(argv: string[]): Promise<void> {
   if (values.bool('renew-certificates')) {
     if (!dir) throw new UsageError('kms init --renew-certificates needs --dir');
     // What names or replaces the folder's identity belongs to a new folder, not to a renewal.
-    for (const flag of ['authority', 'domain', 'port', 'ca-cert', 'force'] as const) {
+    for (const flag of ['authority', 'domain', 'port', 'ca-cert', 'force', 'hsm-module', 'hsm-token', 'hsm-key'] as const) {
       if (values.str(flag) !== undefined || values.list(flag) !== undefined || values.bool(flag)) throw new UsageError(`--${flag} does not go with --renew-certificates (it keeps the folder's config and CA)`);
     }
     const configFile = join(resolve(dir), FILES.config);
@@ -188,6 +216,10 @@ export async function initCommand(argv: string[]): Promise<void> {
   const authority = flagOrEnv(values.str('authority'), 'KMS_AUTHORITY');
   const domains = values.list('domain') ?? (process.env.KMS_DOMAINS ? process.env.KMS_DOMAINS.split(',') : []);
   if (!dir || !authority || domains.length === 0) throw new UsageError('kms init needs --dir, --authority and --domain');
+  const hsmModule = values.str('hsm-module');
+  const hsmToken = values.str('hsm-token');
+  if (Boolean(hsmModule) !== Boolean(hsmToken)) throw new UsageError('--hsm-module and --hsm-token go together');
+  if (values.str('hsm-key') !== undefined && !hsmModule) throw new UsageError('--hsm-key goes with --hsm-module and --hsm-token');
   const file = await initKmsDir({
     dir,
     authority,
@@ -196,6 +228,9 @@ export async function initCommand(argv: string[]): Promise<void> {
     caCertPem: readPem(values.str('ca-cert'), '--ca-cert'),
     caKeyPem: readPem(values.str('ca-key'), '--ca-key'),
     force: values.bool('force'),
+    hsm: hsmModule && hsmToken ? { module: hsmModule, token: hsmToken, key: values.str('hsm-key') ?? DEFAULT_HSM_KEY, pin: process.env.KMS_HSM_PIN } : undefined,
+    say: (line) => process.stderr.write(`${line}
+`),
   });
   process.stderr.write(`wrote ${file}\n`);
 }

@@ -90,8 +90,24 @@ export const OPTIONS = {
   },
   'rootKey.file': {
     unit: 'file',
-    meaning: 'The root of at-rest encryption (32 random bytes, base64): every stored key is sealed under a key derived from it. `KMS_ROOT_KEY` (the key itself) takes precedence; one of the two is required.',
+    meaning: 'The root of at-rest encryption (32 random bytes, base64): every stored key is sealed under a key derived from it. `KMS_ROOT_KEY` (the key itself) takes precedence; one of the two, or `rootKey.pkcs11`, is required.',
     recommendation: 'Owner-only, backed up apart from the database: without it the database cannot be read.',
+  },
+  'rootKey.pkcs11.module': {
+    required: true,
+    unit: 'file',
+    meaning:
+      'The root key in an HSM instead of a file: the PKCS#11 module (e.g. `/usr/lib/softhsm/libsofthsm2.so`) of the token that holds it. CMKs are wrapped and unwrapped inside the token; the user PIN is read from `KMS_HSM_PIN` only, never from kms.json. Needs the optional package `pkcs11js`. Goes without `rootKey.file` and `KMS_ROOT_KEY`.',
+    recommendation: '`kms init --hsm-module PATH --hsm-token LABEL` creates the keys and writes this section.',
+  },
+  'rootKey.pkcs11.token': {
+    required: true,
+    meaning: 'The label of the PKCS#11 token that holds the root key.',
+  },
+  'rootKey.pkcs11.key': {
+    required: true,
+    meaning: 'The label of the non-extractable AES-256 key in the token that wraps the CMKs (`kms init --hsm-key`, default `openkms-root`); the HMAC key beside it that derives the audit chain key is labelled `<key>-audit`.',
+    recommendation: 'Back the token up as the HSM allows (both keys): without them the database cannot be read.',
   },
   'tls.cert': {
     required: true,

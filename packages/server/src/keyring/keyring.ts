@@ -2,34 +2,48 @@
  * At-rest encryption: root key -> CMKs -> sealed key material (PROTOCOL.md §5 "Key material at
  * rest"). Every object key and channel key is sealed with AES-256-GCM under a CMK, with the
  * object's identity as additional data so a sealed blob cannot be moved to another row. CMKs are
- * sealed under the root key (a key file, or KMS_ROOT_KEY). Rotation adds a new active CMK and
+ * sealed under the root key (a key file, KMS_ROOT_KEY, or a key in an HSM: RootKey). Rotation adds a new active CMK and
  * keeps the old ones for unsealing, so it never makes an existing key unreadable.
  */
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, randomUUID } from 'node:crypto';
+import { hkdfSync, randomBytes, randomUUID } from 'node:crypto';
 import { KmsError } from '@openkms/protocol';
 import { Secret } from '../secret.js';
 import type { CmkRow } from '../model.js';
 import type { Store } from '../store/store.js';
+import { seal, unseal } from './sealing.js';
 
-const VERSION = 1;
-const IV = 12;
-const TAG = 16;
-
-function seal(key: Uint8Array, plaintext: Uint8Array, aad: string): Uint8Array {
-  const iv = randomBytes(IV);
-  const cipher = createCipheriv('aes-256-gcm', key, iv);
-  cipher.setAAD(Buffer.from(aad, 'utf8'));
-  const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
-  return Buffer.concat([Buffer.from([VERSION]), iv, cipher.getAuthTag(), body]);
+/**
+ * Where the root key is and what it does: the keyring only ever asks it to wrap or unwrap a CMK
+ * (at open and at CMK rotation, so its cost is per CMK, never per request) and for the audit
+ * chain's key. Implementations: the key's bytes in this process (a key file or KMS_ROOT_KEY,
+ * `localRootKey`) and a non-extractable key in an HSM (pkcs11.ts). Calls are synchronous: an HSM
+ * is asked through PKCS#11's synchronous API (see pkcs11.ts for why).
+ */
+export interface RootKey {
+  /** Seals a CMK under the root key, bound to `aad` (`cmk:<id>`), in the keyring's sealed format. */
+  wrap(cmk: Uint8Array, aad: string): Uint8Array;
+  /** The CMK that `wrap` sealed; throws when it was sealed under another root key or for another aad. */
+  unwrap(sealed: Uint8Array, aad: string): Uint8Array;
+  /** The audit chain's HMAC key: derived from the root key, so it needs no storage of its own. */
+  auditKey(): Uint8Array;
+  /** Where the root key is, for messages (never any key material). */
+  describe(): string;
+  /** Lets go of what the root key holds open (an HSM session); idempotent. */
+  close(): void;
 }
 
-function unseal(key: Uint8Array, sealed: Uint8Array, aad: string): Uint8Array {
-  const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
-  if (buf.length < 1 + IV + TAG || buf[0] !== VERSION) throw new Error('sealed value has an unknown format');
-  const decipher = createDecipheriv('aes-256-gcm', key, buf.subarray(1, 1 + IV));
-  decipher.setAAD(Buffer.from(aad, 'utf8'));
-  decipher.setAuthTag(buf.subarray(1 + IV, 1 + IV + TAG));
-  return Buffer.concat([decipher.update(buf.subarray(1 + IV + TAG)), decipher.final()]);
+const AUDIT_INFO = 'openkms audit chain v1';
+
+/** A root key whose 32 bytes are in this process: a key file or KMS_ROOT_KEY. */
+export function localRootKey(bytes: Uint8Array, where: string): RootKey {
+  const key = new Secret(bytes);
+  return {
+    wrap: (cmk, aad) => seal(key.reveal(), cmk, aad),
+    unwrap: (sealed, aad) => unseal(key.reveal(), sealed, aad),
+    auditKey: () => auditKeyOf(key.reveal()),
+    describe: () => where,
+    close: () => {},
+  };
 }
 
 /** Parses a root key: 32 bytes, written as base64 (or base64url) text. */
@@ -41,9 +55,9 @@ export function parseRootKey(text: string): Uint8Array {
   return new Uint8Array(bytes);
 }
 
-/** The audit chain's HMAC key, derived from the root key (so it needs no storage of its own). */
-export function auditKeyOf(rootKey: Uint8Array): Uint8Array {
-  return new Uint8Array(hkdfSync('sha256', rootKey, new Uint8Array(0), 'openkms audit chain v1', 32));
+/** The audit chain's HMAC key of a root key held in this process (an HSM derives its own: pkcs11.ts). */
+function auditKeyOf(rootKey: Uint8Array): Uint8Array {
+  return new Uint8Array(hkdfSync('sha256', rootKey, new Uint8Array(0), AUDIT_INFO, 32));
 }
 
 export function generateRootKey(): string {
@@ -54,9 +68,9 @@ export function generateRootKey(): string {
  * Whether a CMK row was sealed under this root key: a restore checks a backup's CMKs before it
  * writes, since a database is unreadable under any other root key.
  */
-export function sealedUnder(rootKey: Uint8Array, row: Pick<CmkRow, 'id' | 'sealed'>): boolean {
+export function sealedUnder(root: RootKey, row: Pick<CmkRow, 'id' | 'sealed'>): boolean {
   try {
-    unseal(rootKey, row.sealed, `cmk:${row.id}`).fill(0);
+    root.unwrap(row.sealed, `cmk:${row.id}`).fill(0);
     return true;
   } catch {
     return false;
@@ -72,13 +86,16 @@ export class Keyring {
   private readonly cmks = new Map<string, LoadedCmk>();
 
   private constructor(
-    private readonly root: Secret,
+    private readonly root: RootKey,
     private readonly store: Store,
   ) {}
 
-  /** Opens the keyring, creating the first (global, active) CMK on an empty store. */
-  static async open(rootKey: Uint8Array, store: Store, now: number): Promise<Keyring> {
-    const keyring = new Keyring(new Secret(rootKey), store);
+  /**
+   * Opens the keyring, creating the first (global, active) CMK on an empty store. The root key
+   * stays its opener's to close: the keyring only borrows it.
+   */
+  static async open(root: RootKey, store: Store, now: number): Promise<Keyring> {
+    const keyring = new Keyring(root, store);
     const rows = await store.listCmks();
     for (const row of rows) keyring.load(row);
     if (!rows.some((r) => r.state === 'active' && r.assignedOrgId === null)) await keyring.createCmk(null, now);
@@ -88,9 +105,9 @@ export class Keyring {
   private load(row: CmkRow): LoadedCmk {
     let key: Uint8Array;
     try {
-      key = unseal(this.root.reveal(), row.sealed, `cmk:${row.id}`);
+      key = this.root.unwrap(row.sealed, `cmk:${row.id}`);
     } catch {
-      throw new Error(`CMK ${row.id} cannot be unsealed: wrong root key?`);
+      throw new Error(`CMK ${row.id} cannot be unsealed under ${this.root.describe()}: wrong root key?`);
     }
     const loaded = { row, key: new Secret(key) };
     this.cmks.set(row.id, loaded);
@@ -105,7 +122,7 @@ export class Keyring {
       state: 'active',
       assignedOrgId,
       createdAt: now,
-      sealed: seal(this.root.reveal(), randomBytes(32), `cmk:${id}`),
+      sealed: this.root.wrap(randomBytes(32), `cmk:${id}`),
     };
     await this.store.insertCmk(row);
     await this.refresh();

@@ -170,3 +170,5 @@ export async function postgresProblem(url = TEST_POSTGRES_URL): Promise<string |
     await client.end().catch(() => {});
   }
 }
+
+export { SOFTHSM_MODULE, softHsm, softHsmProblem, withoutSoftHsm, type SoftHsm } from './softhsm.js';

@@ -14,7 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { KmsError, operation, type KmsRequest, type KmsResponse, type Operation } from '@openkms/protocol';
 import { requestDigest, requestIdKey, canonicalJson, Retries } from '../../src/core/retries.js';
-import { Keyring } from '../../src/keyring/keyring.js';
+import { Keyring, localRootKey } from '../../src/keyring/keyring.js';
 import { silentLogger } from '../../src/logger.js';
 import { withRequestDeadline } from '../../src/store/deadline.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
@@ -25,7 +25,7 @@ const LEASE = 5_000;
 
 describe('retries: the first answer', () => {
   const path = join(mkdtempSync(join(tmpdir(), 'kms-retries-')), 'kms.db');
-  const rootKey = new Uint8Array(randomBytes(32));
+  const rootKey = localRootKey(new Uint8Array(randomBytes(32)), 'a test key');
   let clock = 1_800_000_000_000;
   const now = () => clock;
   let nodeA: { store: SqliteStore; retries: Retries };

@@ -14,8 +14,7 @@ import { generateEphemeralKeyPair, type KeyRep, type ResourceRep } from '@openkm
 import { postBatch, type TestClient } from '../support/client.js';
 import { manualClock, startDevKms, type DevKms } from '../../src/testing/harness.js';
 import { verifyAudit } from '../../src/audit/audit.js';
-import { auditKeyOf } from '../../src/keyring/keyring.js';
-import { rootKeyOf } from '../../src/server.js';
+import { withRootKey } from '../../src/server.js';
 import { addAuthorizations, connect, expectOk, expectStatus, getKey, listAuthorizations, newKeys, newResource, send, type Answer } from '../support/operations.js';
 
 const clock = manualClock();
@@ -182,7 +181,7 @@ describe('compliance: audited with both identities', () => {
     assert.equal(by(refused)?.status, 403);
     assert.equal(by(plain)?.onBehalfOf, null);
     assert.deepEqual([by(noRole)?.principal, by(noRole)?.onBehalfOf, by(noRole)?.status], ['eve@a.example', 'bob@a.example', 403], 'refused: both, as asked');
-    const verified = await verifyAudit(kms.store, auditKeyOf(rootKeyOf(kms.config)));
+    const verified = await verifyAudit(kms.store, await withRootKey(kms.config, (root) => root.auditKey()));
     assert.equal(verified.ok, true, JSON.stringify(verified));
   });
 });
