@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { KmsClient, type KeyRep } from '@openkms/client';
 import { BackupWriter, readBackup, type BackupHeader } from '../../packages/server/dist/src/store/backup-file.js';
+import { SCHEMA_VERSION } from '../../packages/server/dist/src/store/migrations.js';
 import type { TableShape, Value } from '../../packages/server/dist/src/store/snapshot.js';
 import { oneClearLine, runKms, runKmsAsync, serve, type Served } from '../support/cli.js';
 import { onEachBackend } from '../support/nodes.js';
@@ -141,7 +142,7 @@ describe('kms backup', () => {
     const header = JSON.parse(lines[0]!);
     assert.equal(header.format, 'openkms-backup');
     assert.equal(header.authority, AUTHORITY);
-    assert.equal(header.schemaVersion, 8);
+    assert.equal(header.schemaVersion, SCHEMA_VERSION);
     const text = lines.join('\n');
     for (const k of [...keys, ...bound]) assert.ok(text.includes(JSON.stringify(idOf(k.uri))), `key ${k.uri} in the backup`);
     for (const k of keys) assert.ok(!text.includes(k.jwk.k), 'key material only sealed');

@@ -21,7 +21,7 @@ import pg from 'pg';
 import { auditHash, GENESIS, verifyAudit } from '../../src/audit/audit.js';
 import { postgresProblem, TEST_POSTGRES_URL } from '../../src/testing/harness.js';
 import { BackupWriter, readBackup } from '../../src/store/backup-file.js';
-import { migrations } from '../../src/store/migrations.js';
+import { migrations, SCHEMA_VERSION } from '../../src/store/migrations.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { BACKED_UP, readSnapshot, restoreSnapshot, SnapshotError, TRANSIENT, type RestoreEntry } from '../../src/store/snapshot.js';
 import { SqliteStore, toSqlite } from '../../src/store/sqlite.js';
@@ -170,7 +170,7 @@ describe('database snapshots', () => {
     await assert.rejects(restore(full, backup), /the database holds data \(tables .*\): restore needs an empty database/);
     const newer = sqliteUrl();
     await (await openStore(newer)).close();
-    await assert.rejects(restore(newer, backup), /the database's schema is already at version 8, newer than the backup's \(3\): restore into a new database or schema/);
+    await assert.rejects(restore(newer, backup), new RegExp(`the database's schema is already at version ${SCHEMA_VERSION}, newer than the backup's \\(3\\): restore into a new database or schema`));
   });
 
   test(`a schema-3 backup restores into ${targets.map(([n]) => n).join(' and ')}, migrates on, verifies, binds on; both copies back up to the same rows`, async () => {
