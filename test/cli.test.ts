@@ -247,7 +247,7 @@ describe('an unknown key in kms.json is refused by every command that reads it',
         const r = runKms(args);
         assert.notEqual(r.code, 0, `kms ${args.join(' ')}`);
         oneClearLine(r.stderr);
-        assert.match(r.stderr, /kms\.json: unknown key limits\.maxAuthorisations \(limits takes maxAuthorizationsPerResource, requestsPerMinutePerPrincipal\)$/m, `kms ${args.join(' ')}`);
+        assert.match(r.stderr, /kms\.json: unknown key limits\.maxAuthorisations \(limits takes maxAuthorizationsPerResource, requestsPerMinutePerPrincipal, handshakesPerMinutePerAddress\)$/m, `kms ${args.join(' ')}`);
       }
       assert.equal(readFileSync(cfg, 'utf8'), text, 'kms peer add left the file as it was');
     } finally {

@@ -37,7 +37,7 @@ export const ErrorCodes = {
   NOT_FOUND: { status: 404, by: 'kms', meaning: 'no such object, or not served by this KMS' },
   KEY_ALREADY_BOUND: { status: 409, by: 'kms', meaning: 'the key is bound to a resource already' },
   TOO_LARGE: { status: 413, by: 'kms', meaning: 'a count, list or size is over its limit' },
-  RATE_LIMITED: { status: 429, by: 'kms', meaning: 'the principal sent more requests than its limit allows' },
+  RATE_LIMITED: { status: 429, by: 'kms', meaning: 'the principal (for a handshake: the client address) sent more requests than its limit allows' },
   CHANNEL_RESET: { status: 499, by: 'kms', meaning: 'the message could not be opened: handshake again' },
   INTERNAL: { status: 500, by: 'kms', meaning: 'a failure inside the KMS; nothing about it is revealed' },
   PEER_FAILED: { status: 502, by: 'kms', meaning: 'a peer KMS failed, refused this KMS, or answered something unusable' },

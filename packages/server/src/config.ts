@@ -91,6 +91,7 @@ export const configSchema = z.strictObject({
     .strictObject({
       maxAuthorizationsPerResource: z.number().int().positive().default(defaultOf('limits.maxAuthorizationsPerResource')),
       requestsPerMinutePerPrincipal: z.number().int().min(0).default(defaultOf('limits.requestsPerMinutePerPrincipal')),
+      handshakesPerMinutePerAddress: z.number().int().min(0).default(defaultOf('limits.handshakesPerMinutePerAddress')),
     })
     .prefault({}),
   peers: z.array(peerSchema).default(() => []),

@@ -217,7 +217,7 @@ export interface SweepResult {
   peerRequests: number;
   /** Change feed entries and federation invalidations destroyed, past their retention. */
   changes: number;
-  /** Remembered answers destroyed, past their retry window. */
+  /** Remembered answers destroyed past their retry window, and remembered requests forgotten past their channel's end. */
   answers: number;
 }
 
@@ -284,7 +284,12 @@ export interface AnswerClaim {
   now: number;
   /** Until then another copy of the request waits for this one's answer; after it, takes over. */
   leaseUntil: number;
-  /** Forgotten (and swept) from then on. */
+  /** Until then a copy gets the first answer (the retry window); the answer is destroyed after it. */
+  answerUntil: number;
+  /**
+   * Until then the request is remembered (its channel's end): from answerUntil on a copy is
+   * 'spent', refused, never run again. Forgotten (and swept) from then on.
+   */
   expiresAt: number;
 }
 
@@ -296,10 +301,11 @@ export interface RememberedAnswer {
 
 /**
  * How claiming a request ended (Store.claimAnswer): 'claimed', run it; 'answered', a copy ran
- * and this is its answer; 'running', a copy holds a live lease; 'mismatch', the requestId was
- * used on this channel for a different request.
+ * and this is its answer; 'spent', a copy ran and its answer is no longer kept (past answerUntil:
+ * a replay, or a retry later than any client sends one); 'running', a copy holds a live lease;
+ * 'mismatch', the requestId was used on this channel for a different request.
  */
-export type AnswerClaimOutcome = { state: 'claimed' } | { state: 'answered'; answer: RememberedAnswer } | { state: 'running' } | { state: 'mismatch' };
+export type AnswerClaimOutcome = { state: 'claimed' } | { state: 'answered'; answer: RememberedAnswer } | { state: 'spent' } | { state: 'running' } | { state: 'mismatch' };
 
 /** Which claim a remember or a release is about. */
 export interface AnswerClaimKey {

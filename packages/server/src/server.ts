@@ -40,7 +40,7 @@ import { openPkcs11RootKey } from './keyring/pkcs11.js';
 import { createLogger, silentLogger, type Logger } from './logger.js';
 import type { Deps } from './operations/context.js';
 import { handlers } from './core/handlers.js';
-import { RateLimiter } from './rate-limit.js';
+import { PrincipalLimit, RateLimiter } from './rate-limit.js';
 import { NETWORK_CODES, withDeadline } from './store/deadline.js';
 import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
@@ -141,8 +141,9 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
       new PeerVerifier(config.authority, peers, store, now),
       peers,
       config.lifetimes.channel * 1000,
-      new RateLimiter(config.limits.requestsPerMinutePerPrincipal, now),
+      new PrincipalLimit(new RateLimiter(config.limits.requestsPerMinutePerPrincipal, now)),
     ),
+    handshakes: new RateLimiter(config.limits.handshakesPerMinutePerAddress, now),
     resolver: new Resolver(config.authority, peers),
     runner: new Runner(handlers, deps, { ...deps, copies, forwarder }),
     // A claim outlives any request that holds it: its storage deadline plus a peer's timeout, twice.

@@ -52,7 +52,7 @@ const complete = () => ({
   lifetimes: { channel: 600, unboundKey: 600, boundKey: 86_400, unboundGrace: 3600, anonymousBearerMax: 86_400, maxResourceTtl: 86_400 },
   sweeper: { intervalSeconds: 30 },
   audit: { checkpoints: { file: 'elsewhere/audit.checkpoints', intervalSeconds: 5 } },
-  limits: { maxAuthorizationsPerResource: 100, requestsPerMinutePerPrincipal: 600 },
+  limits: { maxAuthorizationsPerResource: 100, requestsPerMinutePerPrincipal: 600, handshakesPerMinutePerAddress: 60 },
   peers: [{ authority: 'kms.b.example', domains: ['b.example'], endpoint: 'https://kms.b.example', trustAnchors: [CERT] }],
   federation: { maxStaleness: 10, peerTimeout: 2 },
   log: { level: 'warn' },
@@ -166,7 +166,7 @@ describe('unknown keys are refused, naming the key', () => {
   });
 
   test('in a section', () => {
-    refused({ ...minimal(), limits: { maxAuthorisations: 5 } }, /^kms\.json: unknown key limits\.maxAuthorisations \(limits takes maxAuthorizationsPerResource, requestsPerMinutePerPrincipal\)$/);
+    refused({ ...minimal(), limits: { maxAuthorisations: 5 } }, /^kms\.json: unknown key limits\.maxAuthorisations \(limits takes maxAuthorizationsPerResource, requestsPerMinutePerPrincipal, handshakesPerMinutePerAddress\)$/);
     refused({ ...minimal(), identity: { dev: { enabled: true, keyFile: 'k', file: 'k' } } }, /^kms\.json: unknown key identity\.dev\.file \(identity\.dev takes enabled, keyFile\)$/);
     refused({ ...minimal(), tls: { cert: 'c', key: 'k', ca: 'x' } }, /unknown key tls\.ca \(tls takes cert, key\)$/);
   });

@@ -241,10 +241,20 @@ export const OPTIONS = {
     meaning: 'The most authorizations one resource holds; more is refused (413).',
   },
   'limits.requestsPerMinutePerPrincipal': {
-    default: 0,
+    default: 1200,
     unit: 'requests per minute',
-    meaning: 'Requests one principal may make per minute before getting 429; 0: no limit.',
-    recommendation: 'Set it when untrusted users reach the KMS directly.',
+    meaning:
+      'Requests one user or anonymous bearer may make per minute (a fixed one-minute window, counted by each KMS process) before getting 429; 0: no limit. Peer KMSs are not counted (they speak for all of their users, each counted at their own KMS).',
+    recommendation:
+      'The default, 20 a second sustained, is far above what an interactive client sends (a handshake an hour, a few keys per message) and stops one principal from flooding the KMS. Raise it for service principals that work in bulk (e.g. an `orgAgent`); N processes let a principal make up to N times as many.',
+  },
+  'limits.handshakesPerMinutePerAddress': {
+    default: 600,
+    unit: 'handshakes per minute',
+    meaning:
+      'Handshakes (create `/ecdhe`) one client address may make per minute (IPv6: per /64) before getting 429, counted before the credential is checked and by each KMS process; 0: no limit. The address is the connection\'s: behind a reverse proxy or load balancer every handshake comes from the proxy\'s.',
+    recommendation:
+      'The default lets a NAT of thousands of clients make their hourly handshakes and stops one host from making channels as fast as it can. Behind a proxy that does not keep the client address, set 0 and limit handshakes (`POST /kms/messages`, `/kms/ws`) per client at the proxy.',
   },
   'peers[].authority': {
     required: true,

@@ -15,6 +15,7 @@ import type { SweepResult } from '../model.js';
 import type { Store } from '../store/store.js';
 import type { Answerer, Destination, RequestEvent } from './answer.js';
 import type { Authentication } from './authenticate.js';
+import { admitHandshake } from './handshake-limit.js';
 import { peerOwning, type Opener } from './open.js';
 import { newRecord } from './record.js';
 import type { Resolver } from './resolve.js';
@@ -42,6 +43,8 @@ export interface KmsParts {
   staticJwk: PublicStaticJwk;
   opener: Opener;
   authentication: Authentication;
+  /** Handshakes per address (handshake-limit.ts), counted before their credential is checked. */
+  handshakes: { allow(key: string): boolean };
   resolver: Resolver;
   runner: Runner;
   /** Creates and binds run once per (channel, requestId): their retries get the first answer. */
@@ -67,6 +70,12 @@ export interface KmsParts {
   now: () => number;
   /** Closes what the parts hold open (peer channels, pushes under way, the audit log). */
   close(): Promise<void>;
+}
+
+/** Where a message came from, as the transport saw it. */
+export interface MessageOrigin {
+  /** The connection's remote address (behind a reverse proxy: the proxy's). */
+  address?: string;
 }
 
 export class Kms {
@@ -126,12 +135,12 @@ export class Kms {
     return this.parts.answerer.auditWritable();
   }
 
-  handle(compact: string): Promise<string> {
+  handle(compact: string, from: MessageOrigin = {}): Promise<string> {
     const deadline = this.parts.deadline;
-    return deadline ? withRequestDeadline(deadline.storageMs, () => this.handleOne(compact)) : this.handleOne(compact);
+    return deadline ? withRequestDeadline(deadline.storageMs, () => this.handleOne(compact, from)) : this.handleOne(compact, from);
   }
 
-  private async handleOne(compact: string): Promise<string> {
+  private async handleOne(compact: string, from: MessageOrigin): Promise<string> {
     const startedAt = performance.now();
     const { opener, authentication, resolver, runner, retries, answerer } = this.parts;
     const record = newRecord();
@@ -139,6 +148,7 @@ export class Kms {
     let response: KmsResponse;
     try {
       const opened = await opener.open(compact, record);
+      if (!opened.channel) admitHandshake(this.parts.handshakes, from.address, opened, record);
       to.channel = opened.channel;
       to.toPeer = opened.channel !== undefined && peerOwning(opened.channel) !== undefined;
       const authenticated = await authentication.authenticate(opened, record);

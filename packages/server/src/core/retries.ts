@@ -14,6 +14,12 @@
  * runs the request itself. A failed request gives its claim up, so its retry runs it again (all
  * of them are all-or-nothing). The same requestId with a different request is refused (400).
  *
+ * Answered once (docs/decisions.md, "A replayed request is answered once"): the transport is
+ * untrusted, and a captured request could be sent again long after its client saw it answered (an
+ * authorization re-granted after its removal). So the request stays remembered while its channel
+ * lives (the only time a copy of it can be opened at all); its answer only for the retry window,
+ * after which a copy is refused with a 400 naming requestId.
+ *
  * What remains: the write of the operation and the write of its answer are two transactions. A
  * node that dies between them (one database round trip) leaves a claim whose lease ends with no
  * answer: the retry then runs the request a second time.
@@ -29,7 +35,10 @@ import type { AnswerClaimKey, RememberedAnswer } from '../model.js';
 import { remainingMs } from '../store/deadline.js';
 import type { Store } from '../store/store.js';
 
-/** How long a first answer is remembered: retries come at once; this covers slow clients too. */
+/**
+ * How long a first answer is kept: retries come at once; this covers slow clients too. The
+ * request itself is remembered until its channel ends.
+ */
 export const RETRY_WINDOW_MS = 10 * 60_000;
 
 /** How often a copy of a running request looks for its answer. */
@@ -70,9 +79,13 @@ export class Retries {
     const waitUntil = performance.now() + remainingMs(this.times.leaseMs);
     for (;;) {
       const now = this.now();
-      const claimed = await this.store.claimAnswer({ ...key, digest, now, leaseUntil: now + this.times.leaseMs, expiresAt: now + this.times.windowMs });
+      const answerUntil = now + this.times.windowMs;
+      // Remembered while the channel can carry a copy of it: a replay is refused, never run again.
+      const expiresAt = Math.max(answerUntil, channel.expiresAt);
+      const claimed = await this.store.claimAnswer({ ...key, digest, now, leaseUntil: now + this.times.leaseMs, answerUntil, expiresAt });
       if (claimed.state === 'claimed') break;
       if (claimed.state === 'answered') return this.open(key, claimed.answer);
+      if (claimed.state === 'spent') throw KmsError.badRequest('invalid field requestId: already answered on this channel (a request that changes state runs once)');
       if (claimed.state === 'mismatch') throw KmsError.badRequest('invalid field requestId: already used on this channel for a different request');
       if (performance.now() + POLL_MS >= waitUntil) throw new KmsError('STORAGE_UNAVAILABLE', 'the same request is still being answered: retry later');
       await sleep(POLL_MS);

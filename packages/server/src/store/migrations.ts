@@ -270,6 +270,20 @@ INSERT INTO federated_archive (resource_uri, version, fetched_at, authority, cmk
 CREATE INDEX keys_by_creator ON keys (user_id, id);
 `,
   },
+  {
+    version: 10,
+    name: 'retries: a request that changes state is answered once for its channel\'s life',
+    // The answer is kept until answer_until (the retry window) and then destroyed; the row stays
+    // until expires_at, now the channel's end, so a replay of the request is refused, never run
+    // again (core/retries.ts). `answered` tells an answered row whose answer is gone from a claim.
+    // Rows from before: answered when they hold an answer, which is kept as long as before.
+    sql: `
+ALTER TABLE retry_answers ADD COLUMN answer_until BIGINT;
+ALTER TABLE retry_answers ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
+UPDATE retry_answers SET answer_until = expires_at, answered = CASE WHEN sealed IS NULL THEN 0 ELSE 1 END;
+CREATE INDEX retry_answers_answer_expiry ON retry_answers (answer_until);
+`,
+  },
 ];
 
 /** The schema version this kms creates and reads (the last migration). */

@@ -650,7 +650,9 @@ export class PostgresStore implements Store {
       const channels = await c.query('DELETE FROM channels WHERE expires_at <= $1', [cutoff.channels]);
       const peerRequests = await c.query('DELETE FROM peer_requests WHERE expires_at <= $1', [cutoff.peerRequests]);
       await c.query('DELETE FROM peer_request_counts WHERE expires_at <= $1', [cutoff.peerRequests]);
-      const answers = await c.query('DELETE FROM retry_answers WHERE expires_at <= $1', [now]);
+      // Requests forgotten at their channel's end; the answers of the others destroyed after their window.
+      const forgotten = await c.query('DELETE FROM retry_answers WHERE expires_at <= $1', [now]);
+      const dropped = await c.query('UPDATE retry_answers SET cmk_id = NULL, sealed = NULL WHERE answer_until <= $1 AND sealed IS NOT NULL', [now]);
       // Locked in id order (two sweepers cannot deadlock); binds and adds into them now wait.
       const expired = await c.query<Row>('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY id COLLATE "C" FOR UPDATE', [
         cutoff.resources,
@@ -673,7 +675,7 @@ export class PostgresStore implements Store {
         channels: channels.rowCount ?? 0,
         peerRequests: peerRequests.rowCount ?? 0,
         changes,
-        answers: answers.rowCount ?? 0,
+        answers: (forgotten.rowCount ?? 0) + (dropped.rowCount ?? 0),
       };
     });
   }
@@ -744,11 +746,11 @@ export class PostgresStore implements Store {
    */
   async claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome> {
     rules.answerClaimDecision(undefined, claim); // refuses a malformed claim before anything is written
-    const values = [claim.channelId, claim.requestId, claim.digest, claim.claimant, claim.leaseUntil, claim.expiresAt];
+    const values = [claim.channelId, claim.requestId, claim.digest, claim.claimant, claim.leaseUntil, claim.answerUntil, claim.expiresAt];
     return this.tx(async (c) => {
       const inserted = await c.query(
-        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, expires_at, cmk_id, sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL) ON CONFLICT (channel_id, request_id) DO NOTHING`,
+        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, answer_until, expires_at, answered, cmk_id, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, NULL) ON CONFLICT (channel_id, request_id) DO NOTHING`,
         values,
       );
       if (inserted.rowCount === 1) return { state: 'claimed' } as const;
@@ -757,10 +759,10 @@ export class PostgresStore implements Store {
       if (typeof decision !== 'string') return decision;
       // 'take-over' (or 'insert' if the row was swept meanwhile: the upsert writes it either way).
       await c.query(
-        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, expires_at, cmk_id, sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)
+        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, answer_until, expires_at, answered, cmk_id, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, NULL)
          ON CONFLICT (channel_id, request_id) DO UPDATE SET digest = excluded.digest, claimant = excluded.claimant,
-           lease_until = excluded.lease_until, expires_at = excluded.expires_at, cmk_id = NULL, sealed = NULL`,
+           lease_until = excluded.lease_until, answer_until = excluded.answer_until, expires_at = excluded.expires_at, answered = 0, cmk_id = NULL, sealed = NULL`,
         values,
       );
       return { state: 'claimed' } as const;
@@ -769,14 +771,14 @@ export class PostgresStore implements Store {
 
   async rememberAnswer(key: AnswerClaimKey, answer: RememberedAnswer): Promise<boolean> {
     const r = await this.pool.query(
-      'UPDATE retry_answers SET cmk_id = $1, sealed = $2 WHERE channel_id = $3 AND request_id = $4 AND claimant = $5 AND sealed IS NULL',
+      'UPDATE retry_answers SET answered = 1, cmk_id = $1, sealed = $2 WHERE channel_id = $3 AND request_id = $4 AND claimant = $5 AND answered = 0',
       [answer.cmkId, bytes(answer.sealed), key.channelId, key.requestId, key.claimant],
     );
     return r.rowCount === 1;
   }
 
   async releaseAnswer(key: AnswerClaimKey): Promise<void> {
-    await this.pool.query('DELETE FROM retry_answers WHERE channel_id = $1 AND request_id = $2 AND claimant = $3 AND sealed IS NULL', [key.channelId, key.requestId, key.claimant]);
+    await this.pool.query('DELETE FROM retry_answers WHERE channel_id = $1 AND request_id = $2 AND claimant = $3 AND answered = 0', [key.channelId, key.requestId, key.claimant]);
   }
 
   async ping(): Promise<void> {

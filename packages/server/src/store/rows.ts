@@ -109,6 +109,8 @@ export const changeFromRow = (r: Row): ChangeRow => ({ seq: num(r.seq), kind: r.
 export const answerStateFromRow = (r: Row): AnswerState => ({
   digest: r.digest as string,
   leaseUntil: num(r.lease_until),
+  answerUntil: num(r.answer_until),
   expiresAt: num(r.expires_at),
+  answered: num(r.answered) === 1,
   answer: r.sealed === null || r.sealed === undefined ? undefined : { cmkId: r.cmk_id as string, sealed: r.sealed as Uint8Array },
 });

@@ -344,7 +344,10 @@ export function leaseUntil(now: number, leaseMs: number): number {
 export interface AnswerState {
   digest: string;
   leaseUntil: number;
+  answerUntil: number;
   expiresAt: number;
+  /** Whether a copy ran to its answer (kept in `answer` until answerUntil, then destroyed). */
+  answered: boolean;
   answer: RememberedAnswer | undefined;
 }
 
@@ -352,19 +355,22 @@ export interface AnswerState {
  * What claiming a request does: 'insert' (nothing remembered, or only an expired row), 'take-over'
  * (the running copy's lease ended: its node died or stalled; the row is replaced by this claim),
  * or the outcome told as it is. A different request under the same requestId is a mismatch even
- * once answered: its answer is never given for another request.
+ * once answered: its answer is never given for another request. An answered request never runs
+ * again while it is remembered: past answerUntil (or with its answer swept) it is 'spent'.
  */
 export function answerClaimDecision(state: AnswerState | undefined, claim: AnswerClaim): 'insert' | 'take-over' | AnswerClaimOutcome {
   checkAnswerClaim(claim);
   if (state === undefined) return 'insert';
   if (state.expiresAt <= claim.now) return 'take-over';
   if (state.digest !== claim.digest) return { state: 'mismatch' };
-  if (state.answer) return { state: 'answered', answer: state.answer };
+  if (state.answered) return state.answer && state.answerUntil > claim.now ? { state: 'answered', answer: state.answer } : { state: 'spent' };
   return state.leaseUntil > claim.now ? { state: 'running' } : 'take-over';
 }
 
 function checkAnswerClaim(c: AnswerClaim): void {
-  checkRow('answer claim', c, ['now', 'leaseUntil', 'expiresAt']);
-  if (!(c.now < c.leaseUntil && c.leaseUntil <= c.expiresAt)) throw new RangeError(`answer claim needs now < leaseUntil <= expiresAt, got ${c.now}, ${c.leaseUntil}, ${c.expiresAt}`);
+  checkRow('answer claim', c, ['now', 'leaseUntil', 'answerUntil', 'expiresAt']);
+  if (!(c.now < c.leaseUntil && c.leaseUntil <= c.answerUntil && c.answerUntil <= c.expiresAt)) {
+    throw new RangeError(`answer claim needs now < leaseUntil <= answerUntil <= expiresAt, got ${c.now}, ${c.leaseUntil}, ${c.answerUntil}, ${c.expiresAt}`);
+  }
   if (!/^[0-9a-f]{64}$/.test(c.digest)) throw new RangeError('answer claim digest must be 64 hex digits');
 }

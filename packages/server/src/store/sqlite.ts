@@ -488,7 +488,10 @@ export class SqliteStore implements Store {
       const changes =
         this.db.prepare('DELETE FROM changes WHERE at <= ? OR seq <= ?').run(feed.changesAt, feed.changesSeq).changes +
         this.db.prepare('DELETE FROM federated_invalidations WHERE at <= ?').run(feed.invalidationsAt).changes;
-      const answers = this.db.prepare('DELETE FROM retry_answers WHERE expires_at <= ?').run(now).changes;
+      // Requests forgotten at their channel's end; the answers of the others destroyed after their window.
+      const answers =
+        this.db.prepare('DELETE FROM retry_answers WHERE expires_at <= ?').run(now).changes +
+        this.db.prepare('UPDATE retry_answers SET cmk_id = NULL, sealed = NULL WHERE answer_until <= ? AND sealed IS NOT NULL').run(now).changes;
       return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels, peerRequests, changes, answers };
     });
     // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL
@@ -577,12 +580,12 @@ export class SqliteStore implements Store {
       if (typeof decision !== 'string') return decision;
       this.db
         .prepare(
-          `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, expires_at, cmk_id, sealed)
-           VALUES (@channelId, @requestId, @digest, @claimant, @leaseUntil, @expiresAt, NULL, NULL)
+          `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, answer_until, expires_at, answered, cmk_id, sealed)
+           VALUES (@channelId, @requestId, @digest, @claimant, @leaseUntil, @answerUntil, @expiresAt, 0, NULL, NULL)
            ON CONFLICT (channel_id, request_id) DO UPDATE SET digest = excluded.digest, claimant = excluded.claimant,
-             lease_until = excluded.lease_until, expires_at = excluded.expires_at, cmk_id = NULL, sealed = NULL`,
+             lease_until = excluded.lease_until, answer_until = excluded.answer_until, expires_at = excluded.expires_at, answered = 0, cmk_id = NULL, sealed = NULL`,
         )
-        .run({ channelId: claim.channelId, requestId: claim.requestId, digest: claim.digest, claimant: claim.claimant, leaseUntil: claim.leaseUntil, expiresAt: claim.expiresAt });
+        .run({ channelId: claim.channelId, requestId: claim.requestId, digest: claim.digest, claimant: claim.claimant, leaseUntil: claim.leaseUntil, answerUntil: claim.answerUntil, expiresAt: claim.expiresAt });
       return { state: 'claimed' } as const;
     });
   }
@@ -591,7 +594,7 @@ export class SqliteStore implements Store {
     const changed = this.write(
       () =>
         this.db
-          .prepare('UPDATE retry_answers SET cmk_id = ?, sealed = ? WHERE channel_id = ? AND request_id = ? AND claimant = ? AND sealed IS NULL')
+          .prepare('UPDATE retry_answers SET answered = 1, cmk_id = ?, sealed = ? WHERE channel_id = ? AND request_id = ? AND claimant = ? AND answered = 0')
           .run(answer.cmkId, Buffer.from(answer.sealed.buffer, answer.sealed.byteOffset, answer.sealed.byteLength), key.channelId, key.requestId, key.claimant).changes,
     );
     return changed === 1;
@@ -599,7 +602,7 @@ export class SqliteStore implements Store {
 
   async releaseAnswer(key: AnswerClaimKey): Promise<void> {
     this.write(() => {
-      this.db.prepare('DELETE FROM retry_answers WHERE channel_id = ? AND request_id = ? AND claimant = ? AND sealed IS NULL').run(key.channelId, key.requestId, key.claimant);
+      this.db.prepare('DELETE FROM retry_answers WHERE channel_id = ? AND request_id = ? AND claimant = ? AND answered = 0').run(key.channelId, key.requestId, key.claimant);
     });
   }
 

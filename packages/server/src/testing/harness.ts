@@ -131,6 +131,13 @@ export async function startDevKms(options: DevKmsOptions = {}): Promise<DevKms> 
   };
 }
 
+/**
+ * The request limits turned off (`config: { limits: NO_RATE_LIMITS }`): for load tests and the
+ * benchmark, which send as one principal from one address as fast as they can, exactly what the
+ * default limits stop. Nothing else should need it.
+ */
+export const NO_RATE_LIMITS = { requestsPerMinutePerPrincipal: 0, handshakesPerMinutePerAddress: 0 } as const;
+
 /** A clock the test moves by hand. */
 export function manualClock(start = Date.now()): { now: () => number; advance(ms: number): void; set(ms: number): void } {
   let t = start;

@@ -13,8 +13,11 @@ import { WebSocketEndpoint } from './websocket.js';
 
 /** What a transport needs of the KMS: nothing but this. */
 export interface MessageHandler {
-  /** One compact JWE/JWS in, one out (errors travel inside the answer). */
-  handle(compact: string): Promise<string>;
+  /**
+   * One compact JWE/JWS in, one out (errors travel inside the answer). `from.address`: the
+   * connection's remote address, which handshakes are counted by (behind a proxy, the proxy's).
+   */
+  handle(compact: string, from?: { address?: string }): Promise<string>;
   /** The document served at /.well-known/kms. */
   wellKnown(): unknown;
   /** Whether this node can serve requests now (its storage answers). */
@@ -158,7 +161,8 @@ export class Transport {
         const answers = await this.track(
           (async () => {
             const messages = parseBatch(await readBody(req));
-            return Promise.all(messages.map((m) => this.options.kms.handle(m)));
+            const from = { address: req.socket.remoteAddress };
+            return Promise.all(messages.map((m) => this.options.kms.handle(m, from)));
           })(),
         );
         return send(res, 200, { kmsMessages: answers });

@@ -15,7 +15,7 @@ export class WebSocketEndpoint {
   private closing = false;
 
   constructor(
-    private readonly kms: { handle(compact: string): Promise<string> },
+    private readonly kms: { handle(compact: string, from?: { address?: string }): Promise<string> },
     private readonly logger: Logger,
     /** Wraps each message's work so that the server's shutdown waits for it. */
     private readonly track: <T>(work: Promise<T>) => Promise<T>,
@@ -25,7 +25,8 @@ export class WebSocketEndpoint {
   }
 
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.serve(ws));
+    const from = { address: req.socket.remoteAddress };
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.serve(ws, from));
   }
 
   /** Stops taking frames and tells every client the server is going away. */
@@ -34,7 +35,7 @@ export class WebSocketEndpoint {
     for (const ws of this.wss.clients) ws.close(1001, 'server shutting down');
   }
 
-  private serve(ws: WebSocket): void {
+  private serve(ws: WebSocket, from: { address?: string }): void {
     let inFlight = 0;
     ws.on('message', (data, isBinary) => {
       if (this.closing) return;
@@ -43,7 +44,7 @@ export class WebSocketEndpoint {
       if (inFlight >= MAX_IN_FLIGHT_PER_SOCKET) return ws.close(1008, 'too many requests in flight');
       inFlight++;
       const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
-      void this.track(this.kms.handle(text))
+      void this.track(this.kms.handle(text, from))
         .then(
           (answer) => ws.readyState === ws.OPEN && ws.send(answer),
           (err) => this.logger.error({ err: { message: (err as Error).message } }, 'websocket handler error'),

@@ -2,7 +2,8 @@
  * Retries get the first answer (src/core/retries.ts), on a real SQLite store and a real keyring:
  * an operation that keeps its first answer runs once per (channel, requestId) whatever the number
  * of copies, sequential or concurrent, and on two store instances (two nodes) alike; the answer
- * is stored sealed, never in clear; another request under the same requestId is refused; a failed
+ * is stored sealed, never in clear; another request under the same requestId is refused; a copy
+ * after the retry window is refused while its channel lives (a replay never runs again); a failed
  * request runs again; a claim whose node died holds retries only for its lease.
  */
 import assert from 'node:assert/strict';
@@ -150,11 +151,43 @@ describe('retries: the first answer', () => {
     assert.equal(runs, 2);
   });
 
+  test('a copy after the retry window is refused (400 naming requestId) while its channel lives, never run again; forgotten after', async () => {
+    const channel = { ...channelOf('alice@a.example'), expiresAt: clock + 3_600_000 };
+    const request = requestOf('create', '/authorizations', { resourceUri: 'kms://kms.a.example/resources/r', userIds: ['bob@a.example'] });
+    let runs = 0;
+    const handler = async (): Promise<KmsResponse> => ({ status: 201, authorizations: [{ run: ++runs }] });
+    const first = await nodeA.retries.once(channel, request, spec('createAuthorizations'), handler);
+    clock += 599_000;
+    assert.deepEqual(await nodeB.retries.once(channel, request, spec('createAuthorizations'), handler), first, 'within the window: the first answer');
+    clock += 1_000;
+    await rejectsWith(nodeB.retries.once(channel, request, spec('createAuthorizations'), handler), 'INVALID_FIELD', 400, /requestId: already answered on this channel/);
+    await nodeA.store.sweep(clock, 0); // destroys the answer, keeps the request
+    clock += 2_900_000;
+    await rejectsWith(nodeA.retries.once(channel, request, spec('createAuthorizations'), handler), 'INVALID_FIELD', 400, /requestId/);
+    assert.equal(runs, 1);
+    const db = new Database(path, { readonly: true });
+    try {
+      const rows = db.prepare('SELECT sealed, answered FROM retry_answers WHERE channel_id = ?').all(channel.id) as { sealed: Buffer | null; answered: number }[];
+      assert.deepEqual(rows.map((r) => [r.sealed, r.answered]), [[null, 1]], 'the answer destroyed after its window, the request remembered');
+    } finally {
+      db.close();
+    }
+    // Past the channel's end nothing can open a copy; the row goes at the next sweep.
+    clock = channel.expiresAt;
+    await nodeA.store.sweep(clock, 0);
+    const left = new Database(path, { readonly: true });
+    try {
+      assert.equal((left.prepare('SELECT count(*) AS n FROM retry_answers WHERE channel_id = ?').get(channel.id) as { n: number }).n, 0);
+    } finally {
+      left.close();
+    }
+  });
+
   test('a node that died after claiming holds the retries only until its lease ends', async () => {
     const channel = channelOf('alice@a.example');
     const request = requestOf('create', '/keys', { count: 1 });
     // The dead node's claim, as it left it: claimed, never answered.
-    const claim = { channelId: channel.id, requestId: requestIdKey(request.requestId), digest: requestDigest(request)!, claimant: randomUUID(), now: clock, leaseUntil: clock + LEASE, expiresAt: clock + 600_000 };
+    const claim = { channelId: channel.id, requestId: requestIdKey(request.requestId), digest: requestDigest(request)!, claimant: randomUUID(), now: clock, leaseUntil: clock + LEASE, answerUntil: clock + 600_000, expiresAt: clock + 600_000 };
     assert.deepEqual(await nodeA.store.claimAnswer(claim), { state: 'claimed' });
     const { run, handler } = creating();
     await rejectsWith(withRequestDeadline(60, () => nodeB.retries.once(channel, request, spec('createKeys'), handler)), 'STORAGE_UNAVAILABLE', 503);

@@ -337,6 +337,7 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       claimant: randomUUID(),
       now,
       leaseUntil: now + 10_000,
+      answerUntil: over.expiresAt ?? now + 600_000,
       expiresAt: now + 600_000,
       ...over,
     });
@@ -398,7 +399,7 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       }
       const result = await other.sweep(t, 0);
       assert.ok(result.answers >= 1, JSON.stringify(result));
-      const again = (c: AnswerClaim) => ({ ...c, claimant: randomUUID(), now: t, leaseUntil: t + 10_000, expiresAt: t + 600_000 });
+      const again = (c: AnswerClaim) => ({ ...c, claimant: randomUUID(), now: t, leaseUntil: t + 10_000, answerUntil: t + 600_000, expiresAt: t + 600_000 });
       assert.equal((await store.claimAnswer(again(live))).state, 'answered', 'within its window: kept');
       assert.deepEqual(await store.claimAnswer(again(old)), { state: 'claimed' }, 'past its window: a new request');
       // Expired but not yet swept: treated as gone.
@@ -406,6 +407,26 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       await store.claimAnswer(stale);
       await store.rememberAnswer(keyOf(stale), answerOf());
       assert.deepEqual(await other.claimAnswer(again(stale)), { state: 'claimed' });
+    });
+
+    test('remembered answers: past the answer\'s window a copy is spent, until the request is forgotten; swept answers are destroyed', async () => {
+      const t = now + 70_000_000;
+      // Claimed at t - 700 s: the answer was kept for 600 s, the request until its channel ends at t + 3000 s.
+      const c = claimOf({ now: t - 700_000, leaseUntil: t - 690_000, answerUntil: t - 100_000, expiresAt: t + 3_000_000 });
+      await store.claimAnswer(c);
+      assert.equal(await store.rememberAnswer(keyOf(c), answerOf()), true);
+      const at = (when: number) => ({ ...c, claimant: randomUUID(), now: when, leaseUntil: when + 10_000, answerUntil: when + 600_000, expiresAt: when + 3_600_000 });
+      assert.equal((await other.claimAnswer(at(t - 200_000))).state, 'answered', 'within the window: the first answer');
+      assert.deepEqual(await other.claimAnswer(at(t)), { state: 'spent' }, 'past it: refused, not run again');
+      assert.deepEqual(await other.claimAnswer({ ...at(t), digest: 'b'.repeat(64) }), { state: 'mismatch' });
+      const result = await other.sweep(t, 0);
+      assert.ok(result.answers >= 1, JSON.stringify(result));
+      assert.deepEqual(await store.claimAnswer(at(t + 1)), { state: 'spent' }, 'the sweep destroyed the answer, not the memory of the request');
+      assert.equal(await store.rememberAnswer(keyOf(c), answerOf()), false, 'nothing answers it again');
+      await store.releaseAnswer(keyOf(c)); // an answered request is never given up
+      assert.deepEqual(await store.claimAnswer(at(t + 2)), { state: 'spent' });
+      await other.sweep(t + 3_000_000, 0);
+      assert.deepEqual(await store.claimAnswer(at(t + 3_000_000)), { state: 'claimed' }, 'forgotten once its channel ended');
     });
 
     test('remembered answers: both backends refuse the same malformed claims, writing nothing', async () => {

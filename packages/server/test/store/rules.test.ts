@@ -292,8 +292,16 @@ describe('input checks', () => {
 
 describe('remembered answers (answerClaimDecision)', () => {
   const now = 1_800_000_000_000;
-  const claim = { channelId: 'c', requestId: 'string:r', digest: 'a'.repeat(64), claimant: 'x', now, leaseUntil: now + 10, expiresAt: now + 100 };
-  const state = (over: Partial<AnswerState> = {}): AnswerState => ({ digest: claim.digest, leaseUntil: now + 5, expiresAt: now + 50, answer: undefined, ...over });
+  const claim = { channelId: 'c', requestId: 'string:r', digest: 'a'.repeat(64), claimant: 'x', now, leaseUntil: now + 10, answerUntil: now + 60, expiresAt: now + 100 };
+  const state = (over: Partial<AnswerState> = {}): AnswerState => ({
+    digest: claim.digest,
+    leaseUntil: now + 5,
+    answerUntil: now + 30,
+    expiresAt: now + 50,
+    answered: over.answer !== undefined,
+    answer: undefined,
+    ...over,
+  });
   const answer = { cmkId: 'k', sealed: new Uint8Array([1]) };
 
   test('nothing remembered: insert; an expired row, whatever it held: taken over', () => {
@@ -309,13 +317,21 @@ describe('remembered answers (answerClaimDecision)', () => {
     assert.deepEqual(answerClaimDecision(state({ answer, leaseUntil: now - 1 }), claim), { state: 'answered', answer });
   });
 
+  test('answered, past its answer\'s window or with the answer swept: spent, never run again while remembered', () => {
+    assert.deepEqual(answerClaimDecision(state({ answer, answerUntil: now }), claim), { state: 'spent' });
+    assert.deepEqual(answerClaimDecision(state({ answered: true, answer: undefined }), claim), { state: 'spent' });
+    assert.deepEqual(answerClaimDecision(state({ answered: true, answer: undefined, leaseUntil: now - 1 }), claim), { state: 'spent' }, 'not a dead claim');
+    assert.deepEqual(answerClaimDecision(state({ answered: true, answer: undefined, digest: 'b'.repeat(64) }), claim), { state: 'mismatch' });
+    assert.equal(answerClaimDecision(state({ answered: true, answer: undefined, expiresAt: now }), claim), 'take-over', 'forgotten once its channel ended');
+  });
+
   test('running under a live lease; taken over once it ended', () => {
     assert.deepEqual(answerClaimDecision(state(), claim), { state: 'running' });
     assert.equal(answerClaimDecision(state({ leaseUntil: now }), claim), 'take-over');
   });
 
   test('a malformed claim is a RangeError', () => {
-    for (const over of [{ now: 0.5 }, { leaseUntil: now }, { expiresAt: now + 5 }, { digest: 'short' }]) {
+    for (const over of [{ now: 0.5 }, { leaseUntil: now }, { expiresAt: now + 5 }, { answerUntil: now + 5 }, { answerUntil: now + 101 }, { digest: 'short' }]) {
       assert.throws(() => answerClaimDecision(undefined, { ...claim, ...over }), RangeError, JSON.stringify(over));
     }
   });
