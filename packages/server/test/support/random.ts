@@ -1,6 +1,6 @@
 /**
  * Seeded randomness for generated test inputs (mulberry32): a failing run prints its seed, and the
- * same seed in `envName` reproduces it exactly.
+ * same seed in `envName` (or given) reproduces it exactly.
  */
 export interface SeededRandom {
   seed: number;
@@ -15,9 +15,9 @@ export interface SeededRandom {
   at(what: string): string;
 }
 
-export function seededRandom(envName: string): SeededRandom {
+export function seededRandom(envName: string, given?: number): SeededRandom {
   const fromEnv = process.env[envName];
-  const seed = (fromEnv ? Number(fromEnv) : Date.now() ^ (process.pid << 10)) >>> 0;
+  const seed = (given ?? (fromEnv ? Number(fromEnv) : Date.now() ^ (process.pid << 10))) >>> 0;
   let state = seed;
   const rand = (): number => {
     state = (state + 0x6d2b79f5) | 0;
