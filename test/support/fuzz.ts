@@ -292,7 +292,8 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
     joseCodec.encryptChannel(typeof text === 'string' ? enc.encode(text) : text, ch.key, kid, cty);
   const sealStatic = (text: string | Uint8Array, alg: 'RSA-OAEP' | 'RSA-OAEP-256' = chance(0.8) ? 'RSA-OAEP' : 'RSA-OAEP-256') =>
     new CompactEncrypt(typeof text === 'string' ? enc.encode(text) : text).setProtectedHeader({ alg, enc: 'A256GCM', kid: staticKid }).encrypt(staticEncrypt[alg]);
-  const clientOf = (ch: Channel, bearer = ch.user.bearer) => ({ clientId: ch.clientId, credential: { bearer } });
+  // A device-local credential.userId as the Webex client sends it (ignored, yet validated) now and then.
+  const clientOf = (ch: Channel, bearer = ch.user.bearer) => ({ clientId: ch.clientId, credential: chance(0.2) ? { userId: uuid(), bearer } : { bearer } });
   const anyUser = () => pick(users);
   const allKeys = () => users.flatMap((u) => u.keys);
   const allResources = () => users.flatMap((u) => u.resources);
@@ -314,7 +315,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
         patch = { uri: chance(0.5) ? pick(users.filter((o) => o !== u)).main.uri : `/ecdhe/${uuid()}` };
         break;
       case 'createResource':
-        patch = { uri: '/resources', authIds: chance(0.7) ? someAuthIds() : undefined, keyUris: chance(0.4) ? [relative(someKey(u))] : undefined, anonymous: chance(0.3) ? int(3) : undefined, ttl: chance(0.3) ? pick([0, 60, 3600]) : undefined };
+        patch = { uri: '/resources', [chance(0.8) ? 'authIds' : 'userIds']: chance(0.7) ? someAuthIds() : undefined, keyUris: chance(0.4) ? [relative(someKey(u))] : undefined, anonymous: chance(0.3) ? int(3) : undefined, ttl: chance(0.3) ? pick([0, 60, 3600]) : undefined };
         break;
       case 'retrieveResource':
         patch = { uri: relative(someResource(u)) };
