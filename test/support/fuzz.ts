@@ -535,8 +535,9 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
     }
     if (r < 90) {
       const good = pick(goodChannel);
-      // On a main channel it is answered (the first answer again, or run again); on a deleted one, reset.
-      return { ...good, kind: 'replay', expect: good.kind === 'delete-own-channel' ? [204, 499] : LIVE, success: undefined, what: `replay of: ${good.what}` };
+      // On a main channel it is answered (the first answer again, or run again); on a deleted one,
+      // reset — or 404 when the copy was opened while the channel still lived (both in flight).
+      return { ...good, kind: 'replay', expect: good.kind === 'delete-own-channel' ? [204, 404, 499] : LIVE, success: undefined, what: `replay of: ${good.what}` };
     }
     if (r < 96) {
       // Handshakes under the static key: valid, with a string no member may hold, or mutated.
