@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -26,11 +26,13 @@ export interface Backend {
   sql<T = Record<string, unknown>>(dir: string, text: string, params?: unknown[]): Promise<T[]>;
 }
 
-/** Runs `register` once per backend; PostgreSQL only when a server answers (or fails under CI=true). */
-export async function onEachBackend(title: string, register: (backend: Backend) => void): Promise<void> {
-  // Asked before any suite starts: their `kms` commands (spawnSync) would stall this connect.
+/**
+ * The backends this machine offers: SQLite always, PostgreSQL (a fresh schema, which `drop`
+ * removes) when a server answers, else `problem` says why not. Outside the test runner too.
+ */
+export async function availableBackends(): Promise<{ backends: Backend[]; problem?: string; drop(): Promise<void> }> {
   const problem = await postgresProblem(TEST_POSTGRES_URL);
-  register({
+  const sqlite: Backend = {
     name: 'SQLite',
     dbArgs: [],
     async sql<T>(dir: string, text: string, params: unknown[] = []) {
@@ -43,12 +45,8 @@ export async function onEachBackend(title: string, register: (backend: Backend) 
         db.close();
       }
     },
-  });
-  if (problem !== undefined) {
-    if (process.env.CI === 'true') test(`${title} (PostgreSQL)`, () => assert.fail(`${problem} (required under CI=true)`));
-    else test(`${title} (PostgreSQL)`, { skip: `skipped: ${problem}` }, () => {});
-    return;
-  }
+  };
+  if (problem !== undefined) return { backends: [sqlite], problem, drop: async () => {} };
   const schema = `kms_nodes_${randomBytes(6).toString('hex')}`;
   const query = async <T>(text: string, params: unknown[] = [], searchPath?: string): Promise<T[]> => {
     const client = new pg.Client({ connectionString: TEST_POSTGRES_URL });
@@ -60,12 +58,25 @@ export async function onEachBackend(title: string, register: (backend: Backend) 
       await client.end();
     }
   };
-  after(() => query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`));
-  register({
+  const postgres: Backend = {
     name: 'PostgreSQL',
     dbArgs: ['--db', `${TEST_POSTGRES_URL}${TEST_POSTGRES_URL.includes('?') ? '&' : '?'}schema=${schema}`],
     sql: (_dir, text, params) => query(text, params, schema),
-  });
+  };
+  return { backends: [sqlite, postgres], drop: async () => void (await query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)) };
+}
+
+/** Runs `register` once per backend; PostgreSQL only when a server answers (or fails under CI=true). */
+export async function onEachBackend(title: string, register: (backend: Backend) => void): Promise<void> {
+  // Asked before any suite starts: their `kms` commands (spawnSync) would stall this connect.
+  const { backends, problem, drop } = await availableBackends();
+  for (const backend of backends) register(backend);
+  if (problem !== undefined) {
+    if (process.env.CI === 'true') test(`${title} (PostgreSQL)`, () => assert.fail(`${problem} (required under CI=true)`));
+    else test(`${title} (PostgreSQL)`, { skip: `skipped: ${problem}` }, () => {});
+    return;
+  }
+  after(drop);
 }
 
 /** One HTTP request of the clients: the node it went to, its messages, and once settled how. */
@@ -99,12 +110,16 @@ export interface Nodes {
   stop(): Promise<void>;
 }
 
-/** `kms init` in a fresh folder, then `count` nodes of it on the backend's database. */
-export async function startNodes(backend: Backend, count: number, authority = 'kms.nodes.example', domain = 'nodes.example'): Promise<Nodes> {
+/**
+ * `kms init` in a fresh folder, then `count` nodes of it on the backend's database. `settings`:
+ * top-level members written into kms.json before the nodes start (e.g. `{ limits: {…} }`).
+ */
+export async function startNodes(backend: Backend, count: number, authority = 'kms.nodes.example', domain = 'nodes.example', settings: Record<string, unknown> = {}): Promise<Nodes> {
   const dir = mkdtempSync(join(tmpdir(), 'kms-nodes-'));
   const config = join(dir, 'kms.json');
   const init = runKms(['init', '--dir', dir, '--authority', authority, '--domain', domain]);
   assert.equal(init.code, 0, init.stderr);
+  if (Object.keys(settings).length) writeFileSync(config, JSON.stringify({ ...(JSON.parse(readFileSync(config, 'utf8')) as object), ...settings }, null, 2));
   const nodes: Served[] = [];
   const clients: KmsClient[] = [];
   const sent: Nodes['sent'] = [];

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KmsError } from '../src/errors.js';
-import { basicRequestSchema, bindKeySchema, createCmkSchema, createKeysSchema, createResourceSchema, ecdheSchema, retrieveKeysSchema, validate } from '../src/schemas.js';
+import { basicRequestSchema, bindKeySchema, bulkDeleteAuthorizationsSchema, invalidationsSchema, createCmkSchema, createKeysSchema, createResourceSchema, ecdheSchema, retrieveKeysSchema, validate } from '../src/schemas.js';
 import { isPlainText, isWellFormedText, textProblem } from '../src/text.js';
 
 const base = { requestId: 'r1', client: { clientId: 'c', credential: { bearer: 't' } }, method: 'create', uri: '/keys' };
@@ -29,8 +29,25 @@ test('operation members', () => {
   refused(() => validate(createKeysSchema, {}), 400, /count: missing/);
   refused(() => validate(createResourceSchema, { authIds: Array.from({ length: 101 }, (_, i) => `u${i}`) }), 413, /authIds/);
   refused(() => validate(createResourceSchema, { ttl: -1 }), 400, /ttl/);
+  assert.ok(validate(bulkDeleteAuthorizationsSchema, { resourceUri: '/resources/x', authIds: ['bob@a.example'] }));
+  refused(() => validate(bulkDeleteAuthorizationsSchema, { resourceUri: '/resources/x', authIds: [] }), 400, /authIds/);
+  assert.ok(validate(invalidationsSchema, { resourceUris: ['kms://kms.b.example/resources/x'] }));
+  refused(() => validate(invalidationsSchema, { resourceUris: [] }), 400, /resourceUris/);
   assert.ok(validate(retrieveKeysSchema, { boundAfter: '2026-11-28T21:05:03.123Z' }));
   refused(() => validate(retrieveKeysSchema, { boundAfter: 'yesterday' }), 400, /boundAfter/);
+});
+
+// A hostile list of thousands of entries (found by the fuzz campaign): its length is refused
+// before any entry is validated, so entries that are all wrong still make it a 413, not a 400 for
+// the first of them after every one was checked.
+test('a list over the limit is refused for its length before its entries are read', () => {
+  const numbers = Array.from({ length: 20_000 }, (_, i) => i);
+  refused(() => validate(createResourceSchema, { authIds: numbers }), 413, /^authIds: more than 100 entries$/);
+  refused(() => validate(createResourceSchema, { keyUris: numbers }), 413, /^keyUris: more than 100 entries$/);
+  refused(() => validate(bulkDeleteAuthorizationsSchema, { resourceUri: '/resources/x', authIds: numbers }), 413, /^authIds: more than/);
+  refused(() => validate(invalidationsSchema, { resourceUris: numbers }), 413, /^resourceUris: more than/);
+  // Within the limit, the first wrong entry is named as before.
+  refused(() => validate(createResourceSchema, { authIds: numbers.slice(0, 100) }), 400, /^invalid field authIds\.0: /);
 });
 
 test('well-formed and plain text: lone surrogates and U+0000 refused, pairs and other text kept', () => {
