@@ -31,7 +31,7 @@ const backends = available.backends.filter((b) => values.backend === 'both' || b
 
 let failed = false;
 for (const backend of backends) {
-  const cluster = await startNodes(backend, 1, 'kms.a.example', 'a.example', { limits: { requestsPerMinutePerPrincipal: 0 } });
+  const cluster = await startNodes(backend, 1, 'kms.a.example', 'a.example', { limits: { requestsPerMinutePerPrincipal: 0, handshakesPerMinutePerAddress: 0 } });
   try {
     const server = cluster.nodes[0]!;
     const token = (user: string, roles?: string) => runKms(['token', '--config', cluster.config, '--user', user, ...(roles ? ['--roles', roles] : [])]).stdout.trim();
