@@ -193,7 +193,9 @@ export class KmsClient {
     const peer = this.options.peer;
     if (!peer) {
       const credential: Record<string, unknown> = await this.credential();
-      if (onChannel && this.options.onBehalfOf !== undefined) credential.onBehalfOf = this.options.onBehalfOf;
+      // Not on the channel's own upkeep (ping, closing it): the channel is the holder's. Everything
+      // else carries it, so a write is refused (403) rather than made as the holder.
+      if (onChannel && this.options.onBehalfOf !== undefined && !isChannelUpkeep(body)) credential.onBehalfOf = this.options.onBehalfOf;
       return { plaintext: enc.encode(JSON.stringify({ ...body, client: { clientId: this.clientId, credential } })) };
     }
     const signed = { ...body, client: { clientId: peer.kid, credential: { jwk: peer.jwk } }, aud: `kms://${authority}`, iat: Math.floor(this.now() / 1000) };
@@ -457,4 +459,10 @@ export class KmsClient {
     this.channel = undefined;
     this.channelKeys.clear();
   }
+}
+
+/** A ping or the deletion of a channel: what a channel's holder does for itself. */
+function isChannelUpkeep(body: Record<string, unknown>): boolean {
+  const uri = typeof body.uri === 'string' ? body.uri : '';
+  return (body.method === 'update' && /(^|\/)ping$/.test(uri)) || (body.method === 'delete' && /(^|\/)ecdhe\/[^/]+$/.test(uri));
 }

@@ -42,9 +42,10 @@ export interface KmsClientOptions {
   peer?: PeerCredential;
   /**
    * Compliance access (PROTOCOL.md §4): read as this user of your organisation; `token` must be
-   * of a user with the `orgAgent` role. Every request but the handshake (the channel stays yours)
-   * carries it in `credential.onBehalfOf`; the KMS allows the four reads only (retrieve a key, a
-   * resource, its keys, its authorizations) and answers anything else 403.
+   * of a user with the `orgAgent` role. Every request carries it in `credential.onBehalfOf` but
+   * the handshake, ping and closing the channel (the channel stays yours); the KMS allows the four
+   * reads only (retrieve a key, a resource, its keys, its authorizations) and answers anything
+   * else 403.
    */
   onBehalfOf?: string;
 }

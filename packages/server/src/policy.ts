@@ -55,13 +55,16 @@ export function mayAdministerCmks(principal: Principal, assignedOrgId: string | 
 
 /**
  * Compliance access (PROTOCOL.md §4): whether `agent` may read as the user `userId` (a user of a
- * domain this KMS serves). It must hold `orgAgent` and be of the user's organisation. A user id
- * carries only its domain, and a user's organisation is its domain unless its own token says
- * otherwise (identity.orgClaim), so the user is of the agent's organisation when its domain is the
- * agent's organisation id — by default the agent's own domain.
+ * domain this KMS serves, `domains`). It must hold `orgAgent` and be of the user's organisation.
+ * A user id carries only its domain, and a user's organisation is its domain unless its own token
+ * says otherwise, so the user is of the agent's organisation when its domain is the agent's
+ * organisation id (by default the agent's own domain) — or, when the IdP names organisations by
+ * ids that are no domain of this KMS (identity.orgClaim, e.g. a UUID), the agent's own domain.
  */
-export function mayActFor(agent: Principal, userId: string): boolean {
-  return agent.kind === 'user' && agent.roles.includes(Roles.orgAgent) && domainOf(userId) === agent.orgId;
+export function mayActFor(agent: Principal, userId: string, domains: readonly string[]): boolean {
+  if (agent.kind !== 'user' || !agent.roles.includes(Roles.orgAgent)) return false;
+  const organisation = domains.includes(agent.orgId) ? agent.orgId : agent.domain;
+  return domainOf(userId) === organisation;
 }
 
 /** The CMKs a principal may list: all for kmsAdmin, its own organisation's for orgAgent. */

@@ -32,7 +32,7 @@ import { InvalidationPush } from './federation/push.js';
 import { AnonymousBearers } from './identity/anonymous.js';
 import { Authenticator } from './identity/authenticator.js';
 import { loadDevIssuer, type DevIssuer } from './identity/dev-issuer.js';
-import { chainNotAfter, loadStaticIdentity } from './identity/certificates.js';
+import { chainNotAfter, loadStaticIdentity, type StaticIdentity } from './identity/certificates.js';
 import type { TokenVerifier } from './identity/principal.js';
 import { createTokenVerifier } from './identity/tokens.js';
 import { Keyring, localRootKey, parseRootKey, type RootKey } from './keyring/keyring.js';
@@ -304,6 +304,13 @@ export async function openRootKey(config: KmsConfig): Promise<RootKey> {
 }
 
 /** Runs `use` with the configured root key open, and closes it after. */
+/** The static key and its certificate chain (checked for the authority); a ConfigError otherwise. */
+export function staticIdentityOf(config: KmsConfig, certChainPem = read(config, config.staticKey.cert, 'static certificate')): Promise<StaticIdentity> {
+  return loadStaticIdentity({ keyPem: read(config, config.staticKey.key, 'static key'), certChainPem, authority: config.authority }).catch((err: Error) => {
+    throw new ConfigError(err.message);
+  });
+}
+
 export async function withRootKey<T>(config: KmsConfig, use: (root: RootKey) => T | Promise<T>): Promise<T> {
   const root = await openRootKey(config);
   try {
@@ -354,13 +361,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   const logger = options.logger ?? createLogger(config.log.level);
   const metrics = new Metrics();
   const staticCertPem = read(config, config.staticKey.cert, 'static certificate');
-  const staticKey = await loadStaticIdentity({
-    keyPem: read(config, config.staticKey.key, 'static key'),
-    certChainPem: staticCertPem,
-    authority: config.authority,
-  }).catch((err: Error) => {
-    throw new ConfigError(err.message);
-  });
+  const staticKey = await staticIdentityOf(config, staticCertPem);
   const dev = devIssuerOf(config);
   // Opened before the identity provider and the store, so a problem with it (a wrong HSM PIN) is
   // told first; every failure below closes it again, and so does the KMS's close.

@@ -11,6 +11,7 @@ import { MAX_KRO_DEPTH } from '../src/limits.js';
 import {
   Roles,
   isAuthorized,
+  mayActFor,
   mayAdministerCmks,
   hasRoleFor,
   mayUseOperation,
@@ -238,6 +239,29 @@ describe('ownsUnboundKey', () => {
   test('anonymous and peer principals never do', () => {
     assert.equal(ownsUnboundKey(anonymous('r'), key, 'client-1'), false);
     assert.equal(ownsUnboundKey(peer, key, 'client-1'), false);
+  });
+});
+
+describe('mayActFor (compliance access)', () => {
+  const domains = ['a.example', 'c.example'];
+  test('an orgAgent acts for users of its organisation only: by default its own domain', () => {
+    const agent = user('officer@a.example', [Roles.orgAgent]);
+    assert.equal(mayActFor(agent, 'bob@a.example', domains), true);
+    assert.equal(mayActFor(agent, 'carol@c.example', domains), false);
+  });
+
+  test('an organisation id that is one of the domains is that domain; one that is none (an IdP org id) means the agent’s own domain', () => {
+    assert.equal(mayActFor(user('officer@a.example', [Roles.orgAgent], 'c.example'), 'carol@c.example', domains), true);
+    assert.equal(mayActFor(user('officer@a.example', [Roles.orgAgent], 'c.example'), 'bob@a.example', domains), false);
+    const uuidOrg = user('officer@a.example', [Roles.orgAgent], randomUUID());
+    assert.equal(mayActFor(uuidOrg, 'bob@a.example', domains), true);
+    assert.equal(mayActFor(uuidOrg, 'carol@c.example', domains), false);
+  });
+
+  test('without the orgAgent role (kmsAdmin included, names case-sensitive), or not a user: never', () => {
+    for (const roles of [[], [Roles.kmsAdmin], ['orgagent']]) assert.equal(mayActFor(user('officer@a.example', roles), 'bob@a.example', domains), false, roles.join());
+    const anonymous: AnonymousPrincipal = { kind: 'anonymous', authorizationUri: 'kms://kms.a.example/authorizations/x', authorizationId: 'x', resourceId: 'r', expiresAt: 1 };
+    assert.equal(mayActFor(anonymous, 'bob@a.example', domains), false);
   });
 });
 

@@ -11,10 +11,10 @@ import type { JWK } from 'jose';
 import { KmsError, parseDate } from '@openkms/protocol';
 import { AuditLog } from '../audit/audit.js';
 import { exportDiscovery, recipientOf, verifyDiscovery, type DiscoveryExport } from '../compliance/discovery.js';
-import { ConfigError, loadConfig } from '../config.js';
+import { ConfigError, configPath, loadConfig } from '../config.js';
 import { normalizeUserId, isUserId } from '../identity/users.js';
 import { Keyring } from '../keyring/keyring.js';
-import { withRootKey } from '../server.js';
+import { staticIdentityOf, withRootKey } from '../server.js';
 import { DEFAULT_CONFIG, HelpRequested, UsageError, asksForHelp, flagOrEnv, parse } from './args.js';
 import { withStore } from './existing-store.js';
 import { writeOwnerOnly } from './owner-file.js';
@@ -27,10 +27,10 @@ const USAGE = `usage: kms discovery export [--config D/kms.json] [--db URL] --us
   with the peers' signed answers (sealed to the recipient too: they hold the keys) and the
   certificates they were signed under. --since T (RFC 3339): only keys created or bound since.
   Written owner-only to F, replaced whole once complete; the export is recorded in the audit log.
-  verify: opens F with the recipient's private key (--key), checks every peer answer's PS256
-  signature under the certificate F names and, with --trust-anchors (or --config: its peers'
-  anchors), that the certificate chains to them; and that every federated key is one those
-  answers released on a KRO that authorized U. Exits 1 naming each problem.
+  verify: checks the exporting KMS's signature over F, opens F with the recipient's private key
+  (--key), checks every peer answer's PS256 signature about a KRO authorizing U, each certificate
+  against the trust anchors of its KMS (--trust-anchors, else --config: its own CA and its peers'
+  anchors), and that every federated key is one those answers released. Exits 1 naming each problem.
 Environment: KMS_CONFIG, KMS_DB, KMS_ROOT_KEY.`;
 
 export async function discoveryCommand(argv: string[]): Promise<void> {
@@ -56,6 +56,15 @@ function readJwk(file: string, what: string): JWK {
   }
 }
 
+/** Who runs the command, for the audit record: the OS login, else the uid (a container's user may have no name). */
+function operator(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return process.env.USER || `uid ${process.getuid?.() ?? 'unknown'}`;
+  }
+}
+
 async function exportCommand(argv: string[]): Promise<void> {
   const { values } = parse(argv, { config: { type: 'string' }, db: { type: 'string' }, user: { type: 'string' }, since: { type: 'string' }, 'to-jwk': { type: 'string' }, out: { type: 'string' } }, { usage: USAGE });
   const [rawUser, toJwk, out] = [values.str('user'), values.str('to-jwk'), values.str('out')];
@@ -68,14 +77,15 @@ async function exportCommand(argv: string[]): Promise<void> {
   if (!isUserId(user)) throw new UsageError(`--user ${rawUser} is not a user id`);
   const recipient = recipientOf(readJwk(toJwk, 'recipient key'));
   const target = resolve(out);
+  const staticKey = await staticIdentityOf(config);
   const doc = await withRootKey(config, (rootKey) => withStore(config, values.str('db'), 'export', async (store) => {
     const keyring = await Keyring.open(rootKey, store, Date.now());
-    const audit = new AuditLog(store, rootKey.auditKey());
+    const built = await exportDiscovery({ authority: config.authority, store, keyring, staticKey, user, since, unboundGraceMs: config.lifetimes.unboundGrace * 1000, recipient, now: Date.now() });
     // Audited before a byte is written, as a request is before it is answered: an export the log
     // could not record does not happen.
-    await audit.record({
+    await new AuditLog(store, rootKey.auditKey()).record({
       time: Date.now(),
-      principal: `operator:${userInfo().username}`,
+      principal: `operator:${operator()}`,
       onBehalfOf: user,
       clientId: 'kms discovery export',
       method: 'export',
@@ -84,7 +94,6 @@ async function exportCommand(argv: string[]): Promise<void> {
       peer: null,
       requestId: randomUUID(),
     });
-    const built = await exportDiscovery({ authority: config.authority, store, keyring, user, since, recipient, now: Date.now() });
     await writeOwnerOnly(target, async (write) => write(`${JSON.stringify(built, null, 1)}\n`));
     return built;
   }));
@@ -117,7 +126,13 @@ async function verifyCommand(argv: string[]): Promise<void> {
   });
   const configFile = flagOrEnv(values.str('config'), 'KMS_CONFIG');
   const config = configFile === undefined ? undefined : loadConfig(configFile);
-  const anchorsOf = (authority: string) => (named.length > 0 ? named : config?.peers.find((p) => p.authority === authority)?.trustAnchors);
+  // --trust-anchors for every KMS; else the config's: its peers' anchors, and its own CA for itself.
+  const anchorsOf = (authority: string) => {
+    if (named.length > 0) return named;
+    if (config === undefined) return undefined;
+    if (authority === config.authority) return config.ca ? [readFileSync(configPath(config, config.ca.cert), 'utf8')] : undefined;
+    return config.peers.find((p) => p.authority === authority)?.trustAnchors;
+  };
   let report;
   try {
     report = await verifyDiscovery(doc, readJwk(keyFile, 'private key'), anchorsOf);
@@ -128,7 +143,7 @@ async function verifyCommand(argv: string[]): Promise<void> {
   const { created, authorized, federated } = report.keys;
   const lines = [
     `${doc.user} at kms://${doc.kms}, exported ${doc.exportedAt}: ${created + authorized + federated} of ${doc.keys.length} keys open`,
-    `  ${federated} federated keys proven by ${report.answers} verified peer answers${report.certificatesChecked ? ' (certificates checked against the trust anchors)' : ' (certificates not checked: give --trust-anchors or --config)'}`,
+    `  ${federated} federated keys proven by ${report.answers} verified peer answers`,
     `  ${created + authorized} keys of kms://${doc.kms} itself (${created} created by ${doc.user}, ${authorized} of KROs authorizing them)`,
   ];
   process.stdout.write(`${lines.join('\n')}\n`);

@@ -7,7 +7,8 @@
  *
  * The file holds no key material in clear: a key is only in its JWE and in the sealed answers.
  */
-import { CompactEncrypt, calculateJwkThumbprint, compactDecrypt, compactVerify, decodeProtectedHeader, importJWK, type JWK } from 'jose';
+import { createHash, type KeyObject } from 'node:crypto';
+import { CompactEncrypt, CompactSign, calculateJwkThumbprint, compactDecrypt, compactVerify, decodeProtectedHeader, importJWK, type JWK } from 'jose';
 import { CertificateError, KmsError, formatDate, parseDate, verifyKmsCertificate } from '@openkms/protocol';
 import type { StaticJwk } from '@openkms/client';
 import { isAuthorized } from '../policy.js';
@@ -64,7 +65,18 @@ export interface DiscoveryExport {
   recipient: { kty: string; alg: string; thumbprint: string };
   keys: DiscoveredKey[];
   proofs: DiscoveryProof[];
+  /** This KMS's static public key with its x5c chain: what `signature` verifies under. */
+  signer: StaticJwk;
+  /**
+   * A compact JWS (PS256, kid `kms://<kms>`, typ `kms-discovery-export`) by this KMS's static key
+   * over `{sha256}`: the SHA-256 (hex) of the JSON of every other member, in this order. Nothing
+   * can be added, removed or relabelled without breaking it.
+   */
+  signature: string;
 }
+
+const SIGNATURE_TYP = 'kms-discovery-export';
+const digestOf = (body: Omit<DiscoveryExport, 'signature'>) => createHash('sha256').update(JSON.stringify(body)).digest('hex');
 
 /** The recipient's public key, and the key management algorithm the JWEs use for it. */
 export interface Recipient {
@@ -90,9 +102,13 @@ export interface ExportOptions {
   authority: string;
   store: Store;
   keyring: Keyring;
+  /** The export is signed by it. */
+  staticKey: { privateKey: KeyObject; publicJwk: StaticJwk };
   user: string;
   /** Only keys created or bound at or after this instant (epoch ms). */
   since?: number;
+  /** lifetimes.unboundGrace, in ms: an unbound key past its expiry and this is gone, as for reads. */
+  unboundGraceMs: number;
   recipient: Recipient;
   now: number;
 }
@@ -109,9 +125,21 @@ export async function exportDiscovery(o: ExportOptions): Promise<DiscoveryExport
   const seen = new Set<string>();
   const wanted = (created: number, bound: number | null) => o.since === undefined || created >= o.since || (bound !== null && bound >= o.since);
 
+  // What is gone for everyone (PROTOCOL.md §5) is not exported: the KMS would not serve it either.
+  const liveResources = new Map<string, boolean>();
+  const live = async (row: KeyRow): Promise<boolean> => {
+    if (row.resourceId === null) return row.expiresAt + o.unboundGraceMs > o.now;
+    let known = liveResources.get(row.resourceId);
+    if (known === undefined) {
+      const resource = await o.store.getResource(row.resourceId);
+      known = resource !== undefined && (resource.expiresAt === null || resource.expiresAt > o.now);
+      liveResources.set(row.resourceId, known);
+    }
+    return known;
+  };
   const addLocal = async (row: KeyRow, via: DiscoveredKey['via']) => {
     const uri = `kms://${o.authority}/keys/${row.id}`;
-    if (seen.has(uri) || !wanted(row.createdAt, row.bindDate)) return;
+    if (seen.has(uri) || !wanted(row.createdAt, row.bindDate) || !(await live(row))) return;
     seen.add(uri);
     const material = await o.keyring.unseal(row.cmkId, row.sealed, keyAad(row.id));
     const jwe = await seal({ kty: 'oct', kid: row.id, k: Buffer.from(material.reveal()).toString('base64url') }, 'jwk+json');
@@ -137,13 +165,10 @@ export async function exportDiscovery(o: ExportOptions): Promise<DiscoveryExport
   }
   // The keys of the KROs the user is authorized on: directly, or through KROs named as authIds
   // (each checked by the policy the KMS applies to the user's own reads).
+  // A KRO's keys are read whole: pages by bind date would split the keys bound in one instant
+  // (a resource created with its keys), and the export holds them all anyway.
   for (const resourceId of await resourcesOf(o)) {
-    for (let before: number | undefined; ; ) {
-      const page = await o.store.listResourceKeys(resourceId, { boundBefore: before, limit: MAX_KEYS_PER_ANSWER });
-      for (const row of page) await addLocal(row, 'authorized');
-      if (page.length < MAX_KEYS_PER_ANSWER) break;
-      before = page.at(-1)!.bindDate!;
-    }
+    for (const row of await o.store.listResourceKeys(resourceId)) await addLocal(row, 'authorized');
   }
   // The archive: every version of a peer's KRO that shows the user authorized.
   for (let after: ArchivedCopy | undefined; ; ) {
@@ -172,7 +197,7 @@ export async function exportDiscovery(o: ExportOptions): Promise<DiscoveryExport
     if (page.length < 100) break;
     after = page.at(-1);
   }
-  return {
+  const body: Omit<DiscoveryExport, 'signature'> = {
     format: DISCOVERY_FORMAT,
     kms: o.authority,
     user: o.user,
@@ -181,7 +206,12 @@ export async function exportDiscovery(o: ExportOptions): Promise<DiscoveryExport
     recipient: { kty: String(o.recipient.jwk.kty), alg: o.recipient.alg, thumbprint: await calculateJwkThumbprint(o.recipient.jwk) },
     keys,
     proofs,
+    signer: o.staticKey.publicJwk,
   };
+  const signature = await new CompactSign(enc.encode(JSON.stringify({ sha256: digestOf(body) })))
+    .setProtectedHeader({ alg: 'PS256', kid: `kms://${o.authority}`, typ: SIGNATURE_TYP })
+    .sign(o.staticKey.privateKey);
+  return { ...body, signature };
 }
 
 async function proofOf(row: ArchivedCopy, content: CopyContent, seal: (p: unknown, cty: string) => Promise<string>): Promise<DiscoveryProof> {
@@ -218,21 +248,32 @@ async function resourcesOf(o: ExportOptions): Promise<string[]> {
 /** What `kms discovery verify` found. */
 export interface VerifyReport {
   keys: { created: number; authorized: number; federated: number };
-  /** Peer answers whose signatures verified, and whether their certificates were checked against trust anchors. */
+  /** Peer answers whose signatures verified under a certificate that chains to the trust anchors. */
   answers: number;
-  certificatesChecked: boolean;
   problems: string[];
 }
 
 /**
- * Checks an export with the recipient's private key: every JWE opens, every peer answer is a
- * PS256 signature by the certificate the export names (and, given trust anchors for the peer, a
- * certificate that chains to them), and every federated key is, bit for bit, one the peer's
- * verified answers released on a KRO that authorized the user.
+ * Checks an export with the recipient's private key and the trust anchors of the KMSs involved:
+ * the exporting KMS's signature over the whole file (under a certificate that chains to its
+ * anchors), every JWE opens, every peer answer is a PS256 signature under the peer's certificate
+ * (chaining to the peer's anchors) about a KRO that authorizes the user, and every federated key
+ * is, bit for bit, one those answers released.
  */
 export async function verifyDiscovery(doc: DiscoveryExport, privateJwk: JWK, anchorsOf: (authority: string) => string[] | undefined): Promise<VerifyReport> {
-  const report: VerifyReport = { keys: { created: 0, authorized: 0, federated: 0 }, answers: 0, certificatesChecked: true, problems: [] };
+  const report: VerifyReport = { keys: { created: 0, authorized: 0, federated: 0 }, answers: 0, problems: [] };
   if (doc.format !== DISCOVERY_FORMAT) throw new KmsError('INVALID_ARGUMENT', `not a discovery export (format ${String(doc.format)})`);
+  if (!Array.isArray(doc.keys) || !Array.isArray(doc.proofs)) throw new KmsError('INVALID_ARGUMENT', 'not a discovery export (no keys or proofs)');
+  // The exporting KMS's signature first: without it, keys could have been added, removed or relabelled.
+  try {
+    await verifySignedBy(doc.signer, doc.kms, anchorsOf(doc.kms), undefined);
+    const { signature, ...body } = doc;
+    const { payload, protectedHeader } = await compactVerify(String(signature), await importJWK({ kty: 'RSA', n: doc.signer.n, e: doc.signer.e }, 'PS256'), { algorithms: ['PS256'] });
+    if (protectedHeader.typ !== SIGNATURE_TYP || protectedHeader.kid !== `kms://${doc.kms}`) throw new Error('not the signature of a discovery export');
+    if ((JSON.parse(dec.decode(payload)) as { sha256?: unknown }).sha256 !== digestOf(body)) throw new Error('the file is not what it signed');
+  } catch (err) {
+    report.problems.push(`the export's signature by kms://${String(doc.kms)}: ${err instanceof Error ? err.message : String(err)}`);
+  }
   const alg = doc.recipient?.alg;
   const privateKey = await importJWK(privateJwk, alg);
   const open = async (jwe: string): Promise<unknown> => {
@@ -257,8 +298,13 @@ export async function verifyDiscovery(doc: DiscoveryExport, privateJwk: JWK, anc
       report.problems.push(`${key.uri}: its JWE does not open with this key (${err instanceof Error ? err.message : String(err)})`);
       continue;
     }
+    const local = key.uri.startsWith(`kms://${doc.kms}/keys/`) && key.authority === doc.kms;
     if (jwk.kty !== 'oct' || typeof jwk.k !== 'string') report.problems.push(`${key.uri}: not a key`);
-    else if (key.via !== 'federated') report.keys[key.via] += 1;
+    else if (key.via === 'created' || key.via === 'authorized') {
+      if (local) report.keys[key.via] += 1;
+      else report.problems.push(`${key.uri}: not a key of kms://${doc.kms}, yet not marked federated`);
+    } else if (key.via !== 'federated') report.problems.push(`${key.uri}: unknown via ${String(key.via)}`);
+    else if (key.proof !== undefined && doc.proofs[key.proof]?.authority !== key.authority) report.problems.push(`${key.uri}: its proof is of another KMS than kms://${key.authority}`);
     else if (key.proof === undefined || released[key.proof] === undefined) report.problems.push(`${key.uri}: no verified answer of kms://${key.authority} releases it`);
     else if (released[key.proof]!.get(key.uri) !== jwk.k) report.problems.push(`${key.uri}: not the key kms://${key.authority}'s signed answers released`);
     else report.keys.federated += 1;
@@ -266,29 +312,38 @@ export async function verifyDiscovery(doc: DiscoveryExport, privateJwk: JWK, anc
   return report;
 }
 
-async function verifyProof(proof: DiscoveryProof, answers: unknown, user: string, anchors: string[] | undefined, report: VerifyReport): Promise<Map<string, string>> {
-  if (!proof.signer) throw new Error('the archive kept no certificate for these answers');
-  if (!Array.isArray(answers) || answers.length === 0) throw new Error('no signed answers');
-  if (anchors === undefined) report.certificatesChecked = false;
-  else {
-    try {
-      await verifyKmsCertificate({ jwk: proof.signer, authority: proof.authority, trustAnchorsPem: anchors, now: proof.fetchedAt === undefined ? undefined : new Date(parseDate(proof.fetchedAt)!) });
-    } catch (err) {
-      throw new Error(`the certificate of kms://${proof.authority} is refused: ${err instanceof CertificateError ? err.message : String(err)}`);
-    }
+/**
+ * Checks that `signer` is the certificate of `kms://<authority>` under its trust anchors (at
+ * `at`, when the signature was made; now without it). Without anchors nothing is proven.
+ */
+async function verifySignedBy(signer: StaticJwk | null | undefined, authority: string, anchors: string[] | undefined, at: Date | undefined): Promise<void> {
+  if (!signer) throw new Error('no certificate for the signature');
+  if (anchors === undefined || anchors.length === 0) throw new Error(`no trust anchors for kms://${authority} (give --trust-anchors or --config): its certificate proves nothing without them`);
+  try {
+    await verifyKmsCertificate({ jwk: signer, authority, trustAnchorsPem: anchors, now: at });
+  } catch (err) {
+    throw new Error(`the certificate of kms://${authority} is refused: ${err instanceof CertificateError ? err.message : String(err)}`);
   }
-  const key = await importJWK({ kty: 'RSA', n: proof.signer.n, e: proof.signer.e }, 'PS256');
+}
+
+/**
+ * A proof's answers: each a PS256 signature of the peer about the proof's KRO that lists the user
+ * among its authorizations (each page of a KRO carries them), its keys then released to the user.
+ * The certificate is checked at the time this KMS says it received them (in what it signed).
+ */
+async function verifyProof(proof: DiscoveryProof, answers: unknown, user: string, anchors: string[] | undefined, report: VerifyReport): Promise<Map<string, string>> {
+  if (!Array.isArray(answers) || answers.length === 0) throw new Error('no signed answers');
+  await verifySignedBy(proof.signer, proof.authority, anchors, proof.fetchedAt === undefined ? undefined : new Date(parseDate(proof.fetchedAt)!));
+  const key = await importJWK({ kty: 'RSA', n: proof.signer!.n, e: proof.signer!.e }, 'PS256');
   const keys = new Map<string, string>();
-  let authorized = false;
   for (const jws of answers) {
     if (typeof jws !== 'string' || decodeProtectedHeader(jws).kid !== `kms://${proof.authority}`) throw new Error(`an answer not signed as kms://${proof.authority}`);
     const { payload } = await compactVerify(jws, key, { algorithms: ['PS256'] });
     const resource = (JSON.parse(dec.decode(payload)) as { resource?: { uri?: unknown; keys?: { uri?: unknown; jwk?: { k?: unknown } }[]; authorizations?: { authId?: unknown }[] } }).resource;
     if (resource?.uri !== proof.resourceUri) throw new Error('an answer about another KRO');
+    if (!(resource.authorizations ?? []).some((a) => a.authId === user)) throw new Error(`an answer that does not authorize ${user}`);
     for (const k of resource.keys ?? []) if (typeof k.uri === 'string' && typeof k.jwk?.k === 'string') keys.set(k.uri, k.jwk.k);
-    if ((resource.authorizations ?? []).some((a) => a.authId === user)) authorized = true;
     report.answers += 1;
   }
-  if (!authorized) throw new Error(`the signed answers do not authorize ${user}`);
   return keys;
 }

@@ -44,7 +44,7 @@ export class Authenticator {
     if (id === agent.id) return agent;
     if (!isUserId(id)) throw KmsError.badRequest('invalid field credential.onBehalfOf: not a user id');
     if (!agent.roles.includes(Roles.orgAgent)) throw KmsError.forbidden('credential.onBehalfOf needs the orgAgent role');
-    if (!this.domains.includes(domainOf(id)) || !mayActFor(agent, id)) throw KmsError.forbidden(`credential.onBehalfOf ${id} is not a user of your organisation`);
+    if (!this.domains.includes(domainOf(id)) || !mayActFor(agent, id, this.domains)) throw KmsError.forbidden(`credential.onBehalfOf ${id} is not a user of your organisation`);
     return { kind: 'user', id, domain: domainOf(id), roles: [], orgId: domainOf(id), expiresAt: agent.expiresAt, agent: agent.id };
   }
 
