@@ -48,5 +48,6 @@ export {
 } from './schemas.js';
 export { CertificateError, checkOwnCertificateChain, loadX509, parsePemCertificates, verifyKmsCertificate } from './certs.js';
 export { Limits } from './limits.js';
+export { jsonDepthWithin, parseBoundedJson, topLevelMember } from './json.js';
 export { isPlainText, isWellFormedText, textProblem } from './text.js';
 export { matchOperation, operation, operations, operationsFor, type Caller, type FederationMode, type Operation, type OperationName, type OperationSpec, type RetryMode } from './operations.js';

@@ -26,4 +26,10 @@ export const Limits = {
   maxChainLength: 10,
   /** Bytes of one DER certificate (a guard against oversized input, far above any real one). */
   maxCertBytes: 64 * 1024,
+  /**
+   * Nesting of arrays and objects in one message's JSON. The deepest real request (a peer's
+   * handshake: credential → jwk → x5c) is 4 deep; JSON nested a hundred thousand deep costs some
+   * 50 ms to parse and more to walk, so it is refused before it is parsed.
+   */
+  maxJsonDepth: 32,
 } as const;

@@ -68,7 +68,7 @@ export class Authentication {
       record.principal = record.peer = principalId(verified.principal);
       return { request, principal: verified.principal, peer: verified.principal };
     }
-    const request = onlyHandshake(readRequest(parseJson(opened.plaintext), record), this.authority);
+    const request = onlyHandshake(readRequest(parseJson(opened.plaintext, record), record), this.authority);
     return { request, principal: await this.bearer(request, record) };
   }
 
@@ -85,7 +85,7 @@ export class Authentication {
       record.principal = principalId(principal);
       return { request, principal, peer };
     }
-    const raw = parseJson(opened.plaintext);
+    const raw = parseJson(opened.plaintext, record);
     if (opened.cty !== undefined) {
       noteRequestId(raw, record); // the refusal echoes the requestId like any other 400
       throw new KmsError('PAYLOAD_INVALID', 'nested messages are for peer KMS channels');

@@ -8,7 +8,7 @@
  * is why the message is decrypted first: without the requestId a client could not tell which of
  * its handshakes was refused.
  */
-import { KmsError } from '@openkms/protocol';
+import { KmsError, Limits, jsonDepthWithin, topLevelMember } from '@openkms/protocol';
 import { addressKey } from '../rate-limit.js';
 import type { Opened } from './open.js';
 import type { RequestRecord } from './record.js';
@@ -28,7 +28,7 @@ function unverifiedRequest(opened: Opened): unknown {
   try {
     let text = new TextDecoder('utf-8', { fatal: true }).decode(opened.plaintext);
     if (opened.cty === 'JOSE') text = Buffer.from(text.split('.')[1] ?? '', 'base64url').toString('utf8');
-    return JSON.parse(text);
+    return jsonDepthWithin(text, Limits.maxJsonDepth) ? JSON.parse(text) : { requestId: topLevelMember(text, 'requestId') };
   } catch {
     return undefined;
   }

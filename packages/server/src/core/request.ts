@@ -3,7 +3,7 @@
  * schema (the operation's own members are validated by the operation), and the rule that the
  * static key establishes channels and nothing else.
  */
-import { KmsError, Limits, basicRequestSchema, isPlainText, parseKmsUri, validate, type KmsRequest } from '@openkms/protocol';
+import { KmsError, Limits, basicRequestSchema, isPlainText, jsonDepthWithin, parseKmsUri, topLevelMember, validate, type KmsRequest } from '@openkms/protocol';
 import type { RequestRecord } from './record.js';
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -17,8 +17,17 @@ export function text(plaintext: Uint8Array): string {
   }
 }
 
-export function parseJson(plaintext: Uint8Array): unknown {
+/**
+ * The payload as JSON. One nested deeper than Limits.maxJsonDepth is refused before it is parsed
+ * (parsing it is what would cost); its requestId, read from the top level alone, is still noted
+ * in `record` so the refusal echoes it.
+ */
+export function parseJson(plaintext: Uint8Array, record?: RequestRecord): unknown {
   const decoded = text(plaintext);
+  if (!jsonDepthWithin(decoded, Limits.maxJsonDepth)) {
+    if (record) noteRequestId({ requestId: topLevelMember(decoded, 'requestId') }, record);
+    throw new KmsError('PAYLOAD_INVALID', `payload nests deeper than ${Limits.maxJsonDepth} levels`);
+  }
   try {
     return JSON.parse(decoded);
   } catch {

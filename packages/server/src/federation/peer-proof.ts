@@ -7,7 +7,7 @@
  * once across every node on the database (Store.acceptPeerRequest).
  */
 import { compactVerify, decodeProtectedHeader, importJWK, type CryptoKey } from 'jose';
-import { CertificateError, KmsError, Limits, verifyKmsCertificate } from '@openkms/protocol';
+import { CertificateError, KmsError, Limits, parseBoundedJson, verifyKmsCertificate } from '@openkms/protocol';
 import type { PeerPrincipal } from '../identity/principal.js';
 import type { Store } from '../store/store.js';
 import type { PeerRegistry } from './peers.js';
@@ -18,7 +18,7 @@ const dec = new TextDecoder();
 function decodePayload(jws: string): Record<string, unknown> {
   const part = jws.split('.')[1] ?? '';
   try {
-    const value = JSON.parse(dec.decode(Buffer.from(part, 'base64url'))) as unknown;
+    const value = parseBoundedJson(dec.decode(Buffer.from(part, 'base64url')));
     if (value && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
   } catch {
     // fall through
@@ -125,7 +125,7 @@ export class PeerVerifier {
     let payload: Record<string, unknown>;
     try {
       const verified = await compactVerify(jws, key, { algorithms: ['PS256'] });
-      payload = JSON.parse(dec.decode(verified.payload)) as Record<string, unknown>;
+      payload = parseBoundedJson(dec.decode(verified.payload)) as Record<string, unknown>;
     } catch {
       throw KmsError.unauthorized('peer signature does not verify');
     }

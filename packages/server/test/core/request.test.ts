@@ -31,6 +31,16 @@ describe('text and parseJson', () => {
       await rejectsWith(() => parseJson(enc.encode(payload)), 'PAYLOAD_INVALID', 400, /not JSON/);
     }
   });
+
+  test('JSON nested deeper than Limits.maxJsonDepth is refused before it is parsed: PAYLOAD_INVALID 400', async () => {
+    const nested = (depth: number) => `{"requestId":1,"x":${'['.repeat(depth - 1)}${']'.repeat(depth - 1)}}`;
+    assert.ok(parseJson(enc.encode(nested(Limits.maxJsonDepth))));
+    for (const depth of [Limits.maxJsonDepth + 1, 100_000]) {
+      const record = newRecord();
+      await rejectsWith(() => parseJson(enc.encode(nested(depth)), record), 'PAYLOAD_INVALID', 400, new RegExp(`nests deeper than ${Limits.maxJsonDepth} levels`));
+      assert.equal(record.requestId, 1, 'the refusal still echoes the requestId');
+    }
+  });
 });
 
 describe('readRequest', () => {
