@@ -30,7 +30,7 @@ export type StatusCode = (typeof Status)[keyof typeof Status];
 export const ErrorCodes = {
   // Answers a KMS sends (the wire).
   INVALID_FIELD: { status: 400, by: 'kms', meaning: 'a request member is missing, malformed or out of range; the reason names it' },
-  PAYLOAD_INVALID: { status: 400, by: 'kms', meaning: 'the decrypted payload is not UTF-8 JSON, or is nested where it must not be' },
+  PAYLOAD_INVALID: { status: 400, by: 'kms', meaning: 'the decrypted payload is not UTF-8 JSON, nests arrays and objects deeper than 32 levels, or is nested where it must not be' },
   KEY_EXPIRED: { status: 400, by: 'kms', meaning: 'an unbound key expired before it was bound' },
   CREDENTIAL_INVALID: { status: 401, by: 'kms', meaning: 'the bearer token or peer proof is missing, invalid, expired or not for this KMS' },
   NOT_AUTHORIZED: { status: 403, by: 'kms', meaning: 'the principal may not do this to this object' },
