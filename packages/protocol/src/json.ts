@@ -8,14 +8,20 @@ import { Limits } from './limits.js';
 /** Whether arrays and objects in `text` nest at most `max` deep (brackets inside JSON strings do not count). */
 export function jsonDepthWithin(text: string, max: number): boolean {
   let depth = 0;
-  let inString = false;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c) i++; // a backslash escapes the next character, a quote included
-      else if (c === 0x22) inString = false;
-    } else if (c === 0x22) inString = true;
-    else if (c === 0x5b || c === 0x7b) {
+    if (c === 0x22) {
+      // A string is skipped natively (it is most of a message: the bearer): to the next quote not
+      // escaped, i.e. preceded by an even number of backslashes.
+      for (;;) {
+        const end = text.indexOf('"', i + 1);
+        if (end < 0) return true; // not JSON: JSON.parse says so
+        let slashes = 0;
+        while (text.charCodeAt(end - 1 - slashes) === 0x5c) slashes++;
+        i = end;
+        if (slashes % 2 === 0) break;
+      }
+    } else if (c === 0x5b || c === 0x7b) {
       if (++depth > max) return false;
     } else if (c === 0x5d || c === 0x7d) depth--;
   }
