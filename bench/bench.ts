@@ -1,311 +1,499 @@
 /**
- * `npm run bench`: KMS throughput and latency as ratios against the crypto limit measured in the
- * same run (ARCHITECTURE.md "Measure, don't guess"). On a small, noisy machine absolute figures
- * move from run to run; the ratio to what raw `node:crypto` does on one core in the same process,
- * a moment before, moves much less, and says how much of the machine the KMS spends around the
- * cryptography it cannot avoid.
+ * `npm run bench`: the KMS as it runs in production — a separate `kms serve` process, on SQLite and
+ * (when its server answers) PostgreSQL — loaded from this process, every figure also given as a
+ * ratio to the crypto limit measured in the same run (ARCHITECTURE.md "Measure, don't guess").
  *
- *   1. crypto limit (one core, raw node:crypto): common message and handshake;
- *   2. core: `kms.handle()` in process with messages sealed in advance (no transport, no client);
- *   3. HTTP: the SDK (KmsClient, batched HTTP) against the KMS on loopback, from this process;
- *   4. WebSocket: the same over the SDK's WebSocket transport.
+ * Throughput is reported per wall-second and per *server CPU-second* (the CPU time of the serving
+ * processes, read from /proc): on a small shared machine the load process and other work take
+ * cores from the server, and the CPU-second figure is what the KMS itself costs. The crypto limit
+ * is counted per CPU-second of its thread too, so both sides of a ratio move alike.
  *
- * Flags: --quick (about 15 s instead of about 60–90 s), --json (the report on stdout, the table on
- * stderr), --out FILE (default dist-bench/report.json), --only core,http,ws (the crypto limit is
- * always measured). Exits non-zero when any request failed; never on a time.
+ *   1. the limit: one handshake and one common message on raw node:crypto, compact JOSE included;
+ *   2. per backend, over HTTP batch and WebSocket, at concurrency 1, 16 and 64: handshakes,
+ *      retrieve key, create keys (count 1 and 100, in keys), bind, retrieve a resource's 10 newest
+ *      keys; client and server latency percentiles (server: the KMS's own request histogram);
+ *   3. `--workers 2` against `--workers 1` (handshakes and retrieve key);
+ *   4. a warm federated retrieve (B serving A's key from its copy);
+ *   5. cost growth: retrieve key with 10³, 10⁵ and 10⁶ keys stored, and RSS with 100,000 channels;
+ *
+ * Writes bench/results/latest.json (or --out), latest.txt (the table) and latest.svg (a chart).
+ * Flags: --quick (SQLite only, fewer points: under a minute), --json (the report on stdout,
+ * the table on stderr). Exits non-zero when any request failed; never on a time.
  */
+import { createPrivateKey, randomUUID } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { cpus, loadavg } from 'node:os';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import WebSocket from 'ws';
-import { KmsClient, type WebSocketConstructor } from '@openkms/client';
 import { commonOp, handshakeOp, measureLimit, type Limit } from './crypto-limit.js';
-import { setup } from './fixtures.js';
-import { closedLoop, median, percentiles, settle, type Latency } from './load.js';
-
-type LimitName = 'common' | 'handshake';
-
-interface Result {
-  id: string;
-  /** What one operation is. */
-  name: string;
-  transport: 'in-process' | 'http' | 'websocket';
-  concurrency: number;
-  /** The crypto limit this is compared with. */
-  limit: LimitName;
-  /** Median of the runs. */
-  opsPerSec: number;
-  /** opsPerSec / the crypto limit's opsPerSec. */
-  ratio: number;
-  runs: number[];
-  /** Latency of one operation (for a raw batch: of the whole HTTP request). */
-  latencyMs: Latency;
-  /** Event-loop utilization of this process during the runs (1 = the main thread never waited). */
-  eventLoop: number;
-  /** Process CPU time ÷ wall time (above 1 when libuv's thread pool works alongside the main thread). */
-  cpu: number;
-  ops: number;
-  errors: number;
-  firstError?: string;
-}
+import { postBatch, sealHandshake, User } from './fixtures.js';
+import { backends, histogramQuantile, kms, kmsFolder, serve, type Backend, type BackendName, type KmsFolder, type ServingKms } from './kms-process.js';
+import { median, percentiles, settle } from './load.js';
+import { chart } from './chart.js';
+import { load, type Outgoing, type Traffic, type Transport } from './wire.js';
 
 const { values: flags } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     out: { type: 'string' },
-    only: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
 });
 if (flags.help) {
-  process.stdout.write('usage: node dist-bench/bench.js [--quick] [--json] [--out FILE] [--only core,http,ws]\n');
+  process.stdout.write('usage: npm run bench -- [--quick] [--json] [--out FILE]\n');
   process.exit(0);
 }
-const parts = new Set((flags.only ?? 'core,http,ws').split(',').map((s) => s.trim()));
-for (const p of parts) if (!['core', 'http', 'ws'].includes(p)) throw new Error(`--only takes core, http, ws; got ${p}`);
 
-const P = flags.quick
-  ? { limitRuns: 3, limitMs: 250, runs: 1, coreMs: 700, netMs: 700, warmMs: 200, httpLevels: [1, 50], wsLevels: [50], coreConcurrency: 200, handshakeConcurrency: 50 }
-  : { limitRuns: 5, limitMs: 500, runs: 3, coreMs: 2000, netMs: 1500, warmMs: 500, httpLevels: [1, 10, 100], wsLevels: [1, 100], coreConcurrency: 200, handshakeConcurrency: 50 };
+const QUICK = {
+  backends: ['sqlite'] as BackendName[],
+  ms: 600,
+  warmMs: 150,
+  limitRuns: 3,
+  limitMs: 250,
+  /** Which (transport, concurrency) points each scenario is measured at. */
+  points: { http: [1, 16, 64], websocket: [64] } as Record<Transport, number[]>,
+  growth: [1_000, 10_000],
+  channels: 2_000,
+  bindSupply: 4_000,
+};
+const FULL = {
+  backends: ['sqlite', 'postgres'] as BackendName[],
+  ms: 1_500,
+  warmMs: 300,
+  limitRuns: 5,
+  limitMs: 500,
+  points: { http: [1, 16, 64], websocket: [1, 16, 64] } as Record<Transport, number[]>,
+  growth: [1_000, 100_000, 1_000_000],
+  channels: 100_000,
+  bindSupply: 12_000,
+};
+const P = flags.quick ? QUICK : FULL;
 
-/** The table goes to stdout, or to stderr when stdout carries the JSON report. */
 const say = (line = ''): void => {
   (flags.json ? process.stderr : process.stdout).write(`${line}\n`);
 };
 
-const started = performance.now();
-const limits: Record<LimitName, Limit> = { common: { opsPerSec: 0, runs: [] }, handshake: { opsPerSec: 0, runs: [] } };
-const results: Result[] = [];
+type LimitName = 'handshake' | 'common';
+type Unit = 'handshakes' | 'messages' | 'keys';
 
-/** Warm-up, then `P.runs` closed-loop runs; throughput is the median, latencies are pooled. */
-async function measure(
-  meta: Pick<Result, 'id' | 'name' | 'transport' | 'concurrency' | 'limit'>,
-  op: (seq: number) => Promise<unknown>,
-  ms: number,
-  /** KMS messages per call of `op` (a raw batch carries many). */
-  perOp = 1,
-): Promise<Result> {
-  const workers = Math.ceil(meta.concurrency / perOp);
-  const warm = await closedLoop(workers, P.warmMs, op);
-  await settle();
+export interface Result {
+  name: string;
+  backend: BackendName | 'pykmip';
+  transport: Transport | 'kmip';
+  concurrency: number;
+  workers: number;
+  /** What opsPerSec counts: handshakes, messages, or keys (create keys count 100: 100 per message). */
+  unit: Unit;
+  opsPerSec: number;
+  opsPerServerCpuSec: number;
+  /** Client round trip of one message (a batch's POST for HTTP). */
+  p50Ms: number;
+  p99Ms: number;
+  /** The server's own time per request (kms_request_duration_seconds), one serving process only. */
+  serverP50Ms?: number;
+  serverP99Ms?: number;
+  /** Messages per server CPU-second ÷ the matching limit (handshake or common message). */
+  ratioToLimit: number;
+  /** Server CPU seconds per wall second (up to the number of serving processes). */
+  serverCores: number;
+  ops: number;
+  seconds: number;
+  errors: number;
+  firstError?: string;
+}
+
+const started = performance.now();
+const results: Result[] = [];
+const notes: string[] = [];
+let limit: Record<LimitName, Limit> = { handshake: { perCpuSecond: 0, runs: [] }, common: { perCpuSecond: 0, runs: [] } };
+const extra: Record<string, unknown> = {};
+
+// ---- measuring one scenario -------------------------------------------------------------------------
+
+interface Scenario {
+  name: string;
+  limit: LimitName;
+  unit: Unit;
+  /** Units per message (create keys count 100: 100). */
+  perMessage?: number;
+  traffic(): Traffic;
+}
+
+async function measure(server: ServingKms, backend: Result['backend'], scenario: Scenario, transport: Transport, concurrency: number, opts: { perConnection?: number; ms?: number } = {}): Promise<Result> {
+  const traffic = scenario.traffic();
+  const driver = await load(transport, server.url, concurrency, traffic, opts.perConnection);
   const latencies: number[] = [];
-  const runs: number[] = [];
-  let ops = 0;
-  let errors = warm.errors;
-  let firstError = warm.firstError;
-  let wall = 0;
-  let cpuMicros = 0;
-  let loopActive = 0;
-  let loopIdle = 0;
-  for (let i = 0; i < P.runs; i++) {
-    const elu0 = performance.eventLoopUtilization();
-    const cpu0 = process.cpuUsage();
-    const run = await closedLoop(workers, ms, op, latencies);
-    const elu = performance.eventLoopUtilization(elu0);
-    const cpu = process.cpuUsage(cpu0);
-    loopActive += elu.active;
-    loopIdle += elu.idle;
-    cpuMicros += cpu.user + cpu.system;
-    wall += run.seconds;
-    runs.push(run.opsPerSec * perOp);
-    ops += run.ops * perOp;
-    errors += run.errors;
-    firstError ??= run.firstError;
-    await settle();
+  let r;
+  let cpu;
+  let before;
+  let after;
+  try {
+    await driver.run(P.warmMs);
+    await settle(30);
+    before = server.workers === 1 ? await server.latencyHistogram() : undefined;
+    const cpu0 = server.cpuSeconds();
+    r = await driver.run(opts.ms ?? P.ms, latencies);
+    cpu = server.cpuSeconds() - cpu0;
+    after = server.workers === 1 ? await server.latencyHistogram() : undefined;
+  } finally {
+    await driver.close();
   }
-  const opsPerSec = median(runs);
+  const per = scenario.perMessage ?? 1;
+  const messages = r.ops;
+  const lat = percentiles(latencies);
+  const q = (p: number) => (before && after ? histogramQuantile(before, after, p) : undefined);
+  const serverP50 = q(50);
+  const serverP99 = q(99);
+  const perCpu = cpu > 0 ? messages / cpu : 0;
   const result: Result = {
-    ...meta,
-    opsPerSec,
-    ratio: opsPerSec / limits[meta.limit].opsPerSec,
-    runs,
-    latencyMs: percentiles(latencies),
-    eventLoop: loopActive / (loopActive + loopIdle || 1),
-    cpu: cpuMicros / 1e6 / (wall || 1),
-    ops,
-    errors,
-    firstError,
+    name: scenario.name,
+    backend,
+    transport,
+    concurrency,
+    workers: server.workers,
+    unit: scenario.unit,
+    opsPerSec: (messages * per) / r.seconds,
+    opsPerServerCpuSec: perCpu * per,
+    p50Ms: lat.p50,
+    p99Ms: lat.p99,
+    ...(serverP50 !== undefined ? { serverP50Ms: serverP50 * 1000, serverP99Ms: (serverP99 ?? 0) * 1000 } : {}),
+    ratioToLimit: perCpu / limit[scenario.limit].perCpuSecond,
+    serverCores: cpu / r.seconds,
+    ops: messages * per,
+    seconds: r.seconds,
+    errors: r.errors,
+    ...(r.firstError ? { firstError: r.firstError } : {}),
   };
   results.push(result);
   say(row(result));
   return result;
 }
 
-// ---- table ----------------------------------------------------------------------------------------
+// ---- the table ----------------------------------------------------------------------------------------
 
-const num = (n: number, digits = 0): string => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
-const ms = (n: number): string => (n < 10 ? n.toFixed(2) : n < 100 ? n.toFixed(1) : n.toFixed(0));
-const COLS = [38, 5, 8, 7, 7, 7, 7, 5, 5, 14];
+const num = (n: number): string => Math.round(n).toLocaleString('en-US');
+const msf = (n: number | undefined): string => (n === undefined ? '–' : n < 1 ? n.toFixed(3) : n < 10 ? n.toFixed(2) : n.toFixed(1));
+const COLS = [34, 9, 9, 4, 2, 10, 12, 7, 7, 7, 7, 7, 5];
 const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(COLS[i]!) : c.padStart(COLS[i]!))).join(' ');
-const header = (): string => line(['measured', 'conc', 'ops/s', 'ratio', 'p50 ms', 'p95 ms', 'p99 ms', 'loop', 'cpu', 'runs min–max']);
+const HEADER = line(['measured', 'backend', 'transport', 'conc', 'w', 'per wall s', 'per srv CPU s', 'ratio', 'p50 ms', 'p99 ms', 'srv p50', 'srv p99', 'cores']);
 function row(r: Result): string {
-  const lo = Math.min(...r.runs);
-  const hi = Math.max(...r.runs);
-  return line([
-    `${r.transport} ${r.name}`,
-    String(r.concurrency),
-    num(r.opsPerSec),
-    `${(r.ratio * 100).toFixed(1)}%`,
-    ms(r.latencyMs.p50),
-    ms(r.latencyMs.p95),
-    ms(r.latencyMs.p99),
-    `${Math.round(r.eventLoop * 100)}%`,
-    `${Math.round(r.cpu * 100)}%`,
-    `${num(lo)}–${num(hi)}`,
-  ]) + (r.errors ? `  ${r.errors} errors: ${r.firstError}` : '');
+  return (
+    line([
+      `${r.name}${r.unit === 'keys' ? ' (keys)' : ''}`,
+      r.backend,
+      r.transport,
+      String(r.concurrency),
+      String(r.workers),
+      num(r.opsPerSec),
+      num(r.opsPerServerCpuSec),
+      `${(r.ratioToLimit * 100).toFixed(1)}%`,
+      msf(r.p50Ms),
+      msf(r.p99Ms),
+      msf(r.serverP50Ms),
+      msf(r.serverP99Ms),
+      r.serverCores.toFixed(2),
+    ]) + (r.errors ? `   ${r.errors} errors: ${r.firstError}` : '')
+  );
 }
 
-// ---- the run --------------------------------------------------------------------------------------
+// ---- scenarios ------------------------------------------------------------------------------------------
+
+/** A pool of messages sent round and round (reads: answering one again is the same work). */
+function cycle(pool: Outgoing[]): (seq: number) => Outgoing {
+  return (seq) => pool[seq % pool.length]!;
+}
+
+/** A user with keys and resources to read and bind, on one served KMS. */
+interface Workload {
+  user: User;
+  /** Unbound keys of the user (readable by it: same clientId). */
+  keys: string[];
+  /** Resources with 20 bound keys each. */
+  resources: string[];
+  handshakes: Outgoing[];
+}
+
+async function createKeys(user: User, total: number, parallel = 2): Promise<string[]> {
+  const bodies = Array.from({ length: Math.ceil(total / 100) }, (_, i) => ({ method: 'create', uri: '/keys', count: Math.min(100, total - i * 100) }));
+  const answers = await user.askAll(bodies, 201, parallel);
+  return answers.flatMap((a) => ((a.keys as { uri: string }[] | undefined) ?? []).map((k) => k.uri));
+}
+
+async function handshakePool(user: User, size: number): Promise<Outgoing[]> {
+  const { authority, kid, staticPublic } = user.server;
+  return Promise.all(Array.from({ length: size }, async () => {
+    const h = await sealHandshake(authority, kid, staticPublic, user.client);
+    return { message: h.message, requestId: h.requestId };
+  }));
+}
+
+async function workload(server: ServingKms, folder: KmsFolder, keyCount = 1_000): Promise<Workload> {
+  const user = await User.connect(server.url, folder.token(`alice@${folder.domain}`));
+  const keys = await createKeys(user, keyCount);
+  const resources: string[] = [];
+  for (let r = 0; r < 20; r++) {
+    const bound = await createKeys(user, 20);
+    const res = await user.ask({ method: 'create', uri: '/resources', keyUris: bound }, 201);
+    resources.push((res.resource as { uri: string }).uri);
+  }
+  return { user, keys, resources, handshakes: await handshakePool(user, 600) };
+}
+
+async function sealAll(user: User, bodies: Record<string, unknown>[]): Promise<Outgoing[]> {
+  return Promise.all(bodies.map((b) => user.seal(b)));
+}
+
+/** Every scenario of item 2, for one workload. Writes are sealed as they go (each requestId once). */
+async function scenarios(w: Workload): Promise<Scenario[]> {
+  const { user } = w;
+  const retrieves = await sealAll(user, Array.from({ length: 2048 }, (_, i) => ({ method: 'retrieve', uri: w.keys[(i * 7919) % w.keys.length]! })));
+  const resourceKeys = await sealAll(user, Array.from({ length: 1024 }, (_, i) => ({ method: 'retrieve', uri: `${w.resources[i % w.resources.length]!}/keys`, count: 10 })));
+  return [
+    { name: 'handshake', limit: 'handshake', unit: 'handshakes', traffic: () => ({ next: cycle(w.handshakes), status: 201 }) },
+    { name: 'retrieve key', limit: 'common', unit: 'messages', traffic: () => ({ next: cycle(retrieves), status: 200, key: user.channel.key }) },
+    { name: 'create keys count 1', limit: 'common', unit: 'keys', perMessage: 1, traffic: () => writes(user, () => ({ method: 'create', uri: '/keys', count: 1 }), 201) },
+    { name: 'create keys count 100', limit: 'common', unit: 'keys', perMessage: 100, traffic: () => writes(user, () => ({ method: 'create', uri: '/keys', count: 100 }), 201) },
+    { name: 'bind', limit: 'common', unit: 'messages', traffic: () => bindTraffic(w) },
+    { name: 'retrieve resource keys count 10', limit: 'common', unit: 'messages', traffic: () => ({ next: cycle(resourceKeys), status: 200, key: user.channel.key }) },
+  ];
+}
+
+/** Write traffic: each message sealed when it is sent, with its own requestId. */
+function writes(user: User, body: (seq: number) => Record<string, unknown> | undefined, status: number): Traffic {
+  return {
+    next: (seq) => {
+      const b = body(seq);
+      return b ? user.seal(b) : undefined;
+    },
+    status,
+    key: user.channel.key,
+  };
+}
+
+/** Binds of keys created for it beforehand, spread over the workload's resources. */
+let bindSupply: string[] = [];
+function bindTraffic(w: Workload): Traffic {
+  return writes(w.user, (seq) => {
+    const key = bindSupply.pop();
+    return key ? { method: 'update', uri: key, resourceUri: w.resources[seq % w.resources.length]! } : undefined;
+  }, 200);
+}
+
+// ---- the sections ---------------------------------------------------------------------------------------
+
+async function freePort(): Promise<number> {
+  return new Promise((resolveP, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolveP(port));
+    });
+  });
+}
+
+/** Item 2 (and the limit, measured on the first backend's real payloads before any load). */
+async function backendSection(backend: Backend, folder: KmsFolder, first: boolean): Promise<void> {
+  const db = await backend.fresh();
+  const dbArgs = db.args.length ? db.args : ['--db', `sqlite:${join(folder.dir, `main-${randomUUID()}.db`)}`];
+  const server = await serve(folder, { args: dbArgs });
+  try {
+    const w = await workload(server, folder);
+    if (first) await measureTheLimit(w, folder);
+    for (const scenario of await scenarios(w)) {
+      for (const transport of ['http', 'websocket'] as Transport[]) {
+        for (const c of P.points[transport]) {
+          if (scenario.name === 'bind') bindSupply = await createKeys(w.user, P.bindSupply);
+          await measure(server, backend.name, scenario, transport, c);
+        }
+      }
+    }
+  } finally {
+    await server.stop();
+    await db.drop();
+  }
+  // Item 3: the same handshakes and retrieves on --workers 2.
+  for (const workers of [2]) {
+    const db2 = await backend.fresh();
+    const server2 = await serve(folder, { workers, args: db2.args.length ? db2.args : ['--db', `sqlite:${join(folder.dir, `workers-${randomUUID()}.db`)}`] });
+    try {
+      const w = await workload(server2, folder);
+      const list = (await scenarios(w)).filter((s) => s.name === 'handshake' || s.name === 'retrieve key');
+      for (const s of list) await measure(server2, backend.name, s, 'http', 64);
+    } finally {
+      await server2.stop();
+      await db2.drop();
+    }
+  }
+}
+
+async function measureTheLimit(w: Workload, folder: KmsFolder): Promise<void> {
+  const { user } = w;
+  const retrieveBody = { requestId: randomUUID(), client: user.client, method: 'retrieve', uri: w.keys[0]! };
+  const retrieveAnswer = await user.ask({ method: 'retrieve', uri: w.keys[0]! }, 200);
+  const h = await sealHandshake(user.server.authority, user.server.kid, user.server.staticPublic, user.client);
+  const [hAnswer] = await postBatch(user.url, [h.message]);
+  const handshakeAnswer = await user.open(hAnswer!);
+  const staticKey = createPrivateKey(readFileSync(join(folder.dir, 'static-key.pem'), 'utf8'));
+  const request = new TextEncoder().encode(JSON.stringify(retrieveBody));
+  limit = {
+    common: measureLimit(commonOp({ request, answer: retrieveAnswer as unknown as Record<string, unknown>, kid: user.channel.uri }), P.limitRuns, P.limitMs),
+    handshake: measureLimit(handshakeOp({ staticKey, kid: user.server.kid, request: h.plaintext, answer: handshakeAnswer as unknown as Record<string, unknown> }), P.limitRuns, P.limitMs),
+  };
+  extra.payloadBytes = {
+    retrieveRequest: request.byteLength,
+    retrieveAnswer: Buffer.byteLength(JSON.stringify(retrieveAnswer)),
+    handshakeRequest: h.plaintext.byteLength,
+    handshakeAnswer: Buffer.byteLength(JSON.stringify(handshakeAnswer)),
+  };
+  say(`crypto limit, raw node:crypto with compact JOSE, per CPU-second of one core (median of ${P.limitRuns} × ${P.limitMs} ms):`);
+  say(`  common message (JWE dir/A256GCM open + JSON + seal)                     ${num(limit.common.perCpuSecond).padStart(8)} /s   runs ${limit.common.runs.map(num).join(', ')}`);
+  say(`  handshake (JWE RSA-OAEP open + P-256 keygen/ECDH/HKDF + JWS PS256 sign) ${num(limit.handshake.perCpuSecond).padStart(8)} /s   runs ${limit.handshake.runs.map(num).join(', ')}`);
+  say(`  payloads: retrieve ${String((extra.payloadBytes as Record<string, number>).retrieveRequest)} B → ${String((extra.payloadBytes as Record<string, number>).retrieveAnswer)} B, handshake ${h.plaintext.byteLength} B → ${String((extra.payloadBytes as Record<string, number>).handshakeAnswer)} B`);
+  say();
+  say('ratio = messages per server CPU-second ÷ the limit (handshakes ÷ the handshake limit, the rest ÷ the common-message limit);');
+  say('p50/p99: client round trip of a message (HTTP: its batch); srv p50/p99: the KMS\'s own time (one serving process); cores: server CPU ÷ wall');
+  say(HEADER);
+}
+
+/** Item 4: Bob at B retrieving A's key, served from B's warm copy. */
+async function federationSection(): Promise<void> {
+  const [portA, portB] = [await freePort(), await freePort()];
+  const a = kmsFolder('kms.a.example', 'a.example', portA);
+  const b = kmsFolder('kms.b.example', 'b.example', portB);
+  let sa: ServingKms | undefined;
+  let sb: ServingKms | undefined;
+  try {
+    kms(['peer', 'add', '--config', a.config, '--authority', 'kms.b.example', '--domain', 'b.example', '--endpoint', `http://127.0.0.1:${portB}`, '--ca', join(b.dir, 'ca.pem')]);
+    kms(['peer', 'add', '--config', b.config, '--authority', 'kms.a.example', '--domain', 'a.example', '--endpoint', `http://127.0.0.1:${portA}`, '--ca', join(a.dir, 'ca.pem')]);
+    sa = await serve(a, { port: portA });
+    // A copy stays warm for the whole run: this measures B serving from it, not re-fetching.
+    sb = await serve(b, { port: portB, args: ['--federation-max-staleness', '3600'] });
+    const alice = await User.connect(sa.url, a.token('alice@a.example'));
+    const keys = await createKeys(alice, 50);
+    await alice.ask({ method: 'create', uri: '/resources', keyUris: keys, authIds: ['bob@b.example'] }, 201);
+    const bob = await User.connect(sb.url, b.token('bob@b.example'));
+    for (const k of keys) await bob.ask({ method: 'retrieve', uri: k }, 200); // the first fetch makes the copy
+    const pool = await sealAll(bob, Array.from({ length: 2048 }, (_, i) => ({ method: 'retrieve', uri: keys[i % keys.length]! })));
+    const scenario: Scenario = { name: 'federated retrieve key (warm)', limit: 'common', unit: 'messages', traffic: () => ({ next: cycle(pool), status: 200, key: bob.channel.key }) };
+    for (const transport of ['http', 'websocket'] as Transport[]) for (const c of P.points[transport]) await measure(sb, 'sqlite', scenario, transport, c);
+  } finally {
+    await sb?.stop();
+    await sa?.stop();
+    a.remove();
+    b.remove();
+  }
+}
+
+/** Item 5: retrieve key with more and more keys stored, then RSS with many channels. */
+async function growthSection(folder: KmsFolder): Promise<void> {
+  const server = await serve(folder, { args: ['--db', `sqlite:${join(folder.dir, `growth-${randomUUID()}.db`)}`] });
+  const growth: { keys: number; opsPerServerCpuSec: number; ratioToFirst: number }[] = [];
+  try {
+    const user = await User.connect(server.url, folder.token(`alice@${folder.domain}`));
+    const keys: string[] = [];
+    for (const count of P.growth) {
+      const t0 = performance.now();
+      keys.push(...(await createKeys(user, count - keys.length, 2)));
+      say(`  (${num(count)} keys stored; filled in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+      // Random keys across all stored: a bounded cache cannot hold them all; storage lookups must stay flat.
+      const pool = await sealAll(user, Array.from({ length: 4096 }, () => ({ method: 'retrieve', uri: keys[Math.floor(Math.random() * keys.length)]! })));
+      const r = await measure(server, 'sqlite', { name: `retrieve key, ${num(count)} keys stored`, limit: 'common', unit: 'messages', traffic: () => ({ next: cycle(pool), status: 200, key: user.channel.key }) }, 'http', 64);
+      growth.push({ keys: count, opsPerServerCpuSec: r.opsPerServerCpuSec, ratioToFirst: r.opsPerServerCpuSec / (growth[0]?.opsPerServerCpuSec ?? r.opsPerServerCpuSec) });
+    }
+  } finally {
+    await server.stop();
+  }
+  extra.growth = growth;
+
+  const fresh = await serve(folder, { args: ['--db', `sqlite:${join(folder.dir, `channels-${randomUUID()}.db`)}`] });
+  try {
+    const user = await User.connect(fresh.url, folder.token(`alice@${folder.domain}`));
+    await settle(200);
+    const baseline = fresh.rssBytes()[0]!;
+    const pool = await handshakePool(user, 500);
+    const t0 = performance.now();
+    let made = 0;
+    const worker = async () => {
+      while (made < P.channels) {
+        const n = Math.min(100, P.channels - made);
+        made += n;
+        const answers = await postBatch(fresh.url, Array.from({ length: n }, (_, i) => pool[(made + i) % pool.length]!.message));
+        const bad = (await Promise.all(answers.map((a) => user.open(a)))).filter((a) => a.status !== 201).length;
+        if (bad) throw new Error(`${bad} handshakes refused while opening channels`);
+      }
+    };
+    await Promise.all([worker(), worker()]);
+    await settle(500);
+    const rss = fresh.rssBytes()[0]!;
+    extra.channels = { channels: P.channels, rssBytes: rss, rssBaselineBytes: baseline, seconds: (performance.now() - t0) / 1000 };
+    say(`  RSS with ${num(P.channels)} open channels: ${(rss / 2 ** 20).toFixed(0)} MB (${(baseline / 2 ** 20).toFixed(0)} MB before; ${(((rss - baseline) / P.channels) | 0).toLocaleString('en-US')} B per channel)`);
+  } finally {
+    await fresh.stop();
+  }
+  say(`  retrieve key per server CPU-second by keys stored: ${growth.map((g) => `${num(g.keys)}: ${num(g.opsPerServerCpuSec)} (${(g.ratioToFirst * 100).toFixed(0)}%)`).join(', ')}`);
+}
+
+// ---- the run --------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
   say(`openkms bench${flags.quick ? ' --quick' : ''}: Node ${process.version}, ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-  const fx = await setup();
-  const clients: KmsClient[] = [];
-  try {
-    // Samples of the real payloads, for the crypto limit and the in-process runs.
-    const channel = await fx.channel();
-    const retrieve = await Promise.all(Array.from({ length: 512 }, (_, i) => fx.seal(channel, { method: 'retrieve', uri: fx.keyUris[i % fx.keyUris.length]! })));
-    const pings = await Promise.all(Array.from({ length: 512 }, () => fx.seal(channel, { method: 'update', uri: '/ping' })));
-    const handshakes = await Promise.all(Array.from({ length: 256 }, () => fx.sealHandshake()));
-    const retrieveAnswer = await fx.open(await fx.running.kms.handle(retrieve[0]!.message), channel);
-    const handshakeAnswer = await fx.open(await fx.running.kms.handle(handshakes[0]!.message));
-    if (retrieveAnswer.status !== 200 || handshakeAnswer.status !== 201) {
-      throw new Error(`setup: retrieve answered ${retrieveAnswer.status}, handshake ${handshakeAnswer.status}`);
-    }
-    const bytes = {
-      retrieveRequest: retrieve[0]!.plaintext.byteLength,
-      retrieveAnswer: Buffer.byteLength(JSON.stringify(retrieveAnswer)),
-      handshakeRequest: handshakes[0]!.plaintext.byteLength,
-      handshakeAnswer: Buffer.byteLength(JSON.stringify(handshakeAnswer)),
-    };
-    say(`payloads: retrieve ${bytes.retrieveRequest} B → ${bytes.retrieveAnswer} B, handshake ${bytes.handshakeRequest} B → ${bytes.handshakeAnswer} B (JSON plaintext)`);
-
-    // 1. The crypto limit, on one core, before anything else is measured.
-    limits.common = measureLimit(commonOp({ request: retrieve[0]!.plaintext, answer: retrieveAnswer as Record<string, unknown>, kid: channel.uri }), P.limitRuns, P.limitMs);
-    limits.handshake = measureLimit(
-      handshakeOp({ staticKey: fx.staticKey, kid: fx.kid, request: handshakes[0]!.plaintext, answer: handshakeAnswer as Record<string, unknown> }),
-      P.limitRuns,
-      P.limitMs,
-    );
-    say();
-    say(`crypto limit, one core, raw node:crypto (median of ${P.limitRuns} × ${P.limitMs} ms):`);
-    say(`  common message (AES-GCM decrypt + JSON + AES-GCM encrypt)      ${num(limits.common.opsPerSec).padStart(8)} /s   runs ${limits.common.runs.map((r) => num(r)).join(', ')}`);
-    say(`  handshake (RSA-OAEP + AES-GCM + P-256 keygen/ECDH/HKDF + PS256) ${num(limits.handshake.opsPerSec).padStart(8)} /s   runs ${limits.handshake.runs.map((r) => num(r)).join(', ')}`);
-    say();
-    say('ratio = KMS ops/s ÷ the matching crypto limit (handshake ÷ handshake limit, the rest ÷ common limit);');
-    say(`loop = event-loop utilization, cpu = process CPU ÷ wall time (${cpus().length} cores: up to ${cpus().length * 100}%)`);
-    say(header());
-
-    // 2. The core, in process. A sample of the answers is opened afterwards (outside the timing).
-    if (parts.has('core')) {
-      const { kms } = fx.running;
-      const checked = async (sampled: string[], want: number, ch?: { key: Uint8Array }) => {
-        let bad = 0;
-        for (const answer of sampled) if ((await fx.open(answer, ch)).status !== want) bad++;
-        return bad;
-      };
-      const core = async (id: string, name: string, messages: { message: string }[], limit: LimitName, want: number, ch?: { key: Uint8Array }, concurrency = P.coreConcurrency) => {
-        const sampled: string[] = [];
-        const r = await measure({ id, name, transport: 'in-process', concurrency, limit }, async (seq) => {
-          const answer = await kms.handle(messages[seq % messages.length]!.message);
-          if ((seq & 255) === 0) sampled.push(answer);
-        }, P.coreMs);
-        const bad = await checked(sampled, want, ch);
-        if (bad) {
-          r.errors += bad;
-          r.firstError ??= `${bad} of ${sampled.length} sampled answers had another status than ${want}`;
-          say(`  ${r.firstError}`);
-        }
-      };
-      await core('core.retrieveKey', 'kms.handle retrieveKey', retrieve, 'common', 200, channel);
-      await core('core.ping', 'kms.handle ping', pings, 'common', 200, channel);
-      await core('core.handshake', 'kms.handle handshake', handshakes, 'handshake', 201, undefined, P.handshakeConcurrency);
-    }
-
-    // 3. HTTP: the server alone (pre-sealed batches of 50, nothing but fetch on the client side), then
-    //    the SDK (batched), from this process: client and server share the main thread.
-    if (parts.has('http')) {
-      const batch = 50;
-      const bodies = Array.from({ length: Math.floor(retrieve.length / batch) }, (_, i) =>
-        JSON.stringify({ kmsMessages: retrieve.slice(i * batch, (i + 1) * batch).map((m) => m.message) }),
-      );
-      const sampled: string[] = [];
-      const post = async (seq: number) => {
-        const res = await fetch(`${fx.running.url}/kms/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: bodies[seq % bodies.length]! });
-        const answers = ((await res.json()) as { kmsMessages?: string[] }).kmsMessages;
-        if (res.status !== 200 || answers?.length !== batch) throw new Error(`batch answered HTTP ${res.status}`);
-        if ((seq & 15) === 0) sampled.push(answers[seq % batch]!);
-      };
-      const raw = await measure({ id: `http.raw.retrieveKey.b${batch}`, name: `POST ×${batch} pre-sealed retrieveKey`, transport: 'http', concurrency: 4 * batch, limit: 'common' }, post, P.netMs, batch);
-      for (const answer of sampled) {
-        const status = (await fx.open(answer, channel)).status;
-        if (status !== 200) {
-          raw.errors++;
-          raw.firstError ??= `a sampled answer had status ${status}`;
-        }
-      }
-      for (const concurrency of P.httpLevels) {
-        const client = new KmsClient(fx.clientOptions());
-        clients.push(client);
-        await measure({ id: `http.retrieveKey.c${concurrency}`, name: 'SDK retrieveKey', transport: 'http', concurrency, limit: 'common' }, (seq) => client.retrieveKey(fx.keyUris[seq % fx.keyUris.length]!), P.netMs);
-        await client.close();
-      }
-    }
-
-    // 4. WebSocket through the SDK.
-    if (parts.has('ws')) {
-      for (const concurrency of P.wsLevels) {
-        const client = new KmsClient(fx.clientOptions({ transport: 'websocket', WebSocket: WebSocket as unknown as WebSocketConstructor }));
-        clients.push(client);
-        await measure({ id: `ws.retrieveKey.c${concurrency}`, name: 'SDK retrieveKey', transport: 'websocket', concurrency, limit: 'common' }, (seq) => client.retrieveKey(fx.keyUris[seq % fx.keyUris.length]!), P.netMs);
-        await client.close();
-      }
-    }
-
-    const seconds = (performance.now() - started) / 1000;
-    const errors = results.reduce((n, r) => n + r.errors, 0);
-    const report = {
-      schema: 'openkms-bench/1',
-      date: new Date().toISOString(),
-      quick: flags.quick,
-      node: process.version,
-      cpus: cpus().length,
-      cpuModel: cpus()[0]?.model.trim() ?? '',
-      loadavg: loadavg(),
-      seconds,
-      payloadBytes: bytes,
-      cryptoLimit: {
-        common: { ...limits.common, what: 'AES-256-GCM decrypt + JSON.parse + JSON.stringify + AES-256-GCM encrypt, raw node:crypto, one core' },
-        handshake: { ...limits.handshake, what: 'RSA-OAEP(SHA-1) CEK decrypt + AES-256-GCM + P-256 keygen + ECDH + HKDF + PS256 sign, raw node:crypto, one core' },
-      },
-      results,
-      errors,
-      serverProblems: fx.problems,
-    };
-    const out = resolve(flags.out ?? fileURLToPath(new URL('./report.json', import.meta.url)));
-    mkdirSync(dirname(out), { recursive: true });
-    writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
-    say();
-    say(`${results.length} measurements in ${seconds.toFixed(1)} s; report: ${out}`);
-    if (fx.problems.length) say(`the KMS logged ${fx.problems.length} problem(s), first: ${fx.problems[0]}`);
-    if (errors) say(`${errors} request(s) failed`);
-    if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
-    return errors || fx.problems.some((p) => p.startsWith('error')) ? 1 : 0;
-  } finally {
-    await Promise.all(clients.map((c) => c.close()));
-    await fx.close();
+  const { list, leftOut } = await backends();
+  if (leftOut) {
+    notes.push(leftOut);
+    say(leftOut);
   }
+  const folder = kmsFolder('kms.bench.example', 'bench.example');
+  try {
+    let first = true;
+    for (const backend of list.filter((b) => P.backends.includes(b.name))) {
+      await backendSection(backend, folder, first);
+      first = false;
+    }
+    await federationSection();
+    await growthSection(folder);
+  } finally {
+    folder.remove();
+  }
+
+  const seconds = (performance.now() - started) / 1000;
+  const errors = results.reduce((n, r) => n + r.errors, 0);
+  const report = {
+    schema: 'openkms-bench/2',
+    date: new Date().toISOString(),
+    quick: flags.quick,
+    node: process.version,
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model.trim() ?? '',
+    loadavg: loadavg(),
+    seconds,
+    limit: { handshakesPerCore: limit.handshake.perCpuSecond, commonMessagesPerCore: limit.common.perCpuSecond, runs: { handshake: limit.handshake.runs, common: limit.common.runs } },
+    results,
+    ...extra,
+    errors,
+    notes,
+  };
+  const out = resolve(flags.out ?? fileURLToPath(new URL('../bench/results/latest.json', import.meta.url)));
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
+  const base = out.replace(/\.json$/, '');
+  writeFileSync(`${base}.txt`, `${[HEADER, ...results.map(row)].join('\n')}\n`);
+  writeFileSync(`${base}.svg`, chart(results, { title: `openkms: messages per server CPU-second ÷ crypto limit (${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model.trim() ?? ''})` }));
+  say();
+  say(`${results.length} measurements in ${seconds.toFixed(0)} s; ${out} (+ .txt, .svg)`);
+  if (errors) say(`${errors} request(s) failed`);
+  if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+  return errors ? 1 : 0;
 }
 
 main().then(
   (code) => {
     process.exitCode = code;
-    // Pooled keep-alive sockets may hold the loop a little longer than needed; do not wait for them.
     setTimeout(() => process.exit(code), 500).unref();
   },
   (err: unknown) => {

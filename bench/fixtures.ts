@@ -1,169 +1,123 @@
 /**
- * What the benchmark measures against: a real KMS (`startDevKms`: `startKms` with a real SQLite
- * file and real keys) on an ephemeral loopback port with a quiet logger, a user with keys bound to resources (made with the
- * SDK), and messages sealed in advance for the in-process measurements of `kms.handle()`.
+ * Messages as a client makes them: handshakes under the KMS's static key (through the protocol
+ * package, as the SDK does), and common messages sealed by the KMS's own node:crypto codec so the
+ * load process spends little of the machine the server needs. A `User` is one principal with one
+ * channel to a `kms serve` process, reached over HTTP.
  */
-import { createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
 import {
   deriveChannelKey,
   encryptStatic,
   generateEphemeralKeyPair,
   importEcPublicKey,
-  joseCodec,
-  segmentCount,
-  verifyStatic,
   type EphemeralKeyRep,
   type KmsResponse,
 } from '@openkms/protocol';
-import { KmsClient, type KmsClientOptions } from '@openkms/client';
-import { configPath, type Logger, type RunningKms } from '@openkms/server';
-import { NO_RATE_LIMITS, startDevKms } from '@openkms/server/testing';
+import { fastCodec } from '@openkms/server/testing';
+import { answerOf, type Outgoing } from './wire.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-const AUTHORITY = 'kms.bench.example';
-const DOMAIN = 'bench.example';
-const USER = `alice@${DOMAIN}`;
-const CLIENT_ID = 'bench-client';
-
-export interface Fixture {
-  running: RunningKms;
-  authority: string;
-  token: string;
-  caPem: string;
-  /** The KMS static key (private, for the crypto-limit measurement) and its kid. */
-  staticKey: KeyObject;
-  staticPublic: KeyObject;
-  kid: string;
-  /** Keys bound to resources this user created (so authorized). */
-  keyUris: string[];
-  /** Server problems logged (warn/error) during the run; the dev-issuer notice at start is left out. */
-  problems: string[];
-  /** SDK options for `url`, `token`, `trustAnchors`, `authority`. */
-  clientOptions(extra?: Partial<KmsClientOptions>): KmsClientOptions;
-  /** A fresh channel made through `kms.handle()`. */
-  channel(): Promise<{ uri: string; key: Uint8Array }>;
-  /** A common message under `channel`, as the SDK would send it. */
-  seal(channel: { uri: string; key: Uint8Array }, body: Record<string, unknown>): Promise<{ message: string; plaintext: Uint8Array }>;
-  /** A handshake message under the static key, with a fresh client P-256 key. */
-  sealHandshake(): Promise<{ message: string; plaintext: Uint8Array }>;
-  /** Opens an answer: a JWS under the static key or a JWE under `channel`. */
-  open(answer: string, channel?: { key: Uint8Array }): Promise<KmsResponse>;
-  close(): Promise<void>;
+export interface Client {
+  clientId: string;
+  credential: { bearer: string };
 }
 
-/** A Logger at "warn": debug and info cost nothing, problems are kept to be reported. */
-function quietLogger(problems: string[]): Logger {
-  const keep = (level: string) => (obj: object, msg?: string) => {
-    if (msg?.startsWith('the development token issuer is enabled')) return;
-    if (problems.length < 100) problems.push(`${level}: ${msg ?? ''} ${JSON.stringify(obj).slice(0, 300)}`);
+/** A handshake under the static key with a fresh client P-256 key, and how to finish it. */
+export async function sealHandshake(authority: string, kid: string, staticPublic: KeyObject, client: Client) {
+  const pair = await generateEphemeralKeyPair();
+  const requestId = randomUUID();
+  const plaintext = enc.encode(JSON.stringify({ requestId, client, method: 'create', uri: `kms://${authority}/ecdhe`, jwk: pair.publicJwk }));
+  const message = await encryptStatic(plaintext, staticPublic, kid);
+  return {
+    message,
+    requestId,
+    plaintext,
+    /** The channel the answer agrees on. */
+    async channel(answer: string): Promise<{ uri: string; key: Uint8Array }> {
+      const opened = (await answerOf(answer)) as KmsResponse;
+      const rep = opened.key as EphemeralKeyRep | undefined;
+      if (opened.status !== 201 || !rep) throw new Error(`handshake refused: ${opened.status} ${opened.reason ?? ''}`);
+      return { uri: rep.uri, key: await deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk)) };
+    },
   };
-  return { debug() {}, info() {}, warn: keep('warn'), error: keep('error') };
 }
 
-export async function setup(): Promise<Fixture> {
-  const problems: string[] = [];
-  // The benchmark is one principal on one address as fast as it can go: the limits that stop
-  // exactly that (on by default) are turned off, so it measures the KMS and not its 429s.
-  const running = await startDevKms({ authority: AUTHORITY, domains: [DOMAIN], logger: quietLogger(problems), config: { limits: NO_RATE_LIMITS } });
-  const token = await running.token(USER, { ttlSeconds: 3600 });
-  const caPem = running.trustAnchors[0]!;
-  const { config } = running;
-  const staticKey = createPrivateKey(readFileSync(configPath(config, config.staticKey.key), 'utf8'));
-  const staticPublic = createPublicKey(staticKey);
-  const { kms } = running;
-  const kid = kms.staticKid;
-  const authority = kms.authority;
-  const client = { clientId: CLIENT_ID, credential: { bearer: token } };
+/** POSTs a batch to /kms/messages and answers its messages. */
+export async function postBatch(url: string, messages: string[]): Promise<string[]> {
+  const res = await fetch(`${url}/kms/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kmsMessages: messages }) });
+  const answers = ((await res.json()) as { kmsMessages?: string[] }).kmsMessages;
+  if (res.status !== 200 || answers?.length !== messages.length) throw new Error(`batch answered HTTP ${res.status}`);
+  return answers;
+}
 
-  const clientOptions = (extra: Partial<KmsClientOptions> = {}): KmsClientOptions => ({
-    url: running.url,
-    token,
-    trustAnchors: [caPem],
-    authority,
-    clientId: CLIENT_ID,
-    ...extra,
-  });
+export interface WellKnown {
+  authority: string;
+  kid: string;
+  staticPublic: KeyObject;
+}
 
-  // Keys bound to resources, made the way an application makes them.
-  const sdk = new KmsClient(clientOptions());
-  const keyUris: string[] = [];
-  try {
-    for (let r = 0; r < 4; r++) {
-      const keys = await sdk.createKeys(8);
-      await sdk.createResource({ keyUris: keys.map((k) => k.uri) });
-      keyUris.push(...keys.map((k) => k.uri));
-    }
-  } finally {
-    await sdk.close();
+export async function wellKnown(url: string): Promise<WellKnown> {
+  const doc = (await (await fetch(`${url}/.well-known/kms`)).json()) as { kmsCluster: string; rsaPublicKey: { kid: string } & Record<string, unknown> };
+  return { authority: doc.kmsCluster.replace(/^kms:\/\//, ''), kid: doc.rsaPublicKey.kid, staticPublic: createPublicKey({ key: doc.rsaPublicKey, format: 'jwk' }) };
+}
+
+/** One principal with one channel to the KMS at `url`. */
+export class User {
+  private constructor(
+    readonly url: string,
+    readonly server: WellKnown,
+    readonly client: Client,
+    readonly channel: { uri: string; key: Uint8Array },
+  ) {}
+
+  static async connect(url: string, bearer: string, clientId = 'bench-client'): Promise<User> {
+    const server = await wellKnown(url);
+    const client = { clientId, credential: { bearer } };
+    const handshake = await sealHandshake(server.authority, server.kid, server.staticPublic, client);
+    const [answer] = await postBatch(url, [handshake.message]);
+    return new User(url, server, client, await handshake.channel(answer!));
   }
 
-  const { open, seal, sealHandshake, channel } = messages(authority, kid, staticPublic, client);
+  /** A common message under this user's channel, with a fresh requestId. */
+  async seal(body: Record<string, unknown>): Promise<Outgoing> {
+    const requestId = randomUUID();
+    const plaintext = enc.encode(JSON.stringify({ requestId, client: this.client, ...body }));
+    return { message: await fastCodec.encryptChannel(plaintext, this.channel.key, this.channel.uri), requestId };
+  }
 
-  return {
-    running,
-    authority,
-    token,
-    caPem,
-    staticKey,
-    staticPublic,
-    kid,
-    keyUris,
-    problems,
-    clientOptions,
-    open,
-    channel: () => channel((message) => kms.handle(message)),
-    seal,
-    sealHandshake,
-    close: () => running.close(),
-  };
-}
+  async open(answer: string): Promise<KmsResponse> {
+    if (answer.split('.').length === 3) return (await answerOf(answer)) as KmsResponse;
+    return JSON.parse(dec.decode((await fastCodec.decryptChannel(answer, this.channel.key)).plaintext)) as KmsResponse;
+  }
 
-/**
- * Messages as a client makes them, for a KMS of `authority` whose static public key is
- * `staticPublic` (kid `kid`), from `client`: handshakes under the static key, common messages under
- * a channel, and answers opened. Shared by the in-process fixture and the service benchmark.
- */
-export interface Messages {
-  open(answer: string, channel?: { key: Uint8Array }): Promise<KmsResponse>;
-  seal(channel: { uri: string; key: Uint8Array }, body: Record<string, unknown>): Promise<{ message: string; plaintext: Uint8Array }>;
-  sealHandshake(): Promise<{ message: string; plaintext: Uint8Array }>;
-  /** A channel agreed through `send` (one handshake message in, its answer out). */
-  channel(send: (message: string) => Promise<string>): Promise<{ uri: string; key: Uint8Array }>;
-}
+  /** Sends one request and answers its response, which must have `status`. */
+  async ask(body: Record<string, unknown>, status: number): Promise<KmsResponse> {
+    const [answer] = await postBatch(this.url, [(await this.seal(body)).message]);
+    const response = await this.open(answer!);
+    if (response.status !== status) throw new Error(`${String(body.method)} ${String(body.uri)} answered ${response.status} ${response.reason ?? ''}, not ${status}`);
+    return response;
+  }
 
-export function messages(authority: string, kid: string, staticPublic: KeyObject, client: { clientId: string; credential: { bearer: string } }): Messages {
-  const open = async (answer: string, channel?: { key: Uint8Array }): Promise<KmsResponse> => {
-    if (segmentCount(answer) === 3) return JSON.parse(dec.decode((await verifyStatic(answer, staticPublic)).plaintext)) as KmsResponse;
-    if (!channel) throw new Error('a channel answer without a channel');
-    return JSON.parse(dec.decode((await joseCodec.decryptChannel(answer, channel.key)).plaintext)) as KmsResponse;
-  };
-  const sealHandshake = async () => {
-    const pair = await generateEphemeralKeyPair();
-    const body = { requestId: randomUUID(), client, method: 'create', uri: `kms://${authority}/ecdhe`, jwk: pair.publicJwk };
-    const plaintext = enc.encode(JSON.stringify(body));
-    return { message: await encryptStatic(plaintext, staticPublic, kid), plaintext, pair };
-  };
-  const seal = async (channel: { uri: string; key: Uint8Array }, body: Record<string, unknown>) => {
-    const plaintext = enc.encode(JSON.stringify({ requestId: randomUUID(), client, ...body }));
-    return { message: await joseCodec.encryptChannel(plaintext, channel.key, channel.uri), plaintext };
-  };
-  const channel = async (send: (message: string) => Promise<string>): Promise<{ uri: string; key: Uint8Array }> => {
-    const { message, pair } = await sealHandshake();
-    const answer = await open(await send(message));
-    const rep = answer.key as EphemeralKeyRep | undefined;
-    if (answer.status !== 201 || !rep) throw new Error(`handshake refused: ${answer.status} ${answer.reason ?? ''}`);
-    return { uri: rep.uri, key: await deriveChannelKey(pair.privateKey, await importEcPublicKey(rep.jwk)) };
-  };
-  return {
-    open,
-    seal,
-    sealHandshake: async () => {
-      const { message, plaintext } = await sealHandshake();
-      return { message, plaintext };
-    },
-    channel,
-  };
+  /** Sends many requests in batches of 100, `parallel` batches at a time; each must answer `status`. */
+  async askAll(bodies: Record<string, unknown>[], status: number, parallel = 2): Promise<KmsResponse[]> {
+    const out: KmsResponse[] = new Array(bodies.length);
+    let next = 0;
+    const worker = async () => {
+      while (next < bodies.length) {
+        const from = next;
+        next = Math.min(bodies.length, next + 100);
+        const sealed = await Promise.all(bodies.slice(from, next).map((b) => this.seal(b)));
+        const answers = await postBatch(this.url, sealed.map((s) => s.message));
+        for (let i = 0; i < answers.length; i++) {
+          const r = await this.open(answers[i]!);
+          if (r.status !== status) throw new Error(`${String(bodies[from + i]!.method)} ${String(bodies[from + i]!.uri)} answered ${r.status} ${r.reason ?? ''}`);
+          out[from + i] = r;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: parallel }, worker));
+    return out;
+  }
 }
