@@ -15,10 +15,12 @@
  *   3. `--workers 2` against `--workers 1` (handshakes and retrieve key);
  *   4. a warm federated retrieve (B serving A's key from its copy);
  *   5. cost growth: retrieve key with 10³, 10⁵ and 10⁶ keys stored, and RSS with 100,000 channels;
+ *   6. with --peer: the PyKMIP server on the same create/get work (bench/peers/).
  *
  * Writes bench/results/latest.json (or --out), latest.txt (the table) and latest.svg (a chart).
- * Flags: --quick (SQLite only, fewer points: under a minute), --json (the report on stdout,
- * the table on stderr). Exits non-zero when any request failed; never on a time.
+ * Flags: --quick (SQLite only, fewer points: under a minute), --peer, --json (the report on stdout,
+ * the table on stderr), --backends sqlite,postgres (which of the two), --cpu-prof DIR (every `kms serve`
+ * writes a V8 CPU profile there when it stops). Exits non-zero when any request failed; never on a time.
  */
 import { createPrivateKey, randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -30,22 +32,26 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { commonOp, handshakeOp, measureLimit, type Limit } from './crypto-limit.js';
 import { postBatch, sealHandshake, User } from './fixtures.js';
-import { backends, histogramQuantile, kms, kmsFolder, serve, type Backend, type BackendName, type KmsFolder, type ServingKms } from './kms-process.js';
+import { backends, histogramQuantile, kms, kmsFolder, postgresCpuSeconds, profileServers, serve, type Backend, type BackendName, type KmsFolder, type ServingKms } from './kms-process.js';
 import { median, percentiles, settle } from './load.js';
 import { chart } from './chart.js';
+import { pykmipAvailable, startPyKmip } from './peers/pykmip.js';
 import { load, type Outgoing, type Traffic, type Transport } from './wire.js';
 
 const { values: flags } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
+    peer: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     out: { type: 'string' },
+    backends: { type: 'string' },
+    'cpu-prof': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
 });
 if (flags.help) {
-  process.stdout.write('usage: npm run bench -- [--quick] [--json] [--out FILE]\n');
+  process.stdout.write('usage: npm run bench -- [--quick] [--peer] [--json] [--out FILE] [--backends sqlite,postgres] [--cpu-prof DIR]\n');
   process.exit(0);
 }
 
@@ -73,6 +79,12 @@ const FULL = {
   bindSupply: 12_000,
 };
 const P = flags.quick ? QUICK : FULL;
+if (flags.backends !== undefined) {
+  const named = flags.backends.split(',').map((b) => b.trim());
+  for (const b of named) if (b !== 'sqlite' && b !== 'postgres') throw new Error(`--backends takes sqlite, postgres; got ${b}`);
+  P.backends = named as BackendName[];
+}
+profileServers(flags['cpu-prof']);
 
 const say = (line = ''): void => {
   (flags.json ? process.stderr : process.stdout).write(`${line}\n`);
@@ -101,6 +113,8 @@ export interface Result {
   ratioToLimit: number;
   /** Server CPU seconds per wall second (up to the number of serving processes). */
   serverCores: number;
+  /** On PostgreSQL: its server processes' CPU seconds per wall second (the storage work done there). */
+  databaseCores?: number;
   ops: number;
   seconds: number;
   errors: number;
@@ -130,6 +144,7 @@ async function measure(server: ServingKms, backend: Result['backend'], scenario:
   const latencies: number[] = [];
   let r;
   let cpu;
+  let dbCpu: number | undefined;
   let before;
   let after;
   try {
@@ -137,8 +152,10 @@ async function measure(server: ServingKms, backend: Result['backend'], scenario:
     await settle(30);
     before = server.workers === 1 ? await server.latencyHistogram() : undefined;
     const cpu0 = server.cpuSeconds();
+    const db0 = backend === 'postgres' ? postgresCpuSeconds() : 0;
     r = await driver.run(opts.ms ?? P.ms, latencies);
     cpu = server.cpuSeconds() - cpu0;
+    dbCpu = backend === 'postgres' ? postgresCpuSeconds() - db0 : undefined;
     after = server.workers === 1 ? await server.latencyHistogram() : undefined;
   } finally {
     await driver.close();
@@ -164,6 +181,7 @@ async function measure(server: ServingKms, backend: Result['backend'], scenario:
     ...(serverP50 !== undefined ? { serverP50Ms: serverP50 * 1000, serverP99Ms: (serverP99 ?? 0) * 1000 } : {}),
     ratioToLimit: perCpu / limit[scenario.limit].perCpuSecond,
     serverCores: cpu / r.seconds,
+    ...(dbCpu !== undefined ? { databaseCores: dbCpu / r.seconds } : {}),
     ops: messages * per,
     seconds: r.seconds,
     errors: r.errors,
@@ -178,9 +196,9 @@ async function measure(server: ServingKms, backend: Result['backend'], scenario:
 
 const num = (n: number): string => Math.round(n).toLocaleString('en-US');
 const msf = (n: number | undefined): string => (n === undefined ? '–' : n < 1 ? n.toFixed(3) : n < 10 ? n.toFixed(2) : n.toFixed(1));
-const COLS = [34, 9, 9, 4, 2, 10, 12, 7, 7, 7, 7, 7, 5];
+const COLS = [34, 9, 9, 4, 2, 10, 12, 7, 7, 7, 7, 7, 5, 5];
 const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(COLS[i]!) : c.padStart(COLS[i]!))).join(' ');
-const HEADER = line(['measured', 'backend', 'transport', 'conc', 'w', 'per wall s', 'per srv CPU s', 'ratio', 'p50 ms', 'p99 ms', 'srv p50', 'srv p99', 'cores']);
+const HEADER = line(['measured', 'backend', 'transport', 'conc', 'w', 'per wall s', 'per srv CPU s', 'ratio', 'p50 ms', 'p99 ms', 'srv p50', 'srv p99', 'cores', 'db']);
 function row(r: Result): string {
   return (
     line([
@@ -197,6 +215,7 @@ function row(r: Result): string {
       msf(r.serverP50Ms),
       msf(r.serverP99Ms),
       r.serverCores.toFixed(2),
+      r.databaseCores === undefined ? '' : r.databaseCores.toFixed(2),
     ]) + (r.errors ? `   ${r.errors} errors: ${r.firstError}` : '')
   );
 }
@@ -357,7 +376,7 @@ async function measureTheLimit(w: Workload, folder: KmsFolder): Promise<void> {
   say(`  payloads: retrieve ${String((extra.payloadBytes as Record<string, number>).retrieveRequest)} B → ${String((extra.payloadBytes as Record<string, number>).retrieveAnswer)} B, handshake ${h.plaintext.byteLength} B → ${String((extra.payloadBytes as Record<string, number>).handshakeAnswer)} B`);
   say();
   say('ratio = messages per server CPU-second ÷ the limit (handshakes ÷ the handshake limit, the rest ÷ the common-message limit);');
-  say('p50/p99: client round trip of a message (HTTP: its batch); srv p50/p99: the KMS\'s own time (one serving process); cores: server CPU ÷ wall');
+  say('p50/p99: client round trip of a message (HTTP: its batch); srv p50/p99: the KMS\'s own time (one serving process); cores: server CPU ÷ wall; db: PostgreSQL CPU ÷ wall');
   say(HEADER);
 }
 
@@ -439,6 +458,59 @@ async function growthSection(folder: KmsFolder): Promise<void> {
   say(`  retrieve key per server CPU-second by keys stored: ${growth.map((g) => `${num(g.keys)}: ${num(g.opsPerServerCpuSec)} (${(g.ratioToFirst * 100).toFixed(0)}%)`).join(', ')}`);
 }
 
+/** Item 6: the PyKMIP server on the same create/get work, one request per round trip. */
+async function peerSection(folder: KmsFolder): Promise<void> {
+  const problem = await pykmipAvailable();
+  if (problem) {
+    notes.push(`--peer: PyKMIP left out: ${problem}`);
+    say(`  PyKMIP left out: ${problem}`);
+    return;
+  }
+  const server = await serve(folder, { args: ['--db', `sqlite:${join(folder.dir, `peer-${randomUUID()}.db`)}`] });
+  // PyKMIP at WARNING: its shipped INFO logging costs it 10–30 % per request; the comparison gives it the better figure.
+  const peer = await startPyKmip({ logLevel: 'WARNING' });
+  const comparison: Record<string, unknown>[] = [];
+  try {
+    const w = await workload(server, folder, 1_000);
+    const get = await sealAll(w.user, Array.from({ length: 2048 }, (_, i) => ({ method: 'retrieve', uri: w.keys[i % w.keys.length]! })));
+    const ours: Record<string, Scenario> = {
+      create: { name: 'create keys count 1 (vs PyKMIP)', limit: 'common', unit: 'keys', traffic: () => writes(w.user, () => ({ method: 'create', uri: '/keys', count: 1 }), 201) },
+      get: { name: 'retrieve key (vs PyKMIP)', limit: 'common', unit: 'messages', traffic: () => ({ next: cycle(get), status: 200, key: w.user.channel.key }) },
+    };
+    for (const op of ['create', 'get'] as const) {
+      for (const c of [1, 8]) {
+        const mine = await measure(server, 'sqlite', ours[op]!, 'websocket', c, { perConnection: 1 });
+        const theirs = await peer.measure({ op, concurrency: c, ms: P.ms * 2 });
+        const r: Result = {
+          name: `PyKMIP ${op === 'create' ? 'create AES-256 key' : 'get key'}`,
+          backend: 'pykmip',
+          transport: 'kmip',
+          concurrency: c,
+          workers: 1,
+          unit: op === 'create' ? 'keys' : 'messages',
+          opsPerSec: theirs.opsPerSec,
+          opsPerServerCpuSec: theirs.opsPerServerCpuSec,
+          p50Ms: theirs.p50Ms,
+          p99Ms: theirs.p99Ms,
+          ratioToLimit: theirs.opsPerServerCpuSec / limit.common.perCpuSecond,
+          serverCores: theirs.serverCores,
+          ops: theirs.ops,
+          seconds: theirs.seconds,
+          errors: theirs.errors,
+        };
+        results.push(r);
+        say(row(r));
+        comparison.push({ op, concurrency: c, kms: mine.opsPerSec, pykmip: theirs.opsPerSec, times: mine.opsPerSec / theirs.opsPerSec, timesPerServerCpuSec: mine.opsPerServerCpuSec / theirs.opsPerServerCpuSec });
+      }
+    }
+  } finally {
+    await peer.stop();
+    await server.stop();
+  }
+  extra.peer = comparison;
+  for (const c of comparison) say(`  vs PyKMIP, ${String(c.op)} at concurrency ${String(c.concurrency)}: ${(c.times as number).toFixed(1)}× its ops per wall second, ${(c.timesPerServerCpuSec as number).toFixed(1)}× per server CPU-second`);
+}
+
 // ---- the run --------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
@@ -457,6 +529,7 @@ async function main(): Promise<number> {
     }
     await federationSection();
     await growthSection(folder);
+    if (flags.peer) await peerSection(folder);
   } finally {
     folder.remove();
   }

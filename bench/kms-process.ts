@@ -114,6 +114,23 @@ function childrenOf(pid: number): number[] {
   return out;
 }
 
+/**
+ * CPU seconds of every PostgreSQL server process on this machine (comm `postgres`): on PostgreSQL the
+ * storage work runs there, outside the KMS's processes, and is reported beside the server's own.
+ */
+export function postgresCpuSeconds(): number {
+  let sum = 0;
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readFileSync(`/proc/${name}/comm`, 'utf8').trim() === 'postgres') sum += cpuOf(Number(name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return sum;
+}
+
 function rssOf(pid: number): number {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -135,12 +152,18 @@ export interface ServingKms {
   stop(): Promise<void>;
 }
 
+/** Node options of every `kms serve` started (the benchmark's --cpu-prof DIR sets them). */
+let serveNodeArgs: string[] = [];
+export function profileServers(dir: string | undefined): void {
+  serveNodeArgs = dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [];
+}
+
 /** `kms serve` on `folder` (port 0 unless given), resolved once it says where it listens. */
-export async function serve(folder: KmsFolder, options: { workers?: number; args?: string[]; port?: number } = {}): Promise<ServingKms> {
+export async function serve(folder: KmsFolder, options: { workers?: number; args?: string[]; port?: number; nodeArgs?: string[] } = {}): Promise<ServingKms> {
   const workers = options.workers ?? 1;
   const child = spawn(
     process.execPath,
-    [KMS_BIN, 'serve', '--config', folder.config, '--port', String(options.port ?? 0), '--log-level', 'warn', '--workers', String(workers), ...(options.args ?? [])],
+    [...(options.nodeArgs ?? serveNodeArgs), KMS_BIN, 'serve', '--config', folder.config, '--port', String(options.port ?? 0), '--log-level', 'warn', '--workers', String(workers), ...(options.args ?? [])],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';
