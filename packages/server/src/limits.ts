@@ -66,6 +66,9 @@ export const NODE_FORGET_MS = 10 * 60_000;
 
 /** Channels kept unsealed in memory; past it the oldest are read from storage again. */
 export const MAX_CACHED_CHANNELS = 100_000;
+/** Federated copies kept unsealed in memory (federation/copies.ts), and their sealed bytes at most. */
+export const MAX_CACHED_COPIES = 1_000;
+export const MAX_CACHED_COPY_BYTES = 64 * 1024 * 1024;
 /** WebSocket frames one socket may have under way at once. */
 export const MAX_IN_FLIGHT_PER_SOCKET = 256;
 

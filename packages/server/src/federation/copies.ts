@@ -10,7 +10,8 @@ import { KmsError, Status, isUuid, objectRef, parseDate, retrieveKeysSchema, val
 import type { UserPrincipal } from '../identity/principal.js';
 import type { Keyring } from '../keyring/keyring.js';
 import { COPY_INVALIDATED } from '../model.js';
-import { MAX_ARCHIVED_VERSIONS_READ, MAX_FEDERATED_PAGES, MAX_KEYS_PER_ANSWER, MAX_TRACKED_KROS, REFETCH_INTERVAL_MS } from '../limits.js';
+import { UnsealedCache } from '../keyring/unsealed-cache.js';
+import { MAX_ARCHIVED_VERSIONS_READ, MAX_CACHED_COPIES, MAX_CACHED_COPY_BYTES, MAX_FEDERATED_PAGES, MAX_KEYS_PER_ANSWER, MAX_TRACKED_KROS, REFETCH_INTERVAL_MS } from '../limits.js';
 import type { Handler } from '../operations/context.js';
 import { userPrincipal } from '../operations/guards.js';
 import type { Store } from '../store/store.js';
@@ -75,13 +76,25 @@ export class Copies implements CopySource {
    * node asks the peer at most once a second per KRO); whether a copy may be used is the store's.
    */
   private readonly lastRefetch = new Map<string, number>();
+  /** Copies unsealed and parsed, while their row is unchanged: a warm read decrypts nothing. */
+  private readonly unsealed = new UnsealedCache<CopyContent>(MAX_CACHED_COPIES, MAX_CACHED_COPY_BYTES);
 
   constructor(private readonly o: CopiesOptions) {}
 
   /** The copy of `resourceUri`, unsealed, with its age; undefined when there is none. */
   private async load(resourceUri: string): Promise<{ content: CopyContent; fetchedAt: number } | undefined> {
     const row = await this.o.store.getCopy(resourceUri);
-    return row && { content: await unsealCopy(this.o.keyring, row), fetchedAt: row.fetchedAt };
+    if (!row) {
+      this.unsealed.delete(resourceUri);
+      return undefined;
+    }
+    let content = this.unsealed.get(resourceUri, row.sealed);
+    if (!content) {
+      // Frozen: the same object now answers many requests, and none may change it for the next.
+      content = deepFreeze(await unsealCopy(this.o.keyring, row));
+      this.unsealed.set(resourceUri, row.sealed, content);
+    }
+    return { content, fetchedAt: row.fetchedAt };
   }
 
   /** The newest archived version of `resourceUri` that grants `user` the target, if any. */
@@ -217,6 +230,14 @@ function holdsTarget(content: CopyContent, target: CopyTarget): boolean {
 function versionOf(content: CopyContent): string {
   const { keys, authorizations } = content.resource;
   return JSON.stringify([keys.map((k) => k.uri).sort(), authorizations.map((a) => `${a.uri} ${a.authId}`).sort()]);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const member of Object.values(value)) deepFreeze(member);
+  }
+  return value;
 }
 
 /** A copy or archived version, unsealed (sealed under the CMK active then, AAD `copy:<KRO URI>`). */
