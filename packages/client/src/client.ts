@@ -2,7 +2,8 @@
  * KmsClient: the SDK applications use (and the project's own CLI, federation and demo). It
  * discovers the KMS and validates its certificate, keeps one ECDHE channel (re-handshaking before
  * it expires and after a reset, retrying the request once), and offers a typed method for every
- * operation of the protocol. Browser-safe: WebCrypto, fetch and WebSocket only.
+ * operation of the protocol. Browser-safe: WebCrypto, fetch and WebSocket only; on Node, common
+ * messages are sealed and opened with node:crypto instead (codec/channel-codec.ts).
  */
 import {
   KmsError,
@@ -10,7 +11,6 @@ import {
   encryptStatic,
   generateEphemeralKeyPair,
   importEcPublicKey,
-  joseCodec,
   matchOperation,
   parseDate,
   parseKmsUri,
@@ -26,6 +26,7 @@ import {
   type ResourceRep,
   type RetryMode,
 } from '@openkms/protocol';
+import { channelCodec } from '#channel-codec';
 import { answerFor, checkStatus, readPayload } from './answers.js';
 import { decryptContent, contentKeyUri, encryptContent } from './content.js';
 import { discover, type StaticKey } from './discovery.js';
@@ -175,7 +176,7 @@ export class KmsClient {
     const kid = peekHeader(compact)?.kid;
     const channelKey = typeof kid === 'string' ? this.channelKeys.get(kid) : undefined;
     if (!channelKey) throw new KmsError('ANSWER_INVALID', 'KMS answer under an unknown channel');
-    const { plaintext, header } = await answerStep('KMS answer does not decrypt under its channel key', () => joseCodec.decryptChannel(compact, channelKey));
+    const { plaintext, header } = await answerStep('KMS answer does not decrypt under its channel key', () => channelCodec.decryptChannel(compact, channelKey));
     if (header.cty === 'JOSE') {
       const proof = dec.decode(plaintext);
       const verified = await answerStep('KMS answer\'s nested signature does not verify under its static key', () => verifyStatic(proof, key.verifyKey));
@@ -311,7 +312,7 @@ export class KmsClient {
       const requestId: RequestId = resend?.channel === channel ? resend.requestId : uuid();
       resend = undefined;
       const { plaintext, cty } = await this.sealable({ ...body, requestId }, (await this.static()).authority);
-      const message = await joseCodec.encryptChannel(plaintext, channel.key, channel.uri, cty);
+      const message = await channelCodec.encryptChannel(plaintext, channel.key, channel.uri, cty);
       let answer: Answer;
       try {
         answer = await this.getTransport(requestId).exchange(message, requestId);

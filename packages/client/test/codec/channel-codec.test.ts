@@ -1,0 +1,460 @@
+/**
+ * Differential test of the SDK's two channel codecs (src/codec/channel-node.ts on node:crypto,
+ * src/codec/channel-web.ts on jose and WebCrypto, here Node's) against `jose` itself, called
+ * directly with the restrictions the SDK uses (`dir` / `A256GCM`). Reproduce a failure with
+ * CHANNEL_CODEC_SEED=<seed>.
+ *
+ * Round trips: each variant seals and jose opens, jose seals and each variant opens, and each
+ * variant opens the other's messages (a Node client and a browser on one channel), over random keys,
+ * kids (channel URIs, unicode) and payloads (empty, binary, unicode JSON, up to 64 KB); the protected
+ * header each variant writes is jose's, byte for byte.
+ *
+ * Tampered inputs, the oracle: a variant accepts ⟺ jose accepts ∧ (node variant only) the input
+ * is strictly well-formed: every segment canonical unpadded base64url, the protected header a JSON
+ * object with no members besides alg, enc, kid (string) and cty (string). That is where the node
+ * variant is deliberately stricter (its file comment); it is computed here independently (decode
+ * and re-encode), not with the protocol's strict-jose helpers. A message that does not authenticate
+ * is refused with jose's code ERR_JWE_DECRYPTION_FAILED by every side, so the SDK's ANSWER_INVALID
+ * carries the same cause in Node and in a browser.
+ */
+import assert from 'node:assert/strict';
+import { createCipheriv, randomBytes } from 'node:crypto';
+import { test } from 'node:test';
+import { deflateRawSync } from 'node:zlib';
+import { CompactEncrypt, compactDecrypt } from 'jose';
+import { KmsError, type Decrypted, type ProtectedHeader } from '@openkms/protocol';
+import type { ChannelCodec } from '../../src/codec/channel-codec.js';
+import { channelCodec as nodeCodec } from '../../src/codec/channel-node.js';
+import { channelCodec as webCodec } from '../../src/codec/channel-web.js';
+import { seededRandom } from '../support.js';
+
+const random = seededRandom('CHANNEL_CODEC_SEED');
+const { rand, int, pick, at } = random;
+
+type Variant = 'node' | 'web';
+const VARIANTS: ReadonlyArray<readonly [Variant, ChannelCodec]> = [
+  ['node', nodeCodec],
+  ['web', webCodec],
+];
+
+/** The reference: jose's own calls, not the protocol's joseCodec the web variant wraps. */
+const jose = {
+  seal(plaintext: Uint8Array, key: Uint8Array, kid: string, cty?: string): Promise<string> {
+    return new CompactEncrypt(plaintext).setProtectedHeader({ alg: 'dir', enc: 'A256GCM', kid, ...(cty === undefined ? {} : { cty }) }).encrypt(key);
+  },
+  async open(compact: string, key: Uint8Array): Promise<Decrypted> {
+    const { plaintext, protectedHeader } = await compactDecrypt(compact, key, { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] });
+    return { plaintext, header: protectedHeader as ProtectedHeader };
+  },
+};
+
+const DECRYPTION_FAILED = 'ERR_JWE_DECRYPTION_FAILED';
+
+// --- generated inputs -------------------------------------------------------------------------------
+
+/** Characters that stress UTF-8 and JSON: multi-byte, astral, combining, RTL, separators, controls, a lone surrogate. */
+const UNICODE = ['é', 'ß', '漢', '字', '😀', '🔑', 'e\u0301', 'שלום', '\u200b', '\u2028', '\u0000', '\n', '"', '\\', '\ud800', '\udfff', '\ufeff'];
+
+function randomText(chars: number): string {
+  let s = '';
+  for (let i = 0; i < chars; i++) s += rand() < 0.6 ? String.fromCharCode(32 + int(95)) : pick(UNICODE);
+  return s;
+}
+
+/** A payload size: empty, small, around the usual answer, several KB, or 64 KB. */
+function randomSize(): number {
+  const r = rand();
+  if (r < 0.05) return 0;
+  if (r < 0.3) return 1 + int(64);
+  if (r < 0.8) return int(2048);
+  if (r < 0.98) return 2048 + int(14_000);
+  return 65_536;
+}
+
+/** Binary bytes, or a JSON answer whose strings are unicode (what the KMS and the SDK send), of about `size` bytes. */
+function randomPayload(size = randomSize()): Uint8Array {
+  if (size === 0 || rand() < 0.35) return random.bytes(size);
+  const text = JSON.stringify({ status: 200, requestId: randomText(8), value: randomText(Math.max(0, Math.floor(size / 2) - 30)) });
+  return new TextEncoder().encode(text);
+}
+
+const hex = (n: number) => Array.from(random.bytes(n), (b) => b.toString(16).padStart(2, '0')).join('');
+const channelUri = () => `kms://kms.${pick(['a.example', 'b.example'])}/ecdhe/${hex(4)}-${hex(2)}-${hex(2)}-${hex(2)}-${hex(6)}`;
+
+/** Mostly channel URIs; sometimes kids no KMS makes, which the codecs still carry alike. */
+function randomKid(): string {
+  return rand() < 0.8 ? channelUri() : pick(['', `kms://kms.é.example/ecdhe/${randomText(6)}`, randomText(int(40))]);
+}
+
+// --- helpers ----------------------------------------------------------------------------------------
+
+const b64u = (bytes: Uint8Array | string): string => (typeof bytes === 'string' ? Buffer.from(bytes, 'utf8') : Buffer.from(bytes)).toString('base64url');
+const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
+const codeOf = (error: unknown): unknown => (error as { code?: unknown } | null)?.code;
+
+type Outcome = { ok: true; plaintext: Uint8Array; header: ProtectedHeader } | { ok: false; error: unknown };
+async function outcome(run: () => Promise<Decrypted>): Promise<Outcome> {
+  try {
+    return { ok: true, ...(await run()) };
+  } catch (error) {
+    return { ok: false, error };
+  }
+}
+
+/** The independent strictness oracle (see the file comment). */
+function strictlyWellFormed(compact: string): boolean {
+  const parts = compact.split('.');
+  if (parts.length !== 5) return false;
+  if (!parts.every(isCanonical)) return false;
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(Buffer.from(parts[0]!, 'base64url')));
+  } catch {
+    return false;
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) return false;
+  return Object.entries(header).every(([name, value]) => name === 'alg' || name === 'enc' || ((name === 'kid' || name === 'cty') && typeof value === 'string'));
+}
+const isCanonical = (segment: string): boolean => Buffer.from(segment, 'base64url').toString('base64url') === segment;
+
+type Header = string | Buffer | Record<string, unknown>;
+const headerSegment = (h: Header): string => (typeof h === 'string' ? b64u(h) : Buffer.isBuffer(h) ? h.toString('base64url') : b64u(JSON.stringify(h)));
+
+/**
+ * A JWE built with node:crypto from parts, so a tampered variant is properly encrypted (its header
+ * really is the AAD) and only the property under test differs.
+ */
+function forge(o: { header: Header; headerSeg?: string; key: Uint8Array; plaintext: Uint8Array; iv?: Uint8Array; ek?: string; tagBytes?: number }): string {
+  const h = o.headerSeg ?? headerSegment(o.header);
+  const iv = o.iv ?? randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', o.key, iv, { authTagLength: 16 });
+  cipher.setAAD(Buffer.from(h, 'latin1'));
+  const ciphertext = Buffer.concat([cipher.update(o.plaintext), cipher.final()]);
+  let tag = cipher.getAuthTag();
+  if (o.tagBytes !== undefined) tag = o.tagBytes <= 16 ? tag.subarray(0, o.tagBytes) : Buffer.concat([tag, randomBytes(o.tagBytes - 16)]);
+  return [h, o.ek ?? '', b64u(iv), b64u(ciphertext), b64u(tag)].join('.');
+}
+
+/** One bit of a segment's decoded bytes flipped, re-encoded canonically (undefined when the segment is empty). */
+function flipBit(segment: string): string | undefined {
+  const bytes = Buffer.from(segment, 'base64url');
+  if (bytes.length === 0) return undefined;
+  const i = int(bytes.length);
+  bytes[i] = bytes[i]! ^ (1 << int(8));
+  return bytes.toString('base64url');
+}
+
+const B64ALPHA = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/** Tamperings of any compact JWE: characters, bits, segments, padding, alphabets, whitespace, trailing bits. */
+function genericTamper(compact: string): [string, string] {
+  const parts = compact.split('.');
+  const i = int(parts.length);
+  const seg = parts[i]!;
+  const set = (s: string): string => parts.map((p, j) => (j === i ? s : p)).join('.');
+  switch (int(12)) {
+    case 0: {
+      if (!seg) return ['char:into-empty', set(pick([...B64ALPHA]) + pick([...B64ALPHA]))];
+      const j = int(seg.length);
+      let c = pick([...B64ALPHA]);
+      while (c === seg[j]) c = pick([...B64ALPHA]);
+      return [`char:seg${i}`, set(seg.slice(0, j) + c + seg.slice(j + 1))];
+    }
+    case 1:
+      return [`bit:seg${i}`, set(flipBit(seg) ?? b64u(random.bytes(1 + int(3))))];
+    case 2:
+      return ['truncate', compact.slice(0, int(compact.length))];
+    case 3: {
+      const copy = [...parts];
+      copy.splice(int(copy.length + 1), 0, rand() < 0.5 ? '' : b64u(random.bytes(int(20))));
+      return ['add-segment', copy.join('.')];
+    }
+    case 4:
+      return ['remove-segment', parts.filter((_, j) => j !== i).join('.')];
+    case 5: {
+      const correct = (4 - (seg.length % 4)) % 4;
+      return [`padding:seg${i}`, set(seg + '='.repeat(correct && rand() < 0.7 ? correct : 1 + int(2)))];
+    }
+    case 6: {
+      if (/[-_]/.test(seg)) return [`plus-slash:seg${i}`, set(seg.replace(/-/g, '+').replace(/_/g, '/'))];
+      const j = int(seg.length + 1);
+      return [`plus-slash-insert:seg${i}`, set(seg.slice(0, j) + pick(['+', '/']) + seg.slice(j))];
+    }
+    case 7: {
+      const j = int(seg.length + 1);
+      return [`whitespace:seg${i}`, set(seg.slice(0, j) + pick([' ', '\n', '\t', '\r\n']) + seg.slice(j))];
+    }
+    case 8: {
+      // non-canonical trailing bits on a segment whose length leaves unused bits
+      const k = [4, 3, 2, 0].find((x) => parts[x]!.length % 4 >= 2);
+      if (k === undefined) return ['noncanonical:none', compact];
+      const s = parts[k]!;
+      const mask = s.length % 4 === 2 ? 0x0f : 0x03;
+      const value = (B64ALPHA.indexOf(s[s.length - 1]!) & ~mask) | (1 + int(mask));
+      return [`noncanonical:seg${k}`, parts.map((p, j) => (j === k ? s.slice(0, -1) + B64ALPHA[value] : p)).join('.')];
+    }
+    case 9:
+      return ['empty-iv', [parts[0], parts[1], '', parts[3], parts[4]].join('.')];
+    case 10:
+      return ['empty-tag', [parts[0], parts[1], parts[2], parts[3], ''].join('.')];
+    default:
+      return ['invalid-char', set(seg + pick(['!', '.', '*', '%', '~', 'é', '\u0000']))];
+  }
+}
+
+/** Protected headers other than the one the codecs write: [label, header, zip (the payload must be deflated)]. */
+function headerVariant(kid: string): [string, Header, boolean?] {
+  const base = { alg: 'dir', enc: 'A256GCM', kid };
+  switch (int(24)) {
+    case 0: return ['zip-DEF', { ...base, zip: 'DEF' }, true];
+    case 1: return ['zip-other', { ...base, zip: 'GZIP' }];
+    case 2: return ['crit', { ...base, crit: pick([['exp'], ['b64'], []]), exp: 1 }];
+    case 3: return ['jku-jwk', { ...base, [pick(['jku', 'jwk', 'x5u', 'x5c', 'x5t'])]: pick(['https://attacker.example/jwks', { kty: 'oct', k: 'AAAA' }]) }];
+    case 4: return ['epk-p2s-iv-tag', { ...base, [pick(['epk', 'p2s', 'p2c', 'apu', 'apv', 'iv', 'tag'])]: pick(['AAAAAAAAAAA', 1000, {}]) }];
+    case 5: return ['typ', { ...base, typ: 'JOSE' }];
+    case 6: return ['__proto__', `{"alg":"dir","enc":"A256GCM","kid":${JSON.stringify(kid)},"__proto__":{"x":1}}`];
+    case 7: return ['kid-not-string', { ...base, kid: pick([7, null, true, ['a'], {}]) }];
+    case 8: return ['cty-not-string', { ...base, cty: pick([1, null, { a: 1 }]) }];
+    case 9: return ['alg-other', { ...base, alg: pick(['none', 'HS256', 'RSA-OAEP', 'A256KW', 'ECDH-ES', 'DIR', 'dir ', '', 1]) }];
+    case 10: return ['enc-other', { ...base, enc: pick(['A128GCM', 'A192GCM', 'A256CBC-HS512', 'a256gcm', '', null]) }];
+    case 11: return ['no-alg-or-enc', rand() < 0.5 ? { enc: 'A256GCM', kid } : { alg: 'dir', kid }];
+    case 12: return ['not-an-object', pick(['[]', '"dir"', '1', 'null', '{', `[${JSON.stringify(base)}]`, ''])];
+    case 13: return ['bom', Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(base))])];
+    case 14: return ['bad-utf8', Buffer.from(`{"alg":"dir","enc":"A256GCM","kid":"\xff\xfe"}`, 'latin1')];
+    // valid: every side accepts these
+    case 15: case 16: return ['ok:member-order', { enc: 'A256GCM', alg: 'dir', kid }]; // node-jose's order
+    case 17: return ['ok:cty', { ...base, cty: pick(['JOSE', 'JWS', '']) }];
+    case 18: return ['ok:no-kid', { alg: 'dir', enc: 'A256GCM' }];
+    case 19: return ['ok:json-whitespace', JSON.stringify(base, null, 2)];
+    case 20: return ['ok:escaped', JSON.stringify(base).replace('"dir"', '"\\u0064ir"')];
+    default: return ['ok:duplicate-member', `{"alg":"HS256","alg":"dir","enc":"A256GCM","kid":${JSON.stringify(kid)}}`];
+  }
+}
+
+// --- the differential checker ---------------------------------------------------------------------
+
+interface Stats {
+  cases: number;
+  bothAccept: number;
+  bothReject: number;
+  stricterHeader: number;
+  stricterEncoding: number;
+  decryptionFailed: number;
+}
+const newStats = (): Stats => ({ cases: 0, bothAccept: 0, bothReject: 0, stricterHeader: 0, stricterEncoding: 0, decryptionFailed: 0 });
+
+async function differential(stats: Stats, variant: Variant, codec: ChannelCodec, kind: string, compact: string, key: Uint8Array): Promise<void> {
+  const reference = await outcome(() => jose.open(compact, key));
+  const mine = await outcome(() => codec.decryptChannel(compact, key));
+  const strict = strictlyWellFormed(compact);
+  const where = at(`${variant}, ${kind}: ${JSON.stringify(compact.length > 300 ? compact.slice(0, 300) + '…' : compact)}`);
+  stats.cases++;
+  if (reference.ok && (variant === 'web' || strict)) {
+    assert.ok(mine.ok, `rejected what jose accepts: ${where}: ${mine.ok ? '' : String(mine.error)}`);
+    assert.ok(sameBytes(mine.plaintext, reference.plaintext), `plaintexts differ: ${where}`);
+    assert.deepEqual(mine.header, reference.header, `headers differ: ${where}`);
+    stats.bothAccept++;
+    return;
+  }
+  assert.ok(!mine.ok, `accepted (jose ${reference.ok ? 'accepted, but it is not strictly well-formed' : 'rejected'}): ${where}`);
+  // answerStep (failures.ts) turns exactly the non-KmsErrors into ANSWER_INVALID, with the error as cause.
+  assert.ok(mine.error instanceof Error && !(mine.error instanceof KmsError), `must reject with a plain Error: ${where}`);
+  if (reference.ok) {
+    if (compact.split('.').every(isCanonical)) stats.stricterHeader++;
+    else stats.stricterEncoding++;
+    return;
+  }
+  stats.bothReject++;
+  const [referenceCode, code] = [codeOf(reference.error), codeOf(mine.error)];
+  if (variant === 'web') assert.equal(code, referenceCode, `jose's own code: ${where}`);
+  if (code === DECRYPTION_FAILED) assert.equal(referenceCode, DECRYPTION_FAILED, `only what jose finds unauthentic is called so: ${where}`);
+  if (referenceCode === DECRYPTION_FAILED && strict) assert.equal(code, DECRYPTION_FAILED, `a well-formed message that does not authenticate: ${where}`);
+  if (code === DECRYPTION_FAILED) stats.decryptionFailed++;
+}
+
+// --- tests ------------------------------------------------------------------------------------------
+
+test('each variant and jose open each other\'s messages: 1,500 random keys, kids and payloads (empty to 64 KB, unicode)', async () => {
+  const sizes = { empty: 0, multiKb: 0 };
+  for (let i = 0; i < 1500; i++) {
+    const key = random.bytes(32);
+    const kid = randomKid();
+    const cty = rand() < 0.25 ? 'JOSE' : undefined;
+    const plaintext = randomPayload(i === 0 ? 0 : undefined);
+    if (plaintext.length === 0) sizes.empty++;
+    if (plaintext.length >= 4096) sizes.multiKb++;
+    const where = at(`#${i}: ${plaintext.length} bytes, kid ${JSON.stringify(kid)}${cty ? `, cty ${cty}` : ''}`);
+    const header = cty === undefined ? { alg: 'dir', enc: 'A256GCM', kid } : { alg: 'dir', enc: 'A256GCM', kid, cty };
+    const byJose = await jose.seal(plaintext, key, kid, cty);
+    const sealed = new Map<Variant, string>();
+    for (const [variant, codec] of VARIANTS) {
+      const compact = await codec.encryptChannel(plaintext, key, kid, cty);
+      const [h, encryptedKey, iv, , tag] = compact.split('.');
+      assert.equal(h, byJose.split('.')[0], `${variant}: the protected header is jose's, byte for byte: ${where}`);
+      assert.equal(encryptedKey, '', `${variant}: no encrypted key with dir: ${where}`);
+      assert.equal(Buffer.from(iv!, 'base64url').length, 12, `${variant}: a 96-bit IV: ${where}`);
+      assert.equal(Buffer.from(tag!, 'base64url').length, 16, `${variant}: a 128-bit tag: ${where}`);
+      assert.ok(strictlyWellFormed(compact), `${variant}: what it writes, the strict reader accepts: ${where}`);
+      const opened = await jose.open(compact, key);
+      assert.ok(sameBytes(opened.plaintext, plaintext), `${variant} seals, jose opens: ${where}`);
+      assert.deepEqual(opened.header, header, where);
+      const fromJose = await codec.decryptChannel(byJose, key);
+      assert.ok(sameBytes(fromJose.plaintext, plaintext), `jose seals, ${variant} opens: ${where}`);
+      assert.deepEqual(fromJose.header, header, where);
+      sealed.set(variant, compact);
+    }
+    for (const [variant, codec] of VARIANTS) {
+      const other = variant === 'node' ? 'web' : 'node';
+      const opened = await codec.decryptChannel(sealed.get(other)!, key);
+      assert.ok(sameBytes(opened.plaintext, plaintext), `${other} seals, ${variant} opens: ${where}`);
+      assert.deepEqual(opened.header, header, where);
+    }
+  }
+  assert.ok(sizes.empty > 0 && sizes.multiKb > 0, at(`empty and multi-KB payloads among the cases: ${JSON.stringify(sizes)}`));
+});
+
+test('tampered inputs: each variant accepts exactly what jose accepts (the node variant being stricter on headers and encoding only)', async () => {
+  const stats = new Map<Variant, Stats>(VARIANTS.map(([variant]) => [variant, newStats()]));
+  for (let i = 0; i < 1500; i++) {
+    const key = random.bytes(32);
+    const kid = randomKid();
+    const plaintext = randomPayload(rand() < 0.9 ? int(200) : undefined);
+    const sealer = pick([nodeCodec, webCodec, { encryptChannel: jose.seal }]);
+    const base = await sealer.encryptChannel(plaintext, key, kid);
+    let kind: string;
+    let compact: string;
+    let openKey = key;
+    const r = int(20);
+    if (r < 10) {
+      [kind, compact] = genericTamper(base);
+    } else if (r < 16) {
+      const [label, header, zip] = headerVariant(kid);
+      kind = `header:${label}`;
+      compact = forge({ header, key, plaintext: zip ? deflateRawSync(plaintext) : plaintext });
+    } else if (r === 16) {
+      kind = 'wrong-key';
+      compact = base;
+      openKey = random.bytes(32);
+    } else if (r === 17) {
+      const n = pick([0, 1, 8, 11, 13, 16, 32]);
+      kind = `iv-length:${n}`;
+      // node:crypto refuses an empty IV, so that one is cut out of a message made with 12 bytes
+      const forged = forge({ header: { alg: 'dir', enc: 'A256GCM', kid }, key, plaintext, iv: randomBytes(n === 0 ? 12 : n) }).split('.');
+      if (n === 0) forged[2] = '';
+      compact = forged.join('.');
+    } else if (r === 18) {
+      const n = pick([0, 1, 12, 15, 17, 32]);
+      kind = `tag-length:${n}`;
+      compact = forge({ header: { alg: 'dir', enc: 'A256GCM', kid }, key, plaintext, tagBytes: n });
+    } else {
+      // dir with an encrypted key, or a header segment with padding or whitespace, used verbatim as AAD
+      const h = b64u(JSON.stringify({ alg: 'dir', enc: 'A256GCM', kid }));
+      const v = int(3);
+      kind = ['dir-with-encrypted-key', 'header-padding-as-aad', 'header-whitespace-as-aad'][v]!;
+      compact = v === 0
+        ? forge({ header: { alg: 'dir', enc: 'A256GCM', kid }, key, plaintext, ek: b64u(random.bytes(1 + int(40))) })
+        : forge({ header: '', headerSeg: v === 1 ? h + '='.repeat((4 - (h.length % 4)) % 4 || 4) : `${h.slice(0, 8)} ${h.slice(8)}`, key, plaintext });
+    }
+    for (const [variant, codec] of VARIANTS) await differential(stats.get(variant)!, variant, codec, kind, compact, openKey);
+  }
+  for (const [variant, s] of stats) {
+    console.log(
+      `${variant}: ${s.cases} tampered cases: both accept ${s.bothAccept}, both reject ${s.bothReject} (${s.decryptionFailed} as ${DECRYPTION_FAILED}), ` +
+        `jose accepts but the variant (stricter) rejects ${s.stricterHeader} on header members, ${s.stricterEncoding} on non-canonical base64url`,
+    );
+    assert.ok(s.bothAccept > 0 && s.bothReject > 0 && s.decryptionFailed > 0, at(`${variant}: every class exercised`));
+  }
+  const node = stats.get('node')!;
+  const web = stats.get('web')!;
+  assert.ok(node.stricterHeader > 0 && node.stricterEncoding > 0, at('the node variant\'s strictness exercised'));
+  assert.equal(web.stricterHeader + web.stricterEncoding, 0, 'the web variant is jose');
+});
+
+test('a tag, ciphertext, IV or protected header changed in transit, or another key, is refused by jose and both variants as ERR_JWE_DECRYPTION_FAILED', async () => {
+  const counts = new Map<string, number>();
+  for (let i = 0; i < 400; i++) {
+    const key = random.bytes(32);
+    const kid = channelUri();
+    const plaintext = randomPayload(1 + int(3000)); // never empty: the ciphertext has a bit to flip
+    const sealer = pick([nodeCodec, webCodec, { encryptChannel: jose.seal }]);
+    const [h, ek, iv, ct, tag] = (await sealer.encryptChannel(plaintext, key, kid, rand() < 0.3 ? 'JOSE' : undefined)).split('.') as [string, string, string, string, string];
+    const part = pick(['tag', 'ciphertext', 'iv', 'header', 'key'] as const);
+    let openKey = key;
+    let compact: string;
+    switch (part) {
+      case 'tag': compact = [h, ek, iv, ct, flipBit(tag)].join('.'); break;
+      case 'ciphertext': compact = [h, ek, iv, flipBit(ct), tag].join('.'); break;
+      case 'iv': compact = [h, ek, flipBit(iv), ct, tag].join('.'); break;
+      case 'header': {
+        // a header every side accepts, so only the AAD tells: another channel's kid, or the same members reordered
+        const other = rand() < 0.5 ? { alg: 'dir', enc: 'A256GCM', kid: channelUri() } : { enc: 'A256GCM', alg: 'dir', kid };
+        compact = [b64u(JSON.stringify(other)), ek, iv, ct, tag].join('.');
+        break;
+      }
+      default:
+        compact = [h, ek, iv, ct, tag].join('.');
+        openKey = random.bytes(32);
+    }
+    counts.set(part, (counts.get(part) ?? 0) + 1);
+    const where = at(`#${i}, ${part} changed`);
+    const sides: Array<readonly [string, (c: string, k: Uint8Array) => Promise<Decrypted>]> = [['jose', jose.open], ...VARIANTS.map(([v, c]) => [v, c.decryptChannel] as const)];
+    for (const [side, open] of sides) {
+      const result = await outcome(() => open(compact, openKey));
+      assert.ok(!result.ok, `${side} accepted: ${where}`);
+      assert.equal(codeOf(result.error), DECRYPTION_FAILED, `${side}: ${where}: ${String(result.error)}`);
+    }
+  }
+  assert.equal(counts.size, 5, at('every part changed at least once'));
+});
+
+test('keys that are not 32 bytes, and arguments of the wrong type, are refused by both variants as jose refuses them', async () => {
+  const plaintext = new TextEncoder().encode('{"status":200}');
+  const good = await jose.seal(plaintext, random.bytes(32), channelUri());
+  const sides: Array<readonly [string, Pick<ChannelCodec, 'encryptChannel' | 'decryptChannel'>]> = [['jose', { encryptChannel: jose.seal, decryptChannel: jose.open }], ...VARIANTS];
+  const failure = async (run: () => Promise<unknown>): Promise<string> => {
+    try {
+      await run();
+    } catch (error) {
+      return error instanceof TypeError ? 'TypeError' : String(codeOf(error));
+    }
+    return 'accepted';
+  };
+  const bad: Array<readonly [string, unknown]> = [['16 bytes', random.bytes(16)], ['31 bytes', random.bytes(31)], ['33 bytes', random.bytes(33)], ['empty', new Uint8Array(0)], ['a string', 'k'.repeat(32)]];
+  for (const [label, key] of bad) {
+    const outcomes = await Promise.all(sides.map(async ([side, codec]) => [side, await failure(() => codec.encryptChannel(plaintext, key as Uint8Array, 'kid')), await failure(() => codec.decryptChannel(good, key as Uint8Array))].join(' ')));
+    const expected = label === 'a string' ? 'TypeError' : 'ERR_JWE_INVALID';
+    assert.deepEqual(outcomes, sides.map(([side]) => `${side} ${expected} ${expected}`), `a key of ${label}`);
+  }
+  for (const [, codec] of VARIANTS) {
+    assert.equal(await failure(() => codec.encryptChannel('text' as unknown as Uint8Array, random.bytes(32), 'kid')), 'TypeError');
+    assert.notEqual(await failure(() => codec.decryptChannel(42 as unknown as string, random.bytes(32))), 'accepted');
+  }
+});
+
+test('the node variant never repeats an IV: 5,000 seals, across IV-pool refills', async () => {
+  const key = random.bytes(32);
+  const seen = new Set<string>();
+  for (let i = 0; i < 5000; i++) seen.add((await nodeCodec.encryptChannel(new Uint8Array(0), key, 'kid')).split('.')[2]!);
+  assert.equal(seen.size, 5000);
+});
+
+test('the node variant\'s failures carry no key material and no plaintext', async () => {
+  const key = random.bytes(32);
+  const wrong = random.bytes(32);
+  const secret = 'secret-answer-text';
+  const compact = await nodeCodec.encryptChannel(new TextEncoder().encode(secret), key, channelUri());
+  const [h, ek, iv, ct, tag] = compact.split('.') as [string, string, string, string, string];
+  const attempts: Array<readonly [string, Uint8Array]> = [
+    [compact, wrong],
+    [[h, ek, iv, ct, flipBit(tag)].join('.'), key],
+    [[h, b64u(key), iv, ct, tag].join('.'), key],
+    [[b64u(`{"alg":"dir","enc":"A256GCM","k":"${b64u(key)}"}`), ek, iv, ct, tag].join('.'), key],
+  ];
+  for (const [input, openKey] of attempts) {
+    const error = await nodeCodec.decryptChannel(input, openKey).then(() => assert.fail('accepted'), (e: unknown) => e);
+    assert.ok(error instanceof Error);
+    const text = `${error.message} ${String(codeOf(error))} ${error.stack ?? ''}`;
+    for (const k of [key, wrong]) for (const encoding of ['hex', 'base64', 'base64url'] as const) assert.ok(!text.includes(Buffer.from(k).toString(encoding)), text);
+    assert.ok(!text.includes(secret), text);
+  }
+});
