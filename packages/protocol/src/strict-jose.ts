@@ -1,10 +1,11 @@
 /**
  * What a strict reader of the wire's fixed JOSE shapes accepts beyond what `jose` checks
  * (ARCHITECTURE.md "The hot path"): every segment canonical unpadded base64url, and a protected
- * header with exactly `alg` and `enc` (the expected values) plus optionally `kid` and `cty`, both
- * strings. `jose` ignores unknown members (and inflates `zip: "DEF"`) and, decoding with `atob`,
- * accepts padding, whitespace and non-canonical trailing bits, which would make a ciphertext
- * malleable in its encoding. Every KMS and `node-kms` client sends nothing more than this.
+ * header with exactly `alg` (and, in a JWE, `enc`) with the expected values, plus optionally `kid`
+ * and `cty`, both strings. `jose` ignores unknown members (and inflates `zip: "DEF"`, honours
+ * `b64: false`) and, decoding with `atob`, accepts padding, whitespace and non-canonical trailing
+ * bits, which would make a message malleable in its encoding. Every KMS and `node-kms` client
+ * sends nothing more than this.
  *
  * Pure string and object checks, with no `node:` import, so a `node:crypto` codec anywhere in the
  * project applies the same rules (the SDK's channel-node.ts; the server's fast-codec.ts states them
@@ -42,16 +43,19 @@ export type HeaderProblem = 'not an object' | 'member of the wrong type' | 'unsu
 
 /**
  * Checks a parsed protected header (the value `JSON.parse` gave): a plain JSON object whose members
- * are exactly `alg` (one of `algs`) and `enc` (= `enc`), plus optionally `kid` and `cty` (strings).
- * Member order is not significant. Returns the first problem found, or undefined when it is fine.
+ * are exactly `alg` (one of `algs`) and, for a JWE, `enc` (= `enc`), plus optionally `kid` and `cty`
+ * (strings). For a JWS (`enc` undefined) an `enc` member is one too many. Member order is not
+ * significant. Returns the first problem found, or undefined when it is fine.
  */
-export function protectedHeaderProblem(header: unknown, algs: readonly string[], enc: string): HeaderProblem | undefined {
+export function protectedHeaderProblem(header: unknown, algs: readonly string[], enc?: string): HeaderProblem | undefined {
   if (typeof header !== 'object' || header === null || Array.isArray(header)) return 'not an object';
   const members = header as ProtectedHeader;
   for (const name of Object.keys(members)) {
     switch (name) {
       case 'alg':
+        break;
       case 'enc':
+        if (enc === undefined) return 'unsupported member';
         break;
       case 'kid':
       case 'cty':
@@ -62,6 +66,6 @@ export function protectedHeaderProblem(header: unknown, algs: readonly string[],
     }
   }
   if (typeof members.alg !== 'string' || !algs.includes(members.alg)) return 'alg not allowed';
-  if (members.enc !== enc) return 'enc not allowed';
+  if (enc !== undefined && members.enc !== enc) return 'enc not allowed';
   return undefined;
 }

@@ -1,6 +1,7 @@
 /**
  * The strict reader's rules (src/strict-jose.ts), each both ways: canonical base64url against every
- * way Node's lenient decoder would still read a segment, and the protected-header member rules.
+ * way Node's lenient decoder would still read a segment, and the protected-header member rules of a
+ * JWE and of a JWS.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -55,5 +56,14 @@ describe('protectedHeaderProblem', () => {
     }
     for (const alg of [undefined, 'DIR', 'dir ', 'RSA-OAEP', 'none', 1]) assert.equal(check({ alg, enc: 'A256GCM' }), 'alg not allowed', String(alg));
     for (const enc of [undefined, 'A128GCM', 'a256gcm', null]) assert.equal(check({ alg: 'dir', enc }), 'enc not allowed', String(enc));
+  });
+
+  test('a JWS header (no enc expected): alg, kid and cty only', () => {
+    const jws = (header: unknown) => protectedHeaderProblem(header, ['PS256']);
+    assert.equal(jws({ alg: 'PS256', kid: 'kms://kms.a.example' }), undefined);
+    assert.equal(jws({ kid: 'kms://kms.a.example', alg: 'PS256', cty: 'JWT' }), undefined);
+    assert.equal(jws({ alg: 'PS256', enc: 'A256GCM' }), 'unsupported member');
+    for (const member of ['b64', 'crit', 'typ', 'jwk', 'x5c']) assert.equal(jws({ alg: 'PS256', [member]: false }), 'unsupported member', member);
+    for (const alg of ['RS256', 'PS384', 'none', 'ps256', undefined]) assert.equal(jws({ alg }), 'alg not allowed', String(alg));
   });
 });

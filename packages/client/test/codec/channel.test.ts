@@ -1,7 +1,7 @@
 /**
- * Differential test of the SDK's two channel codecs (src/codec/channel-node.ts on node:crypto,
- * src/codec/channel-web.ts on jose and WebCrypto, here Node's) against `jose` itself, called
- * directly with the restrictions the SDK uses (`dir` / `A256GCM`). Reproduce a failure with
+ * Differential test of the channel half of the SDK's two codecs (src/codec/node.ts on node:crypto,
+ * src/codec/web.ts on jose and WebCrypto, here Node's) against `jose` itself, called directly with
+ * the restrictions the SDK uses (`dir` / `A256GCM`). Reproduce a failure with
  * CHANNEL_CODEC_SEED=<seed>.
  *
  * Round trips: each variant seals and jose opens, jose seals and each variant opens, and each
@@ -12,8 +12,8 @@
  * Tampered inputs, the oracle: a variant accepts ⟺ jose accepts ∧ (node variant only) the input
  * is strictly well-formed: every segment canonical unpadded base64url, the protected header a JSON
  * object with no members besides alg, enc, kid (string) and cty (string). That is where the node
- * variant is deliberately stricter (its file comment); it is computed here independently (decode
- * and re-encode), not with the protocol's strict-jose helpers. A message that does not authenticate
+ * variant is deliberately stricter (its file comment); it is computed independently (decode and
+ * re-encode, inputs.ts), not with the protocol's strict-jose helpers. A message that does not authenticate
  * is refused with jose's code ERR_JWE_DECRYPTION_FAILED by every side, so the SDK's ANSWER_INVALID
  * carries the same cause in Node and in a browser.
  */
@@ -23,15 +23,17 @@ import { test } from 'node:test';
 import { deflateRawSync } from 'node:zlib';
 import { CompactEncrypt, compactDecrypt } from 'jose';
 import { KmsError, type Decrypted, type ProtectedHeader } from '@openkms/protocol';
-import type { ChannelCodec } from '../../src/codec/channel-codec.js';
-import { channelCodec as nodeCodec } from '../../src/codec/channel-node.js';
-import { channelCodec as webCodec } from '../../src/codec/channel-web.js';
+import type { ClientCodec } from '../../src/codec/client-codec.js';
+import { clientCodec as nodeCodec } from '../../src/codec/node.js';
+import { clientCodec as webCodec } from '../../src/codec/web.js';
 import { seededRandom } from '../support.js';
+import { b64u, codeOf, codecInputs, headerSegment, isCanonical, outcome, sameBytes, strictlyWellFormed, type Header } from './inputs.js';
 
 const random = seededRandom('CHANNEL_CODEC_SEED');
 const { rand, int, pick, at } = random;
 
 type Variant = 'node' | 'web';
+type ChannelCodec = Pick<ClientCodec, 'encryptChannel' | 'decryptChannel'>;
 const VARIANTS: ReadonlyArray<readonly [Variant, ChannelCodec]> = [
   ['node', nodeCodec],
   ['web', webCodec],
@@ -49,76 +51,13 @@ const jose = {
 };
 
 const DECRYPTION_FAILED = 'ERR_JWE_DECRYPTION_FAILED';
-
-// --- generated inputs -------------------------------------------------------------------------------
-
-/** Characters that stress UTF-8 and JSON: multi-byte, astral, combining, RTL, separators, controls, a lone surrogate. */
-const UNICODE = ['é', 'ß', '漢', '字', '😀', '🔑', 'e\u0301', 'שלום', '\u200b', '\u2028', '\u0000', '\n', '"', '\\', '\ud800', '\udfff', '\ufeff'];
-
-function randomText(chars: number): string {
-  let s = '';
-  for (let i = 0; i < chars; i++) s += rand() < 0.6 ? String.fromCharCode(32 + int(95)) : pick(UNICODE);
-  return s;
-}
-
-/** A payload size: empty, small, around the usual answer, several KB, or 64 KB. */
-function randomSize(): number {
-  const r = rand();
-  if (r < 0.05) return 0;
-  if (r < 0.3) return 1 + int(64);
-  if (r < 0.8) return int(2048);
-  if (r < 0.98) return 2048 + int(14_000);
-  return 65_536;
-}
-
-/** Binary bytes, or a JSON answer whose strings are unicode (what the KMS and the SDK send), of about `size` bytes. */
-function randomPayload(size = randomSize()): Uint8Array {
-  if (size === 0 || rand() < 0.35) return random.bytes(size);
-  const text = JSON.stringify({ status: 200, requestId: randomText(8), value: randomText(Math.max(0, Math.floor(size / 2) - 30)) });
-  return new TextEncoder().encode(text);
-}
-
-const hex = (n: number) => Array.from(random.bytes(n), (b) => b.toString(16).padStart(2, '0')).join('');
-const channelUri = () => `kms://kms.${pick(['a.example', 'b.example'])}/ecdhe/${hex(4)}-${hex(2)}-${hex(2)}-${hex(2)}-${hex(6)}`;
+const { randomText, randomPayload, channelUri, flipBit, segmentTamper, extraMembers } = codecInputs(random);
+const strict = (compact: string) => strictlyWellFormed(compact, 5, ['alg', 'enc', 'kid', 'cty']);
 
 /** Mostly channel URIs; sometimes kids no KMS makes, which the codecs still carry alike. */
 function randomKid(): string {
   return rand() < 0.8 ? channelUri() : pick(['', `kms://kms.é.example/ecdhe/${randomText(6)}`, randomText(int(40))]);
 }
-
-// --- helpers ----------------------------------------------------------------------------------------
-
-const b64u = (bytes: Uint8Array | string): string => (typeof bytes === 'string' ? Buffer.from(bytes, 'utf8') : Buffer.from(bytes)).toString('base64url');
-const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
-const codeOf = (error: unknown): unknown => (error as { code?: unknown } | null)?.code;
-
-type Outcome = { ok: true; plaintext: Uint8Array; header: ProtectedHeader } | { ok: false; error: unknown };
-async function outcome(run: () => Promise<Decrypted>): Promise<Outcome> {
-  try {
-    return { ok: true, ...(await run()) };
-  } catch (error) {
-    return { ok: false, error };
-  }
-}
-
-/** The independent strictness oracle (see the file comment). */
-function strictlyWellFormed(compact: string): boolean {
-  const parts = compact.split('.');
-  if (parts.length !== 5) return false;
-  if (!parts.every(isCanonical)) return false;
-  let header: unknown;
-  try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(Buffer.from(parts[0]!, 'base64url')));
-  } catch {
-    return false;
-  }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) return false;
-  return Object.entries(header).every(([name, value]) => name === 'alg' || name === 'enc' || ((name === 'kid' || name === 'cty') && typeof value === 'string'));
-}
-const isCanonical = (segment: string): boolean => Buffer.from(segment, 'base64url').toString('base64url') === segment;
-
-type Header = string | Buffer | Record<string, unknown>;
-const headerSegment = (h: Header): string => (typeof h === 'string' ? b64u(h) : Buffer.isBuffer(h) ? h.toString('base64url') : b64u(JSON.stringify(h)));
 
 /**
  * A JWE built with node:crypto from parts, so a tampered variant is properly encrypted (its header
@@ -135,98 +74,27 @@ function forge(o: { header: Header; headerSeg?: string; key: Uint8Array; plainte
   return [h, o.ek ?? '', b64u(iv), b64u(ciphertext), b64u(tag)].join('.');
 }
 
-/** One bit of a segment's decoded bytes flipped, re-encoded canonically (undefined when the segment is empty). */
-function flipBit(segment: string): string | undefined {
-  const bytes = Buffer.from(segment, 'base64url');
-  if (bytes.length === 0) return undefined;
-  const i = int(bytes.length);
-  bytes[i] = bytes[i]! ^ (1 << int(8));
-  return bytes.toString('base64url');
-}
-
-const B64ALPHA = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
-
-/** Tamperings of any compact JWE: characters, bits, segments, padding, alphabets, whitespace, trailing bits. */
-function genericTamper(compact: string): [string, string] {
-  const parts = compact.split('.');
-  const i = int(parts.length);
-  const seg = parts[i]!;
-  const set = (s: string): string => parts.map((p, j) => (j === i ? s : p)).join('.');
-  switch (int(12)) {
-    case 0: {
-      if (!seg) return ['char:into-empty', set(pick([...B64ALPHA]) + pick([...B64ALPHA]))];
-      const j = int(seg.length);
-      let c = pick([...B64ALPHA]);
-      while (c === seg[j]) c = pick([...B64ALPHA]);
-      return [`char:seg${i}`, set(seg.slice(0, j) + c + seg.slice(j + 1))];
-    }
-    case 1:
-      return [`bit:seg${i}`, set(flipBit(seg) ?? b64u(random.bytes(1 + int(3))))];
-    case 2:
-      return ['truncate', compact.slice(0, int(compact.length))];
-    case 3: {
-      const copy = [...parts];
-      copy.splice(int(copy.length + 1), 0, rand() < 0.5 ? '' : b64u(random.bytes(int(20))));
-      return ['add-segment', copy.join('.')];
-    }
-    case 4:
-      return ['remove-segment', parts.filter((_, j) => j !== i).join('.')];
-    case 5: {
-      const correct = (4 - (seg.length % 4)) % 4;
-      return [`padding:seg${i}`, set(seg + '='.repeat(correct && rand() < 0.7 ? correct : 1 + int(2)))];
-    }
-    case 6: {
-      if (/[-_]/.test(seg)) return [`plus-slash:seg${i}`, set(seg.replace(/-/g, '+').replace(/_/g, '/'))];
-      const j = int(seg.length + 1);
-      return [`plus-slash-insert:seg${i}`, set(seg.slice(0, j) + pick(['+', '/']) + seg.slice(j))];
-    }
-    case 7: {
-      const j = int(seg.length + 1);
-      return [`whitespace:seg${i}`, set(seg.slice(0, j) + pick([' ', '\n', '\t', '\r\n']) + seg.slice(j))];
-    }
-    case 8: {
-      // non-canonical trailing bits on a segment whose length leaves unused bits
-      const k = [4, 3, 2, 0].find((x) => parts[x]!.length % 4 >= 2);
-      if (k === undefined) return ['noncanonical:none', compact];
-      const s = parts[k]!;
-      const mask = s.length % 4 === 2 ? 0x0f : 0x03;
-      const value = (B64ALPHA.indexOf(s[s.length - 1]!) & ~mask) | (1 + int(mask));
-      return [`noncanonical:seg${k}`, parts.map((p, j) => (j === k ? s.slice(0, -1) + B64ALPHA[value] : p)).join('.')];
-    }
-    case 9:
-      return ['empty-iv', [parts[0], parts[1], '', parts[3], parts[4]].join('.')];
-    case 10:
-      return ['empty-tag', [parts[0], parts[1], parts[2], parts[3], ''].join('.')];
-    default:
-      return ['invalid-char', set(seg + pick(['!', '.', '*', '%', '~', 'é', '\u0000']))];
-  }
-}
-
 /** Protected headers other than the one the codecs write: [label, header, zip (the payload must be deflated)]. */
 function headerVariant(kid: string): [string, Header, boolean?] {
   const base = { alg: 'dir', enc: 'A256GCM', kid };
-  switch (int(24)) {
-    case 0: return ['zip-DEF', { ...base, zip: 'DEF' }, true];
-    case 1: return ['zip-other', { ...base, zip: 'GZIP' }];
-    case 2: return ['crit', { ...base, crit: pick([['exp'], ['b64'], []]), exp: 1 }];
-    case 3: return ['jku-jwk', { ...base, [pick(['jku', 'jwk', 'x5u', 'x5c', 'x5t'])]: pick(['https://attacker.example/jwks', { kty: 'oct', k: 'AAAA' }]) }];
-    case 4: return ['epk-p2s-iv-tag', { ...base, [pick(['epk', 'p2s', 'p2c', 'apu', 'apv', 'iv', 'tag'])]: pick(['AAAAAAAAAAA', 1000, {}]) }];
-    case 5: return ['typ', { ...base, typ: 'JOSE' }];
-    case 6: return ['__proto__', `{"alg":"dir","enc":"A256GCM","kid":${JSON.stringify(kid)},"__proto__":{"x":1}}`];
-    case 7: return ['kid-not-string', { ...base, kid: pick([7, null, true, ['a'], {}]) }];
-    case 8: return ['cty-not-string', { ...base, cty: pick([1, null, { a: 1 }]) }];
-    case 9: return ['alg-other', { ...base, alg: pick(['none', 'HS256', 'RSA-OAEP', 'A256KW', 'ECDH-ES', 'DIR', 'dir ', '', 1]) }];
-    case 10: return ['enc-other', { ...base, enc: pick(['A128GCM', 'A192GCM', 'A256CBC-HS512', 'a256gcm', '', null]) }];
-    case 11: return ['no-alg-or-enc', rand() < 0.5 ? { enc: 'A256GCM', kid } : { alg: 'dir', kid }];
-    case 12: return ['not-an-object', pick(['[]', '"dir"', '1', 'null', '{', `[${JSON.stringify(base)}]`, ''])];
-    case 13: return ['bom', Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(base))])];
-    case 14: return ['bad-utf8', Buffer.from(`{"alg":"dir","enc":"A256GCM","kid":"\xff\xfe"}`, 'latin1')];
+  switch (int(18)) {
+    case 0: case 1: case 2: {
+      const [label, members] = extraMembers();
+      return [`member:${label}`, { ...base, ...members }, members.zip === 'DEF'];
+    }
+    case 3: return ['__proto__', `{"alg":"dir","enc":"A256GCM","kid":${JSON.stringify(kid)},"__proto__":{"x":1}}`];
+    case 4: return ['alg-other', { ...base, alg: pick(['none', 'HS256', 'RSA-OAEP', 'A256KW', 'ECDH-ES', 'DIR', 'dir ', '', 1]) }];
+    case 5: return ['enc-other', { ...base, enc: pick(['A128GCM', 'A192GCM', 'A256CBC-HS512', 'a256gcm', '', null]) }];
+    case 6: return ['no-alg-or-enc', rand() < 0.5 ? { enc: 'A256GCM', kid } : { alg: 'dir', kid }];
+    case 7: return ['not-an-object', pick(['[]', '"dir"', '1', 'null', '{', `[${JSON.stringify(base)}]`, ''])];
+    case 8: return ['bom', Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(base))])];
+    case 9: return ['bad-utf8', Buffer.from(`{"alg":"dir","enc":"A256GCM","kid":"\xff\xfe"}`, 'latin1')];
     // valid: every side accepts these
-    case 15: case 16: return ['ok:member-order', { enc: 'A256GCM', alg: 'dir', kid }]; // node-jose's order
-    case 17: return ['ok:cty', { ...base, cty: pick(['JOSE', 'JWS', '']) }];
-    case 18: return ['ok:no-kid', { alg: 'dir', enc: 'A256GCM' }];
-    case 19: return ['ok:json-whitespace', JSON.stringify(base, null, 2)];
-    case 20: return ['ok:escaped', JSON.stringify(base).replace('"dir"', '"\\u0064ir"')];
+    case 10: case 11: return ['ok:member-order', { enc: 'A256GCM', alg: 'dir', kid }]; // node-jose's order
+    case 12: return ['ok:cty', { ...base, cty: pick(['JOSE', 'JWS', '']) }];
+    case 13: return ['ok:no-kid', { alg: 'dir', enc: 'A256GCM' }];
+    case 14: return ['ok:json-whitespace', JSON.stringify(base, null, 2)];
+    case 15: return ['ok:escaped', JSON.stringify(base).replace('"dir"', '"\\u0064ir"')];
     default: return ['ok:duplicate-member', `{"alg":"HS256","alg":"dir","enc":"A256GCM","kid":${JSON.stringify(kid)}}`];
   }
 }
@@ -246,10 +114,10 @@ const newStats = (): Stats => ({ cases: 0, bothAccept: 0, bothReject: 0, stricte
 async function differential(stats: Stats, variant: Variant, codec: ChannelCodec, kind: string, compact: string, key: Uint8Array): Promise<void> {
   const reference = await outcome(() => jose.open(compact, key));
   const mine = await outcome(() => codec.decryptChannel(compact, key));
-  const strict = strictlyWellFormed(compact);
+  const isStrict = strict(compact);
   const where = at(`${variant}, ${kind}: ${JSON.stringify(compact.length > 300 ? compact.slice(0, 300) + '…' : compact)}`);
   stats.cases++;
-  if (reference.ok && (variant === 'web' || strict)) {
+  if (reference.ok && (variant === 'web' || isStrict)) {
     assert.ok(mine.ok, `rejected what jose accepts: ${where}: ${mine.ok ? '' : String(mine.error)}`);
     assert.ok(sameBytes(mine.plaintext, reference.plaintext), `plaintexts differ: ${where}`);
     assert.deepEqual(mine.header, reference.header, `headers differ: ${where}`);
@@ -268,7 +136,7 @@ async function differential(stats: Stats, variant: Variant, codec: ChannelCodec,
   const [referenceCode, code] = [codeOf(reference.error), codeOf(mine.error)];
   if (variant === 'web') assert.equal(code, referenceCode, `jose's own code: ${where}`);
   if (code === DECRYPTION_FAILED) assert.equal(referenceCode, DECRYPTION_FAILED, `only what jose finds unauthentic is called so: ${where}`);
-  if (referenceCode === DECRYPTION_FAILED && strict) assert.equal(code, DECRYPTION_FAILED, `a well-formed message that does not authenticate: ${where}`);
+  if (referenceCode === DECRYPTION_FAILED && isStrict) assert.equal(code, DECRYPTION_FAILED, `a well-formed message that does not authenticate: ${where}`);
   if (code === DECRYPTION_FAILED) stats.decryptionFailed++;
 }
 
@@ -294,7 +162,7 @@ test('each variant and jose open each other\'s messages: 1,500 random keys, kids
       assert.equal(encryptedKey, '', `${variant}: no encrypted key with dir: ${where}`);
       assert.equal(Buffer.from(iv!, 'base64url').length, 12, `${variant}: a 96-bit IV: ${where}`);
       assert.equal(Buffer.from(tag!, 'base64url').length, 16, `${variant}: a 128-bit tag: ${where}`);
-      assert.ok(strictlyWellFormed(compact), `${variant}: what it writes, the strict reader accepts: ${where}`);
+      assert.ok(strict(compact), `${variant}: what it writes, the strict reader accepts: ${where}`);
       const opened = await jose.open(compact, key);
       assert.ok(sameBytes(opened.plaintext, plaintext), `${variant} seals, jose opens: ${where}`);
       assert.deepEqual(opened.header, header, where);
@@ -326,7 +194,7 @@ test('tampered inputs: each variant accepts exactly what jose accepts (the node 
     let openKey = key;
     const r = int(20);
     if (r < 10) {
-      [kind, compact] = genericTamper(base);
+      [kind, compact] = segmentTamper(base);
     } else if (r < 16) {
       const [label, header, zip] = headerVariant(kid);
       kind = `header:${label}`;
@@ -410,7 +278,7 @@ test('a tag, ciphertext, IV or protected header changed in transit, or another k
 test('keys that are not 32 bytes, and arguments of the wrong type, are refused by both variants as jose refuses them', async () => {
   const plaintext = new TextEncoder().encode('{"status":200}');
   const good = await jose.seal(plaintext, random.bytes(32), channelUri());
-  const sides: Array<readonly [string, Pick<ChannelCodec, 'encryptChannel' | 'decryptChannel'>]> = [['jose', { encryptChannel: jose.seal, decryptChannel: jose.open }], ...VARIANTS];
+  const sides: Array<readonly [string, ChannelCodec]> = [['jose', { encryptChannel: jose.seal, decryptChannel: jose.open }], ...VARIANTS];
   const failure = async (run: () => Promise<unknown>): Promise<string> => {
     try {
       await run();
