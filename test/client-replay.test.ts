@@ -1,7 +1,7 @@
 /**
  * The transport is untrusted: an answer that is not the answer to this request (an old one
  * replayed, or another request's) is refused by the SDK, even though it decrypts and verifies; an
- * answer changed on the way does not decrypt, and is refused too.
+ * answer changed on the way does not decrypt or verify, and is refused too.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -83,6 +83,41 @@ test('an answer changed in transit is ANSWER_INVALID (502), with the JOSE failur
     change = undefined;
     await alice.ping();
     assert.equal(alice.handshakes, 1, 'no new channel was needed');
+  } finally {
+    await alice.close();
+  }
+});
+
+test('a handshake answer whose signature was changed in transit is ANSWER_INVALID (502), with the JOSE failure as cause', async () => {
+  let tamper = true;
+  const fetchLike: FetchLike = async (input, init) => {
+    const res = await fetch(input, init as RequestInit);
+    let body = await res.text();
+    if (tamper && init.method === 'POST') {
+      // The handshake's answer is the batch's one compact JWS: flip the last bit of its signature.
+      const doc = JSON.parse(body) as { kmsMessages: string[] };
+      body = JSON.stringify({
+        kmsMessages: doc.kmsMessages.map((m) => {
+          const parts = m.split('.');
+          if (parts.length !== 3) return m;
+          const signature = Buffer.from(parts[2]!, 'base64url');
+          signature[signature.length - 1]! ^= 0x01;
+          return `${parts[0]}.${parts[1]}.${signature.toString('base64url')}`;
+        }),
+      });
+    }
+    return { status: res.status, json: async () => JSON.parse(body) as unknown, text: async () => body };
+  };
+  const alice = new KmsClient({ url: kms.url, token: () => kms.token('alice@a.example'), trustAnchors: [readFileSync(join(kms.dir, 'ca.pem'), 'utf8')], fetch: fetchLike });
+  try {
+    const err = await alice.ping().then(() => assert.fail('accepted'), (e: unknown) => e);
+    assert.ok(err instanceof KmsError);
+    assert.equal(err.code, 'ANSWER_INVALID');
+    assert.equal(err.status, 502);
+    assert.match(err.reason, /^KMS answer does not verify under its static key: /);
+    assert.equal((err.cause as { code?: unknown } | undefined)?.code, 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED');
+    tamper = false;
+    await alice.ping(); // the next handshake, untouched, makes the channel
   } finally {
     await alice.close();
   }
