@@ -76,7 +76,7 @@ export interface WorkspacePackage {
   /** Export subpath (`.`, `./testing`) -> repository-relative source file. */
   exports: Map<string, string>;
   /**
-   * Private import (`#channel-codec`) -> the source file of every condition's target: which one a
+   * Private import (`#codec`) -> the source file of every condition's target: which one a
    * runtime loads depends on its conditions, so each is a dependency the rules must see.
    */
   imports: Map<string, string[]>;

@@ -8,7 +8,7 @@
  * sends nothing more than this.
  *
  * Pure string and object checks, with no `node:` import, so a `node:crypto` codec anywhere in the
- * project applies the same rules (the SDK's channel-node.ts; the server's fast-codec.ts states them
+ * project applies the same rules (the SDK's codec/node.ts; the server's fast-codec.ts states them
  * in its own words).
  */
 import type { ProtectedHeader } from './codec.js';

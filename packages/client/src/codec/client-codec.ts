@@ -8,9 +8,9 @@
  *
  * Two variants export `clientCodec` with this interface; package.json maps the private import
  * `#codec` to one of them by the runtime's condition:
- *   - `node`    → node.ts: `node:crypto`, synchronous AES-256-GCM and RSA-PSS (a tenth of the CPU
- *                 of a seal and an open through WebCrypto's async queue, a fifth for a
- *                 verification; ARCHITECTURE.md "The hot path");
+ *   - `node`    → node.ts: `node:crypto`, synchronous AES-256-GCM and RSA-PSS (about a tenth of
+ *                 the CPU of a seal and an open through WebCrypto's async queue, under half for a
+ *                 verification: docs/decisions.md "The SDK's per-message JOSE");
  *   - `browser` and anything else → web.ts: `jose` on WebCrypto, as every browser has it.
  * A bundler building for browsers (esbuild `platform: 'browser'`, webpack, Vite) picks the web
  * variant, so no `node:` import reaches a browser bundle (test/codec/selection.test.ts). Both put
