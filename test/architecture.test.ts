@@ -217,7 +217,11 @@ describe('the specifier resolver', () => {
   const isKnown = (path: string) => files.has(path);
   const packages = [
     packageFromManifest('packages/server', { name: '@openkms/server', exports: { '.': { types: './dist/src/index.d.ts', default: './dist/src/index.js' }, './testing': { default: './dist/src/testing/harness.js' } } }),
-    packageFromManifest('packages/client', { name: '@openkms/client', exports: { '.': './dist/src/index.js' } }),
+    packageFromManifest('packages/client', {
+      name: '@openkms/client',
+      exports: { '.': './dist/src/index.js' },
+      imports: { '#codec': { browser: './dist/src/codec/web.js', node: './dist/src/codec/node.js', default: './dist/src/codec/web.js' } },
+    }),
   ];
   const resolve = (from: string, specifier: string) => resolveSpecifier(from, specifier, packages, isKnown);
 
@@ -231,6 +235,13 @@ describe('the specifier resolver', () => {
     assert.deepEqual(resolve('examples/chat/chat.ts', '@openkms/server'), { kind: 'file', path: 'packages/server/src/index.ts' });
     assert.deepEqual(resolve('bench/bench.ts', '@openkms/server/testing'), { kind: 'file', path: 'packages/server/src/testing/harness.ts' });
     assert.deepEqual(resolve('packages/server/src/kms.ts', '@openkms/client'), { kind: 'file', path: 'packages/client/src/index.ts' });
+  });
+
+  test('a private import is the source of every condition\'s target, resolved in the importing package only', () => {
+    assert.deepEqual(resolve('packages/client/src/client.ts', '#codec'), { kind: 'files', paths: ['packages/client/src/codec/web.ts', 'packages/client/src/codec/node.ts'] });
+    assert.match((resolve('packages/client/src/client.ts', '#other') as { why: string }).why, /@openkms\/client has no #other/);
+    assert.match((resolve('packages/server/src/kms.ts', '#codec') as { why: string }).why, /@openkms\/server has no #codec/, "another package's private import");
+    assert.match((resolve('bench/bench.ts', '#codec') as { why: string }).why, /in no workspace package/);
   });
 
   test('a dependency from npm or node is external, a missing file or export unresolved', () => {
@@ -252,6 +263,12 @@ describe('the specifier resolver', () => {
     assert.equal(graph.problems.length, 2);
     assert.match(graph.problems[0]!, /^packages\/server\/src\/kms\.ts:2: '\.\/gone\.js' resolves to nothing/);
     assert.match(graph.problems[1]!, /^packages\/server\/src\/ops\/index\.ts:2: import\(m\) is not a string literal/);
+  });
+
+  test('a private import with conditions is an arrow to each variant', () => {
+    const graph = buildGraph(['packages/client/src/client.ts'], packages, () => "import { codec } from '#codec';\n", isKnown);
+    assert.deepEqual(graph.arrows.map((a) => `${a.from}:${a.line} -> ${a.to}`), ['packages/client/src/client.ts:1 -> packages/client/src/codec/web.ts', 'packages/client/src/client.ts:1 -> packages/client/src/codec/node.ts']);
+    assert.deepEqual(graph.problems, []);
   });
 });
 

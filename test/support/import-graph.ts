@@ -68,16 +68,22 @@ function isTypeOnlyImport(clause: ts.ImportClause | undefined): boolean {
   return clause.name === undefined && bindings !== undefined && ts.isNamedImports(bindings) && bindings.elements.length > 0 && bindings.elements.every((e) => e.isTypeOnly);
 }
 
-/** A workspace package as the resolver sees it: its folder and its exports, as source files. */
+/** A workspace package as the resolver sees it: its folder, its exports and its imports, as source files. */
 export interface WorkspacePackage {
   name: string;
   /** Repository-relative folder, e.g. `packages/server`. */
   dir: string;
   /** Export subpath (`.`, `./testing`) -> repository-relative source file. */
   exports: Map<string, string>;
+  /**
+   * Private import (`#codec`) -> the source file of every condition's target: which one a
+   * runtime loads depends on its conditions, so each is a dependency the rules must see.
+   */
+  imports: Map<string, string[]>;
 }
 
-export type Resolution = { kind: 'file'; path: string } | { kind: 'external' } | { kind: 'unresolved'; why: string };
+/** `files`: a private import, one file per condition (see WorkspacePackage.imports). */
+export type Resolution = { kind: 'file'; path: string } | { kind: 'files'; paths: string[] } | { kind: 'external' } | { kind: 'unresolved'; why: string };
 
 /**
  * Resolves a specifier written in `fromFile` (repository-relative, `/`-separated) to the source file
@@ -95,6 +101,12 @@ export function resolveSpecifier(fromFile: string, specifier: string, packages: 
     if (/(^|\/)dist(-[^/]*)?\//.test(target)) return { kind: 'unresolved', why: `${target} is compiled output; import the package by its name (or, inside it, the source)` };
     return { kind: 'unresolved', why: `no source file for ${target}` };
   }
+  if (specifier.startsWith('#')) {
+    const home = packages.find((p) => fromFile.startsWith(`${p.dir}/`));
+    if (!home) return { kind: 'unresolved', why: `${specifier} is a private import, and ${fromFile} is in no workspace package` };
+    const paths = home.imports.get(specifier);
+    return paths ? { kind: 'files', paths } : { kind: 'unresolved', why: `${home.name} has no ${specifier} (its package.json "imports")` };
+  }
   const owner = packages.find((p) => specifier === p.name || specifier.startsWith(`${p.name}/`));
   if (!owner) return { kind: 'external' };
   const subpath = specifier === owner.name ? '.' : `.${specifier.slice(owner.name.length)}`;
@@ -103,17 +115,26 @@ export function resolveSpecifier(fromFile: string, specifier: string, packages: 
 }
 
 /**
- * Reads a package.json's `exports` into source files: the build compiles `<dir>/X.ts` to
- * `<dir>/dist/X.js`, so an export target `./dist/src/index.js` is the source `<dir>/src/index.ts`.
+ * Reads a package.json's `exports` and `imports` into source files: the build compiles `<dir>/X.ts`
+ * to `<dir>/dist/X.js`, so a target `./dist/src/index.js` is the source `<dir>/src/index.ts`.
  */
-export function packageFromManifest(dir: string, manifest: { name: string; exports?: Record<string, string | Record<string, string>> }): WorkspacePackage {
+export function packageFromManifest(
+  dir: string,
+  manifest: { name: string; exports?: Record<string, string | Record<string, string>>; imports?: Record<string, string | Record<string, string>> },
+): WorkspacePackage {
+  const source = (target: string) => posix.join(dir, target.replace(/^\.\/dist\//, './').replace(/\.js$/, '.ts'));
   const exports = new Map<string, string>();
   for (const [subpath, target] of Object.entries(manifest.exports ?? {})) {
     const file = typeof target === 'string' ? target : (target.default ?? target.import);
     if (!file) continue;
-    exports.set(subpath, posix.join(dir, file.replace(/^\.\/dist\//, './').replace(/\.js$/, '.ts')));
+    exports.set(subpath, source(file));
   }
-  return { name: manifest.name, dir, exports };
+  const imports = new Map<string, string[]>();
+  for (const [name, target] of Object.entries(manifest.imports ?? {})) {
+    const files = typeof target === 'string' ? [target] : Object.values(target);
+    imports.set(name, [...new Set(files.map(source))]);
+  }
+  return { name: manifest.name, dir, exports, imports };
 }
 
 /** An arrow from one source file to another, with where it is written. */
@@ -141,7 +162,9 @@ export function buildGraph(files: string[], packages: WorkspacePackage[], readTe
     for (const o of opaque) problems.push(`${from}:${o.line}: ${o.text} is not a string literal, so no dependency rule can see where it leads`);
     for (const site of imports) {
       const resolved = resolveSpecifier(from, site.specifier, packages, isFile);
-      if (resolved.kind === 'file') arrows.push({ from, to: resolved.path, line: site.line, typeOnly: site.typeOnly, specifier: site.specifier });
+      if (resolved.kind === 'file' || resolved.kind === 'files') {
+        for (const to of resolved.kind === 'file' ? [resolved.path] : resolved.paths) arrows.push({ from, to, line: site.line, typeOnly: site.typeOnly, specifier: site.specifier });
+      }
       else if (resolved.kind === 'unresolved') problems.push(`${from}:${site.line}: '${site.specifier}' resolves to nothing (${resolved.why})`);
     }
   }

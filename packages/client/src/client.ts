@@ -2,7 +2,8 @@
  * KmsClient: the SDK applications use (and the project's own CLI, federation and demo). It
  * discovers the KMS and validates its certificate, keeps one ECDHE channel (re-handshaking before
  * it expires and after a reset, retrying the request once), and offers a typed method for every
- * operation of the protocol. Browser-safe: WebCrypto, fetch and WebSocket only.
+ * operation of the protocol. Browser-safe: WebCrypto, fetch and WebSocket only; on Node, messages
+ * are sealed, opened and verified with node:crypto instead (codec/client-codec.ts).
  */
 import {
   KmsError,
@@ -10,13 +11,11 @@ import {
   encryptStatic,
   generateEphemeralKeyPair,
   importEcPublicKey,
-  joseCodec,
   matchOperation,
   parseDate,
   parseKmsUri,
   peekHeader,
   segmentCount,
-  verifyStatic,
   type AuthorizationRep,
   type CmkRep,
   type EphemeralKeyRep,
@@ -26,6 +25,7 @@ import {
   type ResourceRep,
   type RetryMode,
 } from '@openkms/protocol';
+import { clientCodec } from '#codec';
 import { answerFor, checkStatus, readPayload } from './answers.js';
 import { decryptContent, contentKeyUri, encryptContent } from './content.js';
 import { discover, type StaticKey } from './discovery.js';
@@ -168,17 +168,17 @@ export class KmsClient {
   private async decode(compact: string): Promise<Answer> {
     const key = await this.static();
     if (segmentCount(compact) === 3) {
-      const { plaintext, header } = await answerStep('KMS answer does not verify under its static key', () => verifyStatic(compact, key.verifyKey));
+      const { plaintext, header } = await answerStep('KMS answer does not verify under its static key', () => clientCodec.verifyStatic(compact, key.verifyKey));
       if (header.kid !== key.kid) throw new KmsError('ANSWER_INVALID', 'KMS answer signed under an unexpected kid');
       return { payload: readPayload(plaintext), signed: true };
     }
     const kid = peekHeader(compact)?.kid;
     const channelKey = typeof kid === 'string' ? this.channelKeys.get(kid) : undefined;
     if (!channelKey) throw new KmsError('ANSWER_INVALID', 'KMS answer under an unknown channel');
-    const { plaintext, header } = await answerStep('KMS answer does not decrypt under its channel key', () => joseCodec.decryptChannel(compact, channelKey));
+    const { plaintext, header } = await answerStep('KMS answer does not decrypt under its channel key', () => clientCodec.decryptChannel(compact, channelKey));
     if (header.cty === 'JOSE') {
       const proof = dec.decode(plaintext);
-      const verified = await answerStep('KMS answer\'s nested signature does not verify under its static key', () => verifyStatic(proof, key.verifyKey));
+      const verified = await answerStep('KMS answer\'s nested signature does not verify under its static key', () => clientCodec.verifyStatic(proof, key.verifyKey));
       if (verified.header.kid !== key.kid) throw new KmsError('ANSWER_INVALID', 'KMS answer signed under an unexpected kid');
       return { payload: readPayload(verified.plaintext), signed: false, proof, signer: key.jwk };
     }
@@ -311,7 +311,7 @@ export class KmsClient {
       const requestId: RequestId = resend?.channel === channel ? resend.requestId : uuid();
       resend = undefined;
       const { plaintext, cty } = await this.sealable({ ...body, requestId }, (await this.static()).authority);
-      const message = await joseCodec.encryptChannel(plaintext, channel.key, channel.uri, cty);
+      const message = await clientCodec.encryptChannel(plaintext, channel.key, channel.uri, cty);
       let answer: Answer;
       try {
         answer = await this.getTransport(requestId).exchange(message, requestId);

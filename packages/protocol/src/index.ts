@@ -18,6 +18,7 @@ export {
   type MessageCodec,
   type ProtectedHeader,
 } from './codec.js';
+export { isCanonicalBase64url, protectedHeaderProblem, type HeaderProblem } from './strict-jose.js';
 export { deriveChannelKey, generateEphemeralKeyPair, importEcPublicKey } from './ecdhe.js';
 export {
   type AuthorizationRep,
