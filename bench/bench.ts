@@ -9,7 +9,8 @@
  * is counted per CPU-second of its thread too, so both sides of a ratio move alike.
  *
  *   1. the limit: one handshake and one common message on raw node:crypto, compact JOSE included;
- *   2. per backend, over HTTP batch and WebSocket, at concurrency 1, 16 and 64: handshakes,
+ *   2. the SDK (KmsClient.retrieveKey, HTTP and WebSocket): its throughput and client CPU per request;
+ *      then per backend, over HTTP batch and WebSocket, at concurrency 1, 16 and 64: handshakes,
  *      retrieve key, create keys (count 1 and 100, in keys), bind, retrieve a resource's 10 newest
  *      keys; client and server latency percentiles (server: the KMS's own request histogram);
  *   3. `--workers 2` against `--workers 1` (handshakes and retrieve key);
@@ -33,7 +34,9 @@ import { performance } from 'node:perf_hooks';
 import { commonOp, handshakeOp, measureLimit, type Limit } from './crypto-limit.js';
 import { postBatch, sealHandshake, User } from './fixtures.js';
 import { backends, histogramQuantile, kms, kmsFolder, postgresCpuSeconds, profileServers, serve, type Backend, type BackendName, type KmsFolder, type ServingKms } from './kms-process.js';
-import { median, percentiles, settle } from './load.js';
+import WebSocket from 'ws';
+import { KmsClient, type WebSocketConstructor } from '@openkms/client';
+import { closedLoop, percentiles, settle } from './load.js';
 import { chart } from './chart.js';
 import { pykmipAvailable, startPyKmip } from './peers/pykmip.js';
 import { load, type Outgoing, type Traffic, type Transport } from './wire.js';
@@ -57,8 +60,8 @@ if (flags.help) {
 
 const QUICK = {
   backends: ['sqlite'] as BackendName[],
-  ms: 600,
-  warmMs: 150,
+  ms: 500,
+  warmMs: 120,
   limitRuns: 3,
   limitMs: 250,
   /** Which (transport, concurrency) points each scenario is measured at. */
@@ -66,6 +69,7 @@ const QUICK = {
   growth: [1_000, 10_000],
   channels: 2_000,
   bindSupply: 4_000,
+  sdkPoints: [64],
 };
 const FULL = {
   backends: ['sqlite', 'postgres'] as BackendName[],
@@ -77,6 +81,7 @@ const FULL = {
   growth: [1_000, 100_000, 1_000_000],
   channels: 100_000,
   bindSupply: 12_000,
+  sdkPoints: [1, 64],
 };
 const P = flags.quick ? QUICK : FULL;
 if (flags.backends !== undefined) {
@@ -115,6 +120,8 @@ export interface Result {
   serverCores: number;
   /** On PostgreSQL: its server processes' CPU seconds per wall second (the storage work done there). */
   databaseCores?: number;
+  /** The SDK's measurements: the load process's CPU per request (ms), the SDK's own cost. */
+  clientCpuMsPerOp?: number;
   ops: number;
   seconds: number;
   errors: number;
@@ -324,6 +331,7 @@ async function backendSection(backend: Backend, folder: KmsFolder, first: boolea
   try {
     const w = await workload(server, folder);
     if (first) await measureTheLimit(w, folder);
+    if (first) await sdkSection(server, folder, w);
     for (const scenario of await scenarios(w)) {
       for (const transport of ['http', 'websocket'] as Transport[]) {
         for (const c of P.points[transport]) {
@@ -347,6 +355,57 @@ async function backendSection(backend: Backend, folder: KmsFolder, first: boolea
     } finally {
       await server2.stop();
       await db2.drop();
+    }
+  }
+}
+
+/** The SDK (KmsClient.retrieveKey) against the same server: its figures and its client CPU per request. */
+async function sdkSection(server: ServingKms, folder: KmsFolder, w: Workload): Promise<void> {
+  const options = {
+    url: server.url,
+    token: folder.token(`alice@${folder.domain}`),
+    trustAnchors: [readFileSync(join(folder.dir, 'ca.pem'), 'utf8')],
+    authority: folder.authority,
+    clientId: 'bench-client',
+  };
+  for (const transport of ['http', 'websocket'] as Transport[]) {
+    for (const c of P.sdkPoints) {
+      const client = new KmsClient(transport === 'http' ? options : { ...options, transport: 'websocket', WebSocket: WebSocket as unknown as WebSocketConstructor });
+      try {
+        const op = (seq: number) => client.retrieveKey(w.keys[seq % w.keys.length]!);
+        await closedLoop(c, P.warmMs, op);
+        await settle(30);
+        const latencies: number[] = [];
+        const cpu0 = server.cpuSeconds();
+        const mine0 = process.cpuUsage();
+        const r = await closedLoop(c, P.ms, op, latencies);
+        const mine = process.cpuUsage(mine0);
+        const cpu = server.cpuSeconds() - cpu0;
+        const lat = percentiles(latencies);
+        const result: Result = {
+          name: 'SDK retrieveKey',
+          backend: 'sqlite',
+          transport,
+          concurrency: c,
+          workers: server.workers,
+          unit: 'messages',
+          opsPerSec: r.opsPerSec,
+          opsPerServerCpuSec: cpu > 0 ? r.ops / cpu : 0,
+          p50Ms: lat.p50,
+          p99Ms: lat.p99,
+          ratioToLimit: cpu > 0 ? r.ops / cpu / limit.common.perCpuSecond : 0,
+          serverCores: cpu / r.seconds,
+          clientCpuMsPerOp: (mine.user + mine.system) / 1000 / Math.max(1, r.ops),
+          ops: r.ops,
+          seconds: r.seconds,
+          errors: r.errors,
+          ...(r.firstError ? { firstError: r.firstError } : {}),
+        };
+        results.push(result);
+        say(`${row(result)}   client ${(result.clientCpuMsPerOp! * 1000).toFixed(0)} µs CPU per request`);
+      } finally {
+        await client.close();
+      }
     }
   }
 }

@@ -57,6 +57,7 @@ test('npm run bench --quick: kms serve measured per server CPU-second, as ratios
     }
     for (const c of [1, 16, 64]) has(`retrieve key at concurrency ${c}`, (r) => r.name === 'retrieve key' && r.concurrency === c);
     has('handshakes on --workers 2', (r) => r.name === 'handshake' && r.workers === 2);
+    for (const transport of ['http', 'websocket']) has(`the SDK over ${transport}, with its client CPU`, (r) => r.name === 'SDK retrieveKey' && r.transport === transport && r.clientCpuMsPerOp > 0);
     for (const r of results) {
       const id = `${r.name}/${r.backend}/${r.transport}/c${r.concurrency}/w${r.workers}`;
       assert.equal(typeof r.name, 'string');
