@@ -66,6 +66,10 @@ export const NODE_FORGET_MS = 10 * 60_000;
 
 /** Channels kept unsealed in memory; past it the oldest are read from storage again. */
 export const MAX_CACHED_CHANNELS = 100_000;
+/** Object keys kept unsealed in memory (keyring/kept-material.ts); past it the oldest are unsealed again. */
+export const MAX_KEPT_KEYS = 10_000;
+/** How long an unsealed object key is kept at most (ms): material of destroyed keys leaves memory soon. */
+export const KEPT_KEY_MS = 60_000;
 /** WebSocket frames one socket may have under way at once. */
 export const MAX_IN_FLIGHT_PER_SOCKET = 256;
 
