@@ -18,6 +18,8 @@ export interface Opened {
 
 export interface ChannelLookup {
   get(id: string): Promise<Channel | undefined>;
+  /** The channel when memory alone may answer for it (channels.ts); undefined: ask `get`. */
+  cached?(id: string): Channel | undefined;
 }
 
 /**
@@ -101,11 +103,13 @@ export class Opener {
     const id = this.channelIdOf(kid);
     // A storage failure here is not a reset (clients would re-handshake in a loop): it propagates,
     // and the core answers it as an internal error.
-    const channel = id === undefined ? undefined : await this.channels.get(id);
+    const channel = id === undefined ? undefined : this.channels.cached?.(id) ?? (await this.channels.get(id));
     if (!channel) throw KmsError.reset('ephemeral key unknown, expired or deleted');
     let opened: Decrypted;
     try {
-      opened = await read.openChannel(channel.key.reveal());
+      // The node:crypto codec answers at once: no await (and no promise) for it.
+      const decrypting = read.openChannel(channel.key.reveal());
+      opened = decrypting instanceof Promise ? await decrypting : decrypting;
     } catch {
       throw KmsError.reset('message could not be decrypted');
     }
