@@ -44,8 +44,10 @@ export {
   invalidationsSchema,
   listCmksSchema,
   retrieveKeysSchema,
+  readBasicRequest,
   updateCmkSchema,
   validate,
+  type BasicRequest,
 } from './schemas.js';
 export { CertificateError, checkOwnCertificateChain, loadX509, parsePemCertificates, verifyKmsCertificate } from './certs.js';
 export { Limits } from './limits.js';

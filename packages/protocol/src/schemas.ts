@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { KmsError } from './errors.js';
 import { parseDate } from './dates.js';
 import { Limits } from './limits.js';
-import { textProblem } from './text.js';
+import { isPlainText, textProblem } from './text.js';
 
 /**
  * Every string member of a request goes through one of these two (PROTOCOL.md §4 "Strings"):
@@ -46,6 +46,57 @@ export const basicRequestSchema = z.object({
   method: z.enum(['create', 'retrieve', 'update', 'delete']),
   uri,
 });
+
+export type BasicRequest = z.infer<typeof basicRequestSchema>;
+
+const METHODS: ReadonlySet<unknown> = new Set(['create', 'retrieve', 'update', 'delete']);
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+/** What `plain(min, max)` accepts. */
+const isPlain = (value: unknown, min: number, max: number): value is string =>
+  typeof value === 'string' && value.length >= min && value.length <= max && isPlainText(value);
+
+/**
+ * The basic request, validated exactly as `validate(basicRequestSchema, value)` validates it and
+ * with the same result. Every request takes this step, so its common shape — each member of the
+ * type the schema wants, and a credential of `userId`, `bearer`, `onBehalfOf` only (nothing for
+ * zod to strip, no `jwk`) — is checked by hand, at a fraction of zod's cost; anything else goes to
+ * zod itself, so every refusal is zod's own, naming the field. test/schemas.test.ts holds the two
+ * to agreeing over generated requests.
+ */
+export function readBasicRequest(value: unknown): BasicRequest {
+  return basicByHand(value) ?? validate(basicRequestSchema, value);
+}
+
+function basicByHand(value: unknown): BasicRequest | undefined {
+  if (!isRecord(value)) return undefined;
+  const { requestId, client, method, uri } = value;
+  if (!isPlain(requestId, 0, Limits.maxIdChars) && !(typeof requestId === 'number' && Number.isSafeInteger(requestId))) return undefined;
+  if (!METHODS.has(method) || !isPlain(uri, 1, Limits.maxUriChars) || !isRecord(client)) return undefined;
+  const { clientId, credential } = client;
+  if (!isPlain(clientId, 1, Limits.maxIdChars) || !isRecord(credential)) return undefined;
+  for (const name of Object.keys(credential)) {
+    const member = credential[name];
+    switch (name) {
+      case 'userId':
+        if (!isPlain(member, 0, Limits.maxIdChars)) return undefined;
+        break;
+      case 'bearer':
+        if (!isPlain(member, 1, Limits.maxBearerChars)) return undefined;
+        break;
+      case 'onBehalfOf':
+        if (!isPlain(member, 1, Limits.maxIdChars)) return undefined;
+        break;
+      default:
+        return undefined;
+    }
+  }
+  // Members in the schema's order, as zod gives them.
+  const checked: BasicRequest['client']['credential'] = {};
+  if (credential.userId !== undefined) checked.userId = credential.userId as string;
+  if (credential.bearer !== undefined) checked.bearer = credential.bearer as string;
+  if (credential.onBehalfOf !== undefined) checked.onBehalfOf = credential.onBehalfOf as string;
+  return { requestId, client: { clientId, credential: checked }, method: method as BasicRequest['method'], uri };
+}
 
 /**
  * A list of identifiers whose length over the limit is a 413, not a 400. The length is checked

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KmsError } from '../src/errors.js';
-import { basicRequestSchema, bindKeySchema, bulkDeleteAuthorizationsSchema, invalidationsSchema, createCmkSchema, createKeysSchema, createResourceSchema, ecdheSchema, retrieveKeysSchema, validate } from '../src/schemas.js';
+import { Limits } from '../src/limits.js';
+import { basicRequestSchema, readBasicRequest, bindKeySchema, bulkDeleteAuthorizationsSchema, invalidationsSchema, createCmkSchema, createKeysSchema, createResourceSchema, ecdheSchema, retrieveKeysSchema, validate } from '../src/schemas.js';
 import { isPlainText, isWellFormedText, textProblem } from '../src/text.js';
 
 const base = { requestId: 'r1', client: { clientId: 'c', credential: { bearer: 't' } }, method: 'create', uri: '/keys' };
@@ -85,4 +86,90 @@ test('every string member of a request is refused with a 400 naming it when it i
   }
   // A surrogate pair is text like any other.
   assert.equal(validate(basicRequestSchema, { ...base, requestId: 'r😀', client: { clientId: 'c😀', credential: {} } }).client.clientId, 'c😀');
+});
+
+// readBasicRequest checks the common shape by hand and leaves the rest to zod: over generated
+// requests, near-valid and broken, it gives what validate(basicRequestSchema) gives — the same
+// members in the same order, or the same refusal. A failing seed is printed (BASIC_REQUEST_SEED).
+test('readBasicRequest agrees with validate(basicRequestSchema) on generated requests', () => {
+  const seed = Number(process.env.BASIC_REQUEST_SEED ?? (Date.now() >>> 0));
+  let state = seed >>> 0;
+  const rand = (): number => {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = Math.imul(state ^ (state >>> 15), 1 | state);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(rand() * items.length)]!;
+  const strings = (limit: number, empty = true): unknown[] => [
+    'ok', 'alice@a.example', 'kms://kms.a.example/keys/5b0c8f2e-1b2c-4d5e-8f9a-0b1c2d3e4f5a', ...(empty ? [''] : []),
+    'x'.repeat(limit), 'x'.repeat(limit + 1), 'a\u0000b', 'tab\there', 'del\u007f', 'lone\ud800', '\udc00lone', 'pair\ud83d\ude00', 'é€😀',
+    7, 1.5, null, true, {}, [], undefined,
+  ];
+  const variants = {
+    requestId: [...strings(Limits.maxIdChars), 0, -0, 42, -7, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER + 1, -Number.MAX_SAFE_INTEGER - 2, NaN, Infinity],
+    clientId: strings(Limits.maxIdChars),
+    userId: strings(Limits.maxIdChars),
+    bearer: strings(Limits.maxBearerChars),
+    onBehalfOf: strings(Limits.maxIdChars),
+    method: ['create', 'retrieve', 'update', 'delete', 'patch', 'CREATE', '', 1, null, undefined],
+    uri: strings(Limits.maxUriChars),
+  };
+  const maybe = (o: Record<string, unknown>, name: keyof typeof variants, p: number, fallback: unknown): void => {
+    const r = rand();
+    if (r < p) o[name] = pick(variants[name]);
+    else if (r < p + 0.05) return; // absent
+    else o[name] = fallback;
+  };
+  let agreedOk = 0;
+  let agreedRefused = 0;
+  for (let i = 0; i < 5000; i++) {
+    const credential: Record<string, unknown> = {};
+    if (rand() < 0.3) maybe(credential, 'userId', 0.3, 'device-1');
+    maybe(credential, 'bearer', 0.15, 'token');
+    if (rand() < 0.1) maybe(credential, 'onBehalfOf', 0.3, 'bob@a.example');
+    if (rand() < 0.05) credential.jwk = pick([{ kty: 'RSA', n: 'AQAB', e: 'AQAB' }, { 'lone\ud800': 1 }, 'jwk', null]);
+    if (rand() < 0.05) credential[pick(['extra', '__proto__', 'constructor', 'toString'])] = pick(['x', 1, {}]);
+    const client: Record<string, unknown> = { credential: rand() < 0.03 ? pick([null, 'c', [], undefined]) : credential };
+    maybe(client, 'clientId', 0.15, 'client-1');
+    if (rand() < 0.05) client.extra = 'x';
+    const request: Record<string, unknown> = { client: rand() < 0.03 ? pick([null, 'c', [], undefined]) : client };
+    maybe(request, 'requestId', 0.2, 'r-1');
+    maybe(request, 'method', 0.15, 'retrieve');
+    maybe(request, 'uri', 0.15, '/keys');
+    if (rand() < 0.1) request.resourceUri = '/resources/x';
+    const input: unknown = rand() < 0.02 ? pick([null, [], 'request', 42]) : request;
+    const outcome = (read: () => unknown): { ok: true; value: unknown; text: string } | { ok: false; code: string; reason: string } => {
+      try {
+        const value = read();
+        return { ok: true, value, text: JSON.stringify(value) };
+      } catch (err) {
+        assert.ok(err instanceof KmsError, String(err));
+        return { ok: false, code: err.code, reason: err.reason };
+      }
+    };
+    const byZod = outcome(() => validate(basicRequestSchema, input));
+    const byHand = outcome(() => readBasicRequest(input));
+    const where = `#${i} ${JSON.stringify(input)} (BASIC_REQUEST_SEED=${seed})`;
+    assert.deepEqual(byHand, byZod, where);
+    if (byZod.ok) agreedOk++;
+    else agreedRefused++;
+  }
+  assert.ok(agreedOk > 500 && agreedRefused > 500, `both outcomes exercised: ${agreedOk} accepted, ${agreedRefused} refused (BASIC_REQUEST_SEED=${seed})`);
+});
+
+test('text checks: the one-pass screen never lets through what the precise checks refuse', () => {
+  // Every character class the screen is about, alone, paired and next to others.
+  const pieces = ['a', 'é', '\u0000', '\u0001', '\u001f', ' ', '\u007f', '\u0080', '\ud800', '\udbff', '\udc00', '\udfff', '\ud83d\ude00', '\ufffd'];
+  for (const a of pieces) {
+    for (const b of pieces) {
+      for (const value of [a + b, `x${a}y${b}z`]) {
+        const lone = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(value);
+        assert.equal(isWellFormedText(value), !lone && !value.includes('\u0000'), JSON.stringify(value));
+        assert.equal(isPlainText(value), !lone && !/[\u0000-\u001f\u007f]/.test(value), JSON.stringify(value));
+        assert.equal(textProblem(value, true) === undefined, isPlainText(value), JSON.stringify(value));
+        assert.equal(textProblem(value) === undefined, isWellFormedText(value), JSON.stringify(value));
+      }
+    }
+  }
 });

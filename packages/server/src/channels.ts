@@ -70,6 +70,20 @@ export class Channels {
     return channel;
   }
 
+  /**
+   * The channel with that id when memory alone may answer for it now — cached, this node follows
+   * the feed, its row read within CHANNEL_RECHECK_MS, not expired — else undefined, and `get` is
+   * the way (it reads storage, and deletes a channel found expired). No I/O, no promise: the common
+   * message of a live channel is opened without a turn of the event loop for its key.
+   */
+  cached(id: string): Channel | undefined {
+    if (!this.following) return undefined;
+    const cached = this.cache.get(id);
+    if (cached === undefined) return undefined;
+    const now = this.now();
+    return now - cached.checkedAt < CHANNEL_RECHECK_MS && cached.channel.expiresAt > now ? cached.channel : undefined;
+  }
+
   /** The live channel with that id, or undefined when unknown, expired or deleted. */
   async get(id: string): Promise<Channel | undefined> {
     const cached = this.cache.get(id);

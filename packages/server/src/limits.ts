@@ -69,6 +69,10 @@ export const MAX_CACHED_CHANNELS = 100_000;
 /** Federated copies kept unsealed in memory (federation/copies.ts), and their sealed bytes at most. */
 export const MAX_CACHED_COPIES = 1_000;
 export const MAX_CACHED_COPY_BYTES = 64 * 1024 * 1024;
+/** Object keys kept unsealed in memory (keyring/kept-material.ts); past it the oldest are unsealed again. */
+export const MAX_KEPT_KEYS = 10_000;
+/** How long an unsealed object key is kept at most (ms): material of destroyed keys leaves memory soon. */
+export const KEPT_KEY_MS = 60_000;
 /** WebSocket frames one socket may have under way at once. */
 export const MAX_IN_FLIGHT_PER_SOCKET = 256;
 

@@ -85,7 +85,23 @@ function coherence(name: string, backend: () => Promise<Backend>): void {
       const channel = await channelOnBoth();
       await nodes[0]!.channels.delete(channel.id);
       const ms = await until('node 2 drops it', async () => (await nodes[1]!.channels.get(channel.id)) === undefined);
+      assert.equal(nodes[1]!.channels.cached(channel.id), undefined, 'not in memory either');
       c.diagnostic(`${name}: evicted on node 2 after ${ms.toFixed(0)} ms`);
+    });
+
+    test('an expired channel is not answered from memory; get deletes it', async () => {
+      const channel = await nodes[0]!.channels.create('alice@a.example', 'c1', new Secret(new Uint8Array(randomBytes(32))), 1000);
+      assert.ok(await nodes[1]!.channels.get(channel.id));
+      assert.ok(nodes[1]!.channels.cached(channel.id));
+      const before = t;
+      t = channel.expiresAt;
+      try {
+        assert.equal(nodes[1]!.channels.cached(channel.id), undefined);
+        assert.equal(await nodes[1]!.channels.get(channel.id), undefined);
+        assert.equal(await nodes[0]!.store.getChannel(channel.id), undefined, 'deleted, not left to the sweeper');
+      } finally {
+        t = before;
+      }
     });
 
     test('a CMK rotated on node 1 seals new material on node 2', async () => {
@@ -97,7 +113,11 @@ function coherence(name: string, backend: () => Promise<Backend>): void {
       const channel = await channelOnBoth();
       await db.sql('DELETE FROM channels WHERE id = $1', [channel.id]);
       assert.ok(await nodes[1]!.channels.get(channel.id), 'cached: no read');
-      t += CHANNEL_RECHECK_MS;
+      assert.ok(nodes[1]!.channels.cached(channel.id), 'memory alone answers until the re-check');
+      t += CHANNEL_RECHECK_MS - 1;
+      assert.ok(nodes[1]!.channels.cached(channel.id));
+      t += 1;
+      assert.equal(nodes[1]!.channels.cached(channel.id), undefined, 'memory alone does not answer at the re-check');
       assert.equal(await nodes[1]!.channels.get(channel.id), undefined, 're-checked');
     });
 
@@ -106,6 +126,7 @@ function coherence(name: string, backend: () => Promise<Backend>): void {
       const node2 = nodes[1]!;
       node2.coherence.lost(new Error('the listening connection ended'));
       assert.equal(node2.coherence.current(), false);
+      assert.equal(node2.channels.cached(channel.id), undefined, 'memory alone answers for nothing while not following');
       await db.sql('DELETE FROM channels WHERE id = $1', [channel.id]);
       assert.equal(await node2.channels.get(channel.id), undefined, 'the cached channel is re-read, not trusted');
       const uncached = await nodes[0]!.channels.create('alice@a.example', 'c1', new Secret(new Uint8Array(randomBytes(32))), 3600_000);

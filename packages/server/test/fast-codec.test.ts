@@ -26,14 +26,18 @@ import { performance } from 'node:perf_hooks';
 import { deflateRawSync } from 'node:zlib';
 import { CompactEncrypt, CompactSign, compactVerify } from 'jose';
 import {
+  deriveChannelKey,
   encryptStatic,
+  generateEphemeralKeyPair,
+  importEcPublicKey,
   joseCodec,
   verifyStatic,
   type AsymmetricKey,
   type Decrypted,
+  type MessageCodec,
   type ProtectedHeader,
 } from '@openkms/protocol';
-import { fastCodec } from '../src/codec/fast-codec.js';
+import { ReceivedJwe, agreeChannelKey, fastCodec } from '../src/codec/fast-codec.js';
 import { seededRandom } from './support/random.js';
 
 const require = createRequire(import.meta.url);
@@ -266,8 +270,11 @@ async function differential(
   compact: string,
   jose: (c: string) => Promise<Decrypted>,
   fast: (c: string) => Promise<Decrypted>,
+  routed: (c: string) => Promise<Decrypted>,
 ): Promise<void> {
   const [j, f] = [await outcome(() => jose(compact)), await outcome(() => fast(compact))];
+  // The core's way (the header read once, then opened under the key it names) decides alike.
+  const r = await outcome(() => routed(compact));
   const strict = strictlyWellFormed(compact);
   const where = at(`${kind}: ${JSON.stringify(compact.length > 300 ? compact.slice(0, 300) + '…' : compact)}`);
   stats.cases++;
@@ -276,10 +283,13 @@ async function differential(
     assert.ok(f.ok, `fastCodec rejected what jose accepts: ${where}: ${f.ok ? '' : String(f.error)}`);
     assert.ok(sameBytes(f.plaintext, j.plaintext), `plaintexts differ: ${where}`);
     assert.deepEqual(f.header, j.header, `headers differ: ${where}`);
+    assert.ok(r.ok && sameBytes(r.plaintext, j.plaintext), `read once, it did not open alike: ${where}`);
+    assert.deepEqual(r.header, j.header, `read once, headers differ: ${where}`);
     stats.bothAccept++;
   } else {
     assert.ok(!f.ok, `fastCodec accepted (jose ${j.ok ? 'accepted, but not strictly well-formed' : 'rejected'}): ${where}`);
     assert.ok(f.error instanceof Error, `fastCodec must reject with an Error: ${where}`);
+    assert.ok(!r.ok, `read once, it opened what decrypt refuses: ${where}`);
     if (j.ok) {
       const canonical = compact.split('.').every((p) => Buffer.from(p, 'base64url').toString('base64url') === p);
       if (canonical) stats.stricterHeader++;
@@ -287,6 +297,13 @@ async function differential(
     }
     else stats.bothReject++;
   }
+}
+
+/** The core's reading of a message (core/open.ts): its header once, refused as undefined. */
+function readOrThrow(compact: string): ReceivedJwe {
+  const read = fastCodec.read(compact);
+  if (read === undefined) throw new Error('header refused');
+  return read;
 }
 
 function report(name: string, s: Stats): void {
@@ -445,6 +462,7 @@ test('dir/A256GCM: tampered inputs — fastCodec accepts exactly what jose accep
       compact,
       (c) => joseCodec.decryptChannel(c, decryptKey),
       (c) => fastCodec.decryptChannel(c, decryptKey),
+      async (c) => readOrThrow(c).openChannel(decryptKey),
     );
   }
   report('dir', stats);
@@ -501,6 +519,7 @@ test('RSA-OAEP(-256)/A256GCM: tampered inputs — fastCodec accepts exactly what
       compact,
       (c) => joseCodec.decryptStatic(c, pk),
       (c) => fastCodec.decryptStatic(c, pk),
+      async (c) => readOrThrow(c).openStatic(pk),
     );
   }
   report('RSA', stats);
@@ -639,6 +658,120 @@ test('key inputs: KeyObject/CryptoKey conversion and rejections agree with jose'
   await assert.rejects(fastCodec.decryptStatic(undefined as unknown as string, staticPrivate));
 });
 
+test('read once: a message opens only as the kind its header names, and what routed it is what was checked', async () => {
+  const key = bytes(32);
+  const kid = channelKid();
+  const channelMessage = await joseCodec.encryptChannel(new TextEncoder().encode('{"a":1}'), key, kid);
+  const staticMessage = await encryptStatic(new TextEncoder().encode('{"b":2}'), staticPublic, STATIC_KID);
+  const read = readOrThrow(channelMessage);
+  assert.deepEqual(read.header, { alg: 'dir', enc: 'A256GCM', kid });
+  assert.throws(() => read.openStatic(staticPrivate), Error);
+  assert.equal(new TextDecoder().decode(read.openChannel(key).plaintext), '{"a":1}');
+  const readStatic = readOrThrow(staticMessage);
+  assert.deepEqual(readStatic.header, { alg: 'RSA-OAEP', enc: 'A256GCM', kid: STATIC_KID });
+  assert.throws(() => readStatic.openChannel(key), Error);
+  assert.equal(new TextDecoder().decode(readStatic.openStatic(staticPrivate).plaintext), '{"b":2}');
+  // A header the codec refuses is not read at all (the core then resets the message).
+  for (const compact of ['a.b.c.d.e', 'a.b.c', 42, forge({ header: { alg: 'dir', enc: 'A256GCM', kid, zip: 'DEF' }, cek: key, plaintext: bytes(3) })]) {
+    assert.equal(fastCodec.read(compact as string), undefined);
+  }
+  // The segments of a read cannot be swapped for others: there is no way to reach them.
+  assert.deepEqual(Object.keys(read), ['header']);
+});
+
+test('a channel key changed in place (wiped) is never used as it was: its messages stop opening', async () => {
+  const key = bytes(32);
+  const original = Buffer.from(key);
+  const kid = channelKid();
+  const message = await fastCodec.encryptChannel(new TextEncoder().encode('x'), key, kid);
+  assert.equal(new TextDecoder().decode((await fastCodec.decryptChannel(message, key)).plaintext), 'x');
+  key.fill(0);
+  await assert.rejects(fastCodec.decryptChannel(message, key));
+  // Encrypting under it now uses what it holds now (zeros), as jose does.
+  const underZeros = await fastCodec.encryptChannel(new TextEncoder().encode('y'), key, kid);
+  assert.equal(new TextDecoder().decode((await joseCodec.decryptChannel(underZeros, new Uint8Array(32))).plaintext), 'y');
+  await assert.rejects(joseCodec.decryptChannel(underZeros, original));
+  key.set(original);
+  assert.equal(new TextDecoder().decode((await fastCodec.decryptChannel(message, key)).plaintext), 'x');
+});
+
+// --- ECDHE: agreeChannelKey against the protocol's WebCrypto derivation ---------------------------
+
+const P256_P = BigInt('0xffffffff00000001000000000000000000000000ffffffffffffffffffffffff');
+const coordinate = (s: string): bigint => BigInt(`0x${Buffer.from(s, 'base64url').toString('hex') || '0'}`);
+const encodeCoordinate = (n: bigint, length = 32): string => Buffer.from(n.toString(16).padStart(length * 2, '0'), 'hex').toString('base64url');
+
+/** Point variants: [label, x, y]; the original point in another encoding, another point, or none. */
+function pointVariant(x: string, y: string): [string, unknown, unknown] {
+  const flip = (s: string): string => {
+    const b = Buffer.from(s, 'base64url');
+    b[int(b.length)]! ^= 1 << int(8);
+    return b.toString('base64url');
+  };
+  switch (int(16)) {
+    case 0: return ['bit-flip-x', flip(x), y];
+    case 1: return ['bit-flip-y', x, flip(y)];
+    case 2: return ['y+1 (off the curve)', x, encodeCoordinate((coordinate(y) + 1n) % P256_P)];
+    case 3: return ['y+p (33 bytes)', x, encodeCoordinate(coordinate(y) + P256_P, 33)];
+    case 4: return ['p-y (the other point with this x)', x, encodeCoordinate(P256_P - coordinate(y))];
+    case 5: return ['truncated', x.slice(0, int(x.length)), y];
+    case 6: return ['padding', `${x}=`, y];
+    case 7: return ['standard alphabet', x.replace(/-/g, '+').replace(/_/g, '/'), y.replace(/-/g, '+').replace(/_/g, '/')];
+    case 8: return ['whitespace', `${x.slice(0, 7)} ${x.slice(7)}`, y];
+    case 9: return ['leading zero byte', encodeCoordinate(coordinate(x), 33), y];
+    case 10: return ['zeros', encodeCoordinate(0n), encodeCoordinate(0n)];
+    case 11: return ['empty', '', pick(['', y])];
+    case 12: return ['not strings', pick([1, null, undefined, {}, [x]]), y];
+    case 13: return ['swapped', y, x];
+    case 14: return ['invalid characters', `${x.slice(0, 5)}!${x.slice(6)}`, y];
+    default: return ['ok', x, y];
+  }
+}
+
+test('ECDHE: agreeChannelKey derives the key WebCrypto derives, and takes exactly the points WebCrypto takes', async () => {
+  const kinds = new Map<string, [number, number]>();
+  for (let i = 0; i < 300; i++) {
+    const client = await generateEphemeralKeyPair();
+    const [label, x, y] = i < 100 ? ['ok', client.publicJwk.x, client.publicJwk.y] : pointVariant(client.publicJwk.x, client.publicJwk.y);
+    const where = at(`#${i} ${label}: ${JSON.stringify({ x, y })}`);
+    const byWebCrypto = await importEcPublicKey({ kty: 'EC', crv: 'P-256', x: x as string, y: y as string }).then(() => true, () => false);
+    let agreed: ReturnType<typeof agreeChannelKey> | undefined;
+    try {
+      agreed = agreeChannelKey({ x: x as string, y: y as string });
+    } catch (err) {
+      assert.ok(err instanceof Error && err.message === 'not a P-256 public key', where);
+    }
+    // Stricter on one point only: coordinates that are not strings (WebIDL would convert them;
+    // the request schema lets only strings through to here).
+    const expected = typeof x === 'string' && typeof y === 'string' && byWebCrypto;
+    assert.equal(agreed !== undefined, expected, `accepts ⟺ WebCrypto accepts: ${where}`);
+    const [yes, no] = kinds.get(label) ?? [0, 0];
+    kinds.set(label, agreed ? [yes + 1, no] : [yes, no + 1]);
+    if (!agreed) continue;
+    assert.deepEqual(Object.keys(agreed.publicJwk), ['kty', 'crv', 'x', 'y'], where);
+    assert.equal(agreed.key.length, 32, where);
+    // The client derives the same key from the server's public half, when the point was its own.
+    const samePoint = typeof x === 'string' && typeof y === 'string' && coordinate(x.replace(/[^A-Za-z0-9_-]/g, '')) === coordinate(client.publicJwk.x) && coordinate(y.replace(/[^A-Za-z0-9_-]/g, '')) === coordinate(client.publicJwk.y);
+    if (samePoint) {
+      const byClient = await deriveChannelKey(client.privateKey, await importEcPublicKey(agreed.publicJwk));
+      assert.ok(sameBytes(agreed.key, byClient), `the two sides derive one key: ${where}`);
+    }
+  }
+  console.log(`ECDHE points: ${[...kinds].map(([k, [yes, no]]) => `${k} ${yes}/${yes + no}`).join(', ')} accepted`);
+  assert.equal(kinds.get('ok')?.[1] ?? 0, 0, 'every genuine point is accepted');
+  assert.ok([...kinds].some(([, [, no]]) => no > 0), 'refusals exercised');
+});
+
+test('ECDHE: a fresh server key every time; the error says nothing of the point', () => {
+  const client = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' }) as { x: string; y: string };
+  const a = agreeChannelKey(client);
+  const b = agreeChannelKey(client);
+  assert.notDeepEqual(a.publicJwk, b.publicJwk);
+  assert.ok(!sameBytes(a.key, b.key));
+  const off = { x: client.x, y: encodeCoordinate((coordinate(client.y) + 1n) % P256_P) };
+  assert.throws(() => agreeChannelKey(off), (err: unknown) => err instanceof Error && !err.message.includes(off.x) && !err.message.includes(off.y));
+});
+
 test('IVs are fresh: 5,000 encryptions (across IV-pool refills) never repeat one', async () => {
   const key = bytes(32);
   const seen = new Set<string>();
@@ -663,7 +796,7 @@ test('throughput (print only): 2,000 dir decrypt + encrypt round trips, fastCode
   const kid = 'kms://kms.example.com/ecdhe/2f9a1c3e-8b7d-4e6f-a5c4-1d2e3f4a5b6c';
   const payload = new TextEncoder().encode(JSON.stringify({ status: 200, requestId: 'r', blob: 'x'.repeat(540) })); // ≈ 600 B
   const N = 2000;
-  const run = async (codec: typeof fastCodec): Promise<number> => {
+  const run = async (codec: MessageCodec): Promise<number> => {
     const inbound = await codec.encryptChannel(payload, key, kid);
     for (let i = 0; i < 100; i++) await codec.encryptChannel((await codec.decryptChannel(inbound, key)).plaintext, key, kid); // warm-up
     const t0 = performance.now();

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { inspect } from 'node:util';
+import { KeptMaterial } from '../src/keyring/kept-material.js';
 import { Keyring, generateRootKey, localRootKey, parseRootKey, sealedUnder } from '../src/keyring/keyring.js';
 import { Secret } from '../src/secret.js';
 import { SqliteStore } from '../src/store/sqlite.js';
@@ -75,6 +76,60 @@ test('a CMK row written before root keys became providers still opens under a fi
   const material = ring.seal(id, Buffer.from('m'), 'key:1');
   assert.equal(Buffer.from((await ring.unseal(id, material, 'key:1')).reveal()).toString(), 'm');
   await store.close();
+});
+
+test('unsealKept: the same sealed bytes give the same material, each caller its own copy; other bytes, another CMK or aad are unsealed for themselves', async () => {
+  const store = new SqliteStore(path());
+  const ring = await Keyring.open(local(randomBytes(32)), store, Date.now());
+  const first = ring.activeCmk();
+  const sealed = ring.seal(first.id, Buffer.from('material one'), 'key:1');
+  const a = await ring.unsealKept(first.id, sealed, 'key:1');
+  const b = await ring.unsealKept(first.id, sealed, 'key:1');
+  assert.equal(Buffer.from(b.reveal()).toString(), 'material one');
+  assert.notEqual(a.reveal(), b.reveal(), 'not one shared buffer');
+  a.wipe(); // a caller wiping its copy does not touch what the next one gets
+  assert.equal(Buffer.from((await ring.unsealKept(first.id, sealed, 'key:1')).reveal()).toString(), 'material one');
+  // The row re-sealed (new bytes, or under a new CMK): what it holds now, never what was kept.
+  const resealed = ring.seal(first.id, Buffer.from('material two'), 'key:1');
+  assert.equal(Buffer.from((await ring.unsealKept(first.id, resealed, 'key:1')).reveal()).toString(), 'material two');
+  const second = await ring.createCmk(null, Date.now());
+  const underSecond = ring.seal(second.id, Buffer.from('material three'), 'key:1');
+  assert.equal(Buffer.from((await ring.unsealKept(second.id, underSecond, 'key:1')).reveal()).toString(), 'material three');
+  // Still bound to its row and authenticated: moved or tampered bytes are refused as by unseal.
+  await assert.rejects(ring.unsealKept(second.id, underSecond, 'key:2'));
+  const tampered = Buffer.from(underSecond);
+  tampered[tampered.length - 1]! ^= 1;
+  await assert.rejects(ring.unsealKept(second.id, tampered, 'key:1'));
+  await store.close();
+});
+
+test('KeptMaterial: bounded, oldest dropped first, aged out, and wiped when dropped', () => {
+  const clock = { t: 0 };
+  const kept = new KeptMaterial(2, 1000, () => clock.t);
+  const sealed = (n: number) => new Uint8Array([n, n, n]);
+  const held: Uint8Array[] = [];
+  for (const n of [1, 2, 3]) {
+    const bytes = n === 3 ? Buffer.from([n]) : new Uint8Array([n]); // a Buffer too: its slice() is a view
+    held.push(bytes);
+    kept.set(`key:${n}`, 'cmk', sealed(n), bytes);
+  }
+  assert.equal(kept.size, 2);
+  assert.equal(kept.get('key:1', 'cmk', sealed(1)), undefined, 'the oldest went first');
+  assert.deepEqual(kept.get('key:3', 'cmk', sealed(3)), new Uint8Array([3]));
+  assert.equal(kept.get('key:3', 'other', sealed(3)), undefined, 'another CMK');
+  assert.equal(kept.get('key:3', 'cmk', sealed(4)), undefined, 'other bytes');
+  held[2]!.fill(9); // the caller's bytes were copied when kept
+  assert.deepEqual(kept.get('key:3', 'cmk', sealed(3)), new Uint8Array([3]));
+  const copy = kept.get('key:3', 'cmk', sealed(3))!;
+  copy.fill(7); // and copied when given out
+  assert.deepEqual(kept.get('key:3', 'cmk', sealed(3)), new Uint8Array([3]));
+  clock.t = 999;
+  assert.ok(kept.get('key:2', 'cmk', sealed(2)));
+  clock.t = 1000;
+  assert.equal(kept.get('key:2', 'cmk', sealed(2)), undefined, 'aged out');
+  assert.equal(kept.size, 1);
+  kept.clear();
+  assert.equal(kept.size, 0);
 });
 
 test('Secret redacts itself', () => {

@@ -77,7 +77,8 @@ export class Answerer {
     // user id, an authorization URI, kms://peer), never a credential; the fields are the record's
     // own, so nothing is serialised here, and pino drops the line itself when info is off.
     this.logger.info({ op: record.op, status: out.status, principal: record.principal, onBehalfOf: record.onBehalfOf ?? undefined, peer: record.peer, latencyMs: Math.round(seconds * 1e4) / 10, requestId: out.requestId }, 'request');
-    return this.seal(encoder.encode(JSON.stringify(out)), out.status, to);
+    // Buffer.from: half TextEncoder's cost, the same bytes (JSON.stringify escapes lone surrogates).
+    return this.seal(Buffer.from(JSON.stringify(out), 'utf8'), out.status, to);
   }
 
   /**

@@ -3,7 +3,7 @@
  * schema (the operation's own members are validated by the operation), and the rule that the
  * static key establishes channels and nothing else.
  */
-import { KmsError, Limits, basicRequestSchema, isPlainText, jsonDepthWithin, parseKmsUri, topLevelMember, validate, type KmsRequest } from '@openkms/protocol';
+import { KmsError, Limits, isPlainText, jsonDepthWithin, parseKmsUri, readBasicRequest, topLevelMember, type KmsRequest } from '@openkms/protocol';
 import type { RequestRecord } from './record.js';
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -50,7 +50,7 @@ export function noteRequestId(raw: unknown, record: RequestRecord): void {
 /** Validates the basic request and records what it says; the requestId first (noteRequestId). */
 export function readRequest(raw: unknown, record: RequestRecord): KmsRequest {
   noteRequestId(raw, record);
-  const base = validate(basicRequestSchema, raw);
+  const base = readBasicRequest(raw);
   record.method = base.method;
   record.uri = base.uri;
   record.clientId = base.client.clientId;

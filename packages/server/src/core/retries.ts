@@ -69,9 +69,14 @@ export class Retries {
    * Runs the request once per (channel, requestId) when its operation keeps its first answer.
    * `channel`: the user's channel it came on; none for a handshake or a peer KMS's request.
    */
-  async once(channel: Channel | undefined, request: KmsRequest, spec: Operation, run: () => Promise<KmsResponse>): Promise<KmsResponse> {
+  once(channel: Channel | undefined, request: KmsRequest, spec: Operation, run: () => Promise<KmsResponse>): Promise<KmsResponse> {
     // Handshakes come under the static key (no channel: a retry makes a second channel, harmless).
+    // Anything else that repeats runs as it is, without a promise of its own around it.
     if (!channel || spec.retry !== 'firstAnswer') return run();
+    return this.onceKept(channel, request, run);
+  }
+
+  private async onceKept(channel: Channel, request: KmsRequest, run: () => Promise<KmsResponse>): Promise<KmsResponse> {
     const digest = requestDigest(request);
     // Nested deeper than any request the operations accept: it runs, to be refused by them (400).
     if (digest === undefined) return run();

@@ -3,12 +3,18 @@
  * from the bearer alone; `credential.userId` is ignored. Bearers issued by this KMS for anonymous
  * authorizations are recognised by their issuer and checked locally; everything else goes to the
  * organisation's IdP through the TokenVerifier (which caches per token).
+ *
+ * A bearer seen before costs one digest: the verifier's and the anonymous bearers' results are
+ * both kept by it (identity/token-cache.ts), so a known bearer is neither decoded to learn whose
+ * it is nor verified again. An anonymous one still has its authorization and resource read at
+ * every use: deleting either revokes it at once.
  */
 import { KmsError, type Credential } from '@openkms/protocol';
 import type { Store } from '../store/store.js';
-import type { AnonymousBearers } from './anonymous.js';
+import type { AnonymousBearers, AnonymousClaims } from './anonymous.js';
 import { Roles, mayActFor } from '../policy.js';
-import type { Principal, TokenVerifier } from './principal.js';
+import type { Principal, TokenVerifier, VerifiedToken } from './principal.js';
+import { TokenCache } from './token-cache.js';
 import { domainOf, isUserId, normalizeUserId } from './users.js';
 
 export class Authenticator {
@@ -23,9 +29,16 @@ export class Authenticator {
   async authenticate(credential: Credential | undefined): Promise<Principal> {
     const bearer = credential?.bearer;
     if (!bearer) throw KmsError.unauthorized('credential.bearer missing');
-    if (this.anonymous.isOurs(bearer)) return this.anonymousPrincipal(bearer);
+    const key = TokenCache.keyOf(bearer);
+    const known = this.verifier.cached?.(key);
+    if (known) return this.userPrincipal(known);
+    const claims = this.anonymous.cached(key);
+    if (claims) return this.anonymousPrincipal(claims);
+    if (this.anonymous.isOurs(bearer)) return this.anonymousPrincipal(await this.anonymous.verify(bearer, key));
+    return this.userPrincipal(await this.verifier.verify(bearer));
+  }
 
-    const token = await this.verifier.verify(bearer);
+  private userPrincipal(token: VerifiedToken): Principal {
     const id = normalizeUserId(token.userId, this.domains[0]!);
     if (!isUserId(id)) throw KmsError.unauthorized('credential names no valid user');
     const domain = domainOf(id);
@@ -48,8 +61,7 @@ export class Authenticator {
     return { kind: 'user', id, domain: domainOf(id), roles: [], orgId: domainOf(id), expiresAt: agent.expiresAt, agent: agent.id };
   }
 
-  private async anonymousPrincipal(bearer: string): Promise<Principal> {
-    const claims = await this.anonymous.verify(bearer);
+  private async anonymousPrincipal(claims: AnonymousClaims): Promise<Principal> {
     const auth = await this.store.getAuthorization(claims.authorizationId);
     if (!auth || auth.resourceId !== claims.resourceId || auth.authId !== null) {
       throw KmsError.unauthorized('anonymous authorization revoked');

@@ -9,19 +9,22 @@ import { DISCOVERY_RETRY_MS } from '../limits.js';
 
 /**
  * Where the IdP's signing keys come from: a file, a URL, or OIDC discovery. Returns undefined when
- * none is configured (opaque tokens only, via introspection).
+ * none is configured (opaque tokens only, via introspection). `onChange` is told when a remote set,
+ * re-read (jose re-reads it when it is 10 minutes old, or for a kid it does not know), differs
+ * from the one read before: a key was rotated in or out, so what was verified before may rest on a
+ * key the IdP no longer publishes (tokens.ts then drops its results).
  *
  * Config mistakes (unreadable file, bad URL) throw a plain Error at build time, so the server
  * refuses to start rather than refusing every user. Anything that can go wrong at run time — the
  * IdP being down or answering nonsense — is deferred to the first verification and retried later:
  * an IdP outage must never crash the KMS.
  */
-export function createKeySource(config: IdentityConfig, baseDir: string, now: () => number): JWTVerifyGetKey | undefined {
+export function createKeySource(config: IdentityConfig, baseDir: string, now: () => number, onChange: () => void = () => {}): JWTVerifyGetKey | undefined {
   if (config.jwksFile !== undefined) return fileKeySource(resolve(baseDir, config.jwksFile));
   if (config.jwksUri !== undefined) {
-    return guardRemote(createRemoteJWKSet(providerUrl(config.jwksUri, 'jwksUri')));
+    return guardRemote(createRemoteJWKSet(providerUrl(config.jwksUri, 'jwksUri')), onChange);
   }
-  if (config.discovery === true && config.issuer !== undefined) return discoveryKeySource(config.issuer, now);
+  if (config.discovery === true && config.issuer !== undefined) return discoveryKeySource(config.issuer, now, onChange);
   return undefined;
 }
 
@@ -54,7 +57,18 @@ function isTokenKeyError(err: unknown): boolean {
   );
 }
 
-function guardRemote(jwks: JWTVerifyGetKey): JWTVerifyGetKey {
+/** A remote key set whose failures are the IdP's (ProviderError) and whose changes are told (exported for its test). */
+export function guardRemote(jwks: ReturnType<typeof createRemoteJWKSet>, onChange: () => void): JWTVerifyGetKey {
+  // The set last used, as JSON text: compared only after a lookup, which is only made for a token
+  // not verified before (a few per token lifetime), so its cost is not per request.
+  let seen: string | undefined;
+  const compare = (): void => {
+    const set = jwks.jwks();
+    if (set === undefined) return;
+    const text = JSON.stringify(set);
+    if (seen !== undefined && text !== seen) onChange();
+    seen = text;
+  };
   return async (header, token) => {
     try {
       return await jwks(header, token);
@@ -62,6 +76,8 @@ function guardRemote(jwks: JWTVerifyGetKey): JWTVerifyGetKey {
       if (isTokenKeyError(err) || err instanceof ProviderError) throw err;
       const detail = err instanceof errors.JWKSTimeout ? 'timed out' : 'failed or returned an invalid key set';
       throw new ProviderError('identity provider unreachable', 'jwks', detail);
+    } finally {
+      compare();
     }
   };
 }
@@ -72,7 +88,7 @@ function guardRemote(jwks: JWTVerifyGetKey): JWTVerifyGetKey {
  * someone else's keys. The result is kept for the life of the process; a failure is remembered
  * for DISCOVERY_RETRY_MS so that a dead IdP is not hammered by every request, then retried.
  */
-function discoveryKeySource(issuer: string, now: () => number): JWTVerifyGetKey {
+function discoveryKeySource(issuer: string, now: () => number, onChange: () => void): JWTVerifyGetKey {
   const documentUrl = providerUrl(`${issuer.replace(/\/+$/, '')}/.well-known/openid-configuration`, 'issuer');
   let keys: JWTVerifyGetKey | undefined;
   let pending: Promise<JWTVerifyGetKey> | undefined;
@@ -95,7 +111,7 @@ function discoveryKeySource(issuer: string, now: () => number): JWTVerifyGetKey 
     } catch (err) {
       throw new ProviderError('identity provider misconfigured', 'discovery', `${(err as Error).message}`);
     }
-    return guardRemote(createRemoteJWKSet(url));
+    return guardRemote(createRemoteJWKSet(url), onChange);
   }
 
   function current(): Promise<JWTVerifyGetKey> {

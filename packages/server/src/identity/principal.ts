@@ -78,6 +78,12 @@ export interface VerifiedToken {
 export interface TokenVerifier {
   /** Checks a bearer access token. Throws KmsError 401 when it is missing, invalid or expired. */
   verify(bearer: string): Promise<VerifiedToken>;
+  /**
+   * What an earlier `verify` of the bearer whose `TokenCache.keyOf` is `key` found, while it may
+   * still be used without checking again; no I/O. Lets the authenticator take a known bearer by
+   * one digest, before deciding whose it is (identity/authenticator.ts).
+   */
+  cached?(key: string): VerifiedToken | undefined;
   close?(): void;
 }
 

@@ -72,13 +72,22 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
   validate(config, tolerance);
 
   const dev = devIssuer(options, config);
-  const keys: JWTVerifyGetKey | undefined = createKeySource(config, options.baseDir, now);
+  const cache = new TokenCache<VerifiedToken>(CACHE_MAX_ENTRIES);
+  /**
+   * Moves when the IdP's key set changes (a key rotated in or out): every result checked before is
+   * dropped, since it may rest on a key the IdP no longer publishes, and a check that began before
+   * is not cached when it ends.
+   */
+  let keySet = 0;
+  const keys: JWTVerifyGetKey | undefined = createKeySource(config, options.baseDir, now, () => {
+    keySet++;
+    cache.clear();
+  });
   const introspect: Introspector | undefined = config.introspection ? createIntrospector(config.introspection) : undefined;
   if (!dev && !keys && !introspect) {
     throw new Error('identity: no way to verify access tokens; configure identity.issuer with a JWKS source or introspection, or the development issuer');
   }
 
-  const cache = new TokenCache<VerifiedToken>(CACHE_MAX_ENTRIES);
   const inFlight = new Map<string, Promise<VerifiedToken>>();
 
   function report(err: unknown): void {
@@ -159,6 +168,7 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
 
   async function checkFresh(bearer: string, key: string): Promise<VerifiedToken> {
     const at = now();
+    const set = keySet;
     let checked: Checked;
     try {
       if (looksLikeJwt(bearer)) checked = await checkJwt(bearer, at);
@@ -168,7 +178,7 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
       report(err);
       throw toKmsError(err);
     }
-    cache.set(key, checked.token, checked.cacheUntil, at);
+    if (set === keySet) cache.set(key, checked.token, checked.cacheUntil, at);
     return checked.token;
   }
 
@@ -188,6 +198,10 @@ export function createTokenVerifier(config: IdentityConfig, options: TokenVerifi
         inFlight.set(key, pending);
       }
       return copy(await pending);
+    },
+    cached(key: string): VerifiedToken | undefined {
+      const cached = cache.get(key, now());
+      return cached && copy(cached);
     },
     close(): void {
       cache.clear();

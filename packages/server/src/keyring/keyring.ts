@@ -5,11 +5,13 @@
  * sealed under the root key (a key file, KMS_ROOT_KEY, or a key in an HSM: RootKey). Rotation adds a new active CMK and
  * keeps the old ones for unsealing, so it never makes an existing key unreadable.
  */
-import { hkdfSync, randomBytes, randomUUID } from 'node:crypto';
+import { createSecretKey, hkdfSync, randomBytes, randomUUID, type KeyObject } from 'node:crypto';
 import { KmsError } from '@openkms/protocol';
 import { Secret } from '../secret.js';
 import type { CmkRow } from '../model.js';
 import type { Store } from '../store/store.js';
+import { KEPT_KEY_MS, MAX_KEPT_KEYS } from '../limits.js';
+import { KeptMaterial } from './kept-material.js';
 import { seal, unseal } from './sealing.js';
 
 /**
@@ -79,11 +81,13 @@ export function sealedUnder(root: RootKey, row: Pick<CmkRow, 'id' | 'sealed'>): 
 
 interface LoadedCmk {
   row: CmkRow;
-  key: Secret;
+  /** The CMK's key as node:crypto takes it (a KeyObject redacts itself too). */
+  key: KeyObject;
 }
 
 export class Keyring {
   private readonly cmks = new Map<string, LoadedCmk>();
+  private readonly kept = new KeptMaterial(MAX_KEPT_KEYS, KEPT_KEY_MS);
 
   private constructor(
     private readonly root: RootKey,
@@ -109,7 +113,8 @@ export class Keyring {
     } catch {
       throw new Error(`CMK ${row.id} cannot be unsealed under ${this.root.describe()}: wrong root key?`);
     }
-    const loaded = { row, key: new Secret(key) };
+    const loaded = { row, key: createSecretKey(key) };
+    key.fill(0);
     this.cmks.set(row.id, loaded);
     return loaded;
   }
@@ -153,7 +158,7 @@ export class Keyring {
   seal(cmkId: string, plaintext: Uint8Array, aad: string): Uint8Array {
     const cmk = this.cmks.get(cmkId);
     if (!cmk) throw new Error(`unknown CMK ${cmkId}`);
-    return seal(cmk.key.reveal(), plaintext, aad);
+    return seal(cmk.key, plaintext, aad);
   }
 
   async unseal(cmkId: string, sealed: Uint8Array, aad: string): Promise<Secret> {
@@ -163,6 +168,19 @@ export class Keyring {
       cmk = this.cmks.get(cmkId);
       if (!cmk) throw new Error(`unknown CMK ${cmkId}`);
     }
-    return new Secret(unseal(cmk.key.reveal(), sealed, aad));
+    return new Secret(unseal(cmk.key, sealed, aad));
+  }
+
+  /**
+   * `unseal`, for material that is read again and again (object keys, on every retrieval): what it
+   * gave for these sealed bytes under this CMK and aad is kept for a while, bounded
+   * (kept-material.ts says why that needs no change feed). Each call gets its own bytes.
+   */
+  async unsealKept(cmkId: string, sealed: Uint8Array, aad: string): Promise<Secret> {
+    const known = this.kept.get(aad, cmkId, sealed);
+    if (known !== undefined) return new Secret(known);
+    const material = await this.unseal(cmkId, sealed, aad);
+    this.kept.set(aad, cmkId, sealed, material.reveal());
+    return material;
   }
 }

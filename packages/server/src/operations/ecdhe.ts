@@ -2,16 +2,8 @@
  * Draft 4.7.1–4.7.2: create an ephemeral key (the ECDHE handshake) and delete one. The handshake
  * arrives under the static key, before any channel exists; its answer is signed, not sealed.
  */
-import {
-  KmsError,
-  Status,
-  deriveChannelKey,
-  ecdheSchema,
-  formatDate,
-  generateEphemeralKeyPair,
-  importEcPublicKey,
-  validate,
-} from '@openkms/protocol';
+import { KmsError, Status, ecdheSchema, formatDate, validate } from '@openkms/protocol';
+import { agreeChannelKey } from '../codec/fast-codec.js';
 import { principalId } from '../identity/principal.js';
 import { Secret } from '../secret.js';
 import type { Deps, Handler } from './context.js';
@@ -21,15 +13,14 @@ export const createEphemeralKey: Handler = async ({ request, principal }, deps) 
   if (jwk.kty !== 'EC') throw KmsError.badRequest('invalid field jwk.kty: must be EC');
   if (jwk.crv !== 'P-256') throw KmsError.badRequest('invalid field jwk.crv: only P-256 is supported');
   if (!jwk.x || !jwk.y) throw KmsError.badRequest('invalid field jwk: x and y required');
-  let clientPublic: CryptoKey;
+  let agreed: ReturnType<typeof agreeChannelKey>;
   try {
     // Only x and y are read: private members a client may send (node-kms sends `d`) are ignored.
-    clientPublic = await importEcPublicKey({ kty: 'EC', crv: 'P-256', x: jwk.x, y: jwk.y });
+    agreed = agreeChannelKey({ x: jwk.x, y: jwk.y });
   } catch {
     throw KmsError.badRequest('invalid field jwk: not a P-256 public key');
   }
-  const server = await generateEphemeralKeyPair();
-  const key = new Secret(await deriveChannelKey(server.privateKey, clientPublic));
+  const key = new Secret(agreed.key);
   const channel = await deps.channels.create(
     principalId(principal),
     request.client.clientId,
@@ -40,7 +31,7 @@ export const createEphemeralKey: Handler = async ({ request, principal }, deps) 
     status: Status.CREATED,
     key: {
       uri: channel.uri,
-      jwk: server.publicJwk,
+      jwk: agreed.publicJwk,
       userId: channel.owner,
       clientId: channel.clientId,
       createDate: formatDate(channel.createdAt),

@@ -21,8 +21,9 @@ import { keyRep } from './representations.js';
 /** The additional authenticated data a key is sealed under: a sealed key cannot pass for another. */
 export const keyAad = (id: string) => `key:${id}`;
 
+/** A key row as its representation; its material unsealed once and kept a while (Keyring.unsealKept). */
 async function reveal(deps: Deps, row: KeyRow) {
-  return keyRep(deps.authority, row, await deps.keyring.unseal(row.cmkId, row.sealed, keyAad(row.id)));
+  return keyRep(deps.authority, row, await deps.keyring.unsealKept(row.cmkId, row.sealed, keyAad(row.id)));
 }
 
 export const createKeys: Handler = async (ctx, deps) => {

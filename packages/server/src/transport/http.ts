@@ -44,9 +44,10 @@ class HttpError extends Error {
 }
 
 function send(res: ServerResponse, status: number, body: unknown, type = 'application/json'): void {
-  const text = type === 'application/json' ? JSON.stringify(body) : String(body);
-  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
+  // Encoded once: its length and its bytes (a batch answer is tens of KiB).
+  const bytes = Buffer.from(type === 'application/json' ? JSON.stringify(body) : String(body), 'utf8');
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', 'content-length': bytes.length });
+  res.end(bytes);
 }
 
 async function readBody(req: IncomingMessage): Promise<Buffer> {

@@ -43,7 +43,8 @@ export class WebSocketEndpoint {
       // One socket may not queue unbounded work: past the limit it is closed (policy violation).
       if (inFlight >= MAX_IN_FLIGHT_PER_SOCKET) return ws.close(1008, 'too many requests in flight');
       inFlight++;
-      const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
+      // ws hands a Buffer (its default binaryType): read as it is, not copied first.
+      const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.isBuffer(data) ? data.toString('utf8') : Buffer.from(data).toString('utf8');
       void this.track(this.kms.handle(text, from))
         .then(
           (answer) => ws.readyState === ws.OPEN && ws.send(answer),

@@ -10,6 +10,7 @@ import { KmsError, Limits, encryptStatic, joseCodec } from '@openkms/protocol';
 import type { Channel } from '../../src/channels.js';
 import { newRecord } from '../../src/core/record.js';
 import { Opener, peerOwning, type ChannelLookup } from '../../src/core/open.js';
+import { fastCodec } from '../../src/codec/fast-codec.js';
 import { AUTHORITY, PEER_AUTHORITY, channelOf, rejectsWith, staticKeyPair } from '../support/core.js';
 
 const enc = new TextEncoder();
@@ -153,5 +154,48 @@ describe('the record', () => {
     const other = newRecord();
     await opener.open(await underChannel('{}'), other);
     assert.equal(other.op, 'reset', 'a channel message is not labelled a handshake');
+  });
+});
+
+describe('with the node:crypto codec (fast-codec.ts reads each header once)', () => {
+  const fastLookup = new Lookup();
+  fastLookup.channels.set(channel.id, channel);
+  const fast = new Opener(AUTHORITY, staticKey, fastLookup, fastCodec);
+  const fastReset = (message: unknown, record = newRecord()) => rejectsWith(fast.open(message as string, record), 'CHANNEL_RESET', 499);
+
+  test('opens what the jose codec opens: channel messages (absolute or relative kid) and handshakes', async () => {
+    const opened = await fast.open(await underChannel('{"a":1}'), newRecord());
+    assert.equal(opened.channel, channel);
+    assert.equal(dec.decode(opened.plaintext), '{"a":1}');
+    assert.equal((await fast.open(await underChannel('{}', `/ecdhe/${channel.id}`), newRecord())).channel, channel);
+    assert.equal((await fast.open(await underChannel('x', channel.uri, undefined, 'JOSE'), newRecord())).cty, 'JOSE');
+    const plain = await fast.open(await encryptStatic(enc.encode('{"h":1}'), staticKey.publicKey, staticKey.kid), newRecord());
+    assert.equal(plain.channel, undefined);
+    assert.equal(dec.decode(plain.plaintext), '{"h":1}');
+  });
+
+  test('a header it refuses is a reset before any channel is looked up; one naming the static key is still recorded a handshake', async () => {
+    const asked = fastLookup.asked.length;
+    const forged = (header: Record<string, unknown>) =>
+      `${Buffer.from(JSON.stringify(header)).toString('base64url')}..${randomBytes(12).toString('base64url')}.${randomBytes(8).toString('base64url')}.${randomBytes(16).toString('base64url')}`;
+    await fastReset(forged({ alg: 'dir', enc: 'A256GCM', kid: channel.uri, zip: 'DEF' }));
+    assert.equal(fastLookup.asked.length, asked, 'no lookup for a header the codec refuses');
+    const record = newRecord();
+    await fastReset(forged({ alg: 'RSA-OAEP', enc: 'A256GCM', kid: staticKey.kid, jku: 'https://x.example' }), record);
+    assert.equal(record.op, 'createEphemeralKey');
+    const other = newRecord();
+    await fastReset(forged({ alg: 'dir', enc: 'A256GCM', kid: channel.uri, typ: 'JOSE' }), other);
+    assert.equal(other.op, 'reset');
+  });
+
+  test('a kid in another form than the one this KMS gives its channels is read by the URI parser alike', async () => {
+    const asked = fastLookup.asked.length;
+    for (const kid of [`kms://${AUTHORITY.toUpperCase()}/ecdhe/${channel.id}`, `kms://${AUTHORITY}/ecdhe/${channel.id}/`, `kms://${AUTHORITY}/ecdhe/${channel.id}?a=b`]) {
+      assert.equal((await fast.open(await underChannel('{}', kid), newRecord())).channel, channel, kid);
+    }
+    for (const kid of [`kms://${AUTHORITY}/ecdhe/${channel.id.toUpperCase()}`, `kms://${AUTHORITY}/ecdhe/${channel.id.slice(0, -1)}x`]) {
+      await fastReset(await underChannel('{}', kid));
+    }
+    assert.equal(fastLookup.asked.length, asked + 3, 'only the readable kids were looked up');
   });
 });
