@@ -376,12 +376,16 @@ async function sdkSection(server: ServingKms, folder: KmsFolder, w: Workload): P
         await closedLoop(c, P.warmMs, op);
         await settle(30);
         const latencies: number[] = [];
+        const before = await server.latencyHistogram();
         const cpu0 = server.cpuSeconds();
         const mine0 = process.cpuUsage();
         const r = await closedLoop(c, P.ms, op, latencies);
         const mine = process.cpuUsage(mine0);
         const cpu = server.cpuSeconds() - cpu0;
+        const after = await server.latencyHistogram();
         const lat = percentiles(latencies);
+        const serverP50 = histogramQuantile(before, after, 50);
+        const serverP99 = histogramQuantile(before, after, 99);
         const result: Result = {
           name: 'SDK retrieveKey',
           backend: 'sqlite',
@@ -393,6 +397,7 @@ async function sdkSection(server: ServingKms, folder: KmsFolder, w: Workload): P
           opsPerServerCpuSec: cpu > 0 ? r.ops / cpu : 0,
           p50Ms: lat.p50,
           p99Ms: lat.p99,
+          ...(serverP50 !== undefined ? { serverP50Ms: serverP50 * 1000, serverP99Ms: (serverP99 ?? 0) * 1000 } : {}),
           ratioToLimit: cpu > 0 ? r.ops / cpu / limit.common.perCpuSecond : 0,
           serverCores: cpu / r.seconds,
           clientCpuMsPerOp: (mine.user + mine.system) / 1000 / Math.max(1, r.ops),
