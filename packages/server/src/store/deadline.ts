@@ -99,16 +99,38 @@ export function storageUnavailable(cause: unknown): KmsError {
   return new KmsError('STORAGE_UNAVAILABLE', 'storage unavailable: retry later', { cause });
 }
 
-/** The deadline of the request being handled, in performance.now() milliseconds (monotonic). */
+/** The request being handled: its deadline, and whether its audit record is queued yet. */
 interface RequestDeadline {
+  /** In performance.now() milliseconds (monotonic). */
   at: number;
+  audited: boolean;
 }
 
 const requestDeadline = new AsyncLocalStorage<RequestDeadline>();
 
 /** Runs `fn` as one request whose storage calls share one deadline `ms` from now. */
 export function withRequestDeadline<T>(ms: number, fn: () => Promise<T>): Promise<T> {
-  return requestDeadline.run({ at: performance.now() + ms }, fn);
+  return requestDeadline.run({ at: performance.now() + ms, audited: false }, fn);
+}
+
+/**
+ * Whether a write made now is made durable by the current request's audit record: true inside a
+ * request (withRequestDeadline) whose record is not queued yet. Every request is answered only
+ * once its record is durable (core/answer.ts), and that record is committed after every write the
+ * request made before it, to the same log (SQLite's WAL, store/wal-sync.ts), so such a write
+ * needs no fsync of its own. Work the request started that writes after its record was queued,
+ * and everything outside a request (the sweeper, a CLI command, a group commit's batch), waits
+ * for its own writes to be durable.
+ */
+export function auditCoversWrite(): boolean {
+  const current = requestDeadline.getStore();
+  return current !== undefined && !current.audited;
+}
+
+/** The current request's audit record is queued (core/answer.ts): its later writes make themselves durable. */
+export function auditRecordQueued(): void {
+  const current = requestDeadline.getStore();
+  if (current) current.audited = true;
 }
 
 /**

@@ -1,8 +1,8 @@
 /**
  * Group commit: writes that arrive while one is being committed go into the next transaction, so
  * a busy KMS pays one fsync per batch instead of one per request, and every caller is answered
- * only once its own write is durable. With synchronous=FULL an fsync costs milliseconds; without
- * this, channel creation and audit appends would cap the KMS at a few hundred requests a second.
+ * only once its own write is durable. An fsync costs up to milliseconds; without this, audit
+ * appends (and PostgreSQL's channel inserts) would cap the KMS at a few hundred requests a second.
  */
 import { outsideRequest } from './deadline.js';
 

@@ -1,6 +1,9 @@
 /**
- * The embedded default store: one SQLite file, WAL, synchronous=FULL (a committed write survives
- * a power cut), secure_delete (destroyed key rows are overwritten, not just unlinked).
+ * The embedded default store: one SQLite file, WAL, secure_delete (destroyed key rows are
+ * overwritten, not just unlinked). A write survives a power cut once its method resolves: commits
+ * run with synchronous=NORMAL and are made durable together by one fsync of the WAL off the event
+ * loop (wal-sync.ts); a request's writes by the fsync of its audit record, which it is answered
+ * after (deadline.ts auditCoversWrite).
  * better-sqlite3 is synchronous, so each method is one transaction that no other request of this
  * process can interleave with; the async signatures are for the shared Store contract. Several
  * processes may open one file (nodes, workers): every transaction that writes starts with
@@ -16,10 +19,11 @@ import { LEADER_LEASE_MS } from '../limits.js';
 import { PollingSignal, type ChangeSignal } from './change-signal.js';
 import { LeaseLeadership, type Leadership } from './leadership.js';
 import { answerStateFromRow, archivedFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, pushFromRow, resourceFromRow, type Row } from './rows.js';
-import { GroupCommit } from './group-commit.js';
+import { auditCoversWrite } from './deadline.js';
 import { checkSchemaKnown, migrations } from './migrations.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
+import { WalSync, type Fsync } from './wal-sync.js';
 
 /** How long a write waits for the lock while the file is taken for locked (write()). */
 const LOCKED_WAIT_MS = 50;
@@ -36,29 +40,29 @@ export class SqliteStore implements Store {
   /** The last write found the file locked by another process for a whole busy timeout (write()). */
   private locked = false;
   private readonly stmt: Record<string, Database.Statement>;
-  /** Handshakes are frequent and independent: their channel rows share transactions. */
-  private readonly channelCommits = new GroupCommit<ChannelRow>((rows) => {
-    this.write(() => {
-      for (const row of rows) this.stmt.insertChannel!.run(row);
-    });
-  });
+  /** Makes commits durable; none for an in-memory database. */
+  private readonly wal: WalSync | undefined;
 
   /**
    * `busyTimeoutMs`: how long a write waits for a lock another process holds (default 5 s). The
    * wait blocks the event loop (better-sqlite3 is synchronous), so a server sets it to its storage
    * deadline: a locked file is then a 503 within that deadline, not later (store/deadline.ts).
+   * `fsync`: how the WAL is flushed (wal-sync.ts; tests hold it).
    */
-  constructor(path: string, options: { busyTimeoutMs?: number } = {}) {
+  constructor(path: string, options: { busyTimeoutMs?: number; fsync?: Fsync } = {}) {
     this.db = new Database(path);
     // Owner-only, like the other secrets of a KMS folder; SQLite gives its -wal/-shm files the same mode.
     if (path !== ':memory:') chmodSync(path, 0o600);
     this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = FULL');
+    // No fsync in the commit: wal-sync.ts makes commits durable, many at once, off the event loop.
+    this.db.pragma('synchronous = NORMAL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('secure_delete = ON');
     this.busyTimeoutMs = Math.round(options.busyTimeoutMs ?? 5000);
     this.db.pragma(`busy_timeout = ${this.busyTimeoutMs}`);
+    this.wal = path === ':memory:' ? undefined : new WalSync(`${path}-wal`, options.fsync);
     this.migrate();
+    this.wal?.syncNow();
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertKey: p(`INSERT INTO keys (id, user_id, client_id, created_at, expires_at, resource_id, bind_date, bind_seq, cmk_id, sealed)
@@ -106,6 +110,15 @@ export class SqliteStore implements Store {
       countPeerRequest: p(`INSERT INTO peer_request_counts (peer, slice, accepted, expires_at) VALUES (?, ?, 1, ?)
                            ON CONFLICT (peer, slice) DO UPDATE SET accepted = accepted + 1, expires_at = excluded.expires_at`),
     };
+  }
+
+  /**
+   * `result`, once the commit that produced it is durable; at once when the current request's
+   * audit record makes it durable (deadline.ts auditCoversWrite).
+   */
+  private async durable<T>(result: T): Promise<T> {
+    if (this.wal && !auditCoversWrite()) await this.wal.sync();
+    return result;
   }
 
   /** Records a change for other processes' caches, inside the caller's transaction. */
@@ -158,6 +171,7 @@ export class SqliteStore implements Store {
     this.write(() => {
       for (const row of rows) this.stmt.insertKey!.run(row);
     });
+    await this.durable(undefined);
   }
 
   async getKey(id: string): Promise<KeyRow | undefined> {
@@ -200,7 +214,7 @@ export class SqliteStore implements Store {
   }
 
   async bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome> {
-    return this.bindOrRollBack(() => this.bindInTx([bind], bind.resourceId));
+    return this.durable(this.bindOrRollBack(() => this.bindInTx([bind], bind.resourceId)));
   }
 
   async listResourceKeys(resourceId: string, filter: KeyFilter = {}): Promise<KeyRow[]> {
@@ -233,11 +247,13 @@ export class SqliteStore implements Store {
   async createResource(resource: ResourceRow, authorizations: AuthorizationRow[], binds: KeyBind[]): Promise<BindOutcome> {
     rules.checkResourceRow(resource);
     authorizations.forEach(rules.checkAuthorizationRow);
-    return this.bindOrRollBack(() => {
-      this.stmt.insertResource!.run(resource);
-      for (const a of authorizations) this.stmt.insertAuthorization!.run(a);
-      return this.bindInTx(binds, resource.id);
-    });
+    return this.durable(
+      this.bindOrRollBack(() => {
+        this.stmt.insertResource!.run(resource);
+        for (const a of authorizations) this.stmt.insertAuthorization!.run(a);
+        return this.bindInTx(binds, resource.id);
+      }),
+    );
   }
 
   async getResource(id: string): Promise<ResourceRow | undefined> {
@@ -246,7 +262,7 @@ export class SqliteStore implements Store {
   }
 
   async addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'> {
-    return this.write(() => {
+    const added = this.write(() => {
       const count = Number((this.stmt.countAuthorizations!.get(resourceId) as Row).n);
       const byAuthId = new Map<string, AuthorizationRow>();
       for (const authId of rules.authIdsOf(rows)) {
@@ -258,6 +274,7 @@ export class SqliteStore implements Store {
       for (const row of plan.inserts) this.stmt.insertAuthorization!.run(row);
       return plan.answer;
     });
+    return this.durable(added);
   }
 
   async listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
@@ -275,7 +292,7 @@ export class SqliteStore implements Store {
   }
 
   async deleteAuthorizations(resourceId: string, ids: string[]): Promise<AuthorizationRow[]> {
-    return this.write(() => {
+    const deleted = this.write(() => {
       const deleted: AuthorizationRow[] = [];
       for (const id of ids) {
         const r = this.stmt.getAuthorization!.get(id) as Row | undefined;
@@ -285,12 +302,13 @@ export class SqliteStore implements Store {
       }
       return deleted;
     });
+    return this.durable(deleted);
   }
 
   async insertChannel(row: ChannelRow): Promise<void> {
-    // Refused here, not in the batch: one bad row must not fail the others' commit.
     rules.checkChannelRow(row);
-    return this.channelCommits.add(row);
+    this.write(() => this.stmt.insertChannel!.run(row));
+    await this.durable(undefined);
   }
 
   async getChannel(id: string): Promise<ChannelRow | undefined> {
@@ -299,11 +317,12 @@ export class SqliteStore implements Store {
   }
 
   async deleteChannel(id: string): Promise<boolean> {
-    return this.write(() => {
+    const deleted = this.write(() => {
       const deleted = this.stmt.deleteChannel!.run(id).changes === 1;
       if (deleted) this.recordChange('channel', id);
       return deleted;
     });
+    return this.durable(deleted);
   }
 
   async insertCmk(row: CmkRow): Promise<void> {
@@ -313,6 +332,7 @@ export class SqliteStore implements Store {
       this.stmt.insertCmk!.run(row);
       this.recordChange('cmk', row.id);
     });
+    await this.durable(undefined);
   }
 
   async listCmks(assignedOrgId?: string | null): Promise<CmkRow[]> {
@@ -336,6 +356,7 @@ export class SqliteStore implements Store {
       this.stmt.setCmkState!.run(state, id);
       this.recordChange('cmk', id);
     });
+    await this.durable(undefined);
   }
 
   async recordPeerFetch(resourceId: string, peer: string, at: number): Promise<void> {
@@ -345,6 +366,7 @@ export class SqliteStore implements Store {
         .prepare('INSERT INTO peer_fetches (resource_id, peer, fetched_at) VALUES (?, ?, ?) ON CONFLICT (resource_id, peer) DO UPDATE SET fetched_at = excluded.fetched_at')
         .run(resourceId, peer, at),
     );
+    await this.durable(undefined);
   }
 
   async peersThatFetched(resourceId: string): Promise<string[]> {
@@ -354,7 +376,7 @@ export class SqliteStore implements Store {
   async putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number, archive = false): Promise<PutCopyOutcome> {
     rules.checkCopyRow(row);
     rules.checkCount('fetchStartedAt', fetchStartedAt);
-    return this.write(() => {
+    const outcome = this.write(() => {
       // Under the write lock: no invalidation can commit between this check and the write.
       const last = this.stmt.lastInvalidation!.get(row.resourceUri) as Row | undefined;
       const outcome = rules.putCopyOutcome(last && Number(last.seq), fetchStartedAt);
@@ -379,6 +401,7 @@ export class SqliteStore implements Store {
       }
       return outcome;
     });
+    return this.durable(outcome);
   }
 
   async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
@@ -412,13 +435,14 @@ export class SqliteStore implements Store {
     const stmt = this.db.prepare('UPDATE federated_copies SET fetched_at = ? WHERE resource_uri = ? AND authority = ?');
     const uris = [...new Set(resourceUris)];
     if (uris.length === 0) return 0;
-    return this.write(() => {
+    const marked = this.write(() => {
       const seq = Number((this.stmt.nextInvalidationSeq!.get() as Row).value);
       const at = Date.now();
       for (const uri of uris) this.stmt.rememberInvalidation!.run(uri, authority, seq, at);
       // A URI named twice is one copy: counted once.
       return uris.reduce((n, uri) => n + stmt.run(COPY_INVALIDATED, uri, authority).changes, 0);
     });
+    return this.durable(marked);
   }
 
   async invalidationMark(): Promise<number> {
@@ -444,6 +468,8 @@ export class SqliteStore implements Store {
       const last = rows.at(-1);
       if (last) this.stmt.moveAuditHead!.run(last.seq, last.hash);
     });
+    // Always its own fsync: this is what makes a request's other writes durable too.
+    await this.wal?.sync();
   }
 
   async auditHead(): Promise<AuditHead> {
@@ -458,7 +484,7 @@ export class SqliteStore implements Store {
 
   async acceptPeerRequest(request: PeerRequest, limit: number): Promise<PeerRequestOutcome> {
     const slices = rules.peerRequestSlices(request);
-    return this.write(() => {
+    const outcome = this.write(() => {
       const seen = this.stmt.peerRequestSeen!.get(request.peer, request.requestId, request.now) !== undefined;
       const accepted = Number((this.stmt.peerRequestsAccepted!.get(request.peer, slices.since) as Row).n);
       const outcome = rules.peerRequestOutcome({ seen, accepted }, limit);
@@ -468,6 +494,7 @@ export class SqliteStore implements Store {
       }
       return outcome;
     });
+    return this.durable(outcome);
   }
 
   async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
@@ -497,7 +524,7 @@ export class SqliteStore implements Store {
     // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL
     // frames that still held the destroyed (sealed) key rows.
     if (result.keys > 0) this.db.pragma('wal_checkpoint(TRUNCATE)');
-    return result;
+    return this.durable(result);
   }
 
   async leadership(holder: string): Promise<Leadership> {
@@ -508,9 +535,9 @@ export class SqliteStore implements Store {
         take: (h, now, until) => {
           rules.checkInstant('now', now);
           rules.checkInstant('until', until);
-          return this.write(() => take.run(h, until, h, now).changes === 1);
+          return this.durable(this.write(() => take.run(h, until, h, now).changes === 1));
         },
-        give: (h) => void this.write(() => give.run(h)),
+        give: (h) => this.durable(void this.write(() => give.run(h))),
       },
       holder,
       LEADER_LEASE_MS,
@@ -520,13 +547,14 @@ export class SqliteStore implements Store {
   async enqueuePush(row: PushRow, limit: number): Promise<boolean> {
     rules.checkPushRow(row);
     rules.checkCount('limit', limit);
-    return this.write(() => {
+    const queued = this.write(() => {
       if (Number((this.db.prepare('SELECT COUNT(*) AS n FROM push_outbox').get() as Row).n) >= limit) return false;
       this.db
         .prepare('INSERT INTO push_outbox (id, created_at, resource_ids, user_ids, targets, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
         .run(row.id, row.createdAt, JSON.stringify(row.resourceIds), JSON.stringify(row.userIds), row.targets === null ? null : JSON.stringify(row.targets), row.attempts, row.nextAttemptAt);
       return true;
     });
+    return this.durable(queued);
   }
 
   async duePushes(now: number, limit: number): Promise<PushRow[]> {
@@ -540,10 +568,12 @@ export class SqliteStore implements Store {
     rules.checkCount('attempts', attempts);
     rules.checkInstant('nextAttemptAt', nextAttemptAt);
     this.write(() => this.db.prepare('UPDATE push_outbox SET targets = ?, attempts = ?, next_attempt_at = ? WHERE id = ?').run(JSON.stringify(targets), attempts, nextAttemptAt, id));
+    await this.durable(undefined);
   }
 
   async deletePush(id: string): Promise<void> {
     this.write(() => this.db.prepare('DELETE FROM push_outbox WHERE id = ?').run(id));
+    await this.durable(undefined);
   }
 
   async countPushes(): Promise<number> {
@@ -562,6 +592,7 @@ export class SqliteStore implements Store {
         .run(node.id, node.host, node.pid, node.version, node.startedAt, node.seenAt, node.leading ? 1 : 0);
       this.db.prepare('DELETE FROM nodes WHERE seen_at < ?').run(forgetBefore);
     });
+    await this.durable(undefined);
   }
 
   async listNodes(): Promise<NodeRow[]> {
@@ -570,10 +601,11 @@ export class SqliteStore implements Store {
 
   async removeNode(id: string): Promise<void> {
     this.write(() => this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id));
+    await this.durable(undefined);
   }
 
   async claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome> {
-    return this.write(() => {
+    const outcome = this.write((): AnswerClaimOutcome => {
       // Under the write lock: no other process claims between this read and the write.
       const r = this.db.prepare('SELECT * FROM retry_answers WHERE channel_id = ? AND request_id = ?').get(claim.channelId, claim.requestId) as Row | undefined;
       const decision = rules.answerClaimDecision(r && answerStateFromRow(r), claim);
@@ -588,6 +620,7 @@ export class SqliteStore implements Store {
         .run({ channelId: claim.channelId, requestId: claim.requestId, digest: claim.digest, claimant: claim.claimant, leaseUntil: claim.leaseUntil, answerUntil: claim.answerUntil, expiresAt: claim.expiresAt });
       return { state: 'claimed' } as const;
     });
+    return this.durable(outcome);
   }
 
   async rememberAnswer(key: AnswerClaimKey, answer: RememberedAnswer): Promise<boolean> {
@@ -597,13 +630,14 @@ export class SqliteStore implements Store {
           .prepare('UPDATE retry_answers SET answered = 1, cmk_id = ?, sealed = ? WHERE channel_id = ? AND request_id = ? AND claimant = ? AND answered = 0')
           .run(answer.cmkId, Buffer.from(answer.sealed.buffer, answer.sealed.byteOffset, answer.sealed.byteLength), key.channelId, key.requestId, key.claimant).changes,
     );
-    return changed === 1;
+    return this.durable(changed === 1);
   }
 
   async releaseAnswer(key: AnswerClaimKey): Promise<void> {
     this.write(() => {
       this.db.prepare('DELETE FROM retry_answers WHERE channel_id = ? AND request_id = ? AND claimant = ? AND answered = 0').run(key.channelId, key.requestId, key.claimant);
     });
+    await this.durable(undefined);
   }
 
   async ping(): Promise<void> {
@@ -612,7 +646,9 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     await this.changeSignal.stop();
-    await this.channelCommits.flush();
+    // What a request wrote whose audit record never came (its write failed) is made durable too.
+    if (this.db.open) this.wal?.syncNow();
+    await this.wal?.close();
     if (this.db.open) this.db.close();
   }
 }
