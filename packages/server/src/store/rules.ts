@@ -293,7 +293,16 @@ export const checkChannelRow = (row: ChannelRow) => checkRow('channel', row, ['c
 export const checkCmkRow = (row: CmkRow) => checkRow('cmk', row, ['createdAt']);
 export const checkCopyRow = (row: CopyRow) => checkRow('copy', row, ['fetchedAt']);
 export const checkArchiveCursor = (after: { resourceUri: string; version: number } | undefined) => after && checkRow('archive cursor', after, ['version']);
-export const checkAuditRow = (row: AuditRow) => checkRow('audit', row, ['seq', 'time', 'status']);
+/** The columns of an audit row, listed rather than enumerated: this runs for every record. */
+const AUDIT_TEXTS = ['principal', 'onBehalfOf', 'clientId', 'method', 'uri', 'peer', 'requestId', 'node', 'prevHash', 'hash'] as const satisfies readonly (keyof AuditRow)[];
+const AUDIT_INTEGERS = ['seq', 'time', 'status'] as const satisfies readonly IntegerField<AuditRow>[];
+export function checkAuditRow(row: AuditRow): void {
+  for (const field of AUDIT_TEXTS) {
+    const value = row[field];
+    if (typeof value === 'string') checkText(`audit.${field}`, value);
+  }
+  checkIntegers('audit', row, AUDIT_INTEGERS);
+}
 export const checkKeyBind = (bind: KeyBind) => checkRow('bind', bind, ['bindDate', 'expiresAt', 'now']);
 
 export function checkKeyFilter(filter: KeyFilter): void {

@@ -90,7 +90,7 @@ export class SqliteStore implements Store {
       getCmk: p('SELECT * FROM cmks WHERE id = ?'),
       setCmkState: p('UPDATE cmks SET state = ? WHERE id = ?'),
       insertAudit: p(`INSERT INTO audit (seq, time, principal, on_behalf_of, client_id, method, uri, status, peer, request_id, node, prev_hash, hash)
-                      VALUES (@seq, @time, @principal, @onBehalfOf, @clientId, @method, @uri, @status, @peer, @requestId, @node, @prevHash, @hash)`),
+                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
       auditHead: p('SELECT seq, hash FROM audit_head WHERE id = 1'),
       moveAuditHead: p('UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1'),
       readAudit: p('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
@@ -464,7 +464,8 @@ export class SqliteStore implements Store {
       const head = auditHeadFromRow(this.stmt.auditHead!.get() as Row);
       const rows = link(head);
       rules.checkAuditLink(head, rows);
-      for (const row of rows) this.stmt.insertAudit!.run({ ...row, onBehalfOf: row.onBehalfOf ?? null });
+      const insert = this.stmt.insertAudit!;
+      for (const r of rows) insert.run(r.seq, r.time, r.principal, r.onBehalfOf ?? null, r.clientId, r.method, r.uri, r.status, r.peer, r.requestId, r.node, r.prevHash, r.hash);
       const last = rows.at(-1);
       if (last) this.stmt.moveAuditHead!.run(last.seq, last.hash);
     });

@@ -10,16 +10,15 @@
  * a commit returned, that commit (and every one before it, of any process on the file) survives a
  * power cut. The WAL header and the database file itself are SQLite's own business: NORMAL syncs
  * the WAL before each checkpoint, the database after it, and the header when the WAL is reused.
- * The WAL file is never deleted while a connection (this store's) has the database open; a
- * checkpoint that truncates it keeps its inode. Should it still be replaced, the new file is
- * opened; should it be gone, its commits are in the database file, which the checkpoint that
- * removed it synced.
+ * The descriptor is opened once: SQLite deletes the WAL file only when the last connection to the
+ * database closes (this store's is open until it closes) and never renames it, and a checkpoint
+ * that truncates it keeps the file. Before the first write there may be no WAL file: nothing to sync.
  *
  * An fsync that fails may have lost the data it was to keep (Linux drops the pages and may report
  * success next time), so after one failure every sync fails: nothing is ever acknowledged as
  * durable that might not be, until the process restarts and SQLite recovers from what is on disk.
  */
-import { closeSync, fstatSync, fsync, fsyncSync, openSync, statSync } from 'node:fs';
+import { closeSync, fsync, fsyncSync, openSync } from 'node:fs';
 
 const noop = () => {};
 
@@ -28,7 +27,6 @@ export type Fsync = (fd: number, done: (err: NodeJS.ErrnoException | null) => vo
 
 export class WalSync {
   private fd: number | undefined;
-  private ino: number | undefined;
   /** The fsync under way: it may have started before the caller's commit. */
   private inFlight: Promise<void> | undefined;
   /** The fsync that starts when the one under way ends: it covers every commit made before. */
@@ -98,23 +96,17 @@ export class WalSync {
     return p;
   }
 
-  /** The WAL file's descriptor, reopened if the file was replaced; undefined when there is none. */
+  /** The WAL file's descriptor, opened at the first sync; undefined while there is no WAL file. */
   private open(): number | undefined {
-    let ino: number;
+    if (this.fd !== undefined) return this.fd;
     try {
-      ino = statSync(this.walPath).ino;
+      // Read-only: fsync flushes the file's pages whoever wrote them; this descriptor writes nothing.
+      this.fd = openSync(this.walPath, 'r');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
-    if (this.fd !== undefined && this.ino === ino) return this.fd;
-    if (this.fd !== undefined) closeSync(this.fd);
-    this.fd = undefined;
-    // Read-only: fsync flushes the file's pages whoever wrote them; this descriptor writes nothing.
-    const fd = openSync(this.walPath, 'r');
-    this.fd = fd;
-    this.ino = fstatSync(fd).ino;
-    return fd;
+    return this.fd;
   }
 
   private fail(err: unknown): Error {
