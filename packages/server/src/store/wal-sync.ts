@@ -5,6 +5,9 @@
  * file on libuv's thread pool, shared by every commit made before it started: a busy KMS pays one
  * fsync for the commits of many requests, and the JavaScript thread never waits for the disk.
  *
+ * The fsync is an fdatasync: it flushes the file's data and the metadata a later read needs (its
+ * size, which the appended frames change), not its times, which recovery does not read.
+ *
  * Why an fsync of the WAL is enough: SQLite replays the WAL after a crash up to its last valid
  * commit frame, and the frames are appended in commit order, so once an fsync that started after
  * a commit returned, that commit (and every one before it, of any process on the file) survives a
@@ -18,11 +21,11 @@
  * success next time), so after one failure every sync fails: nothing is ever acknowledged as
  * durable that might not be, until the process restarts and SQLite recovers from what is on disk.
  */
-import { closeSync, fsync, fsyncSync, openSync } from 'node:fs';
+import { closeSync, fdatasync, fdatasyncSync, openSync } from 'node:fs';
 
 const noop = () => {};
 
-/** How a file descriptor is flushed: fs.fsync (tests hold or fail it). */
+/** How a file descriptor is flushed: fs.fdatasync (tests hold or fail it). */
 export type Fsync = (fd: number, done: (err: NodeJS.ErrnoException | null) => void) => void;
 
 export class WalSync {
@@ -36,7 +39,7 @@ export class WalSync {
 
   constructor(
     private readonly walPath: string,
-    private readonly flush: Fsync = fsync,
+    private readonly flush: Fsync = fdatasync,
   ) {}
 
   /** Resolves once everything committed before this call is on disk. */
@@ -56,7 +59,7 @@ export class WalSync {
     const fd = this.open();
     if (fd === undefined) return;
     try {
-      fsyncSync(fd);
+      fdatasyncSync(fd);
     } catch (err) {
       throw this.fail(err);
     }
