@@ -40,6 +40,8 @@ export class SqliteStore implements Store {
   /** The last write found the file locked by another process for a whole busy timeout (write()). */
   private locked = false;
   private readonly stmt: Record<string, Database.Statement>;
+  /** Every other statement, prepared at its first use and kept (sql()). */
+  private readonly statements = new Map<string, Database.Statement>();
   /** Makes commits durable; none for an in-memory database. */
   private readonly wal: WalSync | undefined;
 
@@ -66,7 +68,7 @@ export class SqliteStore implements Store {
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertKey: p(`INSERT INTO keys (id, user_id, client_id, created_at, expires_at, resource_id, bind_date, bind_seq, cmk_id, sealed)
-                    VALUES (@id, @userId, @clientId, @createdAt, @expiresAt, @resourceId, @bindDate, @bindSeq, @cmkId, @sealed)`),
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
       getKey: p('SELECT * FROM keys WHERE id = ?'),
       reserveBindSeqs: p(`UPDATE counters SET value = value + ? WHERE name = 'bind_seq' RETURNING value`),
       bindKey: p(`UPDATE keys SET resource_id = @resourceId, bind_date = @bindDate, bind_seq = @bindSeq, expires_at = @expiresAt
@@ -121,6 +123,13 @@ export class SqliteStore implements Store {
     return result;
   }
 
+  /** The statement for `text`, prepared once: preparing costs more than running most of them. */
+  private sql(text: string): Database.Statement {
+    let statement = this.statements.get(text);
+    if (!statement) this.statements.set(text, (statement = this.db.prepare(text)));
+    return statement;
+  }
+
   /** Records a change for other processes' caches, inside the caller's transaction. */
   private recordChange(kind: ChangeRow['kind'], subject: string): void {
     const seq = Number((this.stmt.nextChangeSeq!.get() as Row).value);
@@ -155,21 +164,22 @@ export class SqliteStore implements Store {
 
   private migrate(): void {
     this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
-    checkSchemaKnown(Number((this.db.prepare('SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations').get() as Row).v));
+    checkSchemaKnown(Number((this.sql('SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations').get() as Row).v));
     for (const m of migrations) {
       this.write(() => {
         // Read under the write lock: another process opening the file may have applied it meanwhile.
-        if (this.db.prepare('SELECT 1 FROM schema_migrations WHERE version = ?').get(m.version)) return;
+        if (this.sql('SELECT 1 FROM schema_migrations WHERE version = ?').get(m.version)) return;
         this.db.exec(toSqlite(m.sql));
-        this.db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
+        this.sql('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
       });
     }
   }
 
   async insertKeys(rows: KeyRow[]): Promise<void> {
     rows.forEach(rules.checkKeyRow);
+    const insert = this.stmt.insertKey!;
     this.write(() => {
-      for (const row of rows) this.stmt.insertKey!.run(row);
+      for (const k of rows) insert.run(k.id, k.userId, k.clientId, k.createdAt, k.expiresAt, k.resourceId, k.bindDate, k.bindSeq, k.cmkId, k.sealed);
     });
     await this.durable(undefined);
   }
@@ -234,14 +244,14 @@ export class SqliteStore implements Store {
       sql += ' LIMIT ?';
       args.push(filter.limit);
     }
-    return (this.db.prepare(sql).all(...args) as Row[]).map(keyFromRow);
+    return (this.sql(sql).all(...args) as Row[]).map(keyFromRow);
   }
 
   async keysCreatedBy(userId: string, afterId: string, limit: number): Promise<KeyRow[]> {
     rules.checkText('userId', userId);
     rules.checkText('afterId', afterId);
     rules.checkCount('limit', limit);
-    return (this.db.prepare('SELECT * FROM keys WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?').all(userId, afterId, limit) as Row[]).map(keyFromRow);
+    return (this.sql('SELECT * FROM keys WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?').all(userId, afterId, limit) as Row[]).map(keyFromRow);
   }
 
   async createResource(resource: ResourceRow, authorizations: AuthorizationRow[], binds: KeyBind[]): Promise<BindOutcome> {
@@ -283,7 +293,7 @@ export class SqliteStore implements Store {
 
   async resourcesWithAuthId(authId: string): Promise<string[]> {
     // One row per resource at most: authorizations_unique (resource_id, auth_id).
-    return (this.db.prepare('SELECT resource_id FROM authorizations WHERE auth_id = ? ORDER BY resource_id').all(authId) as Row[]).map((r) => r.resource_id as string);
+    return (this.sql('SELECT resource_id FROM authorizations WHERE auth_id = ? ORDER BY resource_id').all(authId) as Row[]).map((r) => r.resource_id as string);
   }
 
   async getAuthorization(id: string): Promise<AuthorizationRow | undefined> {
@@ -338,8 +348,8 @@ export class SqliteStore implements Store {
   async listCmks(assignedOrgId?: string | null): Promise<CmkRow[]> {
     const rows =
       assignedOrgId === undefined
-        ? this.db.prepare('SELECT * FROM cmks ORDER BY created_at, id').all()
-        : this.db.prepare(`SELECT * FROM cmks WHERE COALESCE(assigned_org_id, '') = COALESCE(?, '') ORDER BY created_at, id`).all(assignedOrgId);
+        ? this.sql('SELECT * FROM cmks ORDER BY created_at, id').all()
+        : this.sql(`SELECT * FROM cmks WHERE COALESCE(assigned_org_id, '') = COALESCE(?, '') ORDER BY created_at, id`).all(assignedOrgId);
     return (rows as Row[]).map(cmkFromRow);
   }
 
@@ -370,7 +380,7 @@ export class SqliteStore implements Store {
   }
 
   async peersThatFetched(resourceId: string): Promise<string[]> {
-    return (this.db.prepare('SELECT peer FROM peer_fetches WHERE resource_id = ? ORDER BY peer').all(resourceId) as Row[]).map((r) => r.peer as string);
+    return (this.sql('SELECT peer FROM peer_fetches WHERE resource_id = ? ORDER BY peer').all(resourceId) as Row[]).map((r) => r.peer as string);
   }
 
   async putCopy(row: CopyRow, keyUris: string[], fetchStartedAt: number, archive = false): Promise<PutCopyOutcome> {
@@ -387,8 +397,8 @@ export class SqliteStore implements Store {
            ON CONFLICT (resource_uri) DO UPDATE SET fetched_at = excluded.fetched_at, cmk_id = excluded.cmk_id, sealed = excluded.sealed`,
         )
         .run(row);
-      this.db.prepare('DELETE FROM federated_keys WHERE resource_uri = ?').run(row.resourceUri);
-      const insert = this.db.prepare('INSERT INTO federated_keys (key_uri, resource_uri) VALUES (?, ?) ON CONFLICT (key_uri) DO UPDATE SET resource_uri = excluded.resource_uri');
+      this.sql('DELETE FROM federated_keys WHERE resource_uri = ?').run(row.resourceUri);
+      const insert = this.sql('INSERT INTO federated_keys (key_uri, resource_uri) VALUES (?, ?) ON CONFLICT (key_uri) DO UPDATE SET resource_uri = excluded.resource_uri');
       for (const uri of keyUris) insert.run(uri, row.resourceUri);
       if (archive) {
         // Under the write lock: the next version of this KRO is this one's alone.
@@ -405,21 +415,21 @@ export class SqliteStore implements Store {
   }
 
   async getCopy(resourceUri: string): Promise<CopyRow | undefined> {
-    const r = this.db.prepare('SELECT * FROM federated_copies WHERE resource_uri = ?').get(resourceUri) as Row | undefined;
+    const r = this.sql('SELECT * FROM federated_copies WHERE resource_uri = ?').get(resourceUri) as Row | undefined;
     return r && copyFromRow(r);
   }
 
   async archivedCopies(resourceUri: string, limit: number): Promise<ArchivedCopy[]> {
     rules.checkText('resourceUri', resourceUri);
     rules.checkCount('limit', limit);
-    return (this.db.prepare('SELECT * FROM federated_archive WHERE resource_uri = ? ORDER BY version DESC LIMIT ?').all(resourceUri, limit) as Row[]).map(archivedFromRow);
+    return (this.sql('SELECT * FROM federated_archive WHERE resource_uri = ? ORDER BY version DESC LIMIT ?').all(resourceUri, limit) as Row[]).map(archivedFromRow);
   }
 
   async archivePage(after: { resourceUri: string; version: number } | undefined, limit: number): Promise<ArchivedCopy[]> {
     rules.checkArchiveCursor(after);
     rules.checkCount('limit', limit);
     const rows = after === undefined
-      ? this.db.prepare('SELECT * FROM federated_archive ORDER BY resource_uri, version LIMIT ?').all(limit)
+      ? this.sql('SELECT * FROM federated_archive ORDER BY resource_uri, version LIMIT ?').all(limit)
       : this.db
           .prepare('SELECT * FROM federated_archive WHERE resource_uri > ? OR (resource_uri = ? AND version > ?) ORDER BY resource_uri, version LIMIT ?')
           .all(after.resourceUri, after.resourceUri, after.version, limit);
@@ -427,12 +437,12 @@ export class SqliteStore implements Store {
   }
 
   async copyOfKey(keyUri: string): Promise<string | undefined> {
-    const r = this.db.prepare('SELECT resource_uri FROM federated_keys WHERE key_uri = ?').get(keyUri) as Row | undefined;
+    const r = this.sql('SELECT resource_uri FROM federated_keys WHERE key_uri = ?').get(keyUri) as Row | undefined;
     return r?.resource_uri as string | undefined;
   }
 
   async invalidateCopies(authority: string, resourceUris: string[]): Promise<number> {
-    const stmt = this.db.prepare('UPDATE federated_copies SET fetched_at = ? WHERE resource_uri = ? AND authority = ?');
+    const stmt = this.sql('UPDATE federated_copies SET fetched_at = ? WHERE resource_uri = ? AND authority = ?');
     const uris = [...new Set(resourceUris)];
     if (uris.length === 0) return 0;
     const marked = this.write(() => {
@@ -501,25 +511,25 @@ export class SqliteStore implements Store {
   async sweep(now: number, unboundGraceMs: number): Promise<SweepResult> {
     const cutoff = rules.sweepCutoffs(now, unboundGraceMs);
     const result = this.write(() => {
-      const expired = this.db.prepare('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY id').all(cutoff.resources) as Row[];
+      const expired = this.sql('SELECT id FROM resources WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY id').all(cutoff.resources) as Row[];
       let keys = 0;
       for (const { id } of expired) {
-        keys += this.db.prepare('DELETE FROM keys WHERE resource_id = ?').run(id).changes;
-        this.db.prepare('DELETE FROM authorizations WHERE resource_id = ?').run(id);
-        this.db.prepare('DELETE FROM resources WHERE id = ?').run(id);
+        keys += this.sql('DELETE FROM keys WHERE resource_id = ?').run(id).changes;
+        this.sql('DELETE FROM authorizations WHERE resource_id = ?').run(id);
+        this.sql('DELETE FROM resources WHERE id = ?').run(id);
       }
-      keys += this.db.prepare('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= ?').run(cutoff.unboundKeys).changes;
-      const channels = this.db.prepare('DELETE FROM channels WHERE expires_at <= ?').run(cutoff.channels).changes;
-      const peerRequests = this.db.prepare('DELETE FROM peer_requests WHERE expires_at <= ?').run(cutoff.peerRequests).changes;
-      this.db.prepare('DELETE FROM peer_request_counts WHERE expires_at <= ?').run(cutoff.peerRequests);
+      keys += this.sql('DELETE FROM keys WHERE resource_id IS NULL AND expires_at <= ?').run(cutoff.unboundKeys).changes;
+      const channels = this.sql('DELETE FROM channels WHERE expires_at <= ?').run(cutoff.channels).changes;
+      const peerRequests = this.sql('DELETE FROM peer_requests WHERE expires_at <= ?').run(cutoff.peerRequests).changes;
+      this.sql('DELETE FROM peer_request_counts WHERE expires_at <= ?').run(cutoff.peerRequests);
       const feed = rules.feedCutoffs(Date.now(), Number((this.stmt.lastChange!.get() as Row).value));
       const changes =
-        this.db.prepare('DELETE FROM changes WHERE at <= ? OR seq <= ?').run(feed.changesAt, feed.changesSeq).changes +
-        this.db.prepare('DELETE FROM federated_invalidations WHERE at <= ?').run(feed.invalidationsAt).changes;
+        this.sql('DELETE FROM changes WHERE at <= ? OR seq <= ?').run(feed.changesAt, feed.changesSeq).changes +
+        this.sql('DELETE FROM federated_invalidations WHERE at <= ?').run(feed.invalidationsAt).changes;
       // Requests forgotten at their channel's end; the answers of the others destroyed after their window.
       const answers =
-        this.db.prepare('DELETE FROM retry_answers WHERE expires_at <= ?').run(now).changes +
-        this.db.prepare('UPDATE retry_answers SET cmk_id = NULL, sealed = NULL WHERE answer_until <= ? AND sealed IS NOT NULL').run(now).changes;
+        this.sql('DELETE FROM retry_answers WHERE expires_at <= ?').run(now).changes +
+        this.sql('UPDATE retry_answers SET cmk_id = NULL, sealed = NULL WHERE answer_until <= ? AND sealed IS NOT NULL').run(now).changes;
       return { resources: expired.length, resourceIds: expired.map((r) => r.id as string), keys, channels, peerRequests, changes, answers };
     });
     // secure_delete overwrote the rows in the database pages; a checkpoint also retires the WAL
@@ -529,8 +539,8 @@ export class SqliteStore implements Store {
   }
 
   async leadership(holder: string): Promise<Leadership> {
-    const take = this.db.prepare(`UPDATE leader_lease SET holder = ?, expires_at = ? WHERE id = 1 AND (holder = ? OR expires_at <= ?)`);
-    const give = this.db.prepare(`UPDATE leader_lease SET holder = '', expires_at = 0 WHERE id = 1 AND holder = ?`);
+    const take = this.sql(`UPDATE leader_lease SET holder = ?, expires_at = ? WHERE id = 1 AND (holder = ? OR expires_at <= ?)`);
+    const give = this.sql(`UPDATE leader_lease SET holder = '', expires_at = 0 WHERE id = 1 AND holder = ?`);
     return new LeaseLeadership(
       {
         take: (h, now, until) => {
@@ -549,7 +559,7 @@ export class SqliteStore implements Store {
     rules.checkPushRow(row);
     rules.checkCount('limit', limit);
     const queued = this.write(() => {
-      if (Number((this.db.prepare('SELECT COUNT(*) AS n FROM push_outbox').get() as Row).n) >= limit) return false;
+      if (Number((this.sql('SELECT COUNT(*) AS n FROM push_outbox').get() as Row).n) >= limit) return false;
       this.db
         .prepare('INSERT INTO push_outbox (id, created_at, resource_ids, user_ids, targets, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
         .run(row.id, row.createdAt, JSON.stringify(row.resourceIds), JSON.stringify(row.userIds), row.targets === null ? null : JSON.stringify(row.targets), row.attempts, row.nextAttemptAt);
@@ -561,24 +571,24 @@ export class SqliteStore implements Store {
   async duePushes(now: number, limit: number): Promise<PushRow[]> {
     rules.checkInstant('now', now);
     rules.checkCount('limit', limit);
-    return (this.db.prepare('SELECT * FROM push_outbox WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?').all(now, limit) as Row[]).map(pushFromRow);
+    return (this.sql('SELECT * FROM push_outbox WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?').all(now, limit) as Row[]).map(pushFromRow);
   }
 
   async reschedulePush(id: string, targets: Record<string, string[]>, attempts: number, nextAttemptAt: number): Promise<void> {
     rules.checkPushTargets(targets);
     rules.checkCount('attempts', attempts);
     rules.checkInstant('nextAttemptAt', nextAttemptAt);
-    this.write(() => this.db.prepare('UPDATE push_outbox SET targets = ?, attempts = ?, next_attempt_at = ? WHERE id = ?').run(JSON.stringify(targets), attempts, nextAttemptAt, id));
+    this.write(() => this.sql('UPDATE push_outbox SET targets = ?, attempts = ?, next_attempt_at = ? WHERE id = ?').run(JSON.stringify(targets), attempts, nextAttemptAt, id));
     await this.durable(undefined);
   }
 
   async deletePush(id: string): Promise<void> {
-    this.write(() => this.db.prepare('DELETE FROM push_outbox WHERE id = ?').run(id));
+    this.write(() => this.sql('DELETE FROM push_outbox WHERE id = ?').run(id));
     await this.durable(undefined);
   }
 
   async countPushes(): Promise<number> {
-    return Number((this.db.prepare('SELECT COUNT(*) AS n FROM push_outbox').get() as Row).n);
+    return Number((this.sql('SELECT COUNT(*) AS n FROM push_outbox').get() as Row).n);
   }
 
   async heartbeat(node: NodeRow, forgetBefore: number): Promise<void> {
@@ -591,24 +601,24 @@ export class SqliteStore implements Store {
            ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version = excluded.version, started_at = excluded.started_at, seen_at = excluded.seen_at, is_leader = excluded.is_leader`,
         )
         .run(node.id, node.host, node.pid, node.version, node.startedAt, node.seenAt, node.leading ? 1 : 0);
-      this.db.prepare('DELETE FROM nodes WHERE seen_at < ?').run(forgetBefore);
+      this.sql('DELETE FROM nodes WHERE seen_at < ?').run(forgetBefore);
     });
     await this.durable(undefined);
   }
 
   async listNodes(): Promise<NodeRow[]> {
-    return (this.db.prepare('SELECT * FROM nodes ORDER BY seen_at DESC, id').all() as Row[]).map(nodeFromRow);
+    return (this.sql('SELECT * FROM nodes ORDER BY seen_at DESC, id').all() as Row[]).map(nodeFromRow);
   }
 
   async removeNode(id: string): Promise<void> {
-    this.write(() => this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id));
+    this.write(() => this.sql('DELETE FROM nodes WHERE id = ?').run(id));
     await this.durable(undefined);
   }
 
   async claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome> {
     const outcome = this.write((): AnswerClaimOutcome => {
       // Under the write lock: no other process claims between this read and the write.
-      const r = this.db.prepare('SELECT * FROM retry_answers WHERE channel_id = ? AND request_id = ?').get(claim.channelId, claim.requestId) as Row | undefined;
+      const r = this.sql('SELECT * FROM retry_answers WHERE channel_id = ? AND request_id = ?').get(claim.channelId, claim.requestId) as Row | undefined;
       const decision = rules.answerClaimDecision(r && answerStateFromRow(r), claim);
       if (typeof decision !== 'string') return decision;
       this.db
@@ -636,13 +646,13 @@ export class SqliteStore implements Store {
 
   async releaseAnswer(key: AnswerClaimKey): Promise<void> {
     this.write(() => {
-      this.db.prepare('DELETE FROM retry_answers WHERE channel_id = ? AND request_id = ? AND claimant = ? AND answered = 0').run(key.channelId, key.requestId, key.claimant);
+      this.sql('DELETE FROM retry_answers WHERE channel_id = ? AND request_id = ? AND claimant = ? AND answered = 0').run(key.channelId, key.requestId, key.claimant);
     });
     await this.durable(undefined);
   }
 
   async ping(): Promise<void> {
-    this.db.prepare('SELECT 1').get();
+    this.sql('SELECT 1').get();
   }
 
   async close(): Promise<void> {
