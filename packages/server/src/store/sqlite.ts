@@ -23,6 +23,7 @@ import { auditCoversWrite } from './deadline.js';
 import { checkSchemaKnown, migrations } from './migrations.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
+import { BackgroundCheckpoints, SAFETY_PAGES } from './wal-checkpoint.js';
 import { WalSync, type Fsync } from './wal-sync.js';
 
 /** How long a write waits for the lock while the file is taken for locked (write()). */
@@ -44,14 +45,16 @@ export class SqliteStore implements Store {
   private readonly statements = new Map<string, Database.Statement>();
   /** Makes commits durable; none for an in-memory database. */
   private readonly wal: WalSync | undefined;
+  private readonly checkpoints: BackgroundCheckpoints | undefined;
 
   /**
    * `busyTimeoutMs`: how long a write waits for a lock another process holds (default 5 s). The
    * wait blocks the event loop (better-sqlite3 is synchronous), so a server sets it to its storage
    * deadline: a locked file is then a 503 within that deadline, not later (store/deadline.ts).
-   * `fsync`: how the WAL is flushed (wal-sync.ts; tests hold it).
+   * `fsync`: how the WAL is flushed (wal-sync.ts; tests hold it). `backgroundCheckpoints`: copy
+   * the WAL back into the file on a thread of its own (wal-checkpoint.ts; a serving KMS).
    */
-  constructor(path: string, options: { busyTimeoutMs?: number; fsync?: Fsync } = {}) {
+  constructor(path: string, options: { busyTimeoutMs?: number; fsync?: Fsync; backgroundCheckpoints?: boolean } = {}) {
     this.db = new Database(path);
     // Owner-only, like the other secrets of a KMS folder; SQLite gives its -wal/-shm files the same mode.
     if (path !== ':memory:') chmodSync(path, 0o600);
@@ -65,6 +68,10 @@ export class SqliteStore implements Store {
     this.wal = path === ':memory:' ? undefined : new WalSync(`${path}-wal`, options.fsync);
     this.migrate();
     this.wal?.syncNow();
+    if (options.backgroundCheckpoints && path !== ':memory:') {
+      this.db.pragma(`wal_autocheckpoint = ${SAFETY_PAGES}`);
+      this.checkpoints = new BackgroundCheckpoints(path);
+    }
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertKey: p(`INSERT INTO keys (id, user_id, client_id, created_at, expires_at, resource_id, bind_date, bind_seq, cmk_id, sealed)
@@ -657,6 +664,7 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     await this.changeSignal.stop();
+    await this.checkpoints?.close();
     // What a request wrote whose audit record never came (its write failed) is made durable too.
     if (this.db.open) this.wal?.syncNow();
     await this.wal?.close();

@@ -16,6 +16,9 @@
  * The descriptor is opened once: SQLite deletes the WAL file only when the last connection to the
  * database closes (this store's is open until it closes) and never renames it, and a checkpoint
  * that truncates it keeps the file. Before the first write there may be no WAL file: nothing to sync.
+ * SQLite holds no POSIX lock on the WAL file (its locks are on the database and the -shm file, and
+ * closing any descriptor of those in the process would drop them), so this descriptor's close
+ * releases nothing of SQLite's.
  *
  * An fsync that fails may have lost the data it was to keep (Linux drops the pages and may report
  * success next time), so after one failure every sync fails: nothing is ever acknowledged as

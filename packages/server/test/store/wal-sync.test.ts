@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -109,6 +109,28 @@ test('a SQLite write resolves once durable, but inside a request before its audi
     assert.equal(await settles(inRequestAudit), false, 'an audit append waits for its fsync wherever it is called');
     held.release();
     await inRequestAudit;
+  } finally {
+    await store.close();
+  }
+});
+
+test('a serving store checkpoints its WAL on a thread of its own, not in a commit', async () => {
+  const path = join(mkdtempSync(join(tmpdir(), 'kms-wal-')), 'kms.db');
+  const store = new SqliteStore(path, { backgroundCheckpoints: true });
+  try {
+    const cmkId = randomUUID();
+    await store.insertCmk({ id: cmkId, state: 'active', assignedOrgId: null, createdAt: 1, sealed: new Uint8Array(32) });
+    const before = statSync(path).size;
+    // 10 MB of rows: past the thread's 8 MB, far below the 64 MB at which a commit would checkpoint.
+    for (let i = 0; i < 26; i++) {
+      await store.insertKeys(Array.from({ length: 100 }, () => ({ id: randomUUID(), userId: 'u', clientId: 'c', createdAt: 1, expiresAt: 2, resourceId: null, bindDate: null, bindSeq: null, cmkId, sealed: new Uint8Array(4096) })));
+    }
+    // A commit that checkpoints (SQLite's own, at 1000 pages) would have kept the WAL near 4 MB.
+    assert.ok(statSync(`${path}-wal`).size > 8_000_000, 'no commit checkpointed');
+    // A hang guard, not a speed claim: the thread looks every 100 ms.
+    const until = performance.now() + 20_000;
+    while (statSync(path).size < before + 7_000_000 && performance.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(statSync(path).size >= before + 7_000_000, 'the database file holds the rows: the thread checkpointed them');
   } finally {
     await store.close();
   }
