@@ -29,8 +29,8 @@ import { WalSync, type Fsync } from './wal-sync.js';
 /** How long a write waits for the lock while the file is taken for locked (write()). */
 const LOCKED_WAIT_MS = 50;
 
-/** SQLite spells BYTEA as BLOB; the rest of the shared migration SQL is accepted as is. */
-export const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB');
+/** SQLite spells BYTEA as BLOB and byte order BINARY; the rest of the shared migration SQL is accepted as is. */
+export const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB').replace(/\bCOLLATE "C"/g, 'COLLATE BINARY');
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const;
