@@ -232,14 +232,15 @@ function read(config: KmsConfig, path: string, what: string): string {
  * schema). Any failure is a ConfigError of one line, never a stack trace. `timeoutMs`, for a
  * serving KMS (storage.timeoutSeconds): SQLite waits at most that long for another process's lock,
  * PostgreSQL connections and statements give up after it; the deadline itself is withDeadline's.
+ * `backgroundCheckpoints`, for a serving KMS: SQLite's checkpoints run on a thread of their own.
  */
-export async function openStore(url: string, baseDir: string, options: { timeoutMs?: number } = {}): Promise<Store> {
-  const { timeoutMs } = options;
+export async function openStore(url: string, baseDir: string, options: { timeoutMs?: number; backgroundCheckpoints?: boolean } = {}): Promise<Store> {
+  const { timeoutMs, backgroundCheckpoints } = options;
   if (url.startsWith('sqlite:')) {
     const path = url.slice('sqlite:'.length);
     if (!path) throw new ConfigError('storage url sqlite: needs a path, e.g. sqlite:kms.db');
     try {
-      return new SqliteStore(path === ':memory:' || isAbsolute(path) ? path : resolve(baseDir, path), { busyTimeoutMs: timeoutMs });
+      return new SqliteStore(path === ':memory:' || isAbsolute(path) ? path : resolve(baseDir, path), { busyTimeoutMs: timeoutMs, backgroundCheckpoints });
     } catch (err) {
       throw new ConfigError(`cannot open SQLite database ${path}: ${(err as Error).message}`);
     }
@@ -400,7 +401,7 @@ export async function startKms(config: KmsConfig, options: StartOptions = {}): P
   const timeoutMs = config.storage.timeoutSeconds * 1000;
   // Every storage call of the running KMS has a deadline: storage that is down or stuck is a 503.
   const bounded = withDeadline(
-    await openStore(options.db ?? config.storage.url, config.baseDir, { timeoutMs }).catch((err: unknown) => {
+    await openStore(options.db ?? config.storage.url, config.baseDir, { timeoutMs, backgroundCheckpoints: true }).catch((err: unknown) => {
       verifier.close?.();
       rootKey.close();
       throw err;

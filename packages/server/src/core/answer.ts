@@ -10,7 +10,7 @@ import { KmsError, Status, type KmsResponse, type MessageCodec, type OperationNa
 import type { AuditEntry } from '../audit/audit.js';
 import type { Channel } from '../channels.js';
 import { describeError, type Logger } from '../logger.js';
-import { withinRequestDeadline } from '../store/deadline.js';
+import { auditRecordQueued, withinRequestDeadline } from '../store/deadline.js';
 import type { RequestRecord } from './record.js';
 
 export interface RequestEvent {
@@ -48,6 +48,8 @@ export class Answerer {
       // The record is always queued, even when nothing is left of the request's one deadline
       // (store/deadline.ts): the log learns of every request. The wait for it is what is bounded,
       // so a request whose operation used the deadline gets its 503 then, not a deadline later.
+      // Its writes so far are made durable by this record; any later one by itself (deadline.ts).
+      auditRecordQueued();
       const written = this.audit.record({
         time: this.now(),
         principal: record.principal,

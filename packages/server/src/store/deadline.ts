@@ -99,16 +99,38 @@ export function storageUnavailable(cause: unknown): KmsError {
   return new KmsError('STORAGE_UNAVAILABLE', 'storage unavailable: retry later', { cause });
 }
 
-/** The deadline of the request being handled, in performance.now() milliseconds (monotonic). */
+/** The request being handled: its deadline, and whether its audit record is queued yet. */
 interface RequestDeadline {
+  /** In performance.now() milliseconds (monotonic). */
   at: number;
+  audited: boolean;
 }
 
 const requestDeadline = new AsyncLocalStorage<RequestDeadline>();
 
 /** Runs `fn` as one request whose storage calls share one deadline `ms` from now. */
 export function withRequestDeadline<T>(ms: number, fn: () => Promise<T>): Promise<T> {
-  return requestDeadline.run({ at: performance.now() + ms }, fn);
+  return requestDeadline.run({ at: performance.now() + ms, audited: false }, fn);
+}
+
+/**
+ * Whether a write made now is made durable by the current request's audit record: true inside a
+ * request (withRequestDeadline) whose record is not queued yet. Every request is answered only
+ * once its record is durable (core/answer.ts), and that record is committed after every write the
+ * request made before it, to the same log (SQLite's WAL, store/wal-sync.ts), so such a write
+ * needs no fsync of its own. Work the request started that writes after its record was queued,
+ * and everything outside a request (the sweeper, a CLI command, a group commit's batch), waits
+ * for its own writes to be durable.
+ */
+export function auditCoversWrite(): boolean {
+  const current = requestDeadline.getStore();
+  return current !== undefined && !current.audited;
+}
+
+/** The current request's audit record is queued (core/answer.ts): its later writes make themselves durable. */
+export function auditRecordQueued(): void {
+  const current = requestDeadline.getStore();
+  if (current) current.audited = true;
 }
 
 /**
@@ -140,35 +162,106 @@ export function withinRequestDeadline<T>(what: string, work: () => Promise<T>): 
   return requestDeadline.getStore() === undefined ? work() : withinDeadline(what, remainingMs(Number.MAX_SAFE_INTEGER), work);
 }
 
-/** Rejects with StorageTimeout when `work` has not settled within `ms`; classifies its failure. */
-export async function withinDeadline<T>(method: string, ms: number, work: () => Promise<T>): Promise<T> {
-  // Nothing left of the request's deadline: fail now, without starting the call.
-  if (ms <= 0) throw storageUnavailable(new StorageTimeout(method, 0));
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new StorageTimeout(method, ms)), ms);
-  });
-  try {
-    // `work()` inside the race: a method that throws synchronously is classified like one that rejects.
-    return await Promise.race([Promise.resolve().then(work), deadline]);
-  } catch (err) {
-    throw isStorageUnavailable(err) ? storageUnavailable(err) : err;
-  } finally {
-    clearTimeout(timer);
+/**
+ * The calls waiting for their deadline, and one timer for all of them, armed for the earliest: a
+ * timer of its own per call (and the promises racing it) cost a storage call more than many of
+ * the calls themselves. The timer keeps the process alive only while a call is waiting, as each
+ * call's own did; between calls it stays armed, unreferenced, and re-arms when it fires.
+ */
+interface Waiting {
+  at: number;
+  expire(): void;
+}
+const waiting = new Set<Waiting>();
+/** The longest delay setTimeout takes as it is (longer ones it turns into 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+let armed: { at: number; timer: NodeJS.Timeout } | undefined;
+
+function watch(call: Waiting): void {
+  waiting.add(call);
+  if (armed === undefined || call.at < armed.at) arm(call.at);
+  else armed.timer.ref();
+}
+
+function unwatch(call: Waiting): void {
+  waiting.delete(call);
+  if (waiting.size === 0) armed?.timer.unref();
+}
+
+function arm(at: number): void {
+  if (armed) clearTimeout(armed.timer);
+  // Outside any request: the timer serves every call, not the one that armed it.
+  const timer = outsideRequest(() => setTimeout(expireDue, Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil(at - performance.now())))));
+  armed = { at, timer };
+}
+
+function expireDue(): void {
+  armed = undefined;
+  const now = performance.now();
+  let next = Number.POSITIVE_INFINITY;
+  for (const call of [...waiting]) {
+    if (call.at <= now) {
+      waiting.delete(call);
+      call.expire();
+    } else if (call.at < next) next = call.at;
   }
+  if (next !== Number.POSITIVE_INFINITY) arm(next);
+}
+
+const classified = (err: unknown) => (isStorageUnavailable(err) ? storageUnavailable(err) : err);
+
+/**
+ * `fn.apply(self, args)`, rejecting with StorageTimeout when it has not settled within `ms`;
+ * classifies its failure, a synchronous throw like a rejection.
+ */
+function callWithin<T>(method: string, ms: number, fn: (...a: unknown[]) => T | Promise<T>, self: unknown, args: unknown[]): Promise<T> {
+  // Nothing left of the request's deadline: fail now, without starting the call.
+  if (ms <= 0) return Promise.reject(storageUnavailable(new StorageTimeout(method, 0)));
+  let result: T | Promise<T>;
+  try {
+    result = fn.apply(self, args);
+  } catch (err) {
+    return Promise.reject(classified(err));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const call: Waiting = { at: performance.now() + ms, expire: () => reject(storageUnavailable(new StorageTimeout(method, ms))) };
+    watch(call);
+    Promise.resolve(result).then(
+      (value) => {
+        unwatch(call);
+        resolve(value);
+      },
+      (err: unknown) => {
+        unwatch(call);
+        reject(classified(err));
+      },
+    );
+  });
+}
+
+/** Rejects with StorageTimeout when `work` has not settled within `ms`; classifies its failure. */
+export function withinDeadline<T>(method: string, ms: number, work: () => Promise<T>): Promise<T> {
+  return callWithin(method, ms, work, undefined, []);
 }
 
 /**
  * `store` with a deadline of `ms` on every method but close(): closing flushes writes already
- * accepted, and shutdown (kms serve) bounds how long it waits for that itself.
+ * accepted, and shutdown (kms serve) bounds how long it waits for that itself. Each method's
+ * wrapper is made once (and again only if the method itself changes).
  */
 export function withDeadline(store: Store, ms: number): Store {
   if (!(Number.isFinite(ms) && ms > 0)) throw new RangeError(`a storage deadline must be a positive number of milliseconds, got ${ms}`);
+  const wrappers = new Map<string, { value: (...a: unknown[]) => unknown; wrapper: (...a: unknown[]) => Promise<unknown> }>();
   return new Proxy(store, {
     get(target, property, receiver) {
       const value: unknown = Reflect.get(target, property, receiver);
       if (typeof value !== 'function' || property === 'close' || typeof property !== 'string') return value;
-      return (...args: unknown[]) => withinDeadline(property, remainingMs(ms), () => (value as (...a: unknown[]) => Promise<unknown>).apply(target, args));
+      const known = wrappers.get(property);
+      if (known?.value === value) return known.wrapper;
+      const method = value as (...a: unknown[]) => unknown;
+      const wrapper = (...args: unknown[]) => callWithin(property, remainingMs(ms), method, target, args);
+      wrappers.set(property, { value: method, wrapper });
+      return wrapper;
     },
   });
 }

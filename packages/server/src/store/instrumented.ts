@@ -58,11 +58,15 @@ export function instrumented<S extends object>(store: S, observe: StorageObserve
       // Counting must never change what storage answered.
     }
   };
+  // Each method's wrapper is made once (and again only if the method itself changes).
+  const wrappers = new Map<string, { value: unknown; wrapper: (...args: unknown[]) => unknown }>();
   return new Proxy(store, {
     get(target, property, receiver) {
       const value: unknown = Reflect.get(target, property, receiver);
       if (typeof value !== 'function' || typeof property !== 'string' || !measured.has(property)) return value;
-      return (...args: unknown[]) => {
+      const known = wrappers.get(property);
+      if (known?.value === value) return known.wrapper;
+      const wrapper = (...args: unknown[]) => {
         const started = performance.now();
         let result: unknown;
         try {
@@ -86,6 +90,8 @@ export function instrumented<S extends object>(store: S, observe: StorageObserve
           },
         );
       };
+      wrappers.set(property, { value, wrapper });
+      return wrapper;
     },
   });
 }

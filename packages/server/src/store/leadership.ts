@@ -33,12 +33,12 @@ export interface Leadership {
   release(): Promise<void>;
 }
 
-/** What the SQLite lease needs of its store: the two conditional statements on the lease row. */
+/** What the SQLite lease needs of its store: the two conditional statements on the lease row, each durable when it resolves. */
 export interface LeaseRow {
   /** Takes or renews the lease if free, expired or already held by `holder`; whether it did. */
-  take(holder: string, now: number, until: number): boolean;
+  take(holder: string, now: number, until: number): Promise<boolean>;
   /** Gives it up if `holder` holds it. */
-  give(holder: string): void;
+  give(holder: string): Promise<void>;
 }
 
 export class LeaseLeadership implements Leadership {
@@ -55,7 +55,7 @@ export class LeaseLeadership implements Leadership {
   }
 
   async release(): Promise<void> {
-    this.row.give(this.holder);
+    await this.row.give(this.holder);
   }
 }
 

@@ -284,6 +284,17 @@ UPDATE retry_answers SET answer_until = expires_at, answered = CASE WHEN sealed 
 CREATE INDEX retry_answers_answer_expiry ON retry_answers (answer_until);
 `,
   },
+  {
+    version: 11,
+    name: 'keys by creator in byte order on every backend',
+    // keysCreatedBy pages in byte order (COLLATE "C" on PostgreSQL: the order SQLite uses), which an
+    // index in the database's collation cannot give: PostgreSQL read and sorted all of a creator's
+    // keys for every page. SQLite spells the collation BINARY, the order it already had.
+    sql: `
+DROP INDEX keys_by_creator;
+CREATE INDEX keys_by_creator ON keys (user_id, id COLLATE "C");
+`,
+  },
 ];
 
 /** The schema version this kms creates and reads (the last migration). */

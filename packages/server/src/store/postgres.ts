@@ -45,6 +45,7 @@ import { CHANGES_CHANNEL, PostgresSignal, type ChangeSignal } from './change-sig
 import { AdvisoryLeadership, type Leadership } from './leadership.js';
 import { answerStateFromRow, archivedFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, num, pushFromRow, resourceFromRow, type Row, str } from './rows.js';
 import { GroupCommit } from './group-commit.js';
+import { ReadBatch } from './read-batch.js';
 import { checkSchemaKnown, migrations } from './migrations.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
@@ -70,16 +71,55 @@ export interface PostgresOptions {
 /** pg sends a Buffer as bytea; a Uint8Array view is wrapped, not copied. */
 const bytes = (u: Uint8Array): Buffer => (Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength));
 
-const KEY_COLUMNS = ['id', 'user_id', 'client_id', 'created_at', 'expires_at', 'resource_id', 'bind_date', 'bind_seq', 'cmk_id', 'sealed'];
-const keyValues = (k: KeyRow) => [k.id, k.userId, k.clientId, k.createdAt, k.expiresAt, k.resourceId, k.bindDate, k.bindSeq, k.cmkId, bytes(k.sealed)];
-const AUTHORIZATION_COLUMNS = ['id', 'resource_id', 'auth_id', 'role_uri', 'created_at'];
-const authorizationValues = (a: AuthorizationRow) => [a.id, a.resourceId, a.authId, a.roleUri, a.createdAt];
-const CHANNEL_COLUMNS = ['id', 'owner', 'client_id', 'created_at', 'expires_at', 'cmk_id', 'sealed'];
-const channelValues = (c: ChannelRow) => [c.id, c.owner, c.clientId, c.createdAt, c.expiresAt, c.cmkId, bytes(c.sealed)];
-const AUDIT_COLUMNS = ['seq', 'time', 'principal', 'on_behalf_of', 'client_id', 'method', 'uri', 'status', 'peer', 'request_id', 'node', 'prev_hash', 'hash'];
-const auditValues = (a: AuditRow) => [a.seq, a.time, a.principal, a.onBehalfOf ?? null, a.clientId, a.method, a.uri, a.status, a.peer, a.requestId, a.node, a.prevHash, a.hash];
+const hex = (u: Uint8Array): string => bytes(u).toString('hex');
 
-/** Rows per multi-row INSERT: at most 12 columns, far below PostgreSQL's 65535 parameters. */
+/**
+ * The rows of a hot INSERT go as one JSON parameter, read by json_to_recordset: one statement text
+ * whatever their count, prepared once per connection (a named statement), and one JSON.stringify
+ * instead of a parameter per value, which pg would convert and PostgreSQL parse one by one. A
+ * bytea column travels as hex. The strings are those the rules let through (store/rules.ts
+ * checkText: no lone surrogate, no U+0000), which JSON carries as they are.
+ */
+function jsonRecords(columns: readonly (readonly [string, 'text' | 'bigint' | 'integer' | 'bytea'])[], json = '$1'): { names: string; select: string } {
+  const names = columns.map(([c]) => c).join(', ');
+  const read = columns.map(([c, t]) => (t === 'bytea' ? `decode(${c}, 'hex')` : c)).join(', ');
+  const types = columns.map(([c, t]) => `${c} ${t === 'bytea' ? 'text' : t}`).join(', ');
+  return { names, select: `SELECT ${read} FROM json_to_recordset(${json}::json) AS r (${types})` };
+}
+const jsonInsert = (table: string, columns: Parameters<typeof jsonRecords>[0]) => {
+  const { names, select } = jsonRecords(columns);
+  return `INSERT INTO ${table} (${names}) ${select}`;
+};
+
+const INSERT_KEYS = jsonInsert('keys', [['id', 'text'], ['user_id', 'text'], ['client_id', 'text'], ['created_at', 'bigint'], ['expires_at', 'bigint'], ['resource_id', 'text'], ['bind_date', 'bigint'], ['bind_seq', 'bigint'], ['cmk_id', 'text'], ['sealed', 'bytea']]);
+const keysJson = (rows: readonly KeyRow[]) =>
+  JSON.stringify(rows.map((k) => ({ id: k.id, user_id: k.userId, client_id: k.clientId, created_at: k.createdAt, expires_at: k.expiresAt, resource_id: k.resourceId, bind_date: k.bindDate, bind_seq: k.bindSeq, cmk_id: k.cmkId, sealed: hex(k.sealed) })));
+const INSERT_AUTHORIZATIONS = jsonInsert('authorizations', [['id', 'text'], ['resource_id', 'text'], ['auth_id', 'text'], ['role_uri', 'text'], ['created_at', 'bigint']]);
+const authorizationsJson = (rows: readonly AuthorizationRow[]) =>
+  JSON.stringify(rows.map((a) => ({ id: a.id, resource_id: a.resourceId, auth_id: a.authId, role_uri: a.roleUri, created_at: a.createdAt })));
+const INSERT_CHANNELS = jsonInsert('channels', [['id', 'text'], ['owner', 'text'], ['client_id', 'text'], ['created_at', 'bigint'], ['expires_at', 'bigint'], ['cmk_id', 'text'], ['sealed', 'bytea']]);
+const channelsJson = (rows: readonly ChannelRow[]) =>
+  JSON.stringify(rows.map((c) => ({ id: c.id, owner: c.owner, client_id: c.clientId, created_at: c.createdAt, expires_at: c.expiresAt, cmk_id: c.cmkId, sealed: hex(c.sealed) })));
+const AUDIT_RECORDS = jsonRecords(
+  [['seq', 'bigint'], ['time', 'bigint'], ['principal', 'text'], ['on_behalf_of', 'text'], ['client_id', 'text'], ['method', 'text'], ['uri', 'text'], ['status', 'integer'], ['peer', 'text'], ['request_id', 'text'], ['node', 'text'], ['prev_hash', 'text'], ['hash', 'text']],
+  '$5',
+);
+const auditJson = (rows: readonly AuditRow[]) =>
+  JSON.stringify(
+    rows.map((a) => ({ seq: a.seq, time: a.time, principal: a.principal, on_behalf_of: a.onBehalfOf ?? null, client_id: a.clientId, method: a.method, uri: a.uri, status: a.status, peer: a.peer, request_id: a.requestId, node: a.node, prev_hash: a.prevHash, hash: a.hash })),
+  );
+/**
+ * One batch of audit records after the head $1/$2, which becomes $3/$4, in one statement: the head
+ * row moves only if it still is $1/$2 (READ COMMITTED re-reads a row another batch moved meanwhile,
+ * after that one committed), and the records are written only if it moved. rowCount says which.
+ */
+const APPEND_AUDIT = `WITH head AS (UPDATE audit_head SET seq = $3, hash = $4 WHERE id = 1 AND seq = $1 AND hash = $2 RETURNING id)
+INSERT INTO audit (${AUDIT_RECORDS.names}) ${AUDIT_RECORDS.select} WHERE EXISTS (SELECT 1 FROM head)`;
+
+const CLAIM_ANSWER = `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, answer_until, expires_at, answered, cmk_id, sealed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, NULL) ON CONFLICT (channel_id, request_id) DO NOTHING`;
+
+/** Rows per multi-row INSERT (restores, snapshot.ts): at most 12 columns, far below PostgreSQL's 65535 parameters. */
 const CHUNK = 1000;
 
 function insertSql(table: string, columns: string[], rows: number): string {
@@ -135,7 +175,48 @@ export class PostgresStore implements Store {
   readonly kind = 'postgres' as const;
   private closed: Promise<void> | undefined;
   /** Handshakes are frequent and independent: their channel rows share one INSERT. */
-  private readonly channelCommits = new GroupCommit<ChannelRow>((rows) => this.insertAll('channels', CHANNEL_COLUMNS, rows.map(channelValues)));
+  private readonly channelCommits = new GroupCommit<ChannelRow>(async (rows) => {
+    await this.pool.query({ name: 'kms_insert_channels', text: INSERT_CHANNELS, values: [channelsJson(rows)] });
+  });
+  /** The audit head as this process's last batch left it: the next batch is linked to it first. */
+  private lastAuditHead: AuditHead | undefined;
+  /** Every retrieveKey reads these three: a turn's reads share one query each (read-batch.ts). */
+  private readonly keyReads = new ReadBatch<string, KeyRow | undefined>(
+    async (ids) => {
+      const r = await this.pool.query<Row>({ name: 'kms_get_keys', text: 'SELECT * FROM keys WHERE id = ANY($1::text[])', values: [ids] });
+      return new Map(r.rows.map((row) => [row.id as string, keyFromRow(row)]));
+    },
+    () => undefined,
+    (k) => k && { ...k },
+  );
+  private readonly resourceReads = new ReadBatch<string, ResourceRow | undefined>(
+    async (ids) => {
+      const r = await this.pool.query<Row>({ name: 'kms_get_resources', text: 'SELECT * FROM resources WHERE id = ANY($1::text[])', values: [ids] });
+      return new Map(r.rows.map((row) => [row.id as string, resourceFromRow(row)]));
+    },
+    () => undefined,
+    (r) => r && { ...r },
+  );
+  private readonly authorizationReads = new ReadBatch<string, AuthorizationRow[]>(
+    async (ids) => {
+      // COLLATE "C": the byte order SQLite uses, whatever the database's collation.
+      const r = await this.pool.query<Row>({
+        name: 'kms_list_authorizations',
+        text: 'SELECT * FROM authorizations WHERE resource_id = ANY($1::text[]) ORDER BY resource_id, created_at, id COLLATE "C"',
+        values: [ids],
+      });
+      const byResource = new Map<string, AuthorizationRow[]>();
+      for (const row of r.rows) {
+        const id = row.resource_id as string;
+        let list = byResource.get(id);
+        if (!list) byResource.set(id, (list = []));
+        list.push(authorizationFromRow(row));
+      }
+      return byResource;
+    },
+    () => [],
+    (rows) => rows.map((a) => ({ ...a })),
+  );
 
   readonly changeSignal: ChangeSignal;
 
@@ -250,24 +331,19 @@ export class PostgresStore implements Store {
     }
   }
 
-  private async insertAll(table: string, columns: string[], values: unknown[][]): Promise<void> {
-    if (values.length === 0) return;
-    if (values.length <= CHUNK) await insertRows(this.pool, table, columns, values);
-    else await this.tx((c) => insertRows(c, table, columns, values));
-  }
-
   private async one(sql: string, params: unknown[]): Promise<Row | undefined> {
     return (await this.pool.query<Row>(sql, params)).rows[0];
   }
 
   async insertKeys(rows: KeyRow[]): Promise<void> {
     rows.forEach(rules.checkKeyRow);
-    await this.insertAll('keys', KEY_COLUMNS, rows.map(keyValues));
+    if (rows.length === 0) return;
+    // One statement: all the rows or none.
+    await this.pool.query({ name: 'kms_insert_keys', text: INSERT_KEYS, values: [keysJson(rows)] });
   }
 
-  async getKey(id: string): Promise<KeyRow | undefined> {
-    const r = await this.one('SELECT * FROM keys WHERE id = $1', [id]);
-    return r && keyFromRow(r);
+  getKey(id: string): Promise<KeyRow | undefined> {
+    return this.keyReads.load(id);
   }
 
   /**
@@ -352,14 +428,13 @@ export class PostgresStore implements Store {
         resource.createdAt,
         resource.expiresAt,
       ]);
-      await insertRows(c, 'authorizations', AUTHORIZATION_COLUMNS, authorizations.map(authorizationValues));
+      if (authorizations.length > 0) await c.query({ name: 'kms_insert_authorizations', text: INSERT_AUTHORIZATIONS, values: [authorizationsJson(authorizations)] });
       return this.bindInTx(c, binds, resource.id, true);
     });
   }
 
-  async getResource(id: string): Promise<ResourceRow | undefined> {
-    const r = await this.one('SELECT * FROM resources WHERE id = $1', [id]);
-    return r && resourceFromRow(r);
+  getResource(id: string): Promise<ResourceRow | undefined> {
+    return this.resourceReads.load(id);
   }
 
   async addAuthorizations(resourceId: string, rows: AuthorizationRow[], limit: number): Promise<AuthorizationRow[] | 'over-limit'> {
@@ -375,15 +450,13 @@ export class PostgresStore implements Store {
       }
       const plan = rules.planAuthorizations(resourceId, rows, { count, byAuthId }, limit);
       if (plan === 'over-limit') return plan;
-      await insertRows(c, 'authorizations', AUTHORIZATION_COLUMNS, plan.inserts.map(authorizationValues));
+      if (plan.inserts.length > 0) await c.query({ name: 'kms_insert_authorizations', text: INSERT_AUTHORIZATIONS, values: [authorizationsJson(plan.inserts)] });
       return plan.answer;
     });
   }
 
-  async listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
-    // COLLATE "C": the byte order SQLite uses, whatever the database's collation.
-    const r = await this.pool.query<Row>('SELECT * FROM authorizations WHERE resource_id = $1 ORDER BY created_at, id COLLATE "C"', [resourceId]);
-    return r.rows.map(authorizationFromRow);
+  listAuthorizations(resourceId: string): Promise<AuthorizationRow[]> {
+    return this.authorizationReads.load(resourceId);
   }
 
   async resourcesWithAuthId(authId: string): Promise<string[]> {
@@ -593,17 +666,41 @@ export class PostgresStore implements Store {
     return num((await this.one(`SELECT value FROM counters WHERE name = 'change_seq'`, []))!.value);
   }
 
+  /**
+   * First linked to the head this process's last batch left (one statement, APPEND_AUDIT: when no
+   * other process appended since, the common case, a batch is one round trip); when the head moved,
+   * linked again to the head read under its lock, in a transaction.
+   */
   async appendAudit(link: (head: AuditHead) => AuditRow[]): Promise<void> {
-    await this.tx(async (c) => {
+    const known = this.lastAuditHead;
+    this.lastAuditHead = undefined;
+    if (known) {
+      const rows = link(known);
+      rules.checkAuditLink(known, rows);
+      const last = rows.at(-1);
+      if (!last) {
+        this.lastAuditHead = known;
+        return;
+      }
+      const r = await this.pool.query({ name: 'kms_append_audit', text: APPEND_AUDIT, values: [known.seq, known.hash, last.seq, last.hash, auditJson(rows)] });
+      if (r.rowCount === rows.length) {
+        this.lastAuditHead = { seq: last.seq, hash: last.hash };
+        return;
+      }
+    }
+    const head = await this.tx(async (c) => {
       // Every node's batch waits here for the one before it to commit.
       const head = auditHeadFromRow((await c.query<Row>('SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE')).rows[0]!);
       const rows = link(head);
       rules.checkAuditLink(head, rows);
       const last = rows.at(-1);
-      if (!last) return;
-      await insertRows(c, 'audit', AUDIT_COLUMNS, rows.map(auditValues));
-      await c.query('UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1', [last.seq, last.hash]);
+      if (!last) return head;
+      const r = await c.query({ name: 'kms_append_audit', text: APPEND_AUDIT, values: [head.seq, head.hash, last.seq, last.hash, auditJson(rows)] });
+      // Cannot differ while the head is locked; kept as a guard.
+      if (r.rowCount !== rows.length) throw new Error('the audit head moved under its lock');
+      return { seq: last.seq, hash: last.hash };
     });
+    this.lastAuditHead = head;
   }
 
   async auditHead(): Promise<AuditHead> {
@@ -747,12 +844,11 @@ export class PostgresStore implements Store {
   async claimAnswer(claim: AnswerClaim): Promise<AnswerClaimOutcome> {
     rules.answerClaimDecision(undefined, claim); // refuses a malformed claim before anything is written
     const values = [claim.channelId, claim.requestId, claim.digest, claim.claimant, claim.leaseUntil, claim.answerUntil, claim.expiresAt];
+    // Nothing remembered (the common case): the insert alone decides, one statement.
+    const claimed = await this.pool.query({ name: 'kms_claim_answer', text: CLAIM_ANSWER, values });
+    if (claimed.rowCount === 1) return { state: 'claimed' };
     return this.tx(async (c) => {
-      const inserted = await c.query(
-        `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, answer_until, expires_at, answered, cmk_id, sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, NULL) ON CONFLICT (channel_id, request_id) DO NOTHING`,
-        values,
-      );
+      const inserted = await c.query({ name: 'kms_claim_answer', text: CLAIM_ANSWER, values });
       if (inserted.rowCount === 1) return { state: 'claimed' } as const;
       const r = (await c.query<Row>('SELECT * FROM retry_answers WHERE channel_id = $1 AND request_id = $2 FOR UPDATE', [claim.channelId, claim.requestId])).rows[0];
       const decision = rules.answerClaimDecision(r && answerStateFromRow(r), claim);
@@ -770,15 +866,20 @@ export class PostgresStore implements Store {
   }
 
   async rememberAnswer(key: AnswerClaimKey, answer: RememberedAnswer): Promise<boolean> {
-    const r = await this.pool.query(
-      'UPDATE retry_answers SET answered = 1, cmk_id = $1, sealed = $2 WHERE channel_id = $3 AND request_id = $4 AND claimant = $5 AND answered = 0',
-      [answer.cmkId, bytes(answer.sealed), key.channelId, key.requestId, key.claimant],
-    );
+    const r = await this.pool.query({
+      name: 'kms_remember_answer',
+      text: 'UPDATE retry_answers SET answered = 1, cmk_id = $1, sealed = $2 WHERE channel_id = $3 AND request_id = $4 AND claimant = $5 AND answered = 0',
+      values: [answer.cmkId, bytes(answer.sealed), key.channelId, key.requestId, key.claimant],
+    });
     return r.rowCount === 1;
   }
 
   async releaseAnswer(key: AnswerClaimKey): Promise<void> {
-    await this.pool.query('DELETE FROM retry_answers WHERE channel_id = $1 AND request_id = $2 AND claimant = $3 AND answered = 0', [key.channelId, key.requestId, key.claimant]);
+    await this.pool.query({
+      name: 'kms_release_answer',
+      text: 'DELETE FROM retry_answers WHERE channel_id = $1 AND request_id = $2 AND claimant = $3 AND answered = 0',
+      values: [key.channelId, key.requestId, key.claimant],
+    });
   }
 
   async ping(): Promise<void> {

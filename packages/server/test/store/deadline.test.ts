@@ -74,6 +74,18 @@ describe('a storage deadline', () => {
     assert.ok(waited >= 90 && waited < 5000, `answered after ${waited} ms`);
   });
 
+  test('calls waiting together each time out at their own deadline: a shorter one made after a longer one is not held to it', async () => {
+    const real = open();
+    const hanging = Object.assign(Object.create(real) as SqliteStore, { getKey: () => new Promise(() => {}), getResource: () => new Promise(() => {}) });
+    const ended: string[] = [];
+    const long = withDeadline(hanging, 1000).getKey('k').catch((err: KmsError) => ended.push(`long ${(err.cause as StorageTimeout).ms}`));
+    const short = withDeadline(hanging, 50).getResource('r').catch((err: KmsError) => ended.push(`short ${(err.cause as StorageTimeout).ms}`));
+    // One that answers in between changes neither.
+    assert.equal(await withDeadline(real, 1000).getKey(randomUUID()), undefined);
+    await Promise.all([long, short]);
+    assert.deepEqual(ended, ['short 50', 'long 1000']);
+  });
+
   test('a connection error is STORAGE_UNAVAILABLE with the error itself as cause', async () => {
     const refused = await refusedConnection();
     assert.equal((refused as NodeJS.ErrnoException).code, 'ECONNREFUSED');

@@ -42,6 +42,25 @@ if (problem !== undefined) {
   electedContract('postgres', () => PostgresStore.open(URL_, { schema }));
 
   describe('PostgreSQL specifics', () => {
+    test('the lookups by key are index scans, and a page of keysCreatedBy is read in its index order, not sorted', async () => {
+      await (await PostgresStore.open(URL_, { schema })).close();
+      const client = new pg.Client({ connectionString: URL_ });
+      await client.connect();
+      try {
+        // Whatever the table sizes: which plans the indexes allow, not which the planner prefers now.
+        await client.query(`SET search_path = ${schema}; SET enable_seqscan = off; SET enable_bitmapscan = off`);
+        const plan = async (sql: string, params: unknown[]) => (await client.query(`EXPLAIN ${sql}`, params)).rows.map((r: Record<string, string>) => r['QUERY PLAN']).join('\n');
+        assert.match(await plan('SELECT * FROM keys WHERE id = ANY($1::text[])', [['a', 'b']]), /Index Scan using keys_pkey/);
+        assert.match(await plan('SELECT * FROM resources WHERE id = ANY($1::text[])', [['a']]), /Index Scan using resources_pkey/);
+        assert.match(await plan('SELECT * FROM authorizations WHERE resource_id = ANY($1::text[]) ORDER BY resource_id, created_at, id COLLATE "C"', [['a']]), /Index Scan using authorizations_by_resource/);
+        const byCreator = await plan('SELECT * FROM keys WHERE user_id = $1 AND id > $2 COLLATE "C" ORDER BY id COLLATE "C" LIMIT $3', ['u', '', 10]);
+        assert.match(byCreator, /Index Scan using keys_by_creator/);
+        assert.doesNotMatch(byCreator, /Sort/, 'the page comes in index order');
+      } finally {
+        await client.end();
+      }
+    });
+
     test('two instances starting together migrate once; the schema parameter selects the schema', async () => {
       const fresh = `${schema}_m`;
       try {
