@@ -483,12 +483,13 @@ async function growthSection(folder: KmsFolder): Promise<void> {
     for (const count of P.growth) {
       const t0 = performance.now();
       keys.push(...(await createKeys(user, count - keys.length, 2)));
-      say(`  (${num(count)} keys stored; filled in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+      say(`  (${num(count)} keys stored; filled in ${((performance.now() - t0) / 1000).toFixed(1)} s${user.retried ? `, ${num(user.retried)} requests answered 503 and sent again` : ''})`);
       // Random keys across all stored: a bounded cache cannot hold them all; storage lookups must stay flat.
       const pool = await sealAll(user, Array.from({ length: 4096 }, () => ({ method: 'retrieve', uri: keys[Math.floor(Math.random() * keys.length)]! })));
       const r = await measure(server, 'sqlite', { name: `retrieve key, ${num(count)} keys stored`, limit: 'common', unit: 'messages', traffic: () => ({ next: cycle(pool), status: 200, key: user.channel.key }) }, 'http', 64);
       growth.push({ keys: count, opsPerServerCpuSec: r.opsPerServerCpuSec, ratioToFirst: r.opsPerServerCpuSec / (growth[0]?.opsPerServerCpuSec ?? r.opsPerServerCpuSec) });
     }
+    if (user.retried) notes.push(`growth: ${user.retried} fill requests answered 503 (storage deadline) and were sent again`);
   } finally {
     await server.stop();
   }

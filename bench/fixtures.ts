@@ -100,7 +100,14 @@ export class User {
     return response;
   }
 
-  /** Sends many requests in batches of 100, `parallel` batches at a time; each must answer `status`. */
+  /** Requests answered 503 and sent again by `askAll` (a storage deadline passed while filling). */
+  retried = 0;
+
+  /**
+   * Sends many requests in batches of 100, `parallel` batches at a time; each must answer `status`.
+   * A 503 says "retry later": as a client should, the same sealed message (same requestId, so a
+   * copy that did commit gets its first answer) goes again after a pause, up to five times.
+   */
   async askAll(bodies: Record<string, unknown>[], status: number, parallel = 2): Promise<KmsResponse[]> {
     const out: KmsResponse[] = new Array(bodies.length);
     let next = 0;
@@ -109,11 +116,20 @@ export class User {
         const from = next;
         next = Math.min(bodies.length, next + 100);
         const sealed = await Promise.all(bodies.slice(from, next).map((b) => this.seal(b)));
-        const answers = await postBatch(this.url, sealed.map((s) => s.message));
-        for (let i = 0; i < answers.length; i++) {
-          const r = await this.open(answers[i]!);
-          if (r.status !== status) throw new Error(`${String(bodies[from + i]!.method)} ${String(bodies[from + i]!.uri)} answered ${r.status} ${r.reason ?? ''}`);
-          out[from + i] = r;
+        let pending = sealed.map((s, i) => ({ message: s.message, at: from + i }));
+        for (let attempt = 0; pending.length > 0; attempt++) {
+          if (attempt > 0) await new Promise((r) => setTimeout(r, 250 * attempt));
+          const answers = await postBatch(this.url, pending.map((p) => p.message));
+          const again: typeof pending = [];
+          for (let i = 0; i < answers.length; i++) {
+            const r = await this.open(answers[i]!);
+            const at = pending[i]!.at;
+            if (r.status === 503 && attempt < 5) again.push(pending[i]!);
+            else if (r.status !== status) throw new Error(`${String(bodies[at]!.method)} ${String(bodies[at]!.uri)} answered ${r.status} ${r.reason ?? ''}`);
+            else out[at] = r;
+          }
+          this.retried += again.length;
+          pending = again;
         }
       }
     };
