@@ -89,6 +89,18 @@ await onEachBackend('cache coherence between two nodes', (backend) => {
       assert.ok(delay < PROMISED_MS, `${delay.toFixed(0)} ms`);
     });
 
+    test('a grant made through node 1 is honoured by node 2 at once, its cached refusal decided again on storage', TEST, async () => {
+      const alice = cluster.client('alice@nodes.example', () => 0);
+      const bob = cluster.client('bob@nodes.example', () => 1);
+      const [key] = await alice.createKeys(1);
+      const { resource } = await alice.createResource({ authIds: ['carol@nodes.example'], keyUris: [key!.uri] });
+      // Twice: the second refusal is decided on what node 2 cached from the first.
+      assert.equal(await statusOf(bob.retrieveKey(key!.uri)), 403);
+      assert.equal(await statusOf(bob.retrieveKey(key!.uri)), 403);
+      await alice.authorize(resource.uri, ['bob@nodes.example']);
+      assert.equal((await bob.retrieveKey(key!.uri)).jwk.k, key!.jwk.k, 'at once, whatever node 2 has heard');
+    });
+
     if (backend.name === 'PostgreSQL') {
       test("node 2's listening connection killed: not ready, caches flushed, ready again by itself", TEST, async (t) => {
         const { message } = await channelCachedOnNode2();

@@ -1,13 +1,15 @@
 /**
  * Keeps this node's caches in step with writes made by other processes on the same database
  * (nodes, workers): the change feed (Store.changesAfter) is read whenever the change signal says
- * it moved (store/change-signal.ts), and each change applied — a deleted channel is evicted, a CMK
- * change refreshes the keyring. While the node is not listening (the listening connection
- * dropped), it trusts no cached channel (each use re-reads the row) and is not ready (Kms.ready →
+ * it moved (store/change-signal.ts), and each change applied — a deleted channel is evicted, a
+ * bound key or a resource whose authorizations changed is evicted from the cached rows
+ * (cached-rows.ts), a CMK change refreshes the keyring. While the node is not listening (the listening connection
+ * dropped), it trusts no cached channel or row (each use re-reads it) and is not ready (Kms.ready →
  * /readyz 503); once listening again
  * it starts over from the feed's head with empty caches, since anything meanwhile may be missed.
  * A gap in the feed (entries swept before this node read them) is handled the same way.
  */
+import type { CachedRows } from './cached-rows.js';
 import type { Channels } from './channels.js';
 import type { Keyring } from './keyring/keyring.js';
 import { CHANGES_PER_READ, CHANGE_POLL_MS } from './limits.js';
@@ -33,9 +35,16 @@ export class Coherence implements ChangeListener {
   constructor(
     private readonly store: Pick<Store, 'changesAfter' | 'lastChange' | 'changeSignal'>,
     private readonly channels: Pick<Channels, 'evict' | 'setFollowing'>,
+    private readonly rows: Pick<CachedRows, 'evictKey' | 'evictResource' | 'setFollowing'>,
     private readonly keyring: Pick<Keyring, 'refresh'>,
     private readonly logger: Logger,
   ) {}
+
+  /** Whether each cache follows the feed (both, always together). */
+  private follow(on: boolean): void {
+    this.channels.setFollowing(on);
+    this.rows.setFollowing(on);
+  }
 
   start(): void {
     this.store.changeSignal.start(this);
@@ -52,6 +61,11 @@ export class Coherence implements ChangeListener {
         resolve();
       });
     });
+  }
+
+  /** The seq of the last change feed entry applied here (meaningful while following). */
+  get applied(): number {
+    return this.seen;
   }
 
   /** Whether this node follows the feed now (its caches can be trusted). */
@@ -74,7 +88,7 @@ export class Coherence implements ChangeListener {
     this.generation++;
     if (this.state === 'following') this.logger.warn({ err: describeError(err) }, 'lost the change notification connection: caches flushed, not ready until it is back');
     this.state = 'lost';
-    this.channels.setFollowing(false);
+    this.follow(false);
   }
 
   close(): void {
@@ -113,7 +127,7 @@ export class Coherence implements ChangeListener {
       const head = await this.store.lastChange();
       await this.keyring.refresh();
       if (generation !== this.generation) return;
-      this.channels.setFollowing(true);
+      this.follow(true);
       this.seen = head;
       this.state = 'following';
       for (const w of this.waiting.splice(0)) w();
@@ -130,7 +144,7 @@ export class Coherence implements ChangeListener {
         this.logger.warn({ after: this.seen, next: changes[0]!.seq }, 'change feed entries were swept before this node read them: caches flushed');
         this.generation++;
         this.state = 'resync';
-        this.channels.setFollowing(false);
+        this.follow(false);
         this.again = true;
         return;
       }
@@ -145,6 +159,8 @@ export class Coherence implements ChangeListener {
     let cmks = false;
     for (const change of changes) {
       if (change.kind === 'channel') this.channels.evict(change.subject);
+      else if (change.kind === 'key') this.rows.evictKey(change.subject);
+      else if (change.kind === 'resource') this.rows.evictResource(change.subject);
       else cmks = true;
     }
     if (cmks) await this.keyring.refresh();

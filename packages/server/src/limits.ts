@@ -69,6 +69,16 @@ export const MAX_CACHED_CHANNELS = 100_000;
 /** Federated copies kept unsealed in memory (federation/copies.ts), and their sealed bytes at most. */
 export const MAX_CACHED_COPIES = 1_000;
 export const MAX_CACHED_COPY_BYTES = 64 * 1024 * 1024;
+/**
+ * Rows kept in memory for the checks of a retrieve (cached-rows.ts): key rows, resource rows, and
+ * authorization rows (counted one by one, in their resources' sets); past a bound the oldest are
+ * read from storage again. At about 0.5 KiB a row, some 80 MB at most.
+ */
+export const MAX_CACHED_KEYS = 50_000;
+export const MAX_CACHED_RESOURCES = 20_000;
+export const MAX_CACHED_AUTHORIZATIONS = 100_000;
+/** A cached row is read from storage again after this long (ms), should a word of the change feed be lost. */
+export const ROW_CACHE_MS = 5_000;
 /** Object keys kept unsealed in memory (keyring/kept-material.ts); past it the oldest are unsealed again. */
 export const MAX_KEPT_KEYS = 10_000;
 /** How long an unsealed object key is kept at most (ms): material of destroyed keys leaves memory soon. */

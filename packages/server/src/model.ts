@@ -137,11 +137,13 @@ export const COPY_INVALIDATED = 0;
 /**
  * One entry of the change feed (Store.changesAfter): something other processes on the database
  * must drop from their caches. `channel`: the channel `subject` was deleted; `cmk`: the CMK
- * `subject` was added or changed state. `at`: wall-clock ms of the write (for the sweep).
+ * `subject` was added or changed state; `key`: the key `subject` was bound; `resource`: the
+ * resource `subject` was created or its authorizations changed. `at`: wall-clock ms of the write
+ * (for the sweep).
  */
 export interface ChangeRow {
   seq: number;
-  kind: 'channel' | 'cmk';
+  kind: 'channel' | 'cmk' | 'key' | 'resource';
   subject: string;
   at: number;
 }

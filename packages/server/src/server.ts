@@ -11,6 +11,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { joseCodec, type MessageCodec } from '@openkms/protocol';
 import { AuditLog, newNodeId } from './audit/audit.js';
 import { Checkpointer } from './audit/checkpointer.js';
+import { CachedRows, evictingWrites } from './cached-rows.js';
 import { Channels } from './channels.js';
 import { Coherence } from './coherence.js';
 import { fastCodec } from './codec/fast-codec.js';
@@ -88,8 +89,9 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
 
   const keyring = await Keyring.open(rootKey, store, now());
   const channels = new Channels(config.authority, store, keyring, now);
+  const rows = new CachedRows(store, now);
   // Follows other nodes' writes on this database; until it listens, nothing is cached.
-  const coherence = new Coherence(store, channels, keyring, logger);
+  const coherence = new Coherence(store, channels, rows, keyring, logger);
   coherence.start();
   await coherence.settled(config.storage.timeoutSeconds * 1000);
   // One id per process: its audit records, its heartbeat and its claim to lead all carry it.
@@ -129,7 +131,8 @@ export async function assembleKms(options: KmsOptions): Promise<Kms> {
   await heartbeat.start();
   checkpointer?.start();
 
-  const deps: Deps = { authority: config.authority, config, store, keyring, channels, bearers, changes: push, inbox, now };
+  // This process's own writes evict what they change from the cached rows before they are answered.
+  const deps: Deps = { authority: config.authority, config, store: evictingWrites(store, rows), rows, keyring, channels, bearers, changes: push, inbox, now };
   return new Kms({
     authority: config.authority,
     domains: config.domains,

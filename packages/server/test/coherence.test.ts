@@ -6,17 +6,18 @@
  * the re-check backstop, or by the flush when the follower lost its signal or found a gap.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import { CachedRows } from '../src/cached-rows.js';
 import { Channels } from '../src/channels.js';
 import { Coherence } from '../src/coherence.js';
 import { Keyring, localRootKey } from '../src/keyring/keyring.js';
-import { CHANNEL_RECHECK_MS } from '../src/limits.js';
+import { CHANNEL_RECHECK_MS, ROW_CACHE_MS } from '../src/limits.js';
 import { silentLogger } from '../src/logger.js';
 import { Secret } from '../src/secret.js';
 import { PostgresStore } from '../src/store/postgres.js';
@@ -49,7 +50,7 @@ function coherence(name: string, backend: () => Promise<Backend>): void {
     let db: Backend;
     let t = Date.now();
     const now = () => t;
-    const nodes: { store: Store; keyring: Keyring; channels: Channels; coherence: Coherence }[] = [];
+    const nodes: { store: Store; keyring: Keyring; channels: Channels; rows: CachedRows; coherence: Coherence }[] = [];
 
     before(async () => {
       db = await backend();
@@ -57,10 +58,11 @@ function coherence(name: string, backend: () => Promise<Backend>): void {
         const store = await db.open();
         const keyring = await Keyring.open(rootKey, store, now());
         const channels = new Channels('kms.a.example', store, keyring, now);
-        const follower = new Coherence(store, channels, keyring, silentLogger);
+        const rows = new CachedRows(store, now);
+        const follower = new Coherence(store, channels, rows, keyring, silentLogger);
         follower.start();
         await follower.settled(5000);
-        nodes.push({ store, keyring, channels, coherence: follower });
+        nodes.push({ store, keyring, channels, rows, coherence: follower });
       }
     });
     after(async () => {
@@ -107,6 +109,69 @@ function coherence(name: string, backend: () => Promise<Backend>): void {
     test('a CMK rotated on node 1 seals new material on node 2', async () => {
       const rotated = await nodes[0]!.keyring.createCmk(null, now());
       await until("node 2's active CMK", () => nodes[1]!.keyring.activeCmk().id === rotated.id);
+    });
+
+    /** An unbound key of alice's and a resource she is authorized on, written on node 1. */
+    const keyAndResource = async () => {
+      const store = nodes[0]!.store;
+      const cmk = nodes[0]!.keyring.activeCmk();
+      const id = randomUUID();
+      await store.insertKeys([{ id, userId: 'alice@a.example', clientId: 'c1', createdAt: t, expiresAt: t + 3600_000, resourceId: null, bindDate: null, bindSeq: null, cmkId: cmk.id, sealed: nodes[0]!.keyring.seal(cmk.id, new Uint8Array(32), `key:${id}`) }]);
+      const resourceId = randomUUID();
+      const alice = { id: randomUUID(), resourceId, authId: 'alice@a.example', roleUri: null, createdAt: t };
+      assert.equal(await store.createResource({ id: resourceId, creator: 'alice@a.example', createdAt: t, expiresAt: null }, [alice], []), 'bound');
+      // Node 2 has heard of all of it before it caches anything (an eviction after it would re-read).
+      const head = await store.lastChange();
+      await until('node 2 read the feed', () => nodes[1]!.coherence.applied >= head);
+      return { id, resourceId, alice };
+    };
+    const authIds = async (rows: CachedRows, resourceId: string) => (await rows.listAuthorizations(resourceId)).map((a) => a.authId);
+
+    test('a key bound and authorizations changed on node 1 are read so on node 2', async (c) => {
+      const { id, resourceId } = await keyAndResource();
+      const rows = nodes[1]!.rows;
+      assert.equal((await rows.getKey(id))!.resourceId, null, 'node 2 reads (and caches) it unbound');
+      assert.deepEqual(await authIds(rows, resourceId), ['alice@a.example']);
+      assert.equal(await nodes[0]!.store.bindKey({ id, resourceId, userId: 'alice@a.example', clientId: 'c1', bindDate: t, expiresAt: t + 3600_000, now: t }), 'bound');
+      const ms = await until('node 2 reads it bound', async () => (await rows.getKey(id))!.resourceId === resourceId);
+      c.diagnostic(`${name}: bind seen on node 2 after ${ms.toFixed(0)} ms`);
+      const bob = { id: randomUUID(), resourceId, authId: 'bob@a.example', roleUri: null, createdAt: t };
+      await nodes[0]!.store.addAuthorizations(resourceId, [bob], 100);
+      await until('node 2 reads bob authorized', async () => (await authIds(rows, resourceId)).includes('bob@a.example'));
+      await nodes[0]!.store.deleteAuthorizations(resourceId, [bob.id]);
+      await until('node 2 reads bob no longer authorized', async () => !(await authIds(rows, resourceId)).includes('bob@a.example'));
+    });
+
+    test('cached rows: served from memory until re-read after ROW_CACHE_MS, and not trusted without the signal', async () => {
+      const { id, resourceId } = await keyAndResource();
+      const node2 = nodes[1]!;
+      assert.deepEqual(await authIds(node2.rows, resourceId), ['alice@a.example']);
+      assert.equal((await node2.rows.getKey(id))!.clientId, 'c1');
+      // Behind the feed's back: only the re-read (or a lost signal) shows it.
+      await db.sql(`UPDATE keys SET client_id = 'c2' WHERE id = $1`, [id]);
+      await db.sql('DELETE FROM authorizations WHERE resource_id = $1', [resourceId]);
+      assert.equal((await node2.rows.getKey(id))!.clientId, 'c1', 'cached: no read');
+      assert.deepEqual(await authIds(node2.rows, resourceId), ['alice@a.example'], 'cached: no read');
+      const before = t;
+      t += ROW_CACHE_MS;
+      try {
+        assert.equal((await node2.rows.getKey(id))!.clientId, 'c2', 're-read');
+        assert.deepEqual(await authIds(node2.rows, resourceId), [], 're-read');
+      } finally {
+        t = before;
+      }
+      await db.sql(`UPDATE keys SET client_id = 'c3' WHERE id = $1`, [id]);
+      node2.coherence.lost(new Error('the listening connection ended'));
+      try {
+        assert.equal(node2.rows.active, false);
+        assert.equal((await node2.rows.getKey(id))!.clientId, 'c3', 'read from storage while not following');
+        await db.sql(`UPDATE keys SET client_id = 'c4' WHERE id = $1`, [id]);
+        assert.equal((await node2.rows.getKey(id))!.clientId, 'c4', 'and nothing cached meanwhile');
+      } finally {
+        node2.coherence.listening();
+        await until('node 2 current again', () => node2.coherence.current());
+      }
+      assert.deepEqual(node2.rows.sizes(), { keys: 0, resources: 0, authorizationSets: 0 }, 'following again, it starts empty');
     });
 
     test('a row deleted behind the feed: served from the cache until the re-check, refused after it', async () => {

@@ -64,7 +64,7 @@ export interface KmsParts {
   /** Whether this process leads the background work of its database, and work only the leader does. */
   leader: { readonly leads: boolean; whileLeading(start: () => () => void): void };
   /** Whether this node's caches follow the other nodes' writes now (coherence.ts). */
-  coherence: { current(): boolean };
+  coherence: { current(): boolean; readonly applied: number };
   lifetimes: { unboundGraceMs: number };
   logger: Logger;
   now: () => number;
@@ -117,6 +117,11 @@ export class Kms {
   wellKnown(): { kmsCluster: string; rsaPublicKey: PublicStaticJwk; domains: string[] } {
     const { kty, kid, n, e, x5c } = this.parts.staticJwk;
     return { kmsCluster: `kms://${this.authority}`, rsaPublicKey: { kty, kid, n, e, x5c }, domains: [...this.parts.domains] };
+  }
+
+  /** The seq of the last change feed entry this node applied to its caches (while current). */
+  changesApplied(): number {
+    return this.parts.coherence.applied;
   }
 
   /**

@@ -5,6 +5,7 @@
  * the bearer issuer): the assembly module (server.ts) hands in the implementations.
  */
 import type { KmsRequest, KmsResponse } from '@openkms/protocol';
+import type { CachedRows } from '../cached-rows.js';
 import type { Channel, Channels } from '../channels.js';
 import type { KmsConfig } from '../config.js';
 import type { AnonymousClaims } from '../identity/anonymous.js';
@@ -34,6 +35,8 @@ export interface Deps {
   authority: string;
   config: KmsConfig;
   store: Store;
+  /** The rows of the common reads, cached (cached-rows.ts): only through guards.ts cachedFirst. */
+  rows: CachedRows;
   keyring: Keyring;
   channels: Channels;
   bearers: BearerIssuer;

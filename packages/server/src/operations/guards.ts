@@ -2,19 +2,37 @@
 import { KmsError, objectRef, type Collection } from '@openkms/protocol';
 import { isAuthorized } from '../policy.js';
 import type { Principal } from '../identity/principal.js';
+import type { RowSource } from '../cached-rows.js';
 import type { ResourceRow } from '../model.js';
 import type { Deps } from './context.js';
 
-/** A live resource (past its TTL it is gone for everyone: 404). */
-export async function liveResource(deps: Deps, id: string, field = 'resource'): Promise<ResourceRow> {
-  const row = await deps.store.getResource(id);
+/** A live resource (past its TTL it is gone for everyone: 404). `rows`: where it is read (cachedFirst). */
+export async function liveResource(deps: Deps, id: string, field = 'resource', rows: RowSource = deps.store): Promise<ResourceRow> {
+  const row = await rows.getResource(id);
   if (!row || (row.expiresAt !== null && row.expiresAt <= deps.now())) throw KmsError.notFound(`${field}: no such resource`);
   return row;
 }
 
-export async function requireAuthorized(deps: Deps, principal: Principal, resourceId: string): Promise<void> {
-  const ok = await isAuthorized(principal, resourceId, (id) => deps.store.listAuthorizations(id), `kms://${deps.authority}/resources/`);
+export async function requireAuthorized(deps: Deps, principal: Principal, resourceId: string, rows: RowSource = deps.store): Promise<void> {
+  const ok = await isAuthorized(principal, resourceId, (id) => rows.listAuthorizations(id), `kms://${deps.authority}/resources/`);
   if (!ok) throw KmsError.forbidden('not authorized on this resource');
+}
+
+/**
+ * Runs a read's checks on the cached rows (cached-rows.ts) and, when they refuse (403, 404), once
+ * more on rows read from storage (which the cache then holds): what this node has not yet heard of (a grant, a
+ * bind, a resource made a moment ago on another node) must not refuse a request; what it has is
+ * either what storage holds or a change younger than the change feed's delay. `decide` must only
+ * read.
+ */
+export async function cachedFirst<T>(deps: Deps, decide: (rows: RowSource) => Promise<T>): Promise<T> {
+  if (!deps.rows.active) return decide(deps.store);
+  try {
+    return await decide(deps.rows);
+  } catch (err) {
+    if (!(err instanceof KmsError && (err.status === 403 || err.status === 404))) throw err;
+    return decide(deps.rows.fresh);
+  }
 }
 
 /**

@@ -15,7 +15,7 @@ import { Secret } from '../secret.js';
 import type { KeyRow } from '../model.js';
 import { MAX_KEYS_PER_ANSWER } from '../limits.js';
 import type { Deps, Handler } from './context.js';
-import { liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
+import { cachedFirst, liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
 import { keyRep } from './representations.js';
 
 /** The additional authenticated data a key is sealed under: a sealed key cannot pass for another. */
@@ -98,26 +98,30 @@ export function bindFailure(outcome: string, field: string): void {
 }
 
 export const retrieveKey: Handler = async (ctx, deps) => {
-  const key = await deps.store.getKey(ctx.id);
-  const now = deps.now();
-  if (!key) throw KmsError.notFound('no such key');
-  if (key.resourceId === null) {
-    // An expired unbound key stays readable by its creator until the sweeper destroys it.
-    if (key.expiresAt + deps.config.lifetimes.unboundGrace * 1000 <= now) throw KmsError.notFound('no such key');
-    if (!ownsUnboundKey(ctx.principal, key, ctx.request.client.clientId)) {
-      throw KmsError.forbidden('an unbound key is readable only by its creator, from the client that created it');
+  const key = await cachedFirst(deps, async (rows) => {
+    const key = await rows.getKey(ctx.id);
+    if (!key) throw KmsError.notFound('no such key');
+    if (key.resourceId === null) {
+      // An expired unbound key stays readable by its creator until the sweeper destroys it.
+      if (key.expiresAt + deps.config.lifetimes.unboundGrace * 1000 <= deps.now()) throw KmsError.notFound('no such key');
+      if (!ownsUnboundKey(ctx.principal, key, ctx.request.client.clientId)) {
+        throw KmsError.forbidden('an unbound key is readable only by its creator, from the client that created it');
+      }
+    } else {
+      await liveResource(deps, key.resourceId, 'resource', rows);
+      await requireAuthorized(deps, ctx.principal, key.resourceId, rows);
     }
-  } else {
-    await liveResource(deps, key.resourceId);
-    await requireAuthorized(deps, ctx.principal, key.resourceId);
-  }
+    return key;
+  });
   return { status: Status.OK, key: await reveal(deps, key) };
 };
 
 export const retrieveResourceKeys: Handler = async (ctx, deps) => {
   const filter = validate(retrieveKeysSchema, ctx.request);
-  await liveResource(deps, ctx.id);
-  await requireAuthorized(deps, ctx.principal, ctx.id);
+  await cachedFirst(deps, async (rows) => {
+    await liveResource(deps, ctx.id, 'resource', rows);
+    await requireAuthorized(deps, ctx.principal, ctx.id, rows);
+  });
   const rows = await deps.store.listResourceKeys(ctx.id, {
     boundAfter: filter.boundAfter === undefined ? undefined : parseDate(filter.boundAfter),
     boundBefore: filter.boundBefore === undefined ? undefined : parseDate(filter.boundBefore),

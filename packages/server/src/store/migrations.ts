@@ -295,6 +295,25 @@ DROP INDEX keys_by_creator;
 CREATE INDEX keys_by_creator ON keys (user_id, id COLLATE "C");
 `,
   },
+  {
+    version: 12,
+    name: 'the change feed also names keys bound and resources whose authorizations changed',
+    // Key rows and authorization sets are cached on every node (cached-rows.ts); a bind or an
+    // authorization change made elsewhere must reach those caches as channels and CMKs do. A CHECK
+    // cannot be altered in SQLite: the table is rebuilt (it holds only recent entries).
+    sql: `
+CREATE TABLE changes_next (
+  seq BIGINT PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('channel', 'cmk', 'key', 'resource')),
+  subject TEXT NOT NULL,
+  at BIGINT NOT NULL
+);
+INSERT INTO changes_next (seq, kind, subject, at) SELECT seq, kind, subject, at FROM changes;
+DROP TABLE changes;
+ALTER TABLE changes_next RENAME TO changes;
+CREATE INDEX changes_at ON changes (at);
+`,
+  },
 ];
 
 /** The schema version this kms creates and reads (the last migration). */

@@ -300,10 +300,17 @@ export class PostgresStore implements Store {
    * the listeners of this schema at COMMIT (store/change-signal.ts).
    */
   private async recordChange(c: Queryable, kind: ChangeRow['kind'], subject: string): Promise<void> {
+    return this.recordChanges(c, kind, [subject]);
+  }
+
+  /** recordChange for several subjects of one kind: one statement, seqs in the order given. */
+  private async recordChanges(c: Queryable, kind: ChangeRow['kind'], subjects: string[]): Promise<void> {
+    if (subjects.length === 0) return;
     await c.query(
-      `WITH next AS (UPDATE counters SET value = value + 1 WHERE name = 'change_seq' RETURNING value)
-       INSERT INTO changes (seq, kind, subject, at) SELECT value, $1, $2, $3 FROM next`,
-      [kind, subject, Date.now()],
+      `WITH next AS (UPDATE counters SET value = value + $3 WHERE name = 'change_seq' RETURNING value)
+       INSERT INTO changes (seq, kind, subject, at)
+         SELECT next.value - $3 + s.n, $1, s.subject, $4 FROM next, unnest($2::text[]) WITH ORDINALITY AS s (subject, n)`,
+      [kind, subjects, subjects.length, Date.now()],
     );
     await c.query(`SELECT pg_notify('${CHANGES_CHANNEL}', current_schema())`);
   }
@@ -368,7 +375,9 @@ export class PostgresStore implements Store {
       [resourceId, writes.map((w) => w.id), writes.map((w) => w.bindDate), writes.map((w) => w.bindSeq), writes.map((w) => w.expiresAt)],
     );
     // Cannot differ while the rows are locked; kept as the contract's guard.
-    return updated.rowCount === binds.length ? 'bound' : 'already-bound';
+    if (updated.rowCount !== binds.length) return 'already-bound';
+    await this.recordChanges(c, 'key', writes.map((w) => w.id));
+    return 'bound';
   }
 
   async bindKey(bind: KeyBind & { resourceId: string }): Promise<BindOutcome> {
@@ -429,6 +438,7 @@ export class PostgresStore implements Store {
         resource.expiresAt,
       ]);
       if (authorizations.length > 0) await c.query({ name: 'kms_insert_authorizations', text: INSERT_AUTHORIZATIONS, values: [authorizationsJson(authorizations)] });
+      await this.recordChange(c, 'resource', resource.id);
       return this.bindInTx(c, binds, resource.id, true);
     });
   }
@@ -450,7 +460,10 @@ export class PostgresStore implements Store {
       }
       const plan = rules.planAuthorizations(resourceId, rows, { count, byAuthId }, limit);
       if (plan === 'over-limit') return plan;
-      if (plan.inserts.length > 0) await c.query({ name: 'kms_insert_authorizations', text: INSERT_AUTHORIZATIONS, values: [authorizationsJson(plan.inserts)] });
+      if (plan.inserts.length > 0) {
+        await c.query({ name: 'kms_insert_authorizations', text: INSERT_AUTHORIZATIONS, values: [authorizationsJson(plan.inserts)] });
+        await this.recordChange(c, 'resource', resourceId);
+      }
       return plan.answer;
     });
   }
@@ -472,7 +485,11 @@ export class PostgresStore implements Store {
 
   async deleteAuthorizations(resourceId: string, ids: string[]): Promise<AuthorizationRow[]> {
     if (ids.length === 0) return [];
-    const r = await this.pool.query<Row>('DELETE FROM authorizations WHERE resource_id = $1 AND id = ANY($2::text[]) RETURNING *', [resourceId, ids]);
+    const r = await this.tx(async (c) => {
+      const r = await c.query<Row>('DELETE FROM authorizations WHERE resource_id = $1 AND id = ANY($2::text[]) RETURNING *', [resourceId, ids]);
+      if ((r.rowCount ?? 0) > 0) await this.recordChange(c, 'resource', resourceId);
+      return r;
+    });
     const deleted = new Map(r.rows.map((x) => [x.id as string, authorizationFromRow(x)]));
     // In the order asked for, like SQLite.
     return [...new Set(ids)].flatMap((id) => {

@@ -212,6 +212,7 @@ export class SqliteStore implements Store {
     for (const write of rules.bindWrites(binds, resourceId, lastSeq)) {
       // The WHERE keeps resource_id IS NULL: a second guard, as in PostgreSQL.
       if (this.stmt.bindKey!.run(write).changes !== 1) return 'already-bound';
+      this.recordChange('key', write.id);
     }
     return 'bound';
   }
@@ -268,6 +269,7 @@ export class SqliteStore implements Store {
       this.bindOrRollBack(() => {
         this.stmt.insertResource!.run(resource);
         for (const a of authorizations) this.stmt.insertAuthorization!.run(a);
+        this.recordChange('resource', resource.id);
         return this.bindInTx(binds, resource.id);
       }),
     );
@@ -289,6 +291,7 @@ export class SqliteStore implements Store {
       const plan = rules.planAuthorizations(resourceId, rows, { count, byAuthId }, limit);
       if (plan === 'over-limit') return plan;
       for (const row of plan.inserts) this.stmt.insertAuthorization!.run(row);
+      if (plan.inserts.length > 0) this.recordChange('resource', resourceId);
       return plan.answer;
     });
     return this.durable(added);
@@ -317,6 +320,7 @@ export class SqliteStore implements Store {
           deleted.push(authorizationFromRow(r));
         }
       }
+      if (deleted.length > 0) this.recordChange('resource', resourceId);
       return deleted;
     });
     return this.durable(deleted);

@@ -10,6 +10,8 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import type { KeyRep, ResourceRep } from '@openkms/protocol';
 import type { TestClient } from '../support/client.js';
+import Database from 'better-sqlite3';
+import { ROW_CACHE_MS } from '../../src/limits.js';
 import { manualClock, type DevKms } from '../../src/testing/harness.js';
 import {
   useMainKms,
@@ -115,6 +117,41 @@ describe('keys: retrieve (draft 4.7.7)', () => {
 
   test('a key uri of another authority → 404', async () => {
     expectStatus(await getKey(alice, `kms://kms.z.example/keys/${randomUUID()}`), 404);
+  });
+
+  test('decided on cached rows (src/cached-rows.ts): a refusal decided again on storage; cached grants re-read after ROW_CACHE_MS', async () => {
+    const [key] = await newKeys(alice);
+    const resource = await newResource(alice, { authIds: ['carol@a.example'], keyUris: [key!.uri] });
+    const db = new Database(main.dbPath, { fileMustExist: true });
+    try {
+      // The feed's word of these writes evicts them once more: let it come first.
+      const head = Number((db.prepare(`SELECT value FROM counters WHERE name = 'change_seq'`).get() as { value: number }).value);
+      while (main.kms.changesApplied() < head) await new Promise((r) => setTimeout(r, 10));
+      expectStatus(await getKey(bob, key!.uri), 403);
+      // Behind the KMS's back (no change feed entry): what it cached says no, storage says yes.
+      const bobAuth = randomUUID();
+      db.prepare('INSERT INTO authorizations (id, resource_id, auth_id, role_uri, created_at) VALUES (?, ?, ?, NULL, ?)').run(bobAuth, idOf(resource.uri), 'bob@a.example', clock.now());
+      expectStatus(await getKey(bob, key!.uri), 200, 'the cached refusal is decided again on storage');
+      db.prepare('DELETE FROM authorizations WHERE id = ?').run(bobAuth);
+      expectStatus(await getKey(bob, key!.uri), 200, 'cached since: not read again');
+      clock.advance(ROW_CACHE_MS);
+      expectStatus(await getKey(bob, key!.uri), 403, 're-read after ROW_CACHE_MS');
+    } finally {
+      db.close();
+    }
+  });
+
+  test("this KMS's own writes are read at once: a key bound, a grant added and removed", async () => {
+    const [key] = await newKeys(alice);
+    const resource = await newResource(alice);
+    assert.equal((await getKey(alice, key!.uri)).key.resourceUri, undefined, 'cached unbound');
+    expectStatus(await bind(alice, key!.uri, resource.uri), 200);
+    assert.equal((await getKey(alice, key!.uri)).key.resourceUri, resource.uri);
+    expectStatus(await getKey(bob, key!.uri), 403);
+    const [grant] = (await expectOk(alice, { method: 'create', uri: '/authorizations', resourceUri: resource.uri, authIds: ['bob@a.example'] }, 201)).authorizations as { uri: string }[];
+    expectStatus(await getKey(bob, key!.uri), 200);
+    await expectOk(alice, { method: 'delete', uri: grant!.uri });
+    expectStatus(await getKey(bob, key!.uri), 403, 'the removal evicted the cached grant');
   });
 });
 

@@ -561,6 +561,34 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       await assert.rejects(store.putCopy({ resourceUri: 'kms://b.example/resources/x', authority: 'b.example', fetchedAt: now, cmkId, sealed: new Uint8Array([1]) }, [], -1), RangeError);
     });
 
+    test('the change feed: keys bound, resources created, authorizations added and deleted — and nothing for what changed nothing', async () => {
+      const [k1, k2, k3] = [key(), key(), key()];
+      await store.insertKeys([k1, k2, k3]);
+      const r = resource();
+      const alice = auth(r.id, 'alice@a.example');
+      const from = await other.lastChange();
+      assert.equal(await store.createResource(r, [alice], [bind(k1.id), bind(k2.id)]), 'bound');
+      assert.equal(await store.bindKey({ ...bind(k3.id), resourceId: r.id }), 'bound');
+      assert.equal(await store.bindKey({ ...bind(k3.id), resourceId: r.id }), 'already-bound', 'refused: no change');
+      assert.equal(await store.createResource(resource(), [], [bind(k1.id)]), 'already-bound', 'rolled back: no change');
+      const bob = auth(r.id, 'bob@a.example');
+      await store.addAuthorizations(r.id, [bob], 10);
+      await store.addAuthorizations(r.id, [auth(r.id, 'bob@a.example')], 10);
+      await store.deleteAuthorizations(r.id, [bob.id]);
+      await store.deleteAuthorizations(r.id, [bob.id, randomUUID()]);
+      assert.deepEqual(
+        (await other.changesAfter(from, 100)).map((x) => [x.seq - from, x.kind, x.subject]),
+        [
+          [1, 'resource', r.id],
+          [2, 'key', k1.id],
+          [3, 'key', k2.id],
+          [4, 'key', k3.id],
+          [5, 'resource', r.id],
+          [6, 'resource', r.id],
+        ],
+      );
+    });
+
     test("the change signal wakes the other process after a write (NOTIFY, or SQLite's polling)", async () => {
       let listening!: () => void;
       const up = new Promise<void>((r) => (listening = r));
