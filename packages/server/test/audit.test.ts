@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
 import { AuditLog, GENESIS, auditHash, newNodeId, verifyAudit, type AuditEntry } from '../src/audit/audit.js';
-import { migrations } from '../src/store/migrations.js';
+import { migrationSql, migrations } from '../src/store/migrations.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 
 const entry = (i: number): AuditEntry => ({ time: 1_800_000_000_000 + i, principal: `u${i}@a.example`, clientId: 'c', method: 'update', uri: '/ping', status: 200, peer: null, requestId: String(i) });
@@ -97,7 +97,7 @@ test('a chain written before records named their node is migrated: it verifies a
   const db = new Database(file);
   db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
   for (const m of migrations.filter((m) => m.version <= 3)) {
-    db.exec(m.sql.replace(/\bBYTEA\b/g, 'BLOB'));
+    db.exec(migrationSql(m, 'sqlite'));
     db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, 0);
   }
   let prev = GENESIS;

@@ -8,7 +8,17 @@ import { AUDIT_GENESIS } from '../model.js';
 export interface Migration {
   version: number;
   name: string;
-  sql: string;
+  /** One text for both backends, or each one's own where they cannot share one (a trigger). */
+  sql: string | { sqlite: string; postgres: string };
+}
+
+/** SQLite spells BYTEA as BLOB and byte order BINARY; the rest of the shared SQL it accepts as is. */
+export const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB').replace(/\bCOLLATE "C"/g, 'COLLATE BINARY');
+
+/** The SQL of a migration as `backend` runs it. */
+export function migrationSql(m: Migration, backend: 'sqlite' | 'postgres'): string {
+  if (typeof m.sql !== 'string') return m.sql[backend];
+  return backend === 'sqlite' ? toSqlite(m.sql) : m.sql;
 }
 
 export const migrations: Migration[] = [
@@ -313,6 +323,33 @@ DROP TABLE changes;
 ALTER TABLE changes_next RENAME TO changes;
 CREATE INDEX changes_at ON changes (at);
 `,
+  },
+  {
+    version: 13,
+    name: 'audit: each record follows the one before it, checked by a trigger instead of an index',
+    // The unique index on prev_hash (migration 4) refused a second successor of one record, but each
+    // insert landed on a random page of it: a batch of N records wrote N index pages more to the
+    // WAL. A trigger that reads the record before (the newest page of the primary key) refuses the
+    // same forks and more: a record that does not follow its predecessor at all.
+    sql: {
+      sqlite: `
+DROP INDEX audit_one_successor;
+CREATE TRIGGER audit_follows BEFORE INSERT ON audit
+WHEN NEW.prev_hash IS NOT (CASE WHEN NEW.seq = 1 THEN '${AUDIT_GENESIS}' ELSE (SELECT hash FROM audit WHERE seq = NEW.seq - 1) END)
+BEGIN SELECT RAISE(ABORT, 'audit record does not follow the record before it'); END;
+`,
+      postgres: `
+DROP INDEX audit_one_successor;
+CREATE FUNCTION audit_follows() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NEW.prev_hash IS DISTINCT FROM (CASE WHEN NEW.seq = 1 THEN '${AUDIT_GENESIS}' ELSE (SELECT hash FROM audit WHERE seq = NEW.seq - 1) END) THEN
+    RAISE EXCEPTION 'audit record % does not follow the record before it', NEW.seq USING ERRCODE = '23514';
+  END IF;
+  RETURN NEW;
+END $fn$;
+CREATE TRIGGER audit_follows BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION audit_follows();
+`,
+    },
   },
 ];
 

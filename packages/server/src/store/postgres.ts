@@ -46,7 +46,7 @@ import { AdvisoryLeadership, type Leadership } from './leadership.js';
 import { answerStateFromRow, archivedFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, num, pushFromRow, resourceFromRow, type Row, str } from './rows.js';
 import { GroupCommit } from './group-commit.js';
 import { ReadBatch } from './read-batch.js';
-import { checkSchemaKnown, migrations } from './migrations.js';
+import { checkSchemaKnown, migrationSql, migrations } from './migrations.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 
@@ -112,9 +112,10 @@ const auditJson = (rows: readonly AuditRow[]) =>
  * One batch of audit records after the head $1/$2, which becomes $3/$4, in one statement: the head
  * row moves only if it still is $1/$2 (READ COMMITTED re-reads a row another batch moved meanwhile,
  * after that one committed), and the records are written only if it moved. rowCount says which.
+ * In seq order: each record's trigger (migration 13) reads the one before it.
  */
 const APPEND_AUDIT = `WITH head AS (UPDATE audit_head SET seq = $3, hash = $4 WHERE id = 1 AND seq = $1 AND hash = $2 RETURNING id)
-INSERT INTO audit (${AUDIT_RECORDS.names}) ${AUDIT_RECORDS.select} WHERE EXISTS (SELECT 1 FROM head)`;
+INSERT INTO audit (${AUDIT_RECORDS.names}) ${AUDIT_RECORDS.select} WHERE EXISTS (SELECT 1 FROM head) ORDER BY seq`;
 
 const CLAIM_ANSWER = `INSERT INTO retry_answers (channel_id, request_id, digest, claimant, lease_until, answer_until, expires_at, answered, cmk_id, sealed)
 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, NULL) ON CONFLICT (channel_id, request_id) DO NOTHING`;
@@ -135,8 +136,6 @@ export async function insertRows(q: Queryable, table: string, columns: string[],
   }
 }
 
-/** The shared migration SQL is already what PostgreSQL accepts; adaptations, if ever needed, go here. */
-const toPostgres = (sql: string) => sql;
 
 /** Advisory lock keys (two int4 form): class, then a constant or a hash. */
 export const LOCK_CLASS = 0x4b4d5300; // 'KMS\0'
@@ -289,7 +288,7 @@ export class PostgresStore implements Store {
         await c.query(lock);
         // Read under the lock: another instance may have applied it while we waited.
         if ((await c.query('SELECT 1 FROM schema_migrations WHERE version = $1', [m.version])).rowCount) return;
-        await c.query(toPostgres(m.sql));
+        await c.query(migrationSql(m, 'postgres'));
         await c.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)', [m.version, m.name, Date.now()]);
       });
     }

@@ -19,9 +19,8 @@
 import { chmodSync, existsSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { migrations, SCHEMA_VERSION } from './migrations.js';
+import { migrationSql, migrations, SCHEMA_VERSION } from './migrations.js';
 import { insertRows, LOCK_CLASS, LOCK_MIGRATE, postgresConnection } from './postgres.js';
-import { toSqlite } from './sqlite.js';
 
 export type ColumnType = 'text' | 'integer' | 'bytes';
 export interface Column {
@@ -397,7 +396,7 @@ export async function restoreSnapshot(url: string, schemaVersion: number, entrie
     const sqlite = url.startsWith('sqlite:');
     for (const m of migrations) {
       if (m.version <= current || m.version > schemaVersion) continue;
-      await c.run(sqlite ? toSqlite(m.sql) : m.sql);
+      await c.run(migrationSql(m, sqlite ? 'sqlite' : 'postgres'));
       await c.run(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (${sqlite ? '?, ?, ?' : '$1, $2, $3'})`, [m.version, m.name, Date.now()]);
     }
     const shapes = new Map((await backedUpShapes(c)).map((s) => [s.name, s]));

@@ -20,7 +20,7 @@ import { PollingSignal, type ChangeSignal } from './change-signal.js';
 import { LeaseLeadership, type Leadership } from './leadership.js';
 import { answerStateFromRow, archivedFromRow, auditFromRow, auditHeadFromRow, authorizationFromRow, changeFromRow, channelFromRow, cmkFromRow, copyFromRow, keyFromRow, nodeFromRow, pushFromRow, resourceFromRow, type Row } from './rows.js';
 import { auditCoversWrite } from './deadline.js';
-import { checkSchemaKnown, migrations } from './migrations.js';
+import { checkSchemaKnown, migrationSql, migrations } from './migrations.js';
 import * as rules from './rules.js';
 import type { Store } from './store.js';
 import { BackgroundCheckpoints, SAFETY_PAGES } from './wal-checkpoint.js';
@@ -29,8 +29,6 @@ import { WalSync, type Fsync } from './wal-sync.js';
 /** How long a write waits for the lock while the file is taken for locked (write()). */
 const LOCKED_WAIT_MS = 50;
 
-/** SQLite spells BYTEA as BLOB and byte order BINARY; the rest of the shared migration SQL is accepted as is. */
-export const toSqlite = (sql: string) => sql.replace(/\bBYTEA\b/g, 'BLOB').replace(/\bCOLLATE "C"/g, 'COLLATE BINARY');
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const;
@@ -176,7 +174,7 @@ export class SqliteStore implements Store {
       this.write(() => {
         // Read under the write lock: another process opening the file may have applied it meanwhile.
         if (this.sql('SELECT 1 FROM schema_migrations WHERE version = ?').get(m.version)) return;
-        this.db.exec(toSqlite(m.sql));
+        this.db.exec(migrationSql(m, 'sqlite'));
         this.sql('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
       });
     }

@@ -202,9 +202,13 @@ if (problem !== undefined) {
         const head = await store.auditHead();
         const insert = (seq: number, prevHash: string) =>
           intruder.query(`INSERT INTO audit (seq, time, status, node, prev_hash, hash) VALUES ($1, 1, 200, 'intruder', $2, $3)`, [seq, prevHash, `x-${randomUUID()}`]);
-        await assert.rejects(insert(head.seq, 'elsewhere'), /audit_pkey/);
         const last = (await intruder.query('SELECT prev_hash FROM audit WHERE seq = $1', [head.seq])).rows[0].prev_hash as string;
-        await assert.rejects(insert(head.seq + 1, last), /audit_one_successor/, 'a second successor of one record');
+        await assert.rejects(insert(head.seq, last), /audit_pkey/, 'a second record in its place');
+        const refused = /audit record \d+ does not follow the record before it/;
+        await assert.rejects(insert(head.seq + 1, last), refused, 'a second successor of one record');
+        await assert.rejects(insert(head.seq + 1, `x-${randomUUID()}`), refused, 'a record after no record');
+        await assert.rejects(insert(head.seq + 2, head.hash), refused, 'a record past a gap');
+        await insert(head.seq + 1, head.hash);
       } finally {
         await intruder.end();
         await store.close();

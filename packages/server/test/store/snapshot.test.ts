@@ -21,10 +21,10 @@ import pg from 'pg';
 import { auditHash, GENESIS, verifyAudit } from '../../src/audit/audit.js';
 import { postgresProblem, TEST_POSTGRES_URL } from '../../src/testing/harness.js';
 import { BackupWriter, readBackup } from '../../src/store/backup-file.js';
-import { migrations, SCHEMA_VERSION } from '../../src/store/migrations.js';
+import { migrationSql, migrations, SCHEMA_VERSION } from '../../src/store/migrations.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { BACKED_UP, readSnapshot, restoreSnapshot, SnapshotError, TRANSIENT, type RestoreEntry } from '../../src/store/snapshot.js';
-import { SqliteStore, toSqlite } from '../../src/store/sqlite.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
 import type { Store } from '../../src/store/store.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kms-snapshot-'));
@@ -86,7 +86,7 @@ function schema3Database(): { url: string; keyId: string; resourceId: string; cm
   const db = new Database(url.slice('sqlite:'.length));
   db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
   for (const m of migrations.filter((x) => x.version <= 3)) {
-    db.exec(toSqlite(m.sql));
+    db.exec(migrationSql(m, 'sqlite'));
     db.prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)').run(m.version, m.name, NOW);
   }
   const cmkId = randomUUID();

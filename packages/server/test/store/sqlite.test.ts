@@ -42,9 +42,12 @@ test('the database itself refuses a record that forks the audit chain (a writer 
   const db = new Database(file);
   try {
     const insert = db.prepare(`INSERT INTO audit (seq, time, status, node, prev_hash, hash) VALUES (?, 1, 200, 'intruder', ?, ?)`);
-    assert.throws(() => insert.run(head.seq, 'elsewhere', `x-${randomUUID()}`), /UNIQUE constraint failed: audit\.seq/);
     const [last] = db.prepare('SELECT prev_hash FROM audit WHERE seq = ?').all(head.seq) as { prev_hash: string }[];
-    assert.throws(() => insert.run(head.seq + 1, last!.prev_hash, `x-${randomUUID()}`), /UNIQUE constraint failed: audit\.prev_hash/, 'a second successor of one record');
+    assert.throws(() => insert.run(head.seq, last!.prev_hash, `x-${randomUUID()}`), /UNIQUE constraint failed: audit\.seq/, 'a second record in its place');
+    assert.throws(() => insert.run(head.seq + 1, last!.prev_hash, `x-${randomUUID()}`), /audit record does not follow the record before it/, 'a second successor of one record');
+    assert.throws(() => insert.run(head.seq + 1, `x-${randomUUID()}`, `x-${randomUUID()}`), /audit record does not follow the record before it/, 'a record after no record');
+    assert.throws(() => insert.run(head.seq + 2, head.hash, `x-${randomUUID()}`), /audit record does not follow the record before it/, 'a record past a gap');
+    insert.run(head.seq + 1, head.hash, `x-${randomUUID()}`);
   } finally {
     db.close();
   }
