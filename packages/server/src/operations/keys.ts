@@ -1,5 +1,5 @@
 /** Draft 4.7.5–4.7.7: create keys, bind a key, retrieve one key or a resource's keys. */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   KmsError,
   Limits,
@@ -10,6 +10,7 @@ import {
   retrieveKeysSchema,
   validate,
 } from '@openkms/protocol';
+import { timeOrderedIds } from '../ids.js';
 import { ownsUnboundKey } from '../policy.js';
 import { Secret } from '../secret.js';
 import type { KeyRow } from '../model.js';
@@ -17,6 +18,9 @@ import { MAX_KEYS_PER_ANSWER } from '../limits.js';
 import type { Deps, Handler } from './context.js';
 import { cachedFirst, liveResource, localId, requireAuthorized, userPrincipal } from './guards.js';
 import { keyRep } from './representations.js';
+
+/** An object key: 256 bits (PROTOCOL.md: an AES-256 `oct` JWK). */
+const KEY_BYTES = 32;
 
 /** The additional authenticated data a key is sealed under: a sealed key cannot pass for another. */
 export const keyAad = (id: string) => `key:${id}`;
@@ -32,11 +36,14 @@ export const createKeys: Handler = async (ctx, deps) => {
   const user = userPrincipal(ctx.principal);
   const now = deps.now();
   const cmk = deps.keyring.activeCmk(user.orgId);
+  const ids = timeOrderedIds(count, now);
+  // One draw for all the keys' material; each key's Secret is its own 32 bytes of it.
+  const drawn = randomBytes(KEY_BYTES * count);
   const materials: Secret[] = [];
   const rows: KeyRow[] = [];
   for (let i = 0; i < count; i++) {
-    const id = randomUUID();
-    const material = new Secret(randomBytes(32));
+    const id = ids[i]!;
+    const material = new Secret(drawn.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES));
     materials.push(material);
     rows.push({
       id,
