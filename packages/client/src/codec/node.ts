@@ -28,12 +28,12 @@
  * for another `alg` or `enc`, ERR_JWE_INVALID / ERR_JWS_INVALID for anything malformed; a TypeError
  * for an argument or a key of the wrong type, as `jose` throws.
  */
-import { KeyObject, constants, createCipheriv, createDecipheriv, randomFillSync, verify as cryptoVerify, type webcrypto } from 'node:crypto';
+import { KeyObject, constants, createCipheriv, createDecipheriv, verify as cryptoVerify, type webcrypto } from 'node:crypto';
 import { isCanonicalBase64url, protectedHeaderProblem, type AsymmetricKey, type Decrypted, type ProtectedHeader } from '@openkms/protocol';
+import { IV_BYTES, nextIv } from '@openkms/protocol/iv-pool';
 import type { ClientCodec } from './client-codec.js';
 
 const ENC = 'A256GCM';
-const IV_BYTES = 12;
 const TAG_BYTES = 16;
 const KEY_BYTES = 32;
 
@@ -109,22 +109,6 @@ function decryptChannel(compact: unknown, key: Uint8Array): Decrypted {
   return { plaintext: bytesOf(plaintext), header };
 }
 
-/**
- * IVs are cut from a pool refilled by one `randomFillSync` every 341 IVs (a `randomBytes(12)` per
- * message costs more than the header work). Each IV is used at once, synchronously (copied into the
- * cipher and encoded) before the pool can be refilled, and never twice.
- */
-const ivPool = Buffer.allocUnsafeSlow(IV_BYTES * 341);
-let ivOffset = ivPool.length;
-function nextIv(): Buffer {
-  if (ivOffset + IV_BYTES > ivPool.length) {
-    randomFillSync(ivPool);
-    ivOffset = 0;
-  }
-  const iv = ivPool.subarray(ivOffset, ivOffset + IV_BYTES);
-  ivOffset += IV_BYTES;
-  return iv;
-}
 
 function encryptChannel(plaintext: Uint8Array, key: Uint8Array, kid: string, cty?: string): string {
   if (!(plaintext instanceof Uint8Array)) throw new TypeError('plaintext must be a Uint8Array');

@@ -47,14 +47,13 @@ import {
   hkdfSync,
   privateDecrypt,
   randomBytes,
-  randomFillSync,
   sign as cryptoSign,
   webcrypto,
 } from 'node:crypto';
 import { STATIC_KEY_ALGS, type AsymmetricKey, type Decrypted, type MessageCodec, type ProtectedHeader } from '@openkms/protocol';
+import { IV_BYTES, nextIv } from '@openkms/protocol/iv-pool';
 
 const ENC = 'A256GCM';
-const IV_BYTES = 12;
 const TAG_BYTES = 16;
 const KEY_BYTES = 32;
 
@@ -301,22 +300,6 @@ const b64uJson = (value: unknown): string => Buffer.from(JSON.stringify(value), 
 /** Buffer view of a Uint8Array without copying. */
 const view = (bytes: Uint8Array): Buffer => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 
-/**
- * Random IVs are cut from a pool refilled by one `randomFillSync` call every 341 IVs (a per-call
- * `randomBytes(12)` costs more than the rest of the header work). Each IV is used synchronously
- * (copied into the cipher context and encoded) before the pool can be refilled, and never reused.
- */
-const ivPool = Buffer.allocUnsafeSlow(IV_BYTES * 341);
-let ivOffset = ivPool.length;
-function nextIv(): Buffer {
-  if (ivOffset + IV_BYTES > ivPool.length) {
-    randomFillSync(ivPool);
-    ivOffset = 0;
-  }
-  const iv = ivPool.subarray(ivOffset, ivOffset + IV_BYTES);
-  ivOffset += IV_BYTES;
-  return iv;
-}
 
 /**
  * The protected header segment of a channel's answers, and its bytes (the AAD), by kid: the same

@@ -4,10 +4,11 @@
  * (node:crypto) or inside an HSM (PKCS#11 CKM_AES_GCM): the bytes are the same either way, so a
  * CMK row does not say where its root key lives, and existing rows stay readable.
  */
-import { createCipheriv, createDecipheriv, randomBytes, type KeyObject } from 'node:crypto';
+import { createCipheriv, createDecipheriv, type KeyObject } from 'node:crypto';
+import { IV_BYTES, nextIv } from '@openkms/protocol/iv-pool';
 
+export { IV_BYTES };
 export const SEALED_VERSION = 1;
-export const IV_BYTES = 12;
 export const TAG_BYTES = 16;
 
 export interface SealedParts {
@@ -28,7 +29,8 @@ export function unpackSealed(sealed: Uint8Array): SealedParts {
 
 /** `key`: 32 bytes, or a KeyObject of them (a CMK, made once: it spares the cipher importing the bytes). */
 export function seal(key: Uint8Array | KeyObject, plaintext: Uint8Array, aad: string): Uint8Array {
-  const iv = randomBytes(IV_BYTES);
+  // Used at once: copied into the cipher and into the sealed bytes (packSealed) before any other IV is cut.
+  const iv = nextIv();
   const cipher = createCipheriv('aes-256-gcm', key, iv);
   cipher.setAAD(Buffer.from(aad, 'utf8'));
   const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
