@@ -48,7 +48,9 @@ class Bounded<V> {
   get(id: string, now: number): V | undefined {
     const entry = this.entries.get(id);
     if (entry === undefined) return undefined;
-    if (now - entry.at < ROW_CACHE_MS) return entry.value;
+    // A clock set back makes the age negative: not trusted either.
+    const age = now - entry.at;
+    if (age >= 0 && age < ROW_CACHE_MS) return entry.value;
     this.delete(id);
     return undefined;
   }

@@ -6,7 +6,7 @@
  * re-checked against its row every CHANNEL_RECHECK_MS should that word be lost. While this node
  * cannot follow the feed, nothing new is cached and every message reads its channel's row.
  */
-import { randomUUID } from 'node:crypto';
+import { timeOrderedIds } from './ids.js';
 import type { Keyring } from './keyring/keyring.js';
 import { hasCode } from '@openkms/protocol';
 import { CHANNEL_RECHECK_MS, MAX_CACHED_CHANNELS } from './limits.js';
@@ -53,8 +53,9 @@ export class Channels {
   }
 
   async create(owner: string, clientId: string, key: Secret, lifetimeMs: number): Promise<Channel> {
-    const id = randomUUID();
     const createdAt = this.now();
+    // Time-ordered, as keys' (ids.ts): each handshake's row lands on the newest page of the index.
+    const [id] = timeOrderedIds(1, createdAt) as [string];
     const channel: Channel = { id, uri: this.uriOf(id), key, owner, clientId, createdAt, expiresAt: createdAt + lifetimeMs };
     const cmk = this.keyring.activeCmk();
     await this.store.insertChannel({
