@@ -28,13 +28,12 @@
  * for another `alg` or `enc`, ERR_JWE_INVALID / ERR_JWS_INVALID for anything malformed; a TypeError
  * for an argument or a key of the wrong type, as `jose` throws.
  */
-import { KeyObject, constants, createCipheriv, createDecipheriv, verify as cryptoVerify, type webcrypto } from 'node:crypto';
+import { KeyObject, constants, createCipheriv, verify as cryptoVerify, type webcrypto } from 'node:crypto';
 import { isCanonicalBase64url, protectedHeaderProblem, type AsymmetricKey, type Decrypted, type ProtectedHeader } from '@openkms/protocol';
-import { IV_BYTES, nextIv } from '@openkms/protocol/iv-pool';
+import { IV_BYTES, TAG_BYTES, gcmOpen, nextIv } from '@openkms/protocol/aes-gcm';
 import type { ClientCodec } from './client-codec.js';
 
 const ENC = 'A256GCM';
-const TAG_BYTES = 16;
 const KEY_BYTES = 32;
 
 type FailureCode = 'ERR_JWE_INVALID' | 'ERR_JWE_DECRYPTION_FAILED' | 'ERR_JWS_INVALID' | 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED' | 'ERR_JOSE_ALG_NOT_ALLOWED';
@@ -94,18 +93,8 @@ function decryptChannel(compact: unknown, key: Uint8Array): Decrypted {
   const tag = decodeSegment(tagSegment, 'tag');
   if (tag.length !== TAG_BYTES) fail('ERR_JWE_INVALID', 'invalid JWE tag length');
   const ciphertext = decodeSegment(ciphertextSegment, 'ciphertext');
-  let plaintext: Buffer;
-  try {
-    const decipher = createDecipheriv('aes-256-gcm', cek, iv, { authTagLength: TAG_BYTES });
-    // The header segment passed the base64url check, so its latin1 bytes are its ASCII.
-    decipher.setAAD(Buffer.from(headerSegment, 'latin1'));
-    decipher.setAuthTag(tag);
-    plaintext = decipher.update(ciphertext);
-    const rest = decipher.final(); // throws when the tag does not match
-    if (rest.length !== 0) plaintext = Buffer.concat([plaintext, rest]);
-  } catch {
-    return fail('ERR_JWE_DECRYPTION_FAILED', 'JWE decryption failed');
-  }
+  // The header segment passed the base64url check: it is ASCII, the AAD.
+  const plaintext = gcmOpen(cek, iv, headerSegment, ciphertext, tag) ?? fail('ERR_JWE_DECRYPTION_FAILED', 'JWE decryption failed');
   return { plaintext: bytesOf(plaintext), header };
 }
 

@@ -38,7 +38,6 @@
 import {
   KeyObject,
   createCipheriv,
-  createDecipheriv,
   createPublicKey,
   createSecretKey,
   constants,
@@ -51,10 +50,9 @@ import {
   webcrypto,
 } from 'node:crypto';
 import { STATIC_KEY_ALGS, type AsymmetricKey, type Decrypted, type MessageCodec, type ProtectedHeader } from '@openkms/protocol';
-import { IV_BYTES, nextIv } from '@openkms/protocol/iv-pool';
+import { IV_BYTES, TAG_BYTES, gcmOpen, nextIv } from '@openkms/protocol/aes-gcm';
 
 const ENC = 'A256GCM';
-const TAG_BYTES = 16;
 const KEY_BYTES = 32;
 
 const fail = (message: string): never => {
@@ -131,18 +129,8 @@ function gcmDecrypt(cek: Uint8Array | KeyObject, headerSegment: string, ivSeg: s
   const tag = decodeSegment(tagSeg, 'tag');
   if (tag.length !== TAG_BYTES) fail('invalid JWE tag length');
   const ciphertext = decodeSegment(ctSeg, 'ciphertext');
-  let out: Buffer;
-  try {
-    const decipher = createDecipheriv('aes-256-gcm', cek, iv, { authTagLength: TAG_BYTES });
-    // The AAD is the ASCII of the protected header segment (validated base64url, so latin1 = ASCII).
-    decipher.setAAD(Buffer.from(headerSegment, 'latin1'));
-    decipher.setAuthTag(tag);
-    out = decipher.update(ciphertext);
-    const rest = decipher.final();
-    if (rest.length !== 0) out = Buffer.concat([out, rest]);
-  } catch {
-    return fail('JWE decryption failed');
-  }
+  // The AAD is the ASCII of the protected header segment (validated base64url).
+  const out = gcmOpen(cek, iv, headerSegment, ciphertext, tag) ?? fail('JWE decryption failed');
   return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
 }
 

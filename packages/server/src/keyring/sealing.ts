@@ -5,7 +5,7 @@
  * CMK row does not say where its root key lives, and existing rows stay readable.
  */
 import { createCipheriv, createDecipheriv, type KeyObject } from 'node:crypto';
-import { IV_BYTES, nextIv } from '@openkms/protocol/iv-pool';
+import { IV_BYTES, nextIv } from '@openkms/protocol/aes-gcm';
 
 export { IV_BYTES };
 export const SEALED_VERSION = 1;
