@@ -32,6 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { commonOp, handshakeOp, measureLimit, type Limit } from './crypto-limit.js';
+import { handshakesOnThreads } from './limit-threads.js';
 import { postBatch, sealHandshake, User } from './fixtures.js';
 import { backends, histogramQuantile, kms, kmsFolder, postgresCpuSeconds, profileServers, serve, type Backend, type BackendName, type KmsFolder, type ServingKms } from './kms-process.js';
 import WebSocket from 'ws';
@@ -351,7 +352,15 @@ async function backendSection(backend: Backend, folder: KmsFolder, first: boolea
     try {
       const w = await workload(server2, folder);
       const list = (await scenarios(w)).filter((s) => s.name === 'handshake' || s.name === 'retrieve key');
-      for (const s of list) await measure(server2, backend.name, s, 'http', 64);
+      for (const s of list) {
+        const two = await measure(server2, backend.name, s, 'http', 64);
+        const one = results.find((r) => r.name === s.name && r.backend === backend.name && r.transport === 'http' && r.concurrency === 64 && r.workers === 1);
+        if (!one || one.opsPerSec === 0) continue;
+        const scaling = two.opsPerSec / one.opsPerSec;
+        const crypto = (extra.limitOnCores as { scaling: number } | undefined)?.scaling;
+        say(`  ${s.name}, ${backend.name}: --workers ${workers} gives ${scaling.toFixed(2)}× --workers 1 per wall-second${crypto ? ` (raw node:crypto on ${workers} threads: ${crypto.toFixed(2)}×)` : ''}`);
+        ((extra.workersScaling ??= []) as unknown[]).push({ name: s.name, backend: backend.name, workers, scaling, cryptoScaling: crypto });
+      }
     } finally {
       await server2.stop();
       await db2.drop();
@@ -424,10 +433,15 @@ async function measureTheLimit(w: Workload, folder: KmsFolder): Promise<void> {
   const handshakeAnswer = await user.open(hAnswer!);
   const staticKey = createPrivateKey(readFileSync(join(folder.dir, 'static-key.pem'), 'utf8'));
   const request = new TextEncoder().encode(JSON.stringify(retrieveBody));
+  const handshakeInputs = { staticKey, kid: user.server.kid, request: h.plaintext, answer: handshakeAnswer as unknown as Record<string, unknown> };
   limit = {
     common: measureLimit(commonOp({ request, answer: retrieveAnswer as unknown as Record<string, unknown>, kid: user.channel.uri }), P.limitRuns, P.limitMs),
-    handshake: measureLimit(handshakeOp({ staticKey, kid: user.server.kid, request: h.plaintext, answer: handshakeAnswer as unknown as Record<string, unknown> }), P.limitRuns, P.limitMs),
+    handshake: measureLimit(handshakeOp(handshakeInputs), P.limitRuns, P.limitMs),
   };
+  // What a second core gives raw node:crypto here: the ceiling of --workers 2 against --workers 1.
+  const onOne = await handshakesOnThreads(handshakeInputs, 1, P.limitMs * 2);
+  const onTwo = await handshakesOnThreads(handshakeInputs, 2, P.limitMs * 2);
+  extra.limitOnCores = { handshakesPerWallSecond: { oneThread: onOne, twoThreads: onTwo }, scaling: onTwo / onOne };
   extra.payloadBytes = {
     retrieveRequest: request.byteLength,
     retrieveAnswer: Buffer.byteLength(JSON.stringify(retrieveAnswer)),
@@ -437,6 +451,7 @@ async function measureTheLimit(w: Workload, folder: KmsFolder): Promise<void> {
   say(`crypto limit, raw node:crypto with compact JOSE, per CPU-second of one core (median of ${P.limitRuns} × ${P.limitMs} ms):`);
   say(`  common message (JWE dir/A256GCM open + JSON + seal)                     ${num(limit.common.perCpuSecond).padStart(8)} /s   runs ${limit.common.runs.map(num).join(', ')}`);
   say(`  handshake (JWE RSA-OAEP open + P-256 keygen/ECDH/HKDF + JWS PS256 sign) ${num(limit.handshake.perCpuSecond).padStart(8)} /s   runs ${limit.handshake.runs.map(num).join(', ')}`);
+  say(`  handshakes on 1 and 2 threads at once, per wall-second: ${num(onOne)}, ${num(onTwo)} (a second core gives raw node:crypto ${(onTwo / onOne).toFixed(2)}×)`);
   say(`  payloads: retrieve ${String((extra.payloadBytes as Record<string, number>).retrieveRequest)} B → ${String((extra.payloadBytes as Record<string, number>).retrieveAnswer)} B, handshake ${h.plaintext.byteLength} B → ${String((extra.payloadBytes as Record<string, number>).handshakeAnswer)} B`);
   say();
   say('ratio = messages per server CPU-second ÷ the limit (handshakes ÷ the handshake limit, the rest ÷ the common-message limit);');

@@ -79,6 +79,17 @@ class Tally {
   }
 }
 
+/**
+ * One run of `ms`: `drive` sends until `end` (performance.now()) or until the traffic has no more
+ * (it sets `exhausted`), and counts in `tally`; what it counted, over the time it took.
+ */
+async function timedRun(ms: number, drive: (tally: Tally, end: number, run: { exhausted: boolean }) => Promise<void>): Promise<Run> {
+  const tally = new Tally();
+  const start = performance.now();
+  await drive(tally, start + ms, { exhausted: false });
+  return { ops: tally.ops, seconds: (performance.now() - start) / 1000, errors: tally.errors, firstError: tally.firstError };
+}
+
 function post(agent: Agent, url: URL, body: string): Promise<string[]> {
   return new Promise((resolve, reject) => {
     const req = request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
@@ -107,20 +118,16 @@ export function httpLoad(baseUrl: string, concurrency: number, traffic: Traffic,
   const url = new URL('/kms/messages', baseUrl);
   let seq = 0;
   return {
-    async run(ms, latencies) {
-      const tally = new Tally();
-      const start = performance.now();
-      const end = start + ms;
-      let exhausted = false;
+    run: (ms, latencies) => timedRun(ms, async (tally, end, run) => {
       const worker = async () => {
-        while (!exhausted && performance.now() < end) {
+        while (!run.exhausted && performance.now() < end) {
           const batch: Outgoing[] = [];
           for (let i = 0; i < each; i++) {
             const m = await traffic.next(seq++);
             if (!m) break;
             batch.push(m);
           }
-          if (batch.length < each) exhausted = true;
+          if (batch.length < each) run.exhausted = true;
           if (batch.length === 0) return;
           const t0 = performance.now();
           try {
@@ -134,8 +141,7 @@ export function httpLoad(baseUrl: string, concurrency: number, traffic: Traffic,
         }
       };
       await Promise.all(Array.from({ length: connections }, worker));
-      return { ops: tally.ops, seconds: (performance.now() - start) / 1000, errors: tally.errors, firstError: tally.firstError };
-    },
+    }),
     async close() {
       agent.destroy();
     },
@@ -157,21 +163,17 @@ export async function wsLoad(baseUrl: string, concurrency: number, traffic: Traf
   );
   let seq = 0;
   return {
-    async run(ms, latencies) {
-      const tally = new Tally();
-      const start = performance.now();
-      const end = start + ms;
-      let exhausted = false;
+    run: (ms, latencies) => timedRun(ms, async (tally, end, run) => {
       await Promise.all(
         sockets.map(
           (ws) =>
             new Promise<void>((resolve) => {
               const pending = new Map<unknown, { sent: Outgoing; at: number }>();
               const send = async () => {
-                if (exhausted || performance.now() >= end) return;
+                if (run.exhausted || performance.now() >= end) return;
                 const m = await traffic.next(seq++);
                 if (!m) {
-                  exhausted = true;
+                  run.exhausted = true;
                   return;
                 }
                 pending.set(m.requestId, { sent: m, at: performance.now() });
@@ -224,8 +226,7 @@ export async function wsLoad(baseUrl: string, concurrency: number, traffic: Traf
             }),
         ),
       );
-      return { ops: tally.ops, seconds: (performance.now() - start) / 1000, errors: tally.errors, firstError: tally.firstError };
-    },
+    }),
     async close() {
       await Promise.all(
         sockets.map(
