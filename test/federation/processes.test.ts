@@ -6,21 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { KmsClient, KmsError } from '@openkms/client';
 import { runKms, serve, type Served } from '../support/cli.js';
+import { reservablePort } from '../support/ports.js';
 
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
 
 interface Domain {
   name: string;
@@ -64,7 +56,7 @@ before(async () => {
   root = mkdtempSync(join(tmpdir(), 'kms-federation-'));
   for (const d of [a, b, c, impostor]) {
     d.dir = join(root, d === impostor ? 'impostor' : d.name);
-    d.port = await freePort();
+    d.port = await reservablePort();
     const r = runKms(['init', '--dir', d.dir, '--authority', d.authority, '--domain', d.name, '--port', String(d.port)]);
     assert.equal(r.code, 0, r.stderr);
   }

@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { after, before } from 'node:test';
@@ -15,6 +14,7 @@ import { CompactSign } from 'jose';
 import { KmsClient, KmsError, type KeyRep } from '@openkms/client';
 import type { Logger } from '@openkms/server';
 import { kmsFolder, manualClock, startDevKms, type DevKms } from '@openkms/server/testing';
+import { reservablePort } from './ports.js';
 
 export const A_AUTH = 'kms.a.example';
 export const B_AUTH = 'kms.b.example';
@@ -118,13 +118,7 @@ export async function wellKnownJwk(url: string): Promise<Record<string, unknown>
 }
 
 /** A free loopback port, so that A's peer entry can name B's endpoint before B starts. */
-export async function freePort(): Promise<number> {
-  const server = createTcpServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+export const freePort = reservablePort;
 
 /** Waits (real time, bounded) until `cond` holds; returns how long it took in ms. */
 export async function waitFor(cond: () => boolean, what: string, ms = 8000): Promise<number> {

@@ -9,10 +9,9 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { reservablePort } from './ports.js';
 
 function findBin(): string | undefined {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) if (dir && existsSync(join(dir, 'initdb')) && existsSync(join(dir, 'pg_ctl'))) return dir;
@@ -41,13 +40,6 @@ export function privatePostgresProblem(): string | undefined {
   return undefined;
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 export class PrivatePostgres {
   private frozen: number[] = [];
@@ -76,7 +68,7 @@ export class PrivatePostgres {
     const base = mkdtempSync(join(tmpdir(), 'kms-private-pg-'));
     // The postgres user must reach its folders inside ours.
     chmodSync(base, 0o755);
-    const pg = new PrivatePostgres(findBin()!, base, await freePort());
+    const pg = new PrivatePostgres(findBin()!, base, await reservablePort());
     for (const dir of [pg.data, pg.run]) {
       mkdirSync(dir, { mode: 0o700 });
       if (isRoot()) {
