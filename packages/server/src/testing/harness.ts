@@ -181,3 +181,5 @@ export async function postgresProblem(url = TEST_POSTGRES_URL): Promise<string |
 export { SOFTHSM_MODULE, softHsm, softHsmProblem, withoutSoftHsm, type SoftHsm } from './softhsm.js';
 // The KMS's own node:crypto codec: the benchmark seals its load with it, as fast as a client can.
 export { fastCodec } from '../codec/fast-codec.js';
+/** How many key rows a node keeps in memory (cached-rows.ts): a benchmark reading more keys than this reads storage. */
+export { MAX_CACHED_KEYS } from '../limits.js';
