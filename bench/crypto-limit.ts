@@ -13,9 +13,10 @@
  *                   AES-256-GCM encrypt it under a fresh IV and serialise it compact (base64url);
  *                   the answer's header segment is the channel's and is encoded once;
  *   handshake:      the same JWE parsing with RSA-OAEP (SHA-1) decryption of the 32-byte CEK, then
- *                   JSON.parse, import of the client's P-256 JWK, P-256 key generation, ECDH,
- *                   HKDF-SHA-256, export of the server's public JWK, JSON.stringify of the answer,
- *                   base64url and an RSA-PSS (PS256) signature, serialised compact.
+ *                   JSON.parse, the client's P-256 point from its JWK's x and y, P-256 key
+ *                   generation and ECDH (crypto.ECDH), HKDF-SHA-256, the server's point as JWK x
+ *                   and y, JSON.stringify of the answer, base64url and an RSA-PSS (PS256)
+ *                   signature, serialised compact.
  *
  * The payloads are this run's real ones (the benchmark's own requests and the KMS's answers), so
  * the sizes match what the KMS handles.
@@ -24,9 +25,8 @@ import {
   constants,
   createCipheriv,
   createDecipheriv,
+  createECDH,
   createPublicKey,
-  diffieHellman,
-  generateKeyPairSync,
   hkdfSync,
   privateDecrypt,
   publicEncrypt,
@@ -126,17 +126,20 @@ export function handshakeOp(inputs: HandshakeInputs): () => void {
   const rsaOaep = { key: inputs.staticKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' };
   const pss = { key: inputs.staticKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 };
   const empty = new Uint8Array(0);
+  const uncompressed = Buffer.from([0x04]);
   const answerKey = (inputs.answer.key ?? {}) as Record<string, unknown>;
   return () => {
     const opened = JSON.parse(openJwe(request, (_, ek) => privateDecrypt(rsaOaep, ek)).toString('utf8')) as {
       requestId?: unknown;
       jwk: { x: string; y: string };
     };
-    const clientPublic = createPublicKey({ key: { kty: 'EC', crv: 'P-256', x: opened.jwk.x, y: opened.jwk.y }, format: 'jwk' });
-    const pair = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    hkdfSync('sha256', diffieHellman({ privateKey: pair.privateKey, publicKey: clientPublic }), empty, empty, 32);
-    const jwk = pair.publicKey.export({ format: 'jwk' });
-    const payload = JSON.stringify({ ...inputs.answer, requestId: opened.requestId, key: { ...answerKey, jwk: { kty: 'EC', crv: 'P-256', x: jwk.x, y: jwk.y } } });
+    // As the KMS does it (fast-codec.ts agreeChannelKey): crypto.ECDH on the point's bytes.
+    const clientPoint = Buffer.concat([uncompressed, Buffer.from(opened.jwk.x, 'base64url'), Buffer.from(opened.jwk.y, 'base64url')]);
+    const ecdh = createECDH('prime256v1');
+    const own = ecdh.generateKeys();
+    hkdfSync('sha256', ecdh.computeSecret(clientPoint), empty, empty, 32);
+    const jwk = { kty: 'EC', crv: 'P-256', x: own.subarray(1, 33).toString('base64url'), y: own.subarray(33).toString('base64url') };
+    const payload = JSON.stringify({ ...inputs.answer, requestId: opened.requestId, key: { ...answerKey, jwk } });
     const input = `${json64({ alg: 'PS256', kid: inputs.kid })}.${b64u(payload)}`;
     `${input}.${sign('sha256', Buffer.from(input, 'latin1'), pss).toString('base64url')}`;
   };

@@ -15,18 +15,28 @@ interface Job {
   ms: number;
 }
 
-/** Handshakes per wall-second of `threads` threads at once, summed. */
+/** Handshakes per wall-second of `threads` threads at once, summed; a thread that does not answer in time fails it. */
 export async function handshakesOnThreads(inputs: HandshakeInputs, threads: number, ms: number): Promise<number> {
   const startAt = performance.timeOrigin + performance.now() + 300;
-  const rates = await Promise.all(
-    Array.from({ length: threads }, () => new Promise<number>((resolve, reject) => {
-      const worker = new Worker(new URL(import.meta.url), { workerData: { inputs, startAt, ms } satisfies Job });
-      worker.once('message', (rate: number) => resolve(rate));
-      worker.once('error', reject);
-      worker.once('exit', (code) => code !== 0 && reject(new Error(`limit thread exited with ${code}`)));
-    })),
-  );
-  return rates.reduce((a, b) => a + b, 0);
+  const workers: Worker[] = [];
+  try {
+    const rates = await Promise.all(
+      Array.from({ length: threads }, () => new Promise<number>((resolve, reject) => {
+        const worker = new Worker(new URL(import.meta.url), { workerData: { inputs, startAt, ms } satisfies Job });
+        workers.push(worker);
+        const timer = setTimeout(() => reject(new Error(`a limit thread did not answer within ${ms + 15_000} ms`)), ms + 15_000);
+        worker.once('message', (rate: number) => {
+          clearTimeout(timer);
+          resolve(rate);
+        });
+        worker.once('error', reject);
+        worker.once('exit', (code) => code !== 0 && reject(new Error(`limit thread exited with ${code}`)));
+      })),
+    );
+    return rates.reduce((a, b) => a + b, 0);
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
 }
 
 if (!isMainThread && parentPort) {

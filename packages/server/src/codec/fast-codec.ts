@@ -38,11 +38,10 @@
 import {
   KeyObject,
   createCipheriv,
+  createECDH,
   createPublicKey,
   createSecretKey,
   constants,
-  diffieHellman,
-  generateKeyPairSync,
   hkdfSync,
   privateDecrypt,
   randomBytes,
@@ -354,29 +353,58 @@ export interface EcPoint {
 
 const EMPTY = new Uint8Array(0);
 
+/** P-256 coordinates are 32 bytes; an uncompressed point is 0x04 | x | y. */
+const COORDINATE_BYTES = 32;
+
 /**
  * The server's half of the ECDHE handshake (PROTOCOL.md §4), synchronously on node:crypto instead
- * of six WebCrypto calls through its job queue (about half the handshake's cost outside RSA):
- * imports the client's P-256 point, makes the server's key pair, and derives K_ephemeral =
- * HKDF-SHA-256(salt empty, IKM = the ECDH shared secret's x-coordinate, info empty, 32 bytes).
- * The point is imported as a JWK by node:crypto, which accepts exactly the points WebCrypto's
- * JWK import accepts (on the curve; the test checks the two agree); only `x` and `y` are read.
- * Throws a fixed Error for a point it cannot use, never saying why.
+ * of six WebCrypto calls through its job queue: reads the client's P-256 point, makes the server's
+ * key pair, and derives K_ephemeral = HKDF-SHA-256(salt empty, IKM = the ECDH shared secret's
+ * x-coordinate, info empty, 32 bytes). Only `x` and `y` are read (coordinateOf), and OpenSSL
+ * refuses a point off the curve or a coordinate past the field (the test checks this takes exactly
+ * the points WebCrypto's JWK import takes). Throws a fixed Error for a point it cannot use, never why.
+ *
+ * On `crypto.ECDH`, not a KeyObject pair: Node 20 can deadlock exporting the JWK of a key that
+ * `generateKeyPairSync` made when a garbage collection during the export destroys the key's
+ * generation job, which takes the mutex the export holds (seen here: a KMS frozen after some
+ * 34,000 handshakes, in KeyGenJob's destructor under ExportJWK). ECDH has neither the job nor the
+ * export, and reads the point without a JWK import.
  */
 export function agreeChannelKey(client: EcPoint): { key: Uint8Array; publicJwk: { kty: 'EC'; crv: 'P-256'; x: string; y: string } } {
   if (typeof client?.x !== 'string' || typeof client.y !== 'string') return fail('not a P-256 public key');
-  let clientPublic: KeyObject;
+  const x = coordinateOf(client.x);
+  const y = coordinateOf(client.y);
+  if (!x || !y) return fail('not a P-256 public key');
+  const server = createECDH('prime256v1');
+  const own = server.generateKeys();
+  let shared: Buffer;
   try {
-    clientPublic = createPublicKey({ key: { kty: 'EC', crv: 'P-256', x: client.x, y: client.y }, format: 'jwk' });
+    shared = server.computeSecret(Buffer.concat([UNCOMPRESSED, x, y]));
   } catch {
     return fail('not a P-256 public key');
   }
-  const server = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const shared = diffieHellman({ privateKey: server.privateKey, publicKey: clientPublic });
   const key = new Uint8Array(hkdfSync('sha256', shared, EMPTY, EMPTY, KEY_BYTES));
   shared.fill(0);
-  const { x, y } = server.publicKey.export({ format: 'jwk' });
-  return { key, publicJwk: { kty: 'EC', crv: 'P-256', x: x!, y: y! } };
+  return {
+    key,
+    publicJwk: { kty: 'EC', crv: 'P-256', x: own.subarray(1, 1 + COORDINATE_BYTES).toString('base64url'), y: own.subarray(1 + COORDINATE_BYTES).toString('base64url') },
+  };
+}
+
+const UNCOMPRESSED = Buffer.from([0x04]);
+
+/**
+ * A JWK coordinate as the 32 bytes of an uncompressed point, read as JWK import reads it: a
+ * big-endian number, so leading zero bytes may be there or not; more than 32 bytes of it is none.
+ */
+function coordinateOf(encoded: string): Buffer | undefined {
+  const bytes = Buffer.from(encoded, 'base64url');
+  let start = 0;
+  while (start < bytes.length && bytes[start] === 0) start++;
+  if (bytes.length - start > COORDINATE_BYTES) return undefined;
+  const out = Buffer.alloc(COORDINATE_BYTES);
+  bytes.copy(out, COORDINATE_BYTES - (bytes.length - start), start);
+  return out;
 }
 
 /**
