@@ -3,11 +3,11 @@
  * (nodes, workers): the change feed (Store.changesAfter) is read whenever the change signal says
  * it moved (store/change-signal.ts), and each change applied — a deleted channel is evicted, a
  * bound key or a resource whose authorizations changed is evicted from the cached rows
- * (cached-rows.ts), a CMK change refreshes the keyring. While the node is not listening (the listening connection
- * dropped), it trusts no cached channel or row (each use re-reads it) and is not ready (Kms.ready →
- * /readyz 503); once listening again
- * it starts over from the feed's head with empty caches, since anything meanwhile may be missed.
- * A gap in the feed (entries swept before this node read them) is handled the same way.
+ * (cached-rows.ts), a CMK change refreshes the keyring. While the node is not listening (the
+ * listening connection dropped), it trusts no cached channel or row (each use re-reads it) and is
+ * not ready (Kms.ready → /readyz 503); once listening again it starts over from the feed's head
+ * with empty caches, since anything meanwhile may be missed. A gap in the feed (entries swept
+ * before this node read them) is handled the same way.
  */
 import type { CachedRows } from './cached-rows.js';
 import type { Channels } from './channels.js';

@@ -20,10 +20,10 @@ export async function requireAuthorized(deps: Deps, principal: Principal, resour
 
 /**
  * Runs a read's checks on the cached rows (cached-rows.ts) and, when they refuse (403, 404), once
- * more on rows read from storage (which the cache then holds): what this node has not yet heard of (a grant, a
- * bind, a resource made a moment ago on another node) must not refuse a request; what it has is
- * either what storage holds or a change younger than the change feed's delay. `decide` must only
- * read.
+ * more on rows read from storage (which the cache then holds): what this node has not yet heard
+ * of (a grant, a bind, a resource made a moment ago on another node) must not refuse a request;
+ * what it has is either what storage holds or a change younger than the change feed's delay.
+ * `decide` must only read.
  */
 export async function cachedFirst<T>(deps: Deps, decide: (rows: RowSource) => Promise<T>): Promise<T> {
   if (!deps.rows.active) return decide(deps.store);
