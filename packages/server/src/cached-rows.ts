@@ -138,11 +138,29 @@ export class CachedRows implements RowSource {
     listAuthorizations: async (id) => (await this.read(this.authorizations, id, true)) as AuthorizationRow[],
   };
 
-  private async read<V>(cache: Cache<V>, id: string, fresh: boolean): Promise<V | undefined> {
+  /**
+   * The rows of one decision, and whether any of them was served from memory: only then can a
+   * refusal be a cache's, worth deciding again on storage (cachedFirst); a refusal decided on rows
+   * just read from storage is storage's, and is not read twice.
+   */
+  decision(): RowSource & { fromMemory: boolean } {
+    const d: RowSource & { fromMemory: boolean } = {
+      fromMemory: false,
+      getKey: (id) => this.read(this.keys, id, false, d),
+      getResource: (id) => this.read(this.resources, id, false, d),
+      listAuthorizations: async (id) => (await this.read(this.authorizations, id, false, d)) as AuthorizationRow[],
+    };
+    return d;
+  }
+
+  private async read<V>(cache: Cache<V>, id: string, fresh: boolean, decision?: { fromMemory: boolean }): Promise<V | undefined> {
     const now = this.now();
     if (this.following && !fresh) {
       const hit = cache.rows.get(id, now);
-      if (hit !== undefined) return hit;
+      if (hit !== undefined) {
+        if (decision) decision.fromMemory = true;
+        return hit;
+      }
     }
     const epoch = this.epoch;
     const value = await cache.load(id);

@@ -81,6 +81,20 @@ describe('cached rows', () => {
     assert.deepEqual(s.reads.slice(2), ['resource r1', 'authorizations r1', 'key k1', 'resource r1', 'authorizations r1']);
   });
 
+  test('a decision tells whether any of its rows was served from memory', async () => {
+    const s = source();
+    const { rows } = following(s.src);
+    const first = rows.decision();
+    await first.getKey('k1');
+    await first.listAuthorizations('r1');
+    assert.equal(first.fromMemory, false, 'both read from storage');
+    const second = rows.decision();
+    await second.getResource('r1');
+    assert.equal(second.fromMemory, false);
+    await second.getKey('k1');
+    assert.equal(second.fromMemory, true, 'k1 was cached by the first');
+  });
+
   test('a read that began before an eviction does not cache what it read', async () => {
     const s = source();
     const { rows } = following(s.src);

@@ -19,18 +19,21 @@ export async function requireAuthorized(deps: Deps, principal: Principal, resour
 }
 
 /**
- * Runs a read's checks on the cached rows (cached-rows.ts) and, when they refuse (403, 404), once
- * more on rows read from storage (which the cache then holds): what this node has not yet heard
- * of (a grant, a bind, a resource made a moment ago on another node) must not refuse a request;
- * what it has is either what storage holds or a change younger than the change feed's delay.
- * `decide` must only read.
+ * Runs a read's checks on the cached rows (cached-rows.ts) and, when they refuse (403, 404) on a
+ * row served from memory, once more on rows read from storage (which the cache then holds): what
+ * this node has not yet heard of (a grant, a bind, a resource made a moment ago on another node)
+ * must not refuse a request; what it has is either what storage holds or a change younger than the
+ * change feed's delay. A refusal decided on rows just read from storage is not read twice (a user
+ * asking for unknown keys costs one read each). `decide` must only read.
  */
 export async function cachedFirst<T>(deps: Deps, decide: (rows: RowSource) => Promise<T>): Promise<T> {
   if (!deps.rows.active) return decide(deps.store);
+  const rows = deps.rows.decision();
   try {
-    return await decide(deps.rows);
+    return await decide(rows);
   } catch (err) {
-    if (!(err instanceof KmsError && (err.status === 403 || err.status === 404))) throw err;
+    // Decided on storage's rows alone (nothing was in memory): storage's refusal, not read twice.
+    if (!(err instanceof KmsError && (err.status === 403 || err.status === 404)) || !rows.fromMemory) throw err;
     return decide(deps.rows.fresh);
   }
 }
